@@ -1,0 +1,2 @@
+## examples/: configuration examples.
+EXTRA_DIST += examples/tenantmail.conf

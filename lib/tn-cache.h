@@ -1,0 +1,117 @@
+/*++
+ * NAME
+ *	tn-cache 3h
+ * SUMMARY
+ *	the shared Redis cache: lookups, fills, invalidation, subscription
+ * DESCRIPTION
+ *	Redis holds one entry per directory object under
+ *	<prefix>ten:<id>, <prefix>dom:<domain> and <prefix>adr:<address>
+ *	(mailboxes and aliases share the address space), either the JSON of
+ *	tn_obj_encode() with the positive TTL or "!" (the directory has no
+ *	such object) with the negative TTL. docs/redis-keys.md is the full
+ *	layout.
+ *
+ *	Reads: tn_cache_get() returns the entries for a set of keys plus
+ *	the tenants those entries belong to and the invalidation generation,
+ *	in one round trip (a Lua script).
+ *
+ *	Fills never overwrite a newer invalidation: tn_cache_put() stores
+ *	only if <prefix>gen still holds the generation read before the
+ *	directory was asked. Invalidation (tn_cache_invalidate()) deletes
+ *	the keys, increments <prefix>gen and publishes the keys on
+ *	<prefix>invalidate, atomically.
+ *
+ *	Every call has a deadline (the socket timeout is set to what is left
+ *	of it before each command). A failed connection marks Redis down for
+ *	a backoff that doubles from 100 ms to 5 s, during which calls fail
+ *	at once: with Redis gone, lookups go straight to the directory at
+ *	directory speed. Calls return -1 on any failure; the cache is an
+ *	accelerator, never the authority.
+ *
+ *	The subscriber runs in a thread of its own with its own connection:
+ *	it calls on_message for every invalidation, on_state(true) once
+ *	subscribed and on_state(false) as soon as the subscription is lost or
+ *	Redis stops answering its PINGs (a frozen server), then reconnects.
+ *--*/
+#ifndef TN_CACHE_H
+#define TN_CACHE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tn-record.h"
+#include "tn-time.h"
+
+struct tn_cache_settings {
+	const char *host;
+	int port;
+	const char *socket_path;	/* overrides host/port when set */
+	const char *password;		/* NULL: no AUTH */
+	int db;
+	tn_msec_t timeout;		/* per command, within the deadline */
+	unsigned max_connections;
+	const char *key_prefix;		/* e.g. "tn:v1:" */
+	tn_msec_t positive_ttl;
+	tn_msec_t negative_ttl;
+};
+
+enum tn_cache_state {
+	TN_CACHE_ABSENT,	/* not in Redis */
+	TN_CACHE_NEGATIVE,	/* cached "no such object" */
+	TN_CACHE_POSITIVE,
+};
+
+struct tn_cache_entry {
+	enum tn_cache_state state;
+	struct tn_obj *obj;	/* POSITIVE: a reference the caller owns */
+};
+
+struct tn_cache_stats {
+	uint64_t calls;
+	uint64_t errors;
+	uint64_t hits;
+	uint64_t misses;
+	uint64_t invalidations_received;
+	uint64_t subscription_losses;
+};
+
+/* Invalidation message: the keys (without prefix), NUL-separated list. */
+typedef void tn_cache_message_cb(const char *const *keys, void *context);
+typedef void tn_cache_state_cb(bool subscribed, void *context);
+
+struct tn_cache;
+
+struct tn_cache *tn_cache_create(const struct tn_cache_settings *set);
+void tn_cache_destroy(struct tn_cache **cache);
+
+/* Read keys[0..n-1] (without prefix). entries_r[i] describes keys[i];
+ * tenants_r[] (n slots) receives the tenant entries of the positive
+ * entries' tenants, in the order met (state ABSENT where not cached, obj
+ * NULL past the last one). *generation_r is the invalidation generation.
+ * Returns 0, or -1 when Redis could not answer. */
+int tn_cache_get(struct tn_cache *cache, const char *const *keys, unsigned n,
+		 tn_msec_t deadline, struct tn_cache_entry *entries_r,
+		 struct tn_cache_entry *tenants_r, char generation_r[32]);
+/* Store objects (NULL = negative) under keys if the generation is still
+ * 'generation'. Returns 1 stored, 0 refused (invalidated meanwhile),
+ * -1 error. */
+int tn_cache_put(struct tn_cache *cache, const char *const *keys,
+		 struct tn_obj *const *objs, unsigned n,
+		 const char *generation, tn_msec_t deadline);
+/* Delete keys, bump the generation, publish. 0 or -1. */
+int tn_cache_invalidate(struct tn_cache *cache, const char *const *keys,
+			unsigned n, tn_msec_t deadline);
+/* Usage counters: <prefix>usage:<kind>:<id> hash {bytes, messages}.
+ * kind is "mbx" or "ten". Absent counters read as 0. 0 or -1. */
+int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
+		       tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r);
+
+/* Start the subscriber thread. on_state(false) is the initial state. */
+int tn_cache_subscribe(struct tn_cache *cache, tn_cache_message_cb *on_message,
+		       tn_cache_state_cb *on_state, void *context);
+
+void tn_cache_entry_clear(struct tn_cache_entry *entry);
+void tn_cache_get_stats(struct tn_cache *cache, struct tn_cache_stats *stats_r);
+const char *tn_cache_last_error(void);
+
+#endif

@@ -1,0 +1,103 @@
+/*++
+ * NAME
+ *	tn-lookup 3h
+ * SUMMARY
+ *	resolve a mail address, domain or tenant: memory, Redis, LDAP
+ * DESCRIPTION
+ *	The one lookup path of every tenantmail component.
+ *
+ *	tn_lookup_resolve() answers TN_FOUND with the account (tenant,
+ *	status after the tenant -> domain -> mailbox cascade with its reason,
+ *	limits after inheritance, store host and pool, alias targets
+ *	expanded), TN_NOTFOUND when the directory said there is no such
+ *	address (or the domain is not ours, or the address cannot be valid),
+ *	and TN_TEMPFAIL when no answer could be had before the deadline.
+ *	Callers map TN_TEMPFAIL to their protocol's temporary failure.
+ *
+ *	Layers: the in-process cache (memory_cache_ttl, dropped on
+ *	invalidation, bypassed while the invalidation subscription is down),
+ *	then Redis (one round trip for address, domain and tenant), then
+ *	LDAP (one search for address and domain; the tenant by DN). Every
+ *	answer from a deeper layer fills the layers above it. Concurrent
+ *	misses for the same key are coalesced: one thread asks, the others
+ *	wait for its answer (within their own deadline).
+ *
+ *	Thread-safe. Blocking with a deadline: a deadline of 0 means
+ *	lookup_timeout from now. The libevent adapter (tn-lookup-event.h)
+ *	runs lookups without blocking an event loop.
+ *
+ *	Error texts returned through error_r live in thread-local storage
+ *	until the thread's next lookup call.
+ *--*/
+#ifndef TN_LOOKUP_H
+#define TN_LOOKUP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tn-conf.h"
+#include "tn-record.h"
+#include "tn-time.h"
+
+extern const struct tn_conf_param tn_lookup_params[];
+
+/* tn_lookup_create() flags */
+#define TN_LOOKUP_NO_MEMORY_CACHE 0x01	/* one-shot tools: no in-process cache,
+					   no subscriber thread */
+
+struct tn_lookup_stats {
+	uint64_t resolves;
+	uint64_t memory_answers;
+	uint64_t redis_answers;
+	uint64_t ldap_answers;
+	uint64_t tempfails;
+	uint64_t coalesced;	/* lookups that waited for another's fetch */
+	uint64_t subscribed;	/* 1 while the invalidation subscription is up */
+};
+
+struct tn_lookup;
+
+/* Read the settings (and password files) from conf. NULL with *error_r
+ * on bad settings. No network traffic happens here. */
+struct tn_lookup *tn_lookup_create(const struct tn_conf *conf, unsigned flags,
+				   const char **error_r);
+/* Start the invalidation subscriber (after fork and privilege drop). */
+int tn_lookup_start(struct tn_lookup *lk, const char **error_r);
+void tn_lookup_destroy(struct tn_lookup **lk);
+
+enum tn_result tn_lookup_resolve(struct tn_lookup *lk, const char *address,
+				 tn_msec_t deadline, struct tn_account **acct_r,
+				 const char **error_r);
+enum tn_result tn_lookup_resolve_domain(struct tn_lookup *lk, const char *domain,
+					tn_msec_t deadline, struct tn_account **acct_r,
+					const char **error_r);
+enum tn_result tn_lookup_resolve_tenant(struct tn_lookup *lk, const char *tenant,
+					tn_msec_t deadline, struct tn_account **acct_r,
+					const char **error_r);
+/* Memory only, never blocks: TN_FOUND/TN_NOTFOUND when the in-process
+ * cache holds the answer, TN_TEMPFAIL when it does not (ask the full
+ * path). Aliases always need the full path. */
+enum tn_result tn_lookup_resolve_cached(struct tn_lookup *lk, const char *address,
+					struct tn_account **acct_r);
+
+/* Provisioning side: drop the cached objects everywhere (Redis DEL +
+ * generation bump + PUBLISH, and this process's memory at once). */
+int tn_lookup_invalidate_address(struct tn_lookup *lk, const char *address,
+				 const char **error_r);
+int tn_lookup_invalidate_domain(struct tn_lookup *lk, const char *domain,
+				const char **error_r);
+int tn_lookup_invalidate_tenant(struct tn_lookup *lk, const char *tenant,
+				const char **error_r);
+
+/* Usage counters of a mailbox ("mbx") or tenant ("ten") from Redis. */
+int tn_lookup_usage(struct tn_lookup *lk, const char *kind, const char *id,
+		    int64_t *bytes_r, int64_t *messages_r, const char **error_r);
+
+tn_msec_t tn_lookup_default_timeout(struct tn_lookup *lk);
+/* True while the in-process cache is in use (subscribed). */
+bool tn_lookup_memory_active(struct tn_lookup *lk);
+void tn_lookup_get_stats(struct tn_lookup *lk, struct tn_lookup_stats *stats_r);
+/* Prometheus text for the lookup, directory and cache counters. */
+char *tn_lookup_metrics(struct tn_lookup *lk, const char *prefix);
+
+#endif

@@ -1,0 +1,374 @@
+/*++
+ * NAME
+ *	tnctl 1
+ * SUMMARY
+ *	tenantmail administration command
+ * SYNOPSIS
+ *	tnctl [-c config] [-o name=value]... command [arguments]
+ * DESCRIPTION
+ *	One entry point for operators and scripts. Commands:
+ *
+ *	lookup [--json] [--domain|--tenant] NAME
+ *		Resolve NAME exactly as every tenantmail component does and
+ *		show the account and which layer answered (memory, redis,
+ *		ldap). Exit 0 found, 1 not found, 75 temporary failure.
+ *	cache invalidate --address A | --domain D | --tenant T
+ *		Drop the cached object everywhere (Redis and every process's
+ *		memory, through the invalidation channel).
+ *	config [-n | -d | -a | --doc]
+ *		Print parameter settings: changed ones (-n, default), the
+ *		defaults (-d), all effective values (-a), or the parameter
+ *		table (--doc).
+ *
+ *	Exit codes follow sysexits(3): 64 usage, 75 temporary failure,
+ *	78 configuration error.
+ * CONFIGURATION
+ *	The lookup parameters of tenantmail.conf(5), read from the file
+ *	given with -c, else $TENANTMAIL_CONF, else
+ *	/etc/tenantmail/tenantmail.conf; the [tnctl] section applies.
+ *--*/
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "tn-conf.h"
+#include "tn-log.h"
+#include "tn-lookup.h"
+#include "tn-mem.h"
+
+#define TNCTL_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
+
+struct tnctl {
+	struct tn_conf *conf;
+	const char *conf_path;
+};
+
+struct tnctl_command {
+	const char *name;
+	int (*run)(struct tnctl *ctl, int argc, char **argv);
+	const char *usage;
+};
+
+static const struct tn_conf_param *const tnctl_tables[] = { tn_lookup_params, NULL };
+
+/* --- lookup ----------------------------------------------------------------- */
+
+static void tnctl_print_size(const char *label, struct tn_limit l, const char *unit)
+{
+	static const char *const suffix[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)l.value;
+	size_t i = 0;
+
+	if (l.value == 0) {
+		printf("%-18s unlimited (%s)\n", label, tn_level_name(l.from));
+		return;
+	}
+	if (unit != NULL) {
+		printf("%-18s %lld %s (%s)\n", label, (long long)l.value, unit,
+		       tn_level_name(l.from));
+		return;
+	}
+	while (v >= 1024 && i < 4) {
+		v /= 1024;
+		i++;
+	}
+	printf("%-18s %.1f %s (%s)\n", label, v, suffix[i], tn_level_name(l.from));
+}
+
+static void tnctl_print_account(const struct tn_account *a)
+{
+	if (a->address != NULL)
+		printf("%-18s %s\n", "address:", a->address);
+	printf("%-18s %s\n", "kind:", tn_account_kind_name(a->kind));
+	printf("%-18s %s\n", "tenant:", a->tenant);
+	if (a->domain != NULL)
+		printf("%-18s %s\n", "domain:", a->domain);
+	printf("%-18s %s", "status:", tn_status_name(a->status));
+	if (a->status != TN_STATUS_ACTIVE)
+		printf(" (%s: %s)", tn_level_name(a->status_from),
+		       a->status_reason != NULL ? a->status_reason : "no reason given");
+	printf("\n");
+	if (a->plan != NULL)
+		printf("%-18s %s\n", "plan:", a->plan);
+	if (a->kind == TN_ACCOUNT_MAILBOX)
+		tnctl_print_size("quota:", a->quota, NULL);
+	tnctl_print_size("tenant storage:", a->tenant_storage, NULL);
+	tnctl_print_size("max message size:", a->max_msg_size, NULL);
+	if (a->kind == TN_ACCOUNT_MAILBOX)
+		tnctl_print_size("send rate:", a->send_rate, "messages/hour");
+	tnctl_print_size("tenant send rate:", a->tenant_send_rate, "messages/hour");
+	if (a->host != NULL)
+		printf("%-18s %s\n", "host:", a->host);
+	if (a->pool != NULL)
+		printf("%-18s %s (%s)\n", "pool:", a->pool, tn_level_name(a->pool_from));
+	if (a->kind == TN_ACCOUNT_ALIAS) {
+		printf("%-18s", "targets:");
+		for (size_t i = 0; i < a->ntargets; i++)
+			printf(" %s", a->targets[i]);
+		printf("%s%s\n", a->alias_loop ? " (loop or depth limit met)" : "",
+		       a->targets_truncated ? " (truncated)" : "");
+	}
+}
+
+static void tnctl_print_usage_line(struct tn_lookup *lk, const struct tn_account *a)
+{
+	int64_t bytes, messages;
+	const char *error;
+
+	if (a->kind != TN_ACCOUNT_MAILBOX ||
+	    tn_lookup_usage(lk, "mbx", a->address, &bytes, &messages, &error) < 0)
+		return;
+	printf("%-18s %lld bytes in %lld messages%s\n", "usage:", (long long)bytes,
+	       (long long)messages,
+	       a->quota.value > 0 && bytes >= a->quota.value ? " (OVER QUOTA)" : "");
+}
+
+static json_t *tnctl_usage_json(struct tn_lookup *lk, const struct tn_account *a)
+{
+	int64_t bytes, messages;
+	const char *error;
+
+	if (a->kind != TN_ACCOUNT_MAILBOX ||
+	    tn_lookup_usage(lk, "mbx", a->address, &bytes, &messages, &error) < 0)
+		return json_null();
+	return json_pack("{s:I,s:I}", "bytes", (json_int_t)bytes, "messages",
+			 (json_int_t)messages);
+}
+
+static int tnctl_lookup_output(struct tn_lookup *lk, const char *name, enum tn_result rc,
+			       struct tn_account *acct, const char *error, bool json)
+{
+	static const char *const results[] = { "tempfail", "notfound", "found" };
+	json_t *out;
+	char *text;
+
+	if (json) {
+		out = json_pack("{s:s,s:s}", "query", name, "result", results[rc + 1]);
+		if (acct != NULL) {
+			text = tn_account_to_json(acct, false);
+			json_object_set_new(out, "account", json_loads(text, 0, NULL));
+			free(text);
+			json_object_set_new(out, "usage", tnctl_usage_json(lk, acct));
+		} else {
+			json_object_set_new(out, "error", json_string(error != NULL ? error : ""));
+		}
+		text = json_dumps(out, JSON_INDENT(2));
+		printf("%s\n", text);
+		free(text);
+		json_decref(out);
+	} else if (rc == TN_FOUND) {
+		tnctl_print_account(acct);
+		tnctl_print_usage_line(lk, acct);
+		printf("%-18s %s\n", "answered by:", tn_layer_name(acct->layer));
+	} else {
+		printf("%s: %s (%s)\n", name, rc == TN_NOTFOUND ? "not found" :
+		       "TEMPORARY FAILURE", error != NULL ? error : "");
+	}
+	return rc == TN_FOUND ? 0 : rc == TN_NOTFOUND ? 1 : EX_TEMPFAIL;
+}
+
+static int tnctl_lookup(struct tnctl *ctl, int argc, char **argv)
+{
+	enum { BY_ADDRESS, BY_DOMAIN, BY_TENANT } by = BY_ADDRESS;
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' }, { "domain", no_argument, NULL, 'D' },
+		{ "tenant", no_argument, NULL, 'T' }, { NULL, 0, NULL, 0 },
+	};
+	struct tn_account *acct = NULL;
+	const char *error = NULL;
+	struct tn_lookup *lk;
+	bool json = false;
+	enum tn_result rc;
+	int c, ret;
+
+	while ((c = getopt_long(argc, argv, "+jDT", opts, NULL)) != -1) {
+		if (c == 'j')
+			json = true;
+		else if (c == 'D' || c == 'T')
+			by = c == 'D' ? BY_DOMAIN : BY_TENANT;
+		else
+			return EX_USAGE;
+	}
+	if (optind != argc - 1)
+		return EX_USAGE;
+	if ((lk = tn_lookup_create(ctl->conf, TN_LOOKUP_NO_MEMORY_CACHE, &error)) == NULL) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		return EX_CONFIG;
+	}
+	rc = by == BY_DOMAIN ? tn_lookup_resolve_domain(lk, argv[optind], 0, &acct, &error) :
+		by == BY_TENANT ? tn_lookup_resolve_tenant(lk, argv[optind], 0, &acct, &error) :
+		tn_lookup_resolve(lk, argv[optind], 0, &acct, &error);
+	ret = tnctl_lookup_output(lk, argv[optind], rc, acct, error, json);
+	tn_account_free(&acct);
+	tn_lookup_destroy(&lk);
+	return ret;
+}
+
+/* --- cache invalidate ------------------------------------------------------------ */
+
+static int tnctl_cache(struct tnctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "address", required_argument, NULL, 'a' },
+		{ "domain", required_argument, NULL, 'd' },
+		{ "tenant", required_argument, NULL, 't' }, { NULL, 0, NULL, 0 },
+	};
+	const char *error = NULL;
+	struct tn_lookup *lk;
+	int c, ret = 0;
+
+	if (argc < 2 || strcmp(argv[1], "invalidate") != 0)
+		return EX_USAGE;
+	if ((lk = tn_lookup_create(ctl->conf, TN_LOOKUP_NO_MEMORY_CACHE, &error)) == NULL) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		return EX_CONFIG;
+	}
+	optind = 2;
+	while (ret == 0 && (c = getopt_long(argc, argv, "+a:d:t:", opts, NULL)) != -1) {
+		if (c == 'a')
+			ret = tn_lookup_invalidate_address(lk, optarg, &error);
+		else if (c == 'd')
+			ret = tn_lookup_invalidate_domain(lk, optarg, &error);
+		else if (c == 't')
+			ret = tn_lookup_invalidate_tenant(lk, optarg, &error);
+		else
+			ret = -2;
+	}
+	tn_lookup_destroy(&lk);
+	if (ret == -2 || optind != argc)
+		return EX_USAGE;
+	if (ret < 0) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		return EX_TEMPFAIL;
+	}
+	return 0;
+}
+
+/* --- config ----------------------------------------------------------------------- */
+
+static int tnctl_config(struct tnctl *ctl, int argc, char **argv)
+{
+	const char *mode = argc > 1 ? argv[1] : "-n";
+
+	if (argc > 2)
+		return EX_USAGE;
+	if (strcmp(mode, "-n") == 0)
+		tn_conf_dump(ctl->conf, stdout, TN_CONF_DUMP_CHANGED);
+	else if (strcmp(mode, "-d") == 0)
+		tn_conf_dump(ctl->conf, stdout, TN_CONF_DUMP_DEFAULTS);
+	else if (strcmp(mode, "-a") == 0)
+		tn_conf_dump(ctl->conf, stdout, TN_CONF_DUMP_ALL);
+	else if (strcmp(mode, "--doc") == 0)
+		tn_conf_dump_doc(ctl->conf, stdout);
+	else
+		return EX_USAGE;
+	return 0;
+}
+
+static const struct tnctl_command tnctl_commands[] = {
+	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME" },
+	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T" },
+	{ "config", tnctl_config, "config [-n | -d | -a | --doc]" },
+};
+
+static int tnctl_usage(void)
+{
+	fprintf(stderr, "usage: tnctl [-c config] [-o name=value]... command [args]\ncommands:\n");
+	for (size_t i = 0; i < sizeof(tnctl_commands) / sizeof(tnctl_commands[0]); i++)
+		fprintf(stderr, "  tnctl %s\n", tnctl_commands[i].usage);
+	return EX_USAGE;
+}
+
+static int tnctl_dispatch(struct tnctl *ctl, int argc, char **argv)
+{
+	for (size_t i = 0; i < sizeof(tnctl_commands) / sizeof(tnctl_commands[0]); i++) {
+		int ret;
+
+		if (strcmp(argv[0], tnctl_commands[i].name) != 0)
+			continue;
+		optind = 1;
+		ret = tnctl_commands[i].run(ctl, argc, argv);
+		if (ret == EX_USAGE)
+			fprintf(stderr, "usage: tnctl %s\n", tnctl_commands[i].usage);
+		return ret;
+	}
+	fprintf(stderr, "tnctl: unknown command '%s'\n", argv[0]);
+	return tnctl_usage();
+}
+
+static int tnctl_load_conf(struct tnctl *ctl, bool explicit_path)
+{
+	const char *error;
+
+	ctl->conf = tn_conf_create("tnctl", tnctl_tables);
+	if (!explicit_path && access(ctl->conf_path, F_OK) != 0)
+		return 0;	/* no file: built-in defaults */
+	if (tn_conf_load_file(ctl->conf, ctl->conf_path, &error) < 0) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		return -1;
+	}
+	return 0;
+}
+
+static int tnctl_apply_override(struct tnctl *ctl, const char *arg)
+{
+	const char *eq = strchr(arg, '='), *error;
+	char *name;
+	int ret;
+
+	if (eq == NULL) {
+		fprintf(stderr, "tnctl: -o wants name=value\n");
+		return -1;
+	}
+	name = tn_mem_strndup(arg, (size_t)(eq - arg));
+	ret = tn_conf_set(ctl->conf, name, eq + 1, &error);
+	if (ret < 0)
+		fprintf(stderr, "tnctl: -o %s: %s\n", name, error);
+	tn_mem_free(&name);
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct tnctl ctl = { NULL, getenv("TENANTMAIL_CONF") };
+	char *overrides[64];
+	size_t noverrides = 0;
+	bool explicit_path = ctl.conf_path != NULL;
+	int c, ret = EX_USAGE;
+
+	tn_log_init("tnctl", TN_LOG_TO_STDERR, LOG_MAIL);
+	tn_log_set_level(TN_LOG_ERROR);
+	while ((c = getopt(argc, argv, "+c:o:v")) != -1) {
+		if (c == 'c') {
+			ctl.conf_path = optarg;
+			explicit_path = true;
+		} else if (c == 'o' && noverrides < 64) {
+			overrides[noverrides++] = optarg;
+		} else if (c == 'v') {
+			tn_log_set_level(TN_LOG_DEBUG);
+		} else {
+			return tnctl_usage();
+		}
+	}
+	if (ctl.conf_path == NULL)
+		ctl.conf_path = TNCTL_DEFAULT_CONF;
+	if (optind >= argc)
+		return tnctl_usage();
+	if (tnctl_load_conf(&ctl, explicit_path) < 0)
+		return EX_CONFIG;
+	for (size_t i = 0; i < noverrides; i++) {
+		if (tnctl_apply_override(&ctl, overrides[i]) < 0) {
+			tn_conf_destroy(&ctl.conf);
+			return EX_CONFIG;
+		}
+	}
+	ret = tnctl_dispatch(&ctl, argc - optind, argv + optind);
+	tn_conf_destroy(&ctl.conf);
+	return ret;
+}

@@ -1,0 +1,34 @@
+## tests/: cmocka unit tests (make check) and the probe the integration
+## tests (pytest, real servers; run by scripts/test) drive.
+UNIT_TESTS = tests/unit/test-conf tests/unit/test-log tests/unit/test-escape \
+	tests/unit/test-record tests/unit/test-mcache
+check_PROGRAMS += $(UNIT_TESTS)
+TESTS += $(UNIT_TESTS)
+UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
+UNIT_LDADD = lib/libtenantmail.la $(CMOCKA_LIBS)
+
+tests_unit_test_conf_SOURCES = tests/unit/test-conf.c
+tests_unit_test_conf_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_conf_LDADD = $(UNIT_LDADD)
+tests_unit_test_log_SOURCES = tests/unit/test-log.c
+tests_unit_test_log_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_log_LDADD = $(UNIT_LDADD)
+tests_unit_test_escape_SOURCES = tests/unit/test-escape.c
+tests_unit_test_escape_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_escape_LDADD = $(UNIT_LDADD)
+tests_unit_test_record_SOURCES = tests/unit/test-record.c
+tests_unit_test_record_CFLAGS = $(UNIT_CFLAGS) $(JANSSON_CFLAGS)
+tests_unit_test_record_LDADD = $(UNIT_LDADD) $(JANSSON_LIBS)
+tests_unit_test_mcache_SOURCES = tests/unit/test-mcache.c
+tests_unit_test_mcache_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_mcache_LDADD = $(UNIT_LDADD)
+
+noinst_PROGRAMS += tests/tn-probe
+tests_tn_probe_SOURCES = tests/tn-probe.c
+tests_tn_probe_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(JANSSON_CFLAGS)
+tests_tn_probe_LDADD = lib/libtenantmail.la $(LIBEVENT_LIBS) $(JANSSON_LIBS)
+
+EXTRA_DIST += tests/harness/tnharness.py tests/integration/conftest.py \
+	tests/integration/test_schema.py tests/integration/test_lookup.py \
+	tests/integration/test_faults.py tests/integration/test_docs.py \
+	tests/run-unit tests/summarize
