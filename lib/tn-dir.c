@@ -640,19 +640,61 @@ static int tn_dir_place(struct tn_obj *obj, struct tn_obj **slots[4],
 	return 0;
 }
 
+/* Of the mailbox/alias entries found for an address, only one inside
+ * the tenant that owns the address's domain counts: an entry planted
+ * under another tenant (its admin may write only its own subtree, but
+ * may name any address there) is ignored, loudly. */
+static int tn_dir_pick_owned(struct tn_obj **cands, size_t n, struct tn_obj **slot,
+			     const struct tn_obj *domain, const char **error_r)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (domain == NULL || strcmp(cands[i]->tenant, domain->tenant) != 0) {
+			if (domain != NULL)
+				tn_error("directory: ignoring %s %s inside tenant %s: its domain "
+					 "belongs to tenant %s", tn_obj_kind_name(cands[i]->kind),
+					 cands[i]->key, cands[i]->tenant, domain->tenant);
+			tn_obj_unref(&cands[i]);
+		} else if (*slot != NULL) {
+			*error_r = tn_dir_err("%s is held by more than one directory entry",
+					      cands[i]->key);
+			tn_obj_unref(&cands[i]);
+			ret = -1;
+		} else {
+			*slot = cands[i];
+			cands[i] = NULL;
+		}
+	}
+	return ret;
+}
+
 static int tn_dir_collect(struct tn_dir *dir, LDAP *ld, LDAPMessage *res,
 			  struct tn_obj **slots[4], const char **error_r)
 {
-	for (LDAPMessage *e = ldap_first_entry(ld, res); e != NULL;
+	struct tn_obj *cands[TN_DIR_SIZELIMIT];
+	size_t ncands = 0;
+	int ret = 0;
+
+	for (LDAPMessage *e = ldap_first_entry(ld, res); e != NULL && ret == 0;
 	     e = ldap_next_entry(ld, e)) {
 		struct tn_obj *obj = tn_dir_entry_obj(dir, ld, e, error_r);
 
 		if (obj == NULL && *error_r != NULL)
-			return -1;
-		if (obj != NULL && tn_dir_place(obj, slots, error_r) < 0)
-			return -1;
+			ret = -1;
+		else if (obj != NULL && slots[TN_OBJ_DOMAIN] != NULL &&
+			 (obj->kind == TN_OBJ_MAILBOX || obj->kind == TN_OBJ_ALIAS) &&
+			 slots[obj->kind] != NULL && ncands < TN_DIR_SIZELIMIT)
+			cands[ncands++] = obj;
+		else if (obj != NULL)
+			ret = tn_dir_place(obj, slots, error_r);
 	}
-	return 0;
+	if (ncands > 0 && ret == 0)
+		return tn_dir_pick_owned(cands, ncands, slots[TN_OBJ_MAILBOX],
+					 *slots[TN_OBJ_DOMAIN], error_r);
+	for (size_t i = 0; i < ncands; i++)
+		tn_obj_unref(&cands[i]);
+	return ret;
 }
 
 static void tn_dir_clear_slots(struct tn_obj **slots[4])

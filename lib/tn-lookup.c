@@ -578,23 +578,50 @@ static enum tn_result tn_lookup_done(struct tn_lookup *lk, enum tn_result rc,
 	return rc;
 }
 
+/* Expansion visits every address once. An address met again is a
+ * duplicate (two aliases sharing a target: skipped quietly) unless it is
+ * an alias on the current path from the top, which makes a loop. */
+struct tn_expand_seen {
+	char *addr;
+	bool on_path;
+};
+
 struct tn_expand {
 	struct tn_lookup *lk;
 	struct tn_account *acct;
 	tn_msec_t deadline;
-	char **visited;
-	size_t nvisited;
+	struct tn_expand_seen *seen;
+	size_t nseen;
 };
 
+static struct tn_expand_seen *tn_expand_find(struct tn_expand *x, const char *addr)
+{
+	for (size_t i = 0; i < x->nseen; i++) {
+		if (strcmp(x->seen[i].addr, addr) == 0)
+			return &x->seen[i];
+	}
+	return NULL;
+}
+
+/* true when addr was met before (and flags a loop when it is on the path) */
 static bool tn_expand_seen(struct tn_expand *x, const char *addr)
 {
-	for (size_t i = 0; i < x->nvisited; i++) {
-		if (strcmp(x->visited[i], addr) == 0)
-			return true;
+	struct tn_expand_seen *s = tn_expand_find(x, addr);
+
+	if (s != NULL) {
+		if (s->on_path)
+			x->acct->alias_loop = true;
+		return true;
 	}
-	x->visited = tn_mem_realloc(x->visited, (x->nvisited + 1) * sizeof(char *));
-	x->visited[x->nvisited++] = tn_mem_strdup(addr);
+	x->seen = tn_mem_realloc(x->seen, (x->nseen + 1) * sizeof(*x->seen));
+	x->seen[x->nseen].addr = tn_mem_strdup(addr);
+	x->seen[x->nseen++].on_path = false;
 	return false;
+}
+
+static void tn_expand_path(struct tn_expand *x, const char *addr, bool on_path)
+{
+	tn_expand_find(x, addr)->on_path = on_path;
 }
 
 static enum tn_result tn_expand_targets(struct tn_expand *x, const struct tn_obj *alias,
@@ -623,8 +650,11 @@ static enum tn_result tn_expand_one(struct tn_expand *x, const char *target,
 				target, tn_status_name(f.objs[0]->status));
 		else if (depth + 1 >= x->lk->alias_max_depth)
 			x->acct->alias_loop = true;
-		else
+		else {
+			tn_expand_path(x, target, true);
 			rc = tn_expand_targets(x, f.objs[0], depth + 1, error_r);
+			tn_expand_path(x, target, false);
+		}
 	}
 	tn_fetch_deinit(&f);
 	return rc;
@@ -638,10 +668,8 @@ static enum tn_result tn_expand_targets(struct tn_expand *x, const struct tn_obj
 			x->acct->targets_truncated = true;
 			return TN_FOUND;
 		}
-		if (tn_expand_seen(x, alias->targets[i])) {
-			x->acct->alias_loop = true;
+		if (tn_expand_seen(x, alias->targets[i]))
 			continue;
-		}
 		if (tn_expand_one(x, alias->targets[i], depth, error_r) == TN_TEMPFAIL)
 			return TN_TEMPFAIL;
 	}
@@ -656,10 +684,11 @@ static enum tn_result tn_lookup_expand(struct tn_lookup *lk, struct tn_account *
 	enum tn_result rc;
 
 	tn_expand_seen(&x, alias->key);
+	tn_expand_path(&x, alias->key, true);
 	rc = tn_expand_targets(&x, alias, 0, error_r);
-	for (size_t i = 0; i < x.nvisited; i++)
-		tn_mem_free(&x.visited[i]);
-	tn_mem_free(&x.visited);
+	for (size_t i = 0; i < x.nseen; i++)
+		tn_mem_free(&x.seen[i].addr);
+	tn_mem_free(&x.seen);
 	return rc;
 }
 

@@ -145,11 +145,14 @@ static int tnctl_lookup_output(struct tn_lookup *lk, const char *name, enum tn_r
 			       struct tn_account *acct, const char *error, bool json)
 {
 	static const char *const results[] = { "tempfail", "notfound", "found" };
+	char safe[TN_LOG_VALUE_MAX];
 	json_t *out;
 	char *text;
 
+	/* the query is untrusted: it may be any bytes, and JSON wants UTF-8 */
+	tn_log_sanitize(safe, sizeof(safe), name, strlen(name));
 	if (json) {
-		out = json_pack("{s:s,s:s}", "query", name, "result", results[rc + 1]);
+		out = json_pack("{s:s,s:s}", "query", safe, "result", results[rc + 1]);
 		if (acct != NULL) {
 			text = tn_account_to_json(acct, false);
 			json_object_set_new(out, "account", json_loads(text, 0, NULL));
@@ -167,7 +170,7 @@ static int tnctl_lookup_output(struct tn_lookup *lk, const char *name, enum tn_r
 		tnctl_print_usage_line(lk, acct);
 		printf("%-18s %s\n", "answered by:", tn_layer_name(acct->layer));
 	} else {
-		printf("%s: %s (%s)\n", name, rc == TN_NOTFOUND ? "not found" :
+		printf("%s: %s (%s)\n", safe, rc == TN_NOTFOUND ? "not found" :
 		       "TEMPORARY FAILURE", error != NULL ? error : "");
 	}
 	return rc == TN_FOUND ? 0 : rc == TN_NOTFOUND ? 1 : EX_TEMPFAIL;

@@ -41,7 +41,9 @@ static const char *const probe_results[] = { "tempfail", "notfound", "found" };
 static void probe_print(const char *query, enum tn_result rc, struct tn_account *acct,
 			const char *error, int64_t us)
 {
-	json_t *o = json_pack("{s:s,s:s,s:f}", "query", query, "result",
+	char safe[TN_LOG_VALUE_MAX];
+	json_t *o = json_pack("{s:s,s:s,s:f}", "query",
+			      tn_log_sanitize(safe, sizeof(safe), query, strlen(query)), "result",
 			      probe_results[rc + 1], "ms", (double)us / 1000.0);
 	char *text;
 
