@@ -114,7 +114,6 @@ struct bench_opts {
 	long warmup;		/* -1: default */
 	uint64_t seed;
 	bool tenant_read;	/* raw-ldap -T */
-	bool ttl_set_by_option;
 	const char *target;	/* address or template */
 };
 
@@ -421,20 +420,19 @@ static char *bench_read_secret(const char *path)
 static char *bench_ldap_filter(const char *addr)
 {
 	const char *at = strrchr(addr, '@');
-	struct berval av = { strlen(addr), (char *)addr };
-	struct berval dv = { at != NULL ? strlen(at + 1) : 0, (char *)(at != NULL ? at + 1 : "") };
-	char *a = NULL, *d = NULL, *filter;
+	const char *dom = at != NULL ? at + 1 : "";
+	struct berval av = { strlen(addr), (char *)addr }, dv = { strlen(dom), (char *)dom };
+	struct berval ae = { 0, NULL }, de = { 0, NULL };
+	char *filter = NULL;
 
-	if (ldap_bv2escaped_filter_value(&av, &av) != 0 ||
-	    ldap_bv2escaped_filter_value(&dv, &dv) != 0)
-		return NULL;
-	a = av.bv_val;
-	d = dv.bv_val;
-	filter = tn_mem_printf("(|(&(objectClass=tnMailbox)(mail=%s))"
-			       "(&(objectClass=tnMailAlias)(mail=%s))"
-			       "(&(objectClass=tnMailDomain)(tnDomain=%s)))", a, a, d);
-	ldap_memfree(a);
-	ldap_memfree(d);
+	if (ldap_bv2escaped_filter_value(&av, &ae) == 0 &&
+	    ldap_bv2escaped_filter_value(&dv, &de) == 0)
+		filter = tn_mem_printf("(|(&(objectClass=tnMailbox)(mail=%s))"
+				       "(&(objectClass=tnMailAlias)(mail=%s))"
+				       "(&(objectClass=tnMailDomain)(tnDomain=%s)))",
+				       ae.bv_val, ae.bv_val, de.bv_val);
+	ldap_memfree(ae.bv_val);
+	ldap_memfree(de.bv_val);
 	return filter;
 }
 
@@ -677,7 +675,7 @@ static int bench_number(const char *text, long min, long *value_r)
 	return 0;
 }
 
-static int bench_override(struct tn_conf *conf, char *arg, struct bench_opts *o)
+static int bench_override(struct tn_conf *conf, char *arg)
 {
 	char *eq = strchr(arg, '=');
 	const char *error;
@@ -691,7 +689,6 @@ static int bench_override(struct tn_conf *conf, char *arg, struct bench_opts *o)
 		fprintf(stderr, "%s: %s\n", BENCH_NAME, error);
 		return -1;
 	}
-	o->ttl_set_by_option |= strcmp(arg, "memory_cache_ttl") == 0;
 	return 0;
 }
 
@@ -707,7 +704,7 @@ static int bench_option(int c, struct tn_conf *conf, struct bench_opts *o)
 		fprintf(stderr, "%s: %s\n", BENCH_NAME, error);
 		return -1;
 	case 'o':
-		return bench_override(conf, optarg, o);
+		return bench_override(conf, optarg);
 	case 'n':
 		return bench_number(optarg, 1, &o->n);
 	case 'k':
