@@ -57,7 +57,9 @@
  *
  *	errors counts operations that did not answer TN_FOUND (or, raw,
  *	failed or found nothing); layer_mismatch counts resolves answered
- *	by another layer than the mode's.
+ *	by another layer than the mode's. The library modes add
+ *	ldap_searches_per_op and redis_calls_per_op (from the library's
+ *	counters, timed loop only): the round trips behind each figure.
  * DIAGNOSTICS
  *	Exit 0: every timed operation succeeded; 1: some failed (the JSON
  *	line is printed anyway); 2: bad usage or setup failure.
@@ -121,6 +123,8 @@ struct bench_opts {
 enum bench_rc { BENCH_OK, BENCH_ERROR, BENCH_MISMATCH };
 
 typedef enum bench_rc bench_op_fn(void *ctx, size_t key);
+/* Backend requests so far: [0] LDAP searches, [1] Redis calls. */
+typedef void bench_snap_fn(void *ctx, uint64_t counts_r[2]);
 
 struct bench_run {
 	const struct bench_opts *opts;
@@ -130,6 +134,8 @@ struct bench_run {
 	int64_t *ns;
 	int64_t total_ns;
 	uint64_t errors, mismatches;
+	bool have_calls;
+	uint64_t calls[2];	/* backend requests during the timed loop */
 	const char *last_error;
 };
 
@@ -268,13 +274,17 @@ static void bench_report(struct bench_run *run)
 	printf("{\"mode\":\"%s\",\"n\":%ld,\"keys\":%zu,\"space\":%ld,\"warmup\":%ld,"
 	       "\"ops_per_s\":%.1f,\"mean_us\":%.3f,\"p50_us\":%.3f,\"p90_us\":%.3f,"
 	       "\"p99_us\":%.3f,\"max_us\":%.3f,\"errors\":%" PRIu64
-	       ",\"layer_mismatch\":%" PRIu64 ",\"tenant_read\":%s}\n",
+	       ",\"layer_mismatch\":%" PRIu64 ",\"tenant_read\":%s",
 	       bench_mode_names[o->mode], o->n, run->naddrs,
 	       o->keys > 0 ? o->space : 1, o->warmup,
 	       (double)o->n * 1e9 / (double)run->total_ns, sum / (double)n / 1000.0,
 	       bench_pct_us(run->ns, n, 0.50), bench_pct_us(run->ns, n, 0.90),
 	       bench_pct_us(run->ns, n, 0.99), (double)run->ns[n - 1] / 1000.0,
 	       run->errors, run->mismatches, o->tenant_read ? "true" : "false");
+	if (run->have_calls)
+		printf(",\"ldap_searches_per_op\":%.3f,\"redis_calls_per_op\":%.3f",
+		       (double)run->calls[0] / (double)n, (double)run->calls[1] / (double)n);
+	printf("}\n");
 	fflush(stdout);
 	if (run->errors > 0)
 		fprintf(stderr, "%s: %" PRIu64 " of %ld operations failed; last: %s\n",
@@ -282,12 +292,24 @@ static void bench_report(struct bench_run *run)
 			run->last_error != NULL ? run->last_error : "(no text)");
 }
 
-/* Warm, time, report: the exit status. */
-static int bench_execute(struct bench_run *run, bench_op_fn *op, void *ctx, bool fill)
+/* Warm, time, report: the exit status. snap (or NULL) counts the
+ * backend requests of the timed loop. */
+static int bench_execute(struct bench_run *run, bench_op_fn *op, void *ctx, bool fill,
+			 bench_snap_fn *snap)
 {
+	uint64_t before[2] = { 0, 0 }, after[2] = { 0, 0 };
+
 	if (bench_warm(run, op, ctx, fill) < 0)
 		return 1;
+	if (snap != NULL)
+		snap(ctx, before);
 	bench_timed(run, op, ctx);
+	if (snap != NULL) {
+		snap(ctx, after);
+		run->have_calls = true;
+		run->calls[0] = after[0] - before[0];
+		run->calls[1] = after[1] - before[1];
+	}
 	bench_report(run);
 	tn_mem_free(&run->ns);
 	return run->errors > 0 ? 1 : 0;
@@ -318,6 +340,29 @@ static enum bench_rc bench_lookup_op(void *ctx, size_t key)
 	}
 	tn_account_free(&acct);
 	return ret;
+}
+
+/* A counter from tn_lookup_metrics() text ("bench_NAME VALUE" line). */
+static uint64_t bench_metric(const char *text, const char *name)
+{
+	char *line = tn_mem_printf("\nbench_%s ", name);
+	const char *p = strstr(text, line);
+	uint64_t value = 0;
+
+	if (p != NULL)
+		value = strtoull(p + strlen(line), NULL, 10);
+	tn_mem_free(&line);
+	return value;
+}
+
+static void bench_lookup_snap(void *ctx, uint64_t counts_r[2])
+{
+	struct bench_lookup *bl = ctx;
+	char *text = tn_lookup_metrics(bl->lk, "bench");
+
+	counts_r[0] = bench_metric(text, "ldap_searches_total");
+	counts_r[1] = bench_metric(text, "redis_calls_total");
+	tn_mem_free(&text);
 }
 
 static int bench_wait_memory(struct tn_lookup *lk)
@@ -382,7 +427,8 @@ static int bench_lookup_mode(struct bench_run *run, struct tn_conf *conf)
 		tn_lookup_destroy(&bl.lk);
 		return BENCH_EXIT_USAGE;
 	}
-	ret = bench_execute(run, bench_lookup_op, &bl, run->opts->mode != BENCH_LDAP);
+	ret = bench_execute(run, bench_lookup_op, &bl, run->opts->mode != BENCH_LDAP,
+			    bench_lookup_snap);
 	tn_lookup_destroy(&bl.lk);
 	return ret;
 }
@@ -557,7 +603,7 @@ static int bench_raw_ldap_mode(struct bench_run *run, const struct tn_conf *conf
 	bl.tenants_dn = tn_mem_printf("%s,%s", tn_conf_str(conf, "ldap_tenants_rdn"),
 				      tn_conf_str(conf, "ldap_base"));
 	if (bench_ldap_filters(&bl) == 0 && bench_ldap_connect(&bl, conf) == 0)
-		ret = bench_execute(run, bench_ldap_op, &bl, false);
+		ret = bench_execute(run, bench_ldap_op, &bl, false, NULL);
 	bench_ldap_free(&bl);
 	return ret;
 }
@@ -642,7 +688,7 @@ static int bench_raw_redis_mode(struct bench_run *run, const struct tn_conf *con
 	for (size_t i = 0; i < run->naddrs; i++)
 		br.keys[i] = tn_mem_printf("%sadr:%s", prefix, run->addrs[i]);
 	if ((br.rc = bench_redis_open(conf)) != NULL && bench_redis_setup(&br, conf) == 0)
-		ret = bench_execute(run, bench_redis_op, &br, false);
+		ret = bench_execute(run, bench_redis_op, &br, false, NULL);
 	for (size_t i = 0; i < run->naddrs; i++)
 		tn_mem_free(&br.keys[i]);
 	tn_mem_free(&br.keys);

@@ -455,9 +455,14 @@ static redisReply *tn_cache_run(struct tn_cache *cache, enum tn_cache_script_id 
 		return NULL;
 	}
 	r = tn_cache_eval(cache, c->ctx, id, a, deadline, &broken);
-	if (r == NULL)
-		tn_cache_count(&cache->stats.errors);
 	tn_cache_release(cache, c, broken);
+	if (r == NULL) {
+		tn_cache_count(&cache->stats.errors);
+		/* an error reply (NOAUTH, OOM, READONLY, ...) is a setup
+		 * problem: bypass Redis for a while, and say so */
+		if (!broken)
+			tn_cache_mark_down(cache);
+	}
 	return r;
 }
 

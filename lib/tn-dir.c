@@ -53,11 +53,14 @@ static __thread char tn_dir_errbuf[512];
 static const char *tn_dir_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static const char *tn_dir_err(const char *fmt, ...)
 {
+	char tmp[sizeof(tn_dir_errbuf)];
 	va_list ap;
 
+	/* format first: the arguments may point into tn_dir_errbuf */
 	va_start(ap, fmt);
-	vsnprintf(tn_dir_errbuf, sizeof(tn_dir_errbuf), fmt, ap);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
+	memcpy(tn_dir_errbuf, tmp, sizeof(tmp));
 	return tn_dir_errbuf;
 }
 
@@ -191,31 +194,60 @@ static int tn_dir_set_options(struct tn_dir *dir, LDAP *ld, tn_msec_t deadline)
 	    ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &net) != LDAP_OPT_SUCCESS ||
 	    ldap_set_option(ld, LDAP_OPT_TIMEOUT, &op) != LDAP_OPT_SUCCESS)
 		return -1;
-	if (dir->set.starttls || dir->ca_file != NULL)
-		return tn_dir_set_tls(dir, ld);
-	return 0;
+	return tn_dir_set_tls(dir, ld);
 }
 
-static int tn_dir_bind(struct tn_dir *dir, LDAP *ld, const char **error_r)
+/* libldap's diagnostic text for the last operation, or "" */
+static const char *tn_dir_diag(LDAP *ld, char *buf, size_t size)
 {
-	struct berval cred;
+	char *msg = NULL;
+
+	buf[0] = '\0';
+	if (ldap_get_option(ld, LDAP_OPT_DIAGNOSTIC_MESSAGE, &msg) == LDAP_OPT_SUCCESS &&
+	    msg != NULL && *msg != '\0' && strcmp(msg, "(unknown error code)") != 0)
+		snprintf(buf, size, " (%s)", msg);
+	ldap_memfree(msg);
+	return buf;
+}
+
+/* StartTLS on ldap:// URIs when asked for; ldaps:// is TLS already. */
+static int tn_dir_starttls(struct tn_dir *dir, LDAP *ld, const char *uri,
+			   const char **error_r)
+{
+	char diag[256];
 	int rc;
 
-	if (dir->set.starttls) {
-		rc = ldap_start_tls_s(ld, NULL, NULL);
-		if (rc != LDAP_SUCCESS) {
-			*error_r = tn_dir_err("StartTLS failed: %s", ldap_err2string(rc));
-			return -1;
-		}
-	}
+	if (!dir->set.starttls || strncasecmp(uri, "ldaps:", 6) == 0 ||
+	    strncasecmp(uri, "ldapi:", 6) == 0)
+		return 0;
+	rc = ldap_start_tls_s(ld, NULL, NULL);
+	if (rc == LDAP_SUCCESS)
+		return 0;
+	*error_r = tn_dir_err("StartTLS failed: %s%s", ldap_err2string(rc),
+			      tn_dir_diag(ld, diag, sizeof(diag)));
+	return -1;
+}
+
+static int tn_dir_bind(struct tn_dir *dir, LDAP *ld, const char *uri,
+		       const char **error_r)
+{
+	struct berval cred;
+	char diag[256];
+	int rc;
+
+	if (tn_dir_starttls(dir, ld, uri, error_r) < 0)
+		return -1;
 	cred.bv_val = dir->bind_password;
 	cred.bv_len = strlen(dir->bind_password);
 	rc = ldap_sasl_bind_s(ld, dir->bind_dn, LDAP_SASL_SIMPLE,
 			      dir->bind_dn != NULL ? &cred : NULL, NULL, NULL, NULL);
 	if (rc != LDAP_SUCCESS) {
-		*error_r = tn_dir_err("bind as %s failed: %s",
+		*error_r = tn_dir_err("bind as %s failed: %s%s%s",
 				      dir->bind_dn != NULL ? dir->bind_dn : "anonymous",
-				      ldap_err2string(rc));
+				      ldap_err2string(rc), tn_dir_diag(ld, diag, sizeof(diag)),
+				      rc == LDAP_SERVER_DOWN && strncasecmp(uri, "ldaps:", 6) == 0 ?
+				      " (connection or TLS handshake failed: check the server "
+				      "certificate against ldap_tls_ca_file)" : "");
 		return -1;
 	}
 	return 0;
@@ -233,7 +265,7 @@ static LDAP *tn_dir_open_uri(struct tn_dir *dir, size_t i, tn_msec_t deadline,
 	}
 	if (tn_dir_set_options(dir, ld, deadline) < 0) {
 		*error_r = tn_dir_err("cannot set LDAP options (TLS settings?)");
-	} else if (tn_dir_bind(dir, ld, error_r) == 0) {
+	} else if (tn_dir_bind(dir, ld, dir->uris[i].uri, error_r) == 0) {
 		tn_dir_count(&dir->stats.connects);
 		return ld;
 	}
@@ -268,6 +300,17 @@ static bool tn_dir_all_down(struct tn_dir *dir)
 			return false;
 	}
 	return true;
+}
+
+/* Fail back: a connection made to a later URI is closed once an earlier
+ * one is no longer marked down, so the next connect tries it first. */
+static bool tn_dir_earlier_uri_up(struct tn_dir *dir, size_t uri)
+{
+	for (size_t i = 0; i < uri; i++) {
+		if (tn_dir_uri_usable(dir, i, false))
+			return true;
+	}
+	return false;
 }
 
 /* Connect to the first usable URI; when every URI is marked down, try
@@ -330,8 +373,9 @@ static struct tn_dir_conn *tn_dir_acquire(struct tn_dir *dir, tn_msec_t deadline
 	}
 	c->busy = true;
 	pthread_mutex_unlock(&dir->lock);
-	if (c->ld != NULL && dir->set.idle_timeout > 0 &&
-	    tn_time_now_ms() - c->last_used > dir->set.idle_timeout)
+	if (c->ld != NULL && ((dir->set.idle_timeout > 0 &&
+			       tn_time_now_ms() - c->last_used > dir->set.idle_timeout) ||
+			      tn_dir_earlier_uri_up(dir, c->uri)))
 		tn_dir_conn_close(c);
 	if (c->ld == NULL && tn_dir_connect(dir, c, deadline, error_r) < 0) {
 		pthread_mutex_lock(&dir->lock);

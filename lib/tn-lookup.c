@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "tn-cache.h"
 #include "tn-dir.h"
@@ -73,11 +74,14 @@ static __thread char tn_lookup_errbuf[512];
 static const char *tn_lookup_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static const char *tn_lookup_err(const char *fmt, ...)
 {
+	char tmp[sizeof(tn_lookup_errbuf)];
 	va_list ap;
 
+	/* format first: the arguments may point into tn_lookup_errbuf */
 	va_start(ap, fmt);
-	vsnprintf(tn_lookup_errbuf, sizeof(tn_lookup_errbuf), fmt, ap);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
+	memcpy(tn_lookup_errbuf, tmp, sizeof(tmp));
 	return tn_lookup_errbuf;
 }
 
@@ -91,6 +95,7 @@ static void tn_lookup_count(uint64_t *counter)
 static int tn_lookup_read_secret(const char *path, char **secret_r, const char **error_r)
 {
 	char buf[1024];
+	struct stat st;
 	FILE *fp;
 	size_t len;
 
@@ -101,10 +106,19 @@ static int tn_lookup_read_secret(const char *path, char **secret_r, const char *
 		*error_r = tn_lookup_err("%s: cannot open: %s", path, strerror(errno));
 		return -1;
 	}
+	if (fstat(fileno(fp), &st) == 0 && (st.st_mode & 0077) != 0)
+		tn_warning("%s: readable by group or others; make it mode 0600", path);
 	if (fgets(buf, sizeof(buf), fp) == NULL)
 		buf[0] = '\0';
 	fclose(fp);
 	len = strcspn(buf, "\r\n");
+	if (len == 0 || len == sizeof(buf) - 1) {
+		explicit_bzero(buf, sizeof(buf));
+		*error_r = tn_lookup_err("%s: %s", path, len == 0 ?
+					 "empty: the first line must hold the password" :
+					 "first line too long for a password");
+		return -1;
+	}
 	*secret_r = tn_mem_strndup(buf, len);
 	explicit_bzero(buf, sizeof(buf));
 	return 0;
@@ -770,8 +784,10 @@ enum tn_result tn_lookup_resolve_domain(struct tn_lookup *lk, const char *domain
 	enum tn_result rc;
 
 	*acct_r = NULL;
-	if (tn_domain_normalize(domain, strlen(domain), &norm, error_r) < 0)
+	if (tn_domain_normalize(domain, strlen(domain), &norm, error_r) < 0) {
+		tn_lookup_count(&lk->stats.resolves);
 		return TN_NOTFOUND;
+	}
 	rc = tn_lookup_resolve_what(lk, TN_FETCH_DOMAIN, norm, NULL, deadline, acct_r, error_r);
 	tn_mem_free(&norm);
 	return rc;
@@ -797,6 +813,7 @@ enum tn_result tn_lookup_resolve_tenant(struct tn_lookup *lk, const char *tenant
 {
 	*acct_r = NULL;
 	if (!tn_lookup_tenant_id_valid(tenant)) {
+		tn_lookup_count(&lk->stats.resolves);
 		*error_r = "invalid tenant id";
 		return TN_NOTFOUND;
 	}

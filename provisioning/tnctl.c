@@ -20,8 +20,8 @@
  *		defaults (-d), all effective values (-a), or the parameter
  *		table (--doc).
  *
- *	Exit codes follow sysexits(3): 64 usage, 75 temporary failure,
- *	78 configuration error.
+ *	Exit codes follow sysexits(3): 64 usage, 65 invalid data,
+ *	75 temporary failure, 78 configuration error.
  * CONFIGURATION
  *	The lookup parameters of tenantmail.conf(5), read from the file
  *	given with -c, else $TENANTMAIL_CONF, else
@@ -38,6 +38,7 @@
 #include <jansson.h>
 
 #include "tn-conf.h"
+#include "tn-escape.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
 #include "tn-mem.h"
@@ -213,6 +214,25 @@ static int tnctl_lookup(struct tnctl *ctl, int argc, char **argv)
 	return ret;
 }
 
+/* Is this a syntactically valid address (a), domain (d) or tenant id (t)? */
+static bool tnctl_valid_name(int what, const char *name)
+{
+	const char *why;
+	char *norm = NULL;
+	bool ok;
+
+	if (what == 'a')
+		ok = tn_address_normalize(name, strlen(name), &norm, &why) == 0;
+	else if (what == 'd')
+		ok = tn_domain_normalize(name, strlen(name), &norm, &why) == 0;
+	else
+		ok = *name != '\0' && strlen(name) <= 63 &&
+			strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			       "0123456789-_.") == strlen(name);
+	tn_mem_free(&norm);
+	return ok;
+}
+
 /* --- cache invalidate ------------------------------------------------------------ */
 
 static int tnctl_cache(struct tnctl *ctl, int argc, char **argv)
@@ -224,6 +244,7 @@ static int tnctl_cache(struct tnctl *ctl, int argc, char **argv)
 	};
 	const char *error = NULL;
 	struct tn_lookup *lk;
+	bool invalid = false;
 	int c, ret = 0;
 
 	if (argc < 2 || strcmp(argv[1], "invalidate") != 0)
@@ -234,22 +255,31 @@ static int tnctl_cache(struct tnctl *ctl, int argc, char **argv)
 	}
 	optind = 2;
 	while (ret == 0 && (c = getopt_long(argc, argv, "+a:d:t:", opts, NULL)) != -1) {
-		if (c == 'a')
-			ret = tn_lookup_invalidate_address(lk, optarg, &error);
-		else if (c == 'd')
-			ret = tn_lookup_invalidate_domain(lk, optarg, &error);
-		else if (c == 't')
-			ret = tn_lookup_invalidate_tenant(lk, optarg, &error);
-		else
+		if (c != 'a' && c != 'd' && c != 't') {
 			ret = -2;
+			break;
+		}
+		invalid = !tnctl_valid_name(c, optarg);
+		if (invalid) {
+			error = "invalid address, domain or tenant id";
+			ret = -1;
+		} else if (c == 'a') {
+			ret = tn_lookup_invalidate_address(lk, optarg, &error);
+		} else if (c == 'd') {
+			ret = tn_lookup_invalidate_domain(lk, optarg, &error);
+		} else {
+			ret = tn_lookup_invalidate_tenant(lk, optarg, &error);
+		}
 	}
 	tn_lookup_destroy(&lk);
-	if (ret == -2 || optind != argc)
+	if (ret == -2 || optind != argc || argc == 2)
 		return EX_USAGE;
 	if (ret < 0) {
 		fprintf(stderr, "tnctl: %s\n", error);
-		return EX_TEMPFAIL;
+		return invalid ? EX_DATAERR : EX_TEMPFAIL;
 	}
+	if (!tn_conf_bool(ctl->conf, "redis_enabled"))
+		fprintf(stderr, "tnctl: redis_enabled = no: nothing shared to invalidate\n");
 	return 0;
 }
 
@@ -282,7 +312,7 @@ static const struct tnctl_command tnctl_commands[] = {
 
 static int tnctl_usage(void)
 {
-	fprintf(stderr, "usage: tnctl [-c config] [-o name=value]... command [args]\ncommands:\n");
+	fprintf(stderr, "usage: tnctl [-c config] [-o name=value]... [-v] command [args]\ncommands:\n");
 	for (size_t i = 0; i < sizeof(tnctl_commands) / sizeof(tnctl_commands[0]); i++)
 		fprintf(stderr, "  tnctl %s\n", tnctl_commands[i].usage);
 	return EX_USAGE;
@@ -351,7 +381,11 @@ int main(int argc, char **argv)
 		if (c == 'c') {
 			ctl.conf_path = optarg;
 			explicit_path = true;
-		} else if (c == 'o' && noverrides < 64) {
+		} else if (c == 'o') {
+			if (noverrides == 64) {
+				fprintf(stderr, "tnctl: at most 64 -o options\n");
+				return EX_USAGE;
+			}
 			overrides[noverrides++] = optarg;
 		} else if (c == 'v') {
 			tn_log_set_level(TN_LOG_DEBUG);

@@ -171,6 +171,32 @@ def test_replica_answers_when_provider_is_gone(stack, tmp_path):
             stack.slapd.start()
 
 
+def test_pool_fails_back_to_the_provider(stack, tmp_path):
+    consumer = tnharness.Slapd(str(tmp_path / "consumer"), provider=stack.slapd)
+    try:
+        consumer.wait_for("(mail=alice@acme.example)", timeout=15)
+        conf = str(tmp_path / "replicated.conf")
+        with open(conf, "w") as f:
+            f.write(open(stack.conf).read().replace(
+                "ldap_uri = %s" % stack.slapd.uri,
+                "ldap_uri = %s, %s" % (stack.slapd.uri, consumer.uri)))
+        with Serve(conf, overrides=dict(FAST, memory_cache_ttl="0"),
+                   wait_subscribed=False) as s:
+            stack.slapd.kill()
+            cold(stack, "alice@acme.example")
+            assert s.resolve("alice@acme.example")["result"] == "found"
+            stack.slapd.start()
+            time.sleep(2.2)                       # ldap_retry_down 2s
+            mark = stack.slapd.log_mark()
+            cold(stack, "bob@acme.example")
+            assert s.resolve("bob@acme.example")["result"] == "found"
+            assert "mail=bob@acme.example" in stack.slapd.log_since(mark)
+    finally:
+        consumer.stop()
+        if not stack.slapd.running():
+            stack.slapd.start()
+
+
 def test_tempfail_message_is_clear(slapd_restored):
     stack = slapd_restored
     cold(stack, "alice@acme.example")

@@ -388,3 +388,35 @@ def test_valgrind_clean(stack):
         r = subprocess.run(vg + [binary("tests/tn-probe"), "-c", stack.conf] + args,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+
+
+def test_tnctl_exit_codes_and_bad_config(stack, tmp_path):
+    assert tnctl(stack.conf, "cache", "invalidate").returncode == 64
+    assert tnctl(stack.conf, "cache", "invalidate", "--tenant", "a,b").returncode == 65
+    assert tnctl(stack.conf, "cache", "invalidate", "--address", "no-at").returncode == 65
+    assert tnctl(stack.conf, "nosuchcommand").returncode == 64
+    assert tnctl(stack.conf, "lookup").returncode == 64
+    bad = tmp_path / "bad.conf"
+    bad.write_text(open(stack.conf).read() + "ldap_timout = 3s\n")
+    r = tnctl(str(bad), "lookup", "alice@acme.example")
+    assert r.returncode == 78
+    assert "bad.conf:8: unknown parameter 'ldap_timout'" in r.stderr, r.stderr
+    empty = tmp_path / "empty.secret"
+    empty.write_text("")
+    r = tnctl(stack.conf, "lookup", "alice@acme.example",
+              overrides={"ldap_bind_password_file": str(empty)})
+    assert r.returncode == 78 and "empty" in r.stderr, r.stderr
+    r = tnctl(stack.conf, "lookup", "alice@acme.example",
+              overrides={"ldap_bind_password_file": str(tmp_path / "missing")})
+    assert r.returncode == 78 and "cannot open" in r.stderr, r.stderr
+
+
+def test_wrong_bind_password_is_tempfail(stack, tmp_path):
+    pw = tmp_path / "wrong.secret"
+    pw.write_text("not-the-password\n")
+    pw.chmod(0o600)
+    cold(stack, "adr:alice@acme.example")
+    r = tnctl(stack.conf, "lookup", "alice@acme.example",
+              overrides={"ldap_bind_password_file": str(pw)})
+    assert r.returncode == 75, r.stdout
+    assert "Invalid credentials" in r.stdout, r.stdout
