@@ -28,6 +28,11 @@
  *
  *	Error texts returned through error_r live in thread-local storage
  *	until the thread's next lookup call.
+ *
+ *	Programs that link the library must ignore SIGPIPE (hiredis writes
+ *	to sockets without MSG_NOSIGNAL): a Redis server that went away must
+ *	be an error return, not the death of the process. Postfix, Dovecot
+ *	and libmilter programs do; tenantmail's own main()s do it first.
  *--*/
 #ifndef TN_LOOKUP_H
 #define TN_LOOKUP_H

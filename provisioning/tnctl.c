@@ -28,6 +28,7 @@
  *	/etc/tenantmail/tenantmail.conf; the [tnctl] section applies.
  *--*/
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,6 +376,7 @@ int main(int argc, char **argv)
 	bool explicit_path = ctl.conf_path != NULL;
 	int c, ret = EX_USAGE;
 
+	signal(SIGPIPE, SIG_IGN);
 	tn_log_init("tnctl", TN_LOG_TO_STDERR, LOG_MAIL);
 	tn_log_set_level(TN_LOG_ERROR);
 	while ((c = getopt(argc, argv, "+c:o:v")) != -1) {

@@ -21,6 +21,7 @@
  *	libevent adapter and reports the largest gap between ticks.
  *--*/
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +256,7 @@ int main(int argc, char **argv)
 	const char *cmd;
 	int i, ret = 0;
 
+	signal(SIGPIPE, SIG_IGN);
 	tn_log_init("tn-probe", TN_LOG_TO_STDERR, LOG_MAIL);
 	if ((conf = probe_conf(argc, argv, &i)) == NULL || i >= argc)
 		return 64;
