@@ -206,3 +206,29 @@ def test_tempfail_message_is_clear(slapd_restored):
     out = json.loads(r.stdout)
     assert out["result"] == "tempfail"
     assert "127.0.0.1" in out["error"] and "ldap" in out["error"].lower(), out
+
+
+def test_fill_never_overwrites_a_newer_invalidation(slapd_restored):
+    """A lookup whose directory read is in flight when an invalidation
+    happens must not put what it read into Redis or memory."""
+    stack = slapd_restored
+    addr = "erin@acme-mail.example"
+    slow = {"lookup_timeout": "8s", "ldap_timeout": "6s", "ldap_network_timeout": "6s"}
+    with Serve(stack.conf, overrides=slow) as s:
+        cold(stack, addr)
+        stack.redis.cli("DEL", "tn:v1:dom:acme-mail.example")
+        stack.slapd.freeze()
+        s.proc.stdin.write("resolve %s\n" % addr)      # blocks in LDAP
+        s.proc.stdin.flush()
+        time.sleep(0.5)
+        r = tnctl(stack.conf, "cache", "invalidate", "--address", addr)
+        assert r.returncode == 0, r.stderr
+        stack.slapd.thaw()
+        ans = s.read(10)
+        assert ans["result"] == "found" and ans["layer"] == "ldap", ans
+        assert stack.redis.cli("EXISTS", "tn:v1:adr:" + addr).strip() == "0"
+        assert stack.redis.cli("EXISTS", "tn:v1:dom:acme-mail.example").strip() == "0"
+        assert s.resolve(addr)["layer"] == "ldap"     # memory refused it too
+        # without an invalidation in between, the fill lands
+        assert s.resolve(addr)["layer"] == "memory"
+        assert stack.redis.cli("EXISTS", "tn:v1:adr:" + addr).strip() == "1"
