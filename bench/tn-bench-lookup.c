@@ -5,7 +5,7 @@
  *	time address lookups per layer, and the raw client floors
  * SYNOPSIS
  *	tn-bench-lookup -c config [-o name=value]... mode -n count
- *		[-k keys [-K space]] [-w warmup] [-s seed] [-T] address
+ *		[-k keys [-K space]] [-w warmup] [-s seed] [-T] address-or-template
  * DESCRIPTION
  *	A benchmark tool, not installed; bench/lookup drives it. It times
  *	count operations of one kind, one at a time from one thread, and
@@ -49,11 +49,13 @@
  *	default keys): -k 1000 -K 1000000 spreads 1000 keys over a directory
  *	of a million. Each operation picks one of them at random (-s seed).
  *
- *	The warm-up (-w, default count/10 within 100..10000 operations, on
- *	the same random sequence's generator) runs before the clock starts
- *	and is not recorded. Each operation is timed on its own with
- *	CLOCK_MONOTONIC (about 20 ns of overhead); ops_per_s is count over
- *	the whole timed loop.
+ *	The warm-up (-w, default count/10 within 100..10000 operations)
+ *	runs before the clock starts and is not recorded; it draws its keys
+ *	from the same generator first, so with the same seed, keys and
+ *	warm-up every mode times the same sequence of addresses (library
+ *	and raw modes ask for the same entries). Each operation is timed
+ *	on its own with CLOCK_MONOTONIC (about 20 ns of overhead);
+ *	ops_per_s is count over the whole timed loop.
  *
  *	errors counts operations that did not answer TN_FOUND (or, raw,
  *	failed or found nothing); layer_mismatch counts resolves answered

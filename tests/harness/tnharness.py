@@ -438,11 +438,16 @@ class Slapd(_Server):
         return [self.slapd, "-f", self.conf, "-h", self.uri, "-d", self.debug]
 
     def _ready(self):
-        r = subprocess.run(
-            ["ldapwhoami", "-x", "-H", self.uri, "-D", ROOTDN, "-w", ROOTPW,
-             "-o", "nettimeout=1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=_env(), timeout=5)
+        # a probe that hangs (slapd still starting) is "not ready yet":
+        # start() keeps trying until its own timeout
+        try:
+            r = subprocess.run(
+                ["ldapwhoami", "-x", "-H", self.uri, "-D", ROOTDN, "-w", ROOTPW,
+                 "-o", "nettimeout=1"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=_env(), timeout=2)
+        except subprocess.TimeoutExpired:
+            return False
         return r.returncode == 0
 
     # -- ldap-utils wrappers --------------------------------------------
