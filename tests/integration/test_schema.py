@@ -448,6 +448,7 @@ def test_d_tenant_admin_limits_inside_own_tenant(stack):
     evil = tdn("acme", "mail=evil@acme.example")
     nested = tdn("acme", "tnTenantId=globex")
     deep = "mail=deep@acme.example," + bob
+    planted_domain = tdn("acme", "tnDomain=globex.example")
     s.add("dn: %s\nobjectClass: tnMailbox\nmail: placed@acme.example\n"
           "tnMailPool: pool-a\n" % placed)         # placed by the ISP
     try:
@@ -466,6 +467,9 @@ def test_d_tenant_admin_limits_inside_own_tenant(stack):
                   % deep, check=False, **adm),
             s.delete(placed, check=False, **adm),           # placed mailbox
             s.delete(ACME_ADMIN[0], check=False, **adm),
+            s.add("dn: %s\nobjectClass: tnMailDomain\ntnDomain: globex.example\n"
+                  % planted_domain, check=False, **adm),    # a domain: ISP only
+            s.delete(tdn("acme", "tnDomain=acme-mail.example"), check=False, **adm),
         ]
         for r in refused:
             assert r.returncode == 50, (r.args, r.stderr)
@@ -475,7 +479,7 @@ def test_d_tenant_admin_limits_inside_own_tenant(stack):
     finally:
         # Undo whatever a broken ACL let through, so other tests see the
         # example DIT.
-        for dn in (placed, evil, nested, deep):
+        for dn in (placed, evil, nested, deep, planted_domain):
             s.delete(dn, check=False)
         s.modify(mod(alice, "tnMailHost", "store1.example:24"), check=False)
         s.modify(mod(tdn("acme"), "tnStorageQuotaBytes", "10737418240"),
