@@ -5,7 +5,7 @@
  *	time address lookups per layer, and the raw client floors
  * SYNOPSIS
  *	tn-bench-lookup -c config [-o name=value]... mode -n count
- *		[-k keys [-K space]] [-w warmup] [-s seed] [-T] address-or-template
+ *		[-k keys [-K space]] [-w warmup] [-s seed] [-T] [-H tenant] address-or-template
  * DESCRIPTION
  *	A benchmark tool, not installed; bench/lookup drives it. It times
  *	count operations of one kind, one at a time from one thread, and
@@ -31,9 +31,12 @@
  *	raw-ldap       plain libldap: one connection bound as ldap_bind_dn,
  *	               ldap_search_ext_s() with the library's filter, base,
  *	               scope, attribute list and size limit (filters are
- *	               built before the timed loop). With -T each operation
- *	               also reads the tenant entry by DN, as the library's
- *	               LDAP path does: the floor for the same work.
+ *	               built before the timed loop). With -H TENANT the
+ *	               filter also asks for that tenant's entry, exactly the
+ *	               request the library sends once it has learnt which
+ *	               tenant the domain belongs to (one round trip). With -T
+ *	               each operation reads the tenant entry by DN in a second
+ *	               request instead (the library's path before it knows).
  *	raw-redis-get  plain hiredis: GET <redis_key_prefix>adr:<address>
  *	               on one connection (the key must exist: run the redis
  *	               mode first).
@@ -118,6 +121,7 @@ struct bench_opts {
 	long warmup;		/* -1: default */
 	uint64_t seed;
 	bool tenant_read;	/* raw-ldap -T */
+	const char *tenant_hint; /* raw-ldap -H: the library's hinted filter */
 	const char *target;	/* address or template */
 };
 
@@ -464,8 +468,9 @@ static char *bench_read_secret(const char *path)
 	return tn_mem_strdup(buf);
 }
 
-/* The library's address filter (tn_dir_fetch_address in lib/tn-dir.c). */
-static char *bench_ldap_filter(const char *addr)
+/* The library's address filter (tn_dir_fetch_address in lib/tn-dir.c),
+ * with the tenant clause it adds once it knows the domain's tenant. */
+static char *bench_ldap_filter(const char *addr, const char *hint)
 {
 	const char *at = strrchr(addr, '@');
 	const char *dom = at != NULL ? at + 1 : "";
@@ -475,10 +480,10 @@ static char *bench_ldap_filter(const char *addr)
 
 	if (ldap_bv2escaped_filter_value(&av, &ae) == 0 &&
 	    ldap_bv2escaped_filter_value(&dv, &de) == 0)
-		filter = tn_mem_printf("(|(&(objectClass=tnMailbox)(mail=%s))"
-				       "(&(objectClass=tnMailAlias)(mail=%s))"
-				       "(&(objectClass=tnMailDomain)(tnDomain=%s)))",
-				       ae.bv_val, ae.bv_val, de.bv_val);
+		filter = tn_mem_printf("(|(mail=%s)(tnDomain=%s)%s%s%s)",
+				       ae.bv_val, de.bv_val,
+				       hint != NULL ? "(tnTenantId=" : "",
+				       hint != NULL ? hint : "", hint != NULL ? ")" : "");
 	ldap_memfree(ae.bv_val);
 	ldap_memfree(de.bv_val);
 	return filter;
@@ -574,7 +579,8 @@ static int bench_ldap_filters(struct bench_ldap *bl)
 {
 	bl->filters = tn_mem_calloc(bl->run->naddrs, sizeof(char *));
 	for (size_t i = 0; i < bl->run->naddrs; i++) {
-		if ((bl->filters[i] = bench_ldap_filter(bl->run->addrs[i])) == NULL) {
+		if ((bl->filters[i] = bench_ldap_filter(bl->run->addrs[i],
+							bl->run->opts->tenant_hint)) == NULL) {
 			fprintf(stderr, "%s: cannot escape %s\n", BENCH_NAME, bl->run->addrs[i]);
 			return -1;
 		}
@@ -704,7 +710,7 @@ static void bench_usage(void)
 {
 	fprintf(stderr, "usage: %s -c config [-o name=value]... "
 		"memory|redis|ldap|raw-ldap|raw-redis-get -n count\n"
-		"\t[-k keys [-K space]] [-w warmup] [-s seed] [-T] address-or-template\n",
+		"\t[-k keys [-K space]] [-w warmup] [-s seed] [-T] [-H tenant] address-or-template\n",
 		BENCH_NAME);
 }
 
@@ -769,6 +775,9 @@ static int bench_option(int c, struct tn_conf *conf, struct bench_opts *o)
 	case 'T':
 		o->tenant_read = true;
 		return 0;
+	case 'H':
+		o->tenant_hint = optarg;
+		return 0;
 	default:
 		return -1;
 	}
@@ -802,7 +811,7 @@ static int bench_parse(int argc, char **argv, struct tn_conf *conf, struct bench
 	bool have_conf = false;
 	int c;
 
-	while ((c = getopt(argc, argv, "c:o:n:k:K:w:s:T")) != -1) {
+	while ((c = getopt(argc, argv, "c:o:n:k:K:w:s:TH:")) != -1) {
 		have_conf |= c == 'c';
 		if (bench_option(c, conf, o) < 0)
 			return -1;

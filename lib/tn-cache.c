@@ -23,6 +23,7 @@
 
 #include "tn-cache.h"
 #include "tn-log.h"
+#include "tn-mcache.h"
 #include "tn-mem.h"
 
 #define TN_CACHE_MAX_KEYS 16
@@ -31,26 +32,9 @@
 #define TN_CACHE_PING_INTERVAL 1000
 #define TN_CACHE_PING_DEADLINE 2000
 #define TN_CACHE_NEGATIVE_VALUE "!"
-
-/* KEYS: the object keys, then the generation key. ARGV[1]: prefix.
- * Returns { values of KEYS..., { tenant id, tenant value, ... } }. */
-static const char tn_cache_script_get[] =
-	"local vals = redis.call('MGET', unpack(KEYS))\n"
-	"local extra, seen = {}, {}\n"
-	"for i = 1, #KEYS - 1 do\n"
-	"  local v = vals[i]\n"
-	"  if v and v ~= '!' then\n"
-	"    local ok, o = pcall(cjson.decode, v)\n"
-	"    if ok and type(o) == 'table' and type(o.tenant) == 'string'\n"
-	"       and o.kind ~= 'tenant' and not seen[o.tenant] then\n"
-	"      seen[o.tenant] = true\n"
-	"      extra[#extra + 1] = o.tenant\n"
-	"      extra[#extra + 1] = redis.call('GET', ARGV[1] .. 'ten:' .. o.tenant)\n"
-	"    end\n"
-	"  end\n"
-	"end\n"
-	"vals[#vals + 1] = extra\n"
-	"return vals\n";
+/* Decoded entries kept by their exact bytes (see tn_cache_decode_entry). */
+#define TN_CACHE_DECODED_MAX 10000
+#define TN_CACHE_DECODED_TTL 60000
 
 /* KEYS[1]: generation key, KEYS[2..]: keys. ARGV[1]: generation read
  * before the directory was asked ('' = absent); then value, ttl-ms pairs. */
@@ -70,14 +54,15 @@ static const char tn_cache_script_invalidate[] =
 	"redis.call('PUBLISH', ARGV[1], ARGV[2])\n"
 	"return 1\n";
 
-enum tn_cache_script_id { TN_SCRIPT_GET, TN_SCRIPT_PUT, TN_SCRIPT_INVALIDATE, TN_SCRIPT_COUNT };
+enum tn_cache_script_id { TN_SCRIPT_PUT, TN_SCRIPT_INVALIDATE, TN_SCRIPT_COUNT };
 
 static const char *const tn_cache_scripts[TN_SCRIPT_COUNT] = {
-	tn_cache_script_get, tn_cache_script_put, tn_cache_script_invalidate,
+	tn_cache_script_put, tn_cache_script_invalidate,
 };
 
 struct tn_cache_conn {
 	redisContext *ctx;
+	tn_msec_t timeout;	/* socket timeout now set on ctx */
 	bool busy;
 };
 
@@ -89,6 +74,7 @@ struct tn_cache {
 	struct tn_cache_conn *conns;
 	tn_msec_t down_until, backoff;
 	char shas[TN_SCRIPT_COUNT][41];
+	struct tn_mcache *decoded;
 	struct tn_cache_stats stats;
 	/* subscriber */
 	pthread_t sub_thread;
@@ -142,6 +128,7 @@ struct tn_cache *tn_cache_create(const struct tn_cache_settings *set)
 	cache->set.key_prefix = NULL;
 	cache->conns = tn_mem_calloc(cache->set.max_connections, sizeof(*cache->conns));
 	cache->backoff = TN_CACHE_BACKOFF_MIN;
+	cache->decoded = tn_mcache_create(TN_CACHE_DECODED_MAX);
 	pthread_mutex_init(&cache->lock, NULL);
 	pthread_cond_init(&cache->cond, NULL);
 	return cache;
@@ -163,6 +150,7 @@ void tn_cache_destroy(struct tn_cache **cachep)
 	}
 	if (cache->password != NULL)
 		explicit_bzero(cache->password, strlen(cache->password));
+	tn_mcache_destroy(&cache->decoded);
 	tn_mem_free(&cache->conns);
 	tn_mem_free(&cache->host);
 	tn_mem_free(&cache->socket_path);
@@ -199,18 +187,43 @@ static struct timeval tn_cache_tv(tn_msec_t limit, tn_msec_t deadline)
 	return tv;
 }
 
+/* Set the socket timeout to min(limit, time left), skipping the two
+ * setsockopt() calls when it is what the socket has already (the usual
+ * case: the deadline is far). *current: the timeout set now, or NULL. */
+static int tn_cache_set_timeout(redisContext *ctx, tn_msec_t *current, tn_msec_t limit,
+				tn_msec_t deadline)
+{
+	struct timeval tv = tn_cache_tv(limit, deadline);
+	tn_msec_t ms = (tn_msec_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+
+	if (current != NULL && *current == ms)
+		return 0;
+	if (redisSetTimeout(ctx, tv) != REDIS_OK)
+		return -1;
+	if (current != NULL)
+		*current = ms;
+	return 0;
+}
+
 /* Run one command; NULL on transport failure (ctx unusable). */
-static redisReply *tn_cache_command(redisContext *ctx, tn_msec_t limit, tn_msec_t deadline,
-				    int argc, const char **argv, const size_t *argvlen)
+static redisReply *tn_cache_command_t(redisContext *ctx, tn_msec_t *current, tn_msec_t limit,
+				      tn_msec_t deadline, int argc, const char **argv,
+				      const size_t *argvlen)
 {
 	redisReply *reply;
 
-	if (redisSetTimeout(ctx, tn_cache_tv(limit, deadline)) != REDIS_OK)
+	if (tn_cache_set_timeout(ctx, current, limit, deadline) < 0)
 		return NULL;
 	reply = redisCommandArgv(ctx, argc, argv, argvlen);
 	if (reply == NULL)
 		tn_cache_set_error("redis: %s", ctx->errstr[0] != '\0' ? ctx->errstr : "no reply");
 	return reply;
+}
+
+static redisReply *tn_cache_command(redisContext *ctx, tn_msec_t limit, tn_msec_t deadline,
+				    int argc, const char **argv, const size_t *argvlen)
+{
+	return tn_cache_command_t(ctx, NULL, limit, deadline, argc, argv, argvlen);
 }
 
 static bool tn_cache_reply_ok(redisContext *ctx, tn_msec_t limit, tn_msec_t deadline,
@@ -311,6 +324,8 @@ static struct tn_cache_conn *tn_cache_acquire(struct tn_cache *cache, tn_msec_t 
 		tn_cache_set_error("redis marked down or no connection free in time");
 		return NULL;
 	}
+	if (c->ctx == NULL)
+		c->timeout = -1;	/* whatever the connect left: set it */
 	if (c->ctx == NULL && (c->ctx = tn_cache_connect(cache, deadline)) == NULL) {
 		pthread_mutex_lock(&cache->lock);
 		c->busy = false;
@@ -340,11 +355,12 @@ static void tn_cache_release(struct tn_cache *cache, struct tn_cache_conn *c, bo
 
 /* --- scripts ------------------------------------------------------------------ */
 
-static int tn_cache_load_script(struct tn_cache *cache, redisContext *ctx,
+static int tn_cache_load_script(struct tn_cache *cache, struct tn_cache_conn *c,
 				enum tn_cache_script_id id, tn_msec_t deadline)
 {
 	const char *argv[] = { "SCRIPT", "LOAD", tn_cache_scripts[id] };
-	redisReply *r = tn_cache_command(ctx, cache->set.timeout, deadline, 3, argv, NULL);
+	redisReply *r = tn_cache_command_t(c->ctx, &c->timeout, cache->set.timeout, deadline,
+					   3, argv, NULL);
 	int ret = -1;
 
 	if (r != NULL && r->type == REDIS_REPLY_STRING && r->len == 40) {
@@ -361,7 +377,7 @@ static int tn_cache_load_script(struct tn_cache *cache, redisContext *ctx,
 }
 
 struct tn_cache_args;
-static redisReply *tn_cache_eval(struct tn_cache *cache, redisContext *ctx,
+static redisReply *tn_cache_eval(struct tn_cache *cache, struct tn_cache_conn *c,
 				 enum tn_cache_script_id id, struct tn_cache_args *a,
 				 tn_msec_t deadline, bool *broken_r);
 
@@ -405,7 +421,7 @@ static void tn_cache_args_free(struct tn_cache_args *a)
 /* EVALSHA the script with a's keys and args; (re)load it when it is not
  * known yet or the server answers NOSCRIPT. *broken_r tells a transport
  * failure from an error reply. */
-static redisReply *tn_cache_eval(struct tn_cache *cache, redisContext *ctx,
+static redisReply *tn_cache_eval(struct tn_cache *cache, struct tn_cache_conn *c,
 				 enum tn_cache_script_id id, struct tn_cache_args *a,
 				 tn_msec_t deadline, bool *broken_r)
 {
@@ -416,15 +432,16 @@ static redisReply *tn_cache_eval(struct tn_cache *cache, redisContext *ctx,
 		memcpy(a->sha, cache->shas[id], sizeof(a->sha));
 		pthread_mutex_unlock(&cache->lock);
 		if (a->sha[0] == '\0' || attempt > 0) {
-			if (tn_cache_load_script(cache, ctx, id, deadline) < 0) {
-				*broken_r = ctx->err != 0;
+			if (tn_cache_load_script(cache, c, id, deadline) < 0) {
+				*broken_r = c->ctx->err != 0;
 				return NULL;
 			}
 			pthread_mutex_lock(&cache->lock);
 			memcpy(a->sha, cache->shas[id], sizeof(a->sha));
 			pthread_mutex_unlock(&cache->lock);
 		}
-		r = tn_cache_command(ctx, cache->set.timeout, deadline, a->argc, a->argv, a->lens);
+		r = tn_cache_command_t(c->ctx, &c->timeout, cache->set.timeout, deadline,
+				       a->argc, a->argv, a->lens);
 		if (r == NULL) {
 			*broken_r = true;
 			return NULL;
@@ -454,7 +471,7 @@ static redisReply *tn_cache_run(struct tn_cache *cache, enum tn_cache_script_id 
 		tn_cache_count(&cache->stats.errors);
 		return NULL;
 	}
-	r = tn_cache_eval(cache, c->ctx, id, a, deadline, &broken);
+	r = tn_cache_eval(cache, c, id, a, deadline, &broken);
 	tn_cache_release(cache, c, broken);
 	if (r == NULL) {
 		tn_cache_count(&cache->stats.errors);
@@ -487,22 +504,34 @@ static void tn_cache_decode_entry(struct tn_cache *cache, const redisReply *v,
 		e->state = TN_CACHE_NEGATIVE;
 		return;
 	}
-	e->obj = tn_obj_decode(v->str, v->len, &why);
-	if (e->obj != NULL)
+	/* Parsing JSON is most of a Redis hit's client time; the same bytes
+	 * always decode to the same object, so decoded objects are kept by
+	 * their exact text (memoisation, not caching: Redis still decides
+	 * which text is current, so this needs no invalidation). */
+	if (v->len < 4096 && memchr(v->str, '\0', v->len) == NULL &&
+	    tn_mcache_get(cache->decoded, v->str, &e->obj) == TN_MCACHE_HIT) {
 		e->state = TN_CACHE_POSITIVE;
-	else
+		tn_cache_count(&cache->stats.hits);
+		return;
+	}
+	e->obj = tn_obj_decode(v->str, v->len, &why);
+	if (e->obj != NULL) {
+		e->state = TN_CACHE_POSITIVE;
+		if (v->len < 4096 && memchr(v->str, '\0', v->len) == NULL)
+			tn_mcache_put(cache->decoded, v->str, e->obj, TN_CACHE_DECODED_TTL,
+				      tn_mcache_generation(cache->decoded));
+	} else {
 		tn_warning("redis: ignoring malformed cache entry: %s", why);
+	}
 	tn_cache_count(e->obj != NULL ? &cache->stats.hits : &cache->stats.misses);
 }
 
 static int tn_cache_decode_get(struct tn_cache *cache, const redisReply *r, unsigned n,
-			       struct tn_cache_entry *entries_r,
-			       struct tn_cache_entry *tenants_r, char generation_r[32])
+			       struct tn_cache_entry *entries_r, char generation_r[32])
 {
-	const redisReply *extra;
+	const redisReply *g;
 
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != n + 2 ||
-	    r->element[n + 1]->type != REDIS_REPLY_ARRAY)
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != n + 1)
 		return -1;
 	for (unsigned i = 0; i < n; i++) {
 		tn_cache_decode_entry(cache, r->element[i], &entries_r[i]);
@@ -511,40 +540,46 @@ static int tn_cache_decode_get(struct tn_cache *cache, const redisReply *r, unsi
 		else if (entries_r[i].state == TN_CACHE_NEGATIVE)
 			tn_cache_count(&cache->stats.hits);
 	}
-	snprintf(generation_r, 32, "%.*s",
-		 r->element[n]->type == REDIS_REPLY_STRING ? (int)r->element[n]->len : 0,
-		 r->element[n]->type == REDIS_REPLY_STRING ? r->element[n]->str : "");
-	extra = r->element[n + 1];
-	for (unsigned i = 0; i < n; i++)
-		tenants_r[i] = (struct tn_cache_entry){ TN_CACHE_ABSENT, NULL };
-	for (size_t i = 0; i + 1 < extra->elements && i / 2 < n; i += 2)
-		tn_cache_decode_entry(cache, extra->element[i + 1], &tenants_r[i / 2]);
+	g = r->element[n];
+	snprintf(generation_r, 32, "%.*s", g->type == REDIS_REPLY_STRING ? (int)g->len : 0,
+		 g->type == REDIS_REPLY_STRING ? g->str : "");
 	return 0;
 }
 
+/* One plain MGET: no script on the read path (a Lua call costs several
+ * microseconds of server time, a GET a fraction of one). */
 int tn_cache_get(struct tn_cache *cache, const char *const *keys, unsigned n,
 		 tn_msec_t deadline, struct tn_cache_entry *entries_r,
-		 struct tn_cache_entry *tenants_r, char generation_r[32])
+		 char generation_r[32])
 {
-	struct tn_cache_args a;
-	redisReply *r;
-	int ret;
+	const char *argv[TN_CACHE_MAX_KEYS + 2];
+	char *owned[TN_CACHE_MAX_KEYS];
+	struct tn_cache_conn *c;
+	redisReply *r = NULL;
+	int ret = -1;
 
 	if (n == 0 || n > TN_CACHE_MAX_KEYS)
 		return -1;
-	tn_cache_args_init(&a, (int)n + 1);
+	argv[0] = "MGET";
 	for (unsigned i = 0; i < n; i++)
-		tn_cache_args_add_owned(&a, tn_mem_printf("%s%s", cache->prefix, keys[i]));
-	tn_cache_args_add(&a, cache->gen_key, strlen(cache->gen_key));
-	tn_cache_args_add(&a, cache->prefix, strlen(cache->prefix));
-	r = tn_cache_run(cache, TN_SCRIPT_GET, &a, deadline);
-	tn_cache_args_free(&a);
-	if (r == NULL)
-		return -1;
-	ret = tn_cache_decode_get(cache, r, n, entries_r, tenants_r, generation_r);
+		argv[i + 1] = owned[i] = tn_mem_printf("%s%s", cache->prefix, keys[i]);
+	argv[n + 1] = cache->gen_key;
+	tn_cache_count(&cache->stats.calls);
+	if ((c = tn_cache_acquire(cache, deadline)) != NULL) {
+		r = tn_cache_command_t(c->ctx, &c->timeout, cache->set.timeout, deadline,
+				       (int)n + 2, argv, NULL);
+		tn_cache_release(cache, c, r == NULL);
+	}
+	for (unsigned i = 0; i < n; i++)
+		tn_mem_free(&owned[i]);
+	if (r != NULL) {
+		ret = tn_cache_decode_get(cache, r, n, entries_r, generation_r);
+		if (ret < 0)
+			tn_cache_set_error("redis: unexpected reply to MGET");
+		freeReplyObject(r);
+	}
 	if (ret < 0)
-		tn_cache_set_error("redis: unexpected reply to the lookup script");
-	freeReplyObject(r);
+		tn_cache_count(&cache->stats.errors);
 	return ret;
 }
 
@@ -629,7 +664,8 @@ int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
 
 	*bytes_r = *messages_r = 0;
 	if (c != NULL) {
-		r = tn_cache_command(c->ctx, cache->set.timeout, deadline, 4, argv, NULL);
+		r = tn_cache_command_t(c->ctx, &c->timeout, cache->set.timeout, deadline,
+				       4, argv, NULL);
 		tn_cache_release(cache, c, r == NULL);
 	}
 	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {

@@ -11,9 +11,9 @@
  *	such object) with the negative TTL. docs/redis-keys.md is the full
  *	layout.
  *
- *	Reads: tn_cache_get() returns the entries for a set of keys plus
- *	the tenants those entries belong to and the invalidation generation,
- *	in one round trip (a Lua script).
+ *	Reads: tn_cache_get() is one MGET of the keys asked for plus the
+ *	invalidation generation. (The lookup adds the tenant it expects to the
+ *	same MGET, so a resolve is one round trip; see tn-lookup.c.)
  *
  *	Fills never overwrite a newer invalidation: tn_cache_put() stores
  *	only if <prefix>gen still holds the generation read before the
@@ -84,14 +84,13 @@ struct tn_cache;
 struct tn_cache *tn_cache_create(const struct tn_cache_settings *set);
 void tn_cache_destroy(struct tn_cache **cache);
 
-/* Read keys[0..n-1] (without prefix). entries_r[i] describes keys[i];
- * tenants_r[] (n slots) receives the tenant entries of the positive
- * entries' tenants, in the order met (state ABSENT where not cached, obj
- * NULL past the last one). *generation_r is the invalidation generation.
- * Returns 0, or -1 when Redis could not answer. */
+/* Read keys[0..n-1] (without prefix) and the generation in one MGET.
+ * entries_r[i] describes keys[i]; *generation_r is the invalidation
+ * generation ("" when never set). Returns 0, or -1 when Redis could not
+ * answer. */
 int tn_cache_get(struct tn_cache *cache, const char *const *keys, unsigned n,
 		 tn_msec_t deadline, struct tn_cache_entry *entries_r,
-		 struct tn_cache_entry *tenants_r, char generation_r[32]);
+		 char generation_r[32]);
 /* Store objects (NULL = negative) under keys if the generation is still
  * 'generation'. Returns 1 stored, 0 refused (invalidated meanwhile),
  * -1 error. */

@@ -795,24 +795,33 @@ static enum tn_result tn_dir_fetch(struct tn_dir *dir, const struct tn_dir_query
 }
 
 enum tn_result tn_dir_fetch_address(struct tn_dir *dir, const char *addr,
-				    const char *domain, tn_msec_t deadline,
-				    struct tn_obj **obj_r, struct tn_obj **domain_r,
+				    const char *domain, const char *tenant_hint,
+				    tn_msec_t deadline, struct tn_obj **obj_r,
+				    struct tn_obj **domain_r, struct tn_obj **tenant_r,
 				    const char **error_r)
 {
 	char *a = tn_escape_filter_value(addr, strlen(addr));
 	char *d = tn_escape_filter_value(domain, strlen(domain));
-	char *filter = tn_mem_printf(
-		"(|(&(objectClass=tnMailbox)(mail=%s))(&(objectClass=tnMailAlias)(mail=%s))"
-		"(&(objectClass=tnMailDomain)(tnDomain=%s)))", a, a, d);
+	char *t = tenant_hint != NULL ?
+		tn_escape_filter_value(tenant_hint, strlen(tenant_hint)) : NULL;
+	/* No objectClass terms: intersecting with objectClass=tnMailbox (all
+	 * mailboxes) costs the server more than the search itself, and the
+	 * entries are told apart by their object classes here anyway. Only
+	 * a tenant entry holds tnTenantId as an attribute (below it, the
+	 * value is only in the DN). */
+	char *filter = tn_mem_printf("(|(mail=%s)(tnDomain=%s)%s%s%s)", a, d,
+				     t != NULL ? "(tnTenantId=" : "", t != NULL ? t : "",
+				     t != NULL ? ")" : "");
 	struct tn_dir_query q = { dir->tenants_dn, LDAP_SCOPE_SUBTREE, filter, false };
-	struct tn_obj **slots[4] = { NULL, domain_r, obj_r, obj_r };
+	struct tn_obj **slots[4] = { t != NULL ? tenant_r : NULL, domain_r, obj_r, obj_r };
 	enum tn_result res;
 
-	*obj_r = *domain_r = NULL;
+	*obj_r = *domain_r = *tenant_r = NULL;
 	res = tn_dir_fetch(dir, &q, deadline, slots, error_r);
 	tn_mem_free(&filter);
 	tn_mem_free(&a);
 	tn_mem_free(&d);
+	tn_mem_free(&t);
 	return res;
 }
 

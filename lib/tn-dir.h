@@ -69,12 +69,15 @@ struct tn_dir *tn_dir_create(const struct tn_dir_settings *set);
 void tn_dir_destroy(struct tn_dir **dir);
 
 /* One search for the mailbox or alias holding addr and for the domain
- * entry of domain. On TN_FOUND (the search completed) *obj_r and
- * *domain_r each hold the object found or NULL. */
+ * entry of domain, and, when tenant_hint is given (the tenant the domain
+ * belonged to when last seen), for that tenant's entry too, so that a
+ * resolve costs one round trip. On TN_FOUND (the search completed)
+ * *obj_r, *domain_r and *tenant_r each hold the object found or NULL; the
+ * caller checks that the tenant found is the domain's. */
 enum tn_result tn_dir_fetch_address(struct tn_dir *dir, const char *addr,
-				    const char *domain, tn_msec_t deadline,
-				    struct tn_obj **obj_r,
-				    struct tn_obj **domain_r,
+				    const char *domain, const char *tenant_hint,
+				    tn_msec_t deadline, struct tn_obj **obj_r,
+				    struct tn_obj **domain_r, struct tn_obj **tenant_r,
 				    const char **error_r);
 enum tn_result tn_dir_fetch_domain(struct tn_dir *dir, const char *domain,
 				   tn_msec_t deadline, struct tn_obj **domain_r,

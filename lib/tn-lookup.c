@@ -33,6 +33,13 @@
 
 enum tn_fetch_what { TN_FETCH_ADDRESS, TN_FETCH_DOMAIN, TN_FETCH_TENANT };
 
+/* Tenant hints: which tenant a domain belonged to when last seen. A hint
+ * only chooses which tenant entry to read in the same MGET as the address
+ * and domain; the domain entry read there decides, so a stale hint costs
+ * one more round trip, never a wrong answer. */
+#define TN_LOOKUP_HINTS_MAX 100000
+#define TN_LOOKUP_HINTS_TTL (3600 * 1000)
+
 struct tn_fetch {
 	enum tn_fetch_what what;
 	const char *name;		/* address, domain or tenant id */
@@ -61,6 +68,7 @@ struct tn_lookup {
 	struct tn_dir *dir;
 	struct tn_cache *cache;		/* NULL: redis_enabled = no */
 	struct tn_mcache *mc;
+	struct tn_mcache *hints;	/* domain -> its domain object (tenant hint) */
 	tn_msec_t mem_ttl, timeout;
 	unsigned alias_max_depth, alias_max_targets;
 	pthread_mutex_t flight_lock;
@@ -216,6 +224,7 @@ struct tn_lookup *tn_lookup_create(const struct tn_conf *conf, unsigned flags,
 	mem_size = (flags & TN_LOOKUP_NO_MEMORY_CACHE) != 0 || lk->mem_ttl == 0 ? 0 :
 		(size_t)tn_conf_int(conf, "memory_cache_size");
 	lk->mc = tn_mcache_create(mem_size);
+	lk->hints = tn_mcache_create(TN_LOOKUP_HINTS_MAX);
 	/* with Redis, memory is used only while subscribed to invalidations */
 	if (lk->cache != NULL)
 		tn_mcache_set_enabled(lk->mc, false);
@@ -254,6 +263,7 @@ void tn_lookup_destroy(struct tn_lookup **lkp)
 	tn_cache_destroy(&lk->cache);
 	tn_dir_destroy(&lk->dir);
 	tn_mcache_destroy(&lk->mc);
+	tn_mcache_destroy(&lk->hints);
 	pthread_mutex_destroy(&lk->flight_lock);
 	pthread_cond_destroy(&lk->flight_cond);
 	tn_mem_free(lkp);
@@ -352,34 +362,93 @@ static void tn_fetch_fill_memory(struct tn_lookup *lk, struct tn_fetch *f, uint6
 static enum tn_result tn_lookup_fetch(struct tn_lookup *lk, struct tn_fetch *f,
 				      tn_msec_t deadline, const char **error_r);
 
-/* Redis: true when every key was there (positive or negative). */
+static const char *tn_fetch_domain_name(const struct tn_fetch *f)
+{
+	return f->what == TN_FETCH_ADDRESS ? f->domain :
+		f->what == TN_FETCH_DOMAIN ? f->name : NULL;
+}
+
+/* The tenant id the domain of f belonged to when last seen, or NULL. */
+static char *tn_fetch_hint(struct tn_lookup *lk, const struct tn_fetch *f)
+{
+	const char *domain = tn_fetch_domain_name(f);
+	struct tn_obj *dom = NULL;
+	char *hint = NULL;
+
+	if (domain != NULL && tn_mcache_get(lk->hints, domain, &dom) == TN_MCACHE_HIT) {
+		hint = tn_mem_strdup(dom->tenant);
+		tn_obj_unref(&dom);
+	}
+	return hint;
+}
+
+static void tn_fetch_learn_hint(struct tn_lookup *lk, const struct tn_fetch *f)
+{
+	struct tn_obj *dom = f->what == TN_FETCH_ADDRESS ? f->objs[1] :
+		f->what == TN_FETCH_DOMAIN ? f->objs[0] : NULL;
+
+	if (dom != NULL)
+		tn_mcache_put(lk->hints, dom->key, dom, TN_LOOKUP_HINTS_TTL,
+			      tn_mcache_generation(lk->hints));
+}
+
+/* Redis, one MGET: the keys of f, the generation, and the tenant entry
+ * the hint names. True when every key of f was there (positive or
+ * negative); the tenant is taken only if the hint was right. */
 static bool tn_fetch_redis(struct tn_lookup *lk, struct tn_fetch *f, tn_msec_t deadline,
 			   bool *redis_ok_r, char gen_r[32])
 {
-	struct tn_cache_entry entries[2], tenants[2];
+	struct tn_cache_entry entries[3];
+	char *tid_hint = lk->cache != NULL ? tn_fetch_hint(lk, f) : NULL;
+	char *hint = tid_hint != NULL ? tn_mem_printf("ten:%s", tid_hint) : NULL;
+	const char *keys[3] = { f->keys[0], f->keys[1], NULL };
+	unsigned n = f->n;
 	const char *tid;
 	bool complete = true;
 
 	*redis_ok_r = false;
-	if (lk->cache == NULL ||
-	    tn_cache_get(lk->cache, (const char *const *)f->keys, f->n, deadline,
-			 entries, tenants, gen_r) < 0)
+	if (hint != NULL)
+		keys[n++] = hint;
+	tn_mem_free(&tid_hint);
+	if (lk->cache == NULL || tn_cache_get(lk->cache, keys, n, deadline, entries, gen_r) < 0) {
+		tn_mem_free(&hint);
 		return false;
+	}
 	*redis_ok_r = true;
 	for (unsigned i = 0; i < f->n; i++) {
 		complete = complete && entries[i].state != TN_CACHE_ABSENT;
 		f->objs[i] = entries[i].obj;
 	}
 	tid = tn_fetch_tenant_id(f);
-	for (unsigned i = 0; i < f->n; i++) {
-		if (tid != NULL && f->tenant == NULL && tenants[i].obj != NULL &&
-		    strcmp(tenants[i].obj->key, tid) == 0)
-			f->tenant = tn_obj_ref(tenants[i].obj);
-		tn_cache_entry_clear(&tenants[i]);
+	if (hint != NULL) {
+		if (tid != NULL && entries[f->n].obj != NULL && strcmp(hint + 4, tid) == 0)
+			f->tenant = tn_obj_ref(entries[f->n].obj);
+		tn_cache_entry_clear(&entries[f->n]);
 	}
+	tn_mem_free(&hint);
 	if (!complete)
 		tn_fetch_clear_results(f);
 	return complete;
+}
+
+/* Address and domain in one search, with the hinted tenant's entry in
+ * the same request; the tenant is kept only if it is the right one. */
+static enum tn_result tn_fetch_ldap_address(struct tn_lookup *lk, struct tn_fetch *f,
+					    tn_msec_t deadline, const char **error_r)
+{
+	char *hint = tn_fetch_hint(lk, f);
+	struct tn_obj *tenant = NULL;
+	const char *tid;
+	enum tn_result rc;
+
+	rc = tn_dir_fetch_address(lk->dir, f->name, f->domain, hint, deadline,
+				  &f->objs[0], &f->objs[1], &tenant, error_r);
+	tid = tn_fetch_tenant_id(f);
+	if (rc == TN_FOUND && tenant != NULL && tid != NULL && strcmp(tenant->key, tid) == 0)
+		f->tenant = tn_obj_ref(tenant);
+	tn_obj_unref(&tenant);
+	tn_mem_free(&hint);
+	return rc;
 }
 
 static enum tn_result tn_fetch_ldap(struct tn_lookup *lk, struct tn_fetch *f,
@@ -389,8 +458,7 @@ static enum tn_result tn_fetch_ldap(struct tn_lookup *lk, struct tn_fetch *f,
 
 	switch (f->what) {
 	case TN_FETCH_ADDRESS:
-		return tn_dir_fetch_address(lk->dir, f->name, f->domain, deadline,
-					    &f->objs[0], &f->objs[1], error_r);
+		return tn_fetch_ldap_address(lk, f, deadline, error_r);
 	case TN_FETCH_DOMAIN:
 		rc = tn_dir_fetch_domain(lk->dir, f->name, deadline, &f->objs[0], error_r);
 		break;
@@ -427,6 +495,24 @@ static enum tn_result tn_fetch_tenant_of(struct tn_lookup *lk, struct tn_fetch *
 	return rc;
 }
 
+/* Fill Redis with what LDAP said, the tenant read along included. */
+static void tn_fetch_fill_redis(struct tn_lookup *lk, struct tn_fetch *f,
+				const char *generation, tn_msec_t deadline)
+{
+	const char *keys[3] = { f->keys[0], f->keys[1], NULL };
+	struct tn_obj *objs[3] = { f->objs[0], f->objs[1], NULL };
+	char *tkey = NULL;
+	unsigned n = f->n;
+
+	if (f->tenant != NULL && f->what != TN_FETCH_TENANT) {
+		keys[n] = tkey = tn_mem_printf("ten:%s", f->tenant->key);
+		objs[n++] = f->tenant;
+	}
+	if (tn_cache_put(lk->cache, keys, objs, n, generation, deadline) < 0)
+		tn_debug("cache fill failed: %s", tn_cache_last_error());
+	tn_mem_free(&tkey);
+}
+
 static enum tn_result tn_fetch_slow(struct tn_lookup *lk, struct tn_fetch *f,
 				    tn_msec_t deadline, const char **error_r)
 {
@@ -441,10 +527,10 @@ static enum tn_result tn_fetch_slow(struct tn_lookup *lk, struct tn_fetch *f,
 		rc = tn_fetch_ldap(lk, f, deadline, error_r);
 		if (rc != TN_FOUND)
 			return rc;
-		if (redis_ok && tn_cache_put(lk->cache, (const char *const *)f->keys,
-					     f->objs, f->n, redis_gen, deadline) < 0)
-			tn_debug("cache fill failed: %s", tn_cache_last_error());
+		if (redis_ok)
+			tn_fetch_fill_redis(lk, f, redis_gen, deadline);
 	}
+	tn_fetch_learn_hint(lk, f);
 	rc = tn_fetch_tenant_of(lk, f, deadline, error_r);
 	if (rc == TN_FOUND)
 		tn_fetch_fill_memory(lk, f, mem_gen);

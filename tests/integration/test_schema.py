@@ -41,10 +41,11 @@ ACME_ADMIN = (tdn("acme", "cn=admin"), "acme-admin")
 GLOBEX_ADMIN = (tdn("globex", "cn=admin"), "globex-admin")
 
 # The lookup library's search forms (ldap-schema/indexes.conf).
-def lookup_filter(addr, domain):
-    return ("(|(&(objectClass=tnMailbox)(mail=%s))"
-            "(&(objectClass=tnMailAlias)(mail=%s))"
-            "(&(objectClass=tnMailDomain)(tnDomain=%s)))" % (addr, addr, domain))
+def lookup_filter(addr, domain, tenant=None):
+    """tn_dir_fetch_address: address, domain and (once the domain's tenant
+    is known) the tenant, in one search."""
+    return "(|(mail=%s)(tnDomain=%s)%s)" % (
+        addr, domain, "(tnTenantId=%s)" % tenant if tenant else "")
 
 
 def wait_log(server, mark, pred, timeout=3.0):
@@ -296,6 +297,8 @@ def test_c_lookup_searches_are_indexed(stack):
                                           "acme.example"), 2),
         (TENANTS, "sub", 2, lookup_filter("nobody@nowhere.example",
                                           "nowhere.example"), 0),
+        (TENANTS, "sub", 2, lookup_filter("bob@acme.example",
+                                          "acme.example", "acme"), 3),
         (tdn("acme"), "base", 0, "(objectClass=*)", 1),
         (TENANTS, "sub", 2, "(&(objectClass=tnTenant)(tnTenantId=acme))", 1),
         (TENANTS, "sub", 2, "(tnAliasTarget=alice@acme.example)", 2),
