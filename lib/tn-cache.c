@@ -7,7 +7,7 @@
  *	Commands go through redisCommandArgv only: keys and values are
  *	binary-safe arguments, never spliced into command text.
  *
- *	The three scripts are loaded lazily: calls use EVALSHA with the
+ *	The two scripts (fill, invalidate) are loaded lazily: calls use EVALSHA with the
  *	SHA1 that SCRIPT LOAD returned, and load again after NOSCRIPT (a
  *	restarted or flushed server).
  *--*/

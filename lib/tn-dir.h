@@ -21,7 +21,8 @@
  *	nothing is TN_NOTFOUND.
  *
  *	Filters are built with RFC 4515 escaping and only use attributes the
- *	schema indexes (mail, tnDomain, objectClass); tenants are read by DN
+ *	schema indexes (mail, tnDomain, tnTenantId, objectClass); a tenant
+ *	not asked for in the address search is read by DN
  *	(RFC 4514 escaping).
  *
  *	Error texts returned through error_r live in thread-local storage

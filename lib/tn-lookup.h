@@ -16,8 +16,10 @@
  *
  *	Layers: the in-process cache (memory_cache_ttl, dropped on
  *	invalidation, bypassed while the invalidation subscription is down),
- *	then Redis (one round trip for address, domain and tenant), then
- *	LDAP (one search for address and domain; the tenant by DN). Every
+ *	then Redis (one MGET for address, domain and tenant), then LDAP (one
+ *	search for address, domain and tenant; the tenant is known from a
+ *	per-process hint, verified against the domain entry read in the same
+ *	request; without a hint it is read by DN afterwards). Every
  *	answer from a deeper layer fills the layers above it. Concurrent
  *	misses for the same key are coalesced: one thread asks, the others
  *	wait for its answer (within their own deadline).
