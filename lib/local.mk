@@ -12,7 +12,8 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-mcache.c lib/tn-mcache.h \
 	lib/tn-lookup.c lib/tn-lookup.h \
 	lib/tn-lookup-params.c \
-	lib/tn-lookup-event.c lib/tn-lookup-event.h
+	lib/tn-lookup-event.c lib/tn-lookup-event.h \
+	lib/tn-outbox.c lib/tn-outbox.h
 lib_libtenantmail_la_CFLAGS = $(AM_CFLAGS) $(LDAP_CFLAGS) $(HIREDIS_CFLAGS) \
 	$(JANSSON_CFLAGS) $(LIBEVENT_CFLAGS)
 lib_libtenantmail_la_LIBADD = $(LDAP_LIBS) $(HIREDIS_LIBS) $(JANSSON_LIBS) \

@@ -1,0 +1,87 @@
+/*++
+ * NAME
+ *	tn-outbox 3h
+ * SUMMARY
+ *	durable event outbox: append returns when the event is on disk
+ * DESCRIPTION
+ *	Every producer (milter threads, Dovecot processes running as the
+ *	mail user, tn-provisiond) records billing events here; tn-hookd
+ *	delivers them later (docs/outbox.md). tn_outbox_append() returns 0
+ *	only when the event is durable on local disk: written to tmp/,
+ *	fsync'ed, renamed into new/ and new/ fsync'ed. On -1 nothing is
+ *	visible in new/ and the tenant's sequence counter is where it was
+ *	(the caller fails its request: provisioning refuses, a milter
+ *	tempfails).
+ *
+ *	Layout under dir (made by the install step, never by this code):
+ *	tmp/ files being written, new/ durable events "<id>.json", seq/
+ *	one counter file per tenant. All three are mode 2770, group
+ *	tenantmail; every producer's user is in that group; files are
+ *	0660 whatever the process umask.
+ *
+ *	The envelope, one compact JSON object and a newline:
+ *	{"id","type","occurred_at","tenant","sequence","data"}: id is a
+ *	UUIDv7, occurred_at RFC 3339 UTC with milliseconds, sequence the
+ *	tenant's next number (1, 2, ... across all processes; a gap means
+ *	an append that never returned).
+ *
+ *	Input rules (anything else is refused, nothing written):
+ *	type    ^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$, at most 64 bytes;
+ *	tenant  ^[a-z0-9][a-z0-9._-]{0,62}$ (lowercase only: the caller
+ *	        lower-cases; LDAP compares tenant ids case-insensitively,
+ *	        and one tenant must have one counter);
+ *	data    a JSON object (borrowed: the call takes a reference for
+ *	        the time of the call only);
+ *	the encoded event at most TN_OUTBOX_EVENT_MAX bytes.
+ *
+ *	Thread-safe; an outbox object may be shared by any number of
+ *	threads, and any number of processes may use the same dir. Appends
+ *	for one tenant are serialised by an exclusive flock(2) on the
+ *	tenant's counter file, so sequence order is the order in which
+ *	events become visible in new/. The wait for that lock is bounded
+ *	by lock_timeout_ms (an error after it, like any other failure).
+ *
+ *	Errors: *error_r points to thread-local text naming the path and
+ *	the system error, valid until the same thread's next outbox call.
+ *--*/
+#ifndef TN_OUTBOX_H
+#define TN_OUTBOX_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+/* Largest encoded event, newline included. */
+#define TN_OUTBOX_EVENT_MAX (64 * 1024)
+/* Longest type and tenant. */
+#define TN_OUTBOX_TYPE_MAX 64
+#define TN_OUTBOX_TENANT_MAX 63
+/* Size of an id buffer: 36 characters and the NUL. */
+#define TN_OUTBOX_ID_SIZE 37
+
+struct tn_outbox_settings {
+	const char *dir;		/* holds tmp/ new/ seq/ */
+	uint64_t max_events;		/* refuse at this many in new/; 0: no limit */
+	uint64_t min_free_bytes;	/* refuse below this free space; 0: no check */
+	mode_t file_mode;		/* 0: 0660 */
+	int64_t lock_timeout_ms;	/* wait for the tenant's lock; 0: 5 s */
+};
+
+struct tn_outbox;
+
+/* Never fails; touches no file (see tn_outbox_check()). */
+struct tn_outbox *tn_outbox_create(const struct tn_outbox_settings *set);
+void tn_outbox_destroy(struct tn_outbox **obp);
+
+/* Append one event; 0 when durable, -1 with *error_r. On success
+ * id_r holds the event id and *sequence_r its sequence number. */
+int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
+		     json_t *data, char id_r[TN_OUTBOX_ID_SIZE],
+		     uint64_t *sequence_r, const char **error_r);
+
+/* For start-up: dir, tmp/, new/ and seq/ exist, are directories this
+ * process may write, and tmp/, new/ and seq/ share one file system. */
+int tn_outbox_check(struct tn_outbox *ob, const char **error_r);
+
+#endif
