@@ -59,6 +59,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tn-conf.h"
 #include "tn-log.h"
 #include "tn-mem.h"
 #include "tn-outbox.h"
@@ -278,8 +279,8 @@ static bool tn_outbox_tenant_valid(const char *tenant)
 	return true;
 }
 
-static int tn_outbox_validate(const char *type, const char *tenant, json_t *data,
-			      const char **error_r)
+int tn_outbox_validate(const char *type, const char *tenant, json_t *data,
+		       const char **error_r)
 {
 	char safe[TN_LOG_VALUE_MAX];
 
@@ -812,6 +813,18 @@ struct tn_outbox *tn_outbox_create(const struct tn_outbox_settings *set)
 	return ob;
 }
 
+struct tn_outbox *tn_outbox_create_conf(const struct tn_conf *conf)
+{
+	struct tn_outbox_settings set = {
+		.dir = tn_conf_str(conf, "outbox_dir"),
+		.max_events = (uint64_t)tn_conf_int(conf, "outbox_max_events"),
+		.min_free_bytes = tn_conf_size(conf, "outbox_min_free"),
+		.lock_timeout_ms = tn_conf_time_ms(conf, "outbox_lock_timeout"),
+	};
+
+	return tn_outbox_create(&set);
+}
+
 void tn_outbox_destroy(struct tn_outbox **obp)
 {
 	struct tn_outbox *ob = *obp;
@@ -825,3 +838,16 @@ void tn_outbox_destroy(struct tn_outbox **obp)
 	tn_mem_free(&ob->dir);
 	tn_mem_free(&ob);
 }
+
+/* The parameters of tenantmail.conf(5) every producer reads. */
+const struct tn_conf_param tn_outbox_params[] = {
+	{ "outbox_dir", TN_CONF_STR, "/var/spool/tenantmail/outbox", 0, 0, NULL,
+	  "event outbox: holds tmp/, new/ and seq/ (docs/outbox.md)" },
+	{ "outbox_max_events", TN_CONF_INT, "1000000", 0, INT64_MAX, NULL,
+	  "refuse new events while new/ holds this many (0: no limit)" },
+	{ "outbox_min_free", TN_CONF_SIZE, "64m", 0, 0, NULL,
+	  "refuse new events below this much free space on the outbox file system" },
+	{ "outbox_lock_timeout", TN_CONF_TIME, "5s", 1, 600 * 1000, NULL,
+	  "wait this long for another producer of the same tenant" },
+	TN_CONF_END
+};

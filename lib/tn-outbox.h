@@ -52,6 +52,8 @@
 
 #include <jansson.h>
 
+#include "tn-conf.h"
+
 /* Largest encoded event, newline included. */
 #define TN_OUTBOX_EVENT_MAX (64 * 1024)
 /* Longest type and tenant. */
@@ -70,8 +72,12 @@ struct tn_outbox_settings {
 
 struct tn_outbox;
 
+extern const struct tn_conf_param tn_outbox_params[];
+
 /* Never fails; touches no file (see tn_outbox_check()). */
 struct tn_outbox *tn_outbox_create(const struct tn_outbox_settings *set);
+/* The same from tenantmail.conf's outbox_* parameters (tn_outbox_params). */
+struct tn_outbox *tn_outbox_create_conf(const struct tn_conf *conf);
 void tn_outbox_destroy(struct tn_outbox **obp);
 
 /* Append one event; 0 when durable, -1 with *error_r. On success
@@ -79,6 +85,11 @@ void tn_outbox_destroy(struct tn_outbox **obp);
 int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 		     json_t *data, char id_r[TN_OUTBOX_ID_SIZE],
 		     uint64_t *sequence_r, const char **error_r);
+
+/* The input rules of tn_outbox_append() alone: 0, or -1 with *error_r
+ * (for callers that must tell bad input from a failing disk). */
+int tn_outbox_validate(const char *type, const char *tenant, json_t *data,
+		       const char **error_r);
 
 /* For start-up: dir, tmp/, new/ and seq/ exist, are directories this
  * process may write, and tmp/, new/ and seq/ share one file system. */

@@ -15,6 +15,12 @@
  *	cache invalidate --address A | --domain D | --tenant T
  *		Drop the cached object everywhere (Redis and every process's
  *		memory, through the invalidation channel).
+ *	events emit TYPE --tenant T [--data JSON] [--json]
+ *		Append an event to the outbox exactly as a component would
+ *		(docs/events.md, docs/outbox.md): for integrators' tests.
+ *		Prints the event id and its sequence. Exit 65 for bad input,
+ *		75 when the outbox cannot take it (full disk, missing
+ *		directory, lock timeout).
  *	config [-n | -d | -a | --doc]
  *		Print parameter settings: changed ones (-n, default), the
  *		defaults (-d), all effective values (-a), or the parameter
@@ -23,7 +29,7 @@
  *	Exit codes follow sysexits(3): 64 usage, 65 invalid data,
  *	75 temporary failure, 78 configuration error.
  * CONFIGURATION
- *	The lookup parameters of tenantmail.conf(5), read from the file
+ *	The lookup and outbox parameters of tenantmail.conf(5), read from the file
  *	given with -c, else $TENANTMAIL_CONF, else
  *	/etc/tenantmail/tenantmail.conf; the [tnctl] section applies.
  *--*/
@@ -43,6 +49,7 @@
 #include "tn-log.h"
 #include "tn-lookup.h"
 #include "tn-mem.h"
+#include "tn-outbox.h"
 
 #define TNCTL_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 
@@ -57,7 +64,9 @@ struct tnctl_command {
 	const char *usage;
 };
 
-static const struct tn_conf_param *const tnctl_tables[] = { tn_lookup_params, NULL };
+static const struct tn_conf_param *const tnctl_tables[] = {
+	tn_lookup_params, tn_outbox_params, NULL
+};
 
 /* --- lookup ----------------------------------------------------------------- */
 
@@ -284,6 +293,74 @@ static int tnctl_cache(struct tnctl *ctl, int argc, char **argv)
 	return 0;
 }
 
+/* --- events emit ------------------------------------------------------------------- */
+
+static int tnctl_emit_append(struct tnctl *ctl, const char *type, const char *tenant,
+			     json_t *data, bool json)
+{
+	struct tn_outbox *ob = tn_outbox_create_conf(ctl->conf);
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+	int ret = 0;
+
+	if (tn_outbox_append(ob, type, tenant, data, id, &seq, &error) < 0) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		ret = EX_TEMPFAIL;
+	} else if (json) {
+		printf("{\"id\":\"%s\",\"sequence\":%llu}\n", id, (unsigned long long)seq);
+	} else {
+		printf("%s %s sequence %llu\n", id, type, (unsigned long long)seq);
+	}
+	tn_outbox_destroy(&ob);
+	return ret;
+}
+
+/* events emit TYPE --tenant T [--data JSON] [--json]: for integrators'
+ * tests, an event exactly as a component would write it. */
+static int tnctl_events(struct tnctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "tenant", required_argument, NULL, 't' },
+		{ "data", required_argument, NULL, 'd' },
+		{ "json", no_argument, NULL, 'j' }, { NULL, 0, NULL, 0 },
+	};
+	const char *tenant = NULL, *text = "{}", *error;
+	json_error_t jerr;
+	bool json = false;
+	json_t *data;
+	int c, ret;
+
+	if (argc < 3 || strcmp(argv[1], "emit") != 0)
+		return EX_USAGE;
+	optind = 3;
+	while ((c = getopt_long(argc, argv, "+t:d:j", opts, NULL)) != -1) {
+		if (c == 't')
+			tenant = optarg;
+		else if (c == 'd')
+			text = optarg;
+		else if (c == 'j')
+			json = true;
+		else
+			return EX_USAGE;
+	}
+	if (tenant == NULL || optind != argc)
+		return EX_USAGE;
+	if ((data = json_loads(text, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {
+		fprintf(stderr, "tnctl: --data: not JSON: %s (column %d)\n", jerr.text,
+			jerr.column);
+		return EX_DATAERR;
+	}
+	if (tn_outbox_validate(argv[2], tenant, data, &error) < 0) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		ret = EX_DATAERR;
+	} else {
+		ret = tnctl_emit_append(ctl, argv[2], tenant, data, json);
+	}
+	json_decref(data);
+	return ret;
+}
+
 /* --- config ----------------------------------------------------------------------- */
 
 static int tnctl_config(struct tnctl *ctl, int argc, char **argv)
@@ -308,6 +385,7 @@ static int tnctl_config(struct tnctl *ctl, int argc, char **argv)
 static const struct tnctl_command tnctl_commands[] = {
 	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME" },
 	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T" },
+	{ "events", tnctl_events, "events emit TYPE --tenant T [--data JSON] [--json]" },
 	{ "config", tnctl_config, "config [-n | -d | -a | --doc]" },
 };
 
