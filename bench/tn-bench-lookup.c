@@ -82,6 +82,7 @@
 #include <ldap.h>
 
 #include "tn-conf.h"
+#include "tn-dir.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
 #include "tn-mem.h"
@@ -89,17 +90,9 @@
 
 #define BENCH_NAME "tn-bench-lookup"
 #define BENCH_EXIT_USAGE 2
-#define BENCH_SIZELIMIT 8	/* TN_DIR_SIZELIMIT in lib/tn-dir.c */
-
-/* The attributes the library asks for: keep equal to tn_dir_attrs in
- * lib/tn-dir.c, so that raw-ldap moves the same bytes. */
-static const char *const bench_ldap_attrs[] = {
-	"objectClass", "mail", "tnDomain", "tnTenantId", "tnStatus",
-	"tnStatusReason", "tnPlan", "tnStorageQuotaBytes", "tnMailboxQuotaBytes",
-	"tnQuotaBytes", "tnMaxMailboxes", "tnMaxMessageSize", "tnSendRate",
-	"tnTenantSendRate", "tnOvercommit", "tnMailHost", "tnMailPool",
-	"tnAliasTarget", "userPassword", "cn", "displayName", NULL,
-};
+#define BENCH_SIZELIMIT TN_DIR_SIZELIMIT
+/* The attributes the library asks for, so that raw-ldap moves the same bytes. */
+#define bench_ldap_attrs tn_dir_attrs
 
 enum bench_mode {
 	BENCH_MEMORY,

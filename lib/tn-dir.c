@@ -22,7 +22,6 @@
 #include "tn-log.h"
 #include "tn-mem.h"
 
-#define TN_DIR_SIZELIMIT 8
 
 struct tn_dir_conn {
 	LDAP *ld;
@@ -408,7 +407,7 @@ static bool tn_dir_transport_error(int rc)
 		rc == LDAP_DECODING_ERROR;
 }
 
-static const char *const tn_dir_attrs[] = {
+const char *const tn_dir_attrs[] = {
 	"objectClass", "mail", "tnDomain", "tnTenantId", "tnStatus",
 	"tnStatusReason", "tnPlan", "tnStorageQuotaBytes", "tnMailboxQuotaBytes",
 	"tnQuotaBytes", "tnMaxMailboxes", "tnMaxMessageSize", "tnSendRate",

@@ -41,6 +41,12 @@
 #include "tn-record.h"
 #include "tn-time.h"
 
+/* What every search asks for: the attributes and the most entries (an
+ * address, its domain and its tenant, with room to see duplicates).
+ * Exported for the benchmark's raw floor, which must move the same bytes. */
+#define TN_DIR_SIZELIMIT 8
+extern const char *const tn_dir_attrs[];
+
 struct tn_dir_settings {
 	const char *const *uris;	/* NULL-terminated, tried in order */
 	const char *base;		/* e.g. dc=example,dc=net */
