@@ -13,8 +13,9 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-lookup.c lib/tn-lookup.h \
 	lib/tn-lookup-params.c \
 	lib/tn-lookup-event.c lib/tn-lookup-event.h \
-	lib/tn-outbox.c lib/tn-outbox.h
+	lib/tn-outbox.c lib/tn-outbox.h \
+	lib/tn-hook-spool.c lib/tn-hook-spool.h
 lib_libtenantmail_la_CFLAGS = $(AM_CFLAGS) $(LDAP_CFLAGS) $(HIREDIS_CFLAGS) \
-	$(JANSSON_CFLAGS) $(LIBEVENT_CFLAGS)
+	$(JANSSON_CFLAGS) $(LIBEVENT_CFLAGS) $(OPENSSL_CFLAGS)
 lib_libtenantmail_la_LIBADD = $(LDAP_LIBS) $(HIREDIS_LIBS) $(JANSSON_LIBS) \
-	$(LIBEVENT_LIBS) $(PTHREAD_LIBS)
+	$(LIBEVENT_LIBS) $(OPENSSL_LIBS) $(PTHREAD_LIBS)
