@@ -14,6 +14,7 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-lookup-params.c \
 	lib/tn-lookup-event.c lib/tn-lookup-event.h \
 	lib/tn-outbox.c lib/tn-outbox.h \
+	lib/tn-webhook.c lib/tn-webhook.h \
 	lib/tn-hook-spool.c lib/tn-hook-spool.h
 lib_libtenantmail_la_CFLAGS = $(AM_CFLAGS) $(LDAP_CFLAGS) $(HIREDIS_CFLAGS) \
 	$(JANSSON_CFLAGS) $(LIBEVENT_CFLAGS) $(OPENSSL_CFLAGS)

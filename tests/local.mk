@@ -1,7 +1,8 @@
 ## tests/: cmocka unit tests (make check) and the probe the integration
 ## tests (pytest, real servers; run by scripts/test) drive.
 UNIT_TESTS = tests/unit/test-conf tests/unit/test-log tests/unit/test-escape \
-	tests/unit/test-record tests/unit/test-mcache tests/unit/test-outbox
+	tests/unit/test-record tests/unit/test-mcache tests/unit/test-outbox \
+	tests/unit/test-webhook
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
@@ -25,6 +26,9 @@ tests_unit_test_mcache_LDADD = $(UNIT_LDADD)
 tests_unit_test_outbox_SOURCES = tests/unit/test-outbox.c
 tests_unit_test_outbox_CFLAGS = $(UNIT_CFLAGS) $(JANSSON_CFLAGS)
 tests_unit_test_outbox_LDADD = $(UNIT_LDADD) $(JANSSON_LIBS)
+tests_unit_test_webhook_SOURCES = tests/unit/test-webhook.c
+tests_unit_test_webhook_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_webhook_LDADD = $(UNIT_LDADD)
 
 noinst_PROGRAMS += tests/tn-probe
 tests_tn_probe_SOURCES = tests/tn-probe.c
