@@ -14,9 +14,14 @@
  *	tn_webhook_verify() accepts a request when any "v1,..." element of
  *	the header matches any secret (constant-time comparison), and the
  *	timestamp is within tolerance of now (0: no time check). Elements
- *	with other version prefixes are ignored.
+ *	with other version prefixes are ignored; a malformed v1 element
+ *	matches nothing, and a header without any well-formed one is
+ *	MALFORMED. Base64 (secrets and signatures) must be padded and
+ *	canonical; the timestamp plain decimal digits. A negative tolerance
+ *	is MALFORMED; an OpenSSL failure is MISMATCH (never OK).
  *
- *	No allocation; no global state; thread-safe.
+ *	Nothing for the caller to free (OpenSSL allocates and frees its
+ *	HMAC context inside each call); no global state; thread-safe.
  *--*/
 #ifndef TN_WEBHOOK_H
 #define TN_WEBHOOK_H
