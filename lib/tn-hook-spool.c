@@ -45,9 +45,9 @@ const struct tn_conf_param tn_hookd_params[] = {
 	  "largest Retry-After (429/503) honoured" },
 	{ "hookd_tmp_max_age", TN_CONF_TIME, "1h", TN_MS(1), TN_MS(86400 * 30), NULL,
 	  "remove producers' files in the outbox's tmp/ older than this" },
-	{ "hookd_delivery_log_max_size", TN_CONF_SIZE, "64m", 4096, 0, NULL,
+	{ "hookd_delivery_log_max_size", TN_CONF_SIZE, "64m", 0, 0, NULL,
 	  "rotate hooks/deliveries.log to deliveries.log.1 beyond this size" },
-	{ "hookd_log_level", TN_CONF_ENUM, "info", 0, 0, "debug|info|notice|warning|err",
+	{ "hookd_log_level", TN_CONF_ENUM, "info", 0, 0, "debug|info|warning|error",
 	  "tn-hookd's least important syslog level" },
 	TN_CONF_END
 };
@@ -351,20 +351,24 @@ int tn_hook_endpoints_load(const char *dir, struct tn_hook_endpoint **eps_r,
 	return 0;
 }
 
+void tn_hook_endpoint_clear(struct tn_hook_endpoint *ep)
+{
+	tn_mem_free(&ep->path);
+	tn_mem_free(&ep->url);
+	tn_mem_free(&ep->tls_ca_file);
+	tn_hook_strv_free(&ep->events);
+	tn_hook_strv_free(&ep->tenants);
+	OPENSSL_cleanse(ep->secrets, sizeof(ep->secrets));
+}
+
 void tn_hook_endpoints_free(struct tn_hook_endpoint **epsp, unsigned count)
 {
 	struct tn_hook_endpoint *eps = *epsp;
 
 	if (eps == NULL)
 		return;
-	for (unsigned i = 0; i < count; i++) {
-		tn_mem_free(&eps[i].path);
-		tn_mem_free(&eps[i].url);
-		tn_mem_free(&eps[i].tls_ca_file);
-		tn_hook_strv_free(&eps[i].events);
-		tn_hook_strv_free(&eps[i].tenants);
-		OPENSSL_cleanse(eps[i].secrets, sizeof(eps[i].secrets));
-	}
+	for (unsigned i = 0; i < count; i++)
+		tn_hook_endpoint_clear(&eps[i]);
 	tn_mem_free(epsp);
 }
 

@@ -85,6 +85,8 @@ void tn_hook_qname_format(const struct tn_hook_qname *q, char buf[TN_HOOK_QNAME_
 int tn_hook_endpoints_load(const char *dir, struct tn_hook_endpoint **eps_r,
 			   unsigned *count_r, const char **error_r);
 void tn_hook_endpoints_free(struct tn_hook_endpoint **eps, unsigned count);
+/* Free what one endpoint owns (and wipe its secrets); *ep stays. */
+void tn_hook_endpoint_clear(struct tn_hook_endpoint *ep);
 /* Whether ep's event and tenant filters select this event. */
 bool tn_hook_endpoint_wants(const struct tn_hook_endpoint *ep, const char *type,
 			    const char *tenant);

@@ -1,0 +1,1629 @@
+/*++
+ * NAME
+ *	tn-hookd 8
+ * SUMMARY
+ *	deliver the event outbox as signed webhooks
+ * SYNOPSIS
+ *	tn-hookd [-c FILE] [-o NAME=VALUE]... [-e] [-n]
+ * DESCRIPTION
+ *	One libevent loop in one thread does all the work: inotify on new/
+ *	and the queues, a periodic rescan, the fan-out of new events into
+ *	per-endpoint queues (hard links, docs/hookd.md), and the requests
+ *	(libcurl multi, sockets and timers driven by the same loop). Only
+ *	/metrics runs in its own thread (libmicrohttpd); it reads counters
+ *	under hd->mlock.
+ *
+ *	Nothing on the delivery side is fsync'ed except the queue
+ *	directories after a fan-out batch, before the names in new/ go: a
+ *	crash may send an event again (same webhook-id), never lose one.
+ *--*/
+#include "tn-build.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <sysexits.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "hookd.h"
+#include "tn-conf.h"
+#include "tn-hook-spool.h"
+#include "tn-log.h"
+#include "tn-mem.h"
+#include "tn-outbox.h"
+#include "tn-webhook.h"
+
+#define HOOKD_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
+#define HOOKD_FANOUT_BATCH 256
+#define HOOKD_BODY_MAX (TN_OUTBOX_EVENT_MAX + 1)
+#define HOOKD_RESP_KEEP 200
+#define HOOKD_STOP_GRACE_MS 5000
+#define HOOKD_NBUCKETS 12
+
+enum hookd_class { HC_2XX, HC_3XX, HC_4XX, HC_5XX, HC_ERROR, HC_N };
+enum hookd_outcome { HO_DELIVERED, HO_RETRY, HO_DEAD, HO_DISABLED, HO_PAUSED, HO_N };
+
+static const char *const hookd_class_names[HC_N] = { "2xx", "3xx", "4xx", "5xx", "error" };
+static const char *const hookd_outcome_names[HO_N] = {
+	"delivered", "retry", "dead", "disabled", "paused",
+};
+static const double hookd_buckets[HOOKD_NBUCKETS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10,
+};
+
+struct hookd;
+
+struct hookd_ep {
+	struct hookd *hd;
+	struct tn_hook_endpoint conf;
+	char *dir, *qdir, *deaddir, *disabled_path;
+	struct hookd_queue q;
+	unsigned inflight;
+	bool disabled;			/* 410: marker file present */
+	bool removed;			/* no longer in the endpoint files */
+	int64_t paused_until_ms;	/* 429/503 Retry-After */
+	int wd_dir, wd_queue;
+	/* metrics, under hd->mlock */
+	uint64_t attempts[HC_N], outcomes[HO_N];
+	uint64_t lat_buckets[HOOKD_NBUCKETS], lat_count;
+	double lat_sum;
+	uint64_t depth, dead;
+	double oldest_s;
+};
+
+struct hookd_req {
+	struct hookd_ep *ep;
+	struct hookd_item *item;
+	CURL *easy;
+	struct curl_slist *headers;
+	char *body;
+	size_t body_len;
+	char type[TN_OUTBOX_TYPE_MAX + 1];
+	char tenant[TN_OUTBOX_TENANT_MAX + 1];
+	int64_t sequence;
+	char id[TN_HOOK_ID_SIZE];
+	unsigned attempt;		/* this attempt's number, from 1 */
+	int64_t start_us;
+	char errbuf[CURL_ERROR_SIZE];
+	char resp[HOOKD_RESP_KEEP + 1];
+	size_t resp_len;
+};
+
+struct hookd_sock {
+	struct event *ev;
+	curl_socket_t fd;
+};
+
+struct hookd {
+	struct tn_conf *conf;
+	const char *conf_path;
+	struct event_base *base;
+	CURLM *multi;
+	struct event *curl_timer, *pump_timer, *rescan_timer, *house_timer;
+	struct event *inotify_ev, *fanout_ev;
+	struct event *sig_term, *sig_int, *sig_hup;
+	int inotify_fd, wd_new;
+	char *outbox, *newdir, *tmpdir, *baddir, *hooksdir, *logpath, *logpath1;
+	struct hookd_ep **eps;
+	unsigned neps;
+	/* names seen in new/ and not yet fanned out */
+	char **pending;
+	size_t npending, cap_pending;
+	FILE *log;
+	uint64_t rng;
+	bool stopping, warned_no_endpoints;
+	int64_t stop_deadline_ms;
+	int64_t retry_initial_ms, retry_max_ms, retry_window_ms, retry_after_max_ms;
+	int64_t tmp_max_age_ms;
+	uint64_t log_max_size;
+	struct hookd_metrics *metrics;
+	pthread_mutex_t mlock;
+	/* under mlock */
+	uint64_t new_backlog, fanned_out, unrouted, quarantined, running_requests;
+};
+
+static void hookd_pump(struct hookd *hd);
+static void hookd_fanout_schedule(struct hookd *hd);
+
+/* --- small helpers ---------------------------------------------------------------- */
+
+static int64_t hookd_mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static uint64_t hookd_random(struct hookd *hd)
+{
+	/* xorshift64*: jitter only, seeded from getrandom(2) */
+	hd->rng ^= hd->rng >> 12;
+	hd->rng ^= hd->rng << 25;
+	hd->rng ^= hd->rng >> 27;
+	return hd->rng * 2685821657736338717ULL;
+}
+
+static void hookd_timer_at(struct event *ev, int64_t delay_ms)
+{
+	struct timeval tv;
+
+	if (delay_ms < 0)
+		delay_ms = 0;
+	tv.tv_sec = delay_ms / 1000;
+	tv.tv_usec = (delay_ms % 1000) * 1000;
+	event_add(ev, &tv);
+}
+
+static int hookd_mkdir(const char *path)
+{
+	if (mkdir(path, 02770) < 0) {
+		if (errno == EEXIST)
+			return 0;
+		tn_error("cannot create %s: %s", path, strerror(errno));
+		return -1;
+	}
+	/* the umask may have cleared group bits; the setgid bit keeps the group */
+	if (chmod(path, 02770) < 0)
+		tn_warning("chmod %s: %s", path, strerror(errno));
+	return 0;
+}
+
+/* Read a whole small file; -1 with errno (EFBIG when too large). */
+static ssize_t hookd_read_file(int dirfd, const char *name, char *buf, size_t size)
+{
+	size_t len = 0;
+	ssize_t n;
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return -1;
+	while ((n = read(fd, buf + len, size - len)) > 0) {
+		len += (size_t)n;
+		if (len == size) {
+			close(fd);
+			errno = EFBIG;
+			return -1;
+		}
+	}
+	close(fd);
+	return n < 0 ? -1 : (ssize_t)len;
+}
+
+static ssize_t hookd_read_path(const char *path, char *buf, size_t size)
+{
+	return hookd_read_file(AT_FDCWD, path, buf, size);
+}
+
+/* --- delivery log ----------------------------------------------------------------- */
+
+static void hookd_log_open(struct hookd *hd)
+{
+	if (hd->log != NULL)
+		fclose(hd->log);
+	hd->log = fopen(hd->logpath, "a");
+	if (hd->log == NULL)
+		tn_error("cannot open delivery log %s: %s", hd->logpath, strerror(errno));
+	else
+		setvbuf(hd->log, NULL, _IOFBF, 64 * 1024);
+}
+
+static void hookd_log_flush(struct hookd *hd)
+{
+	if (hd->log == NULL) {
+		hookd_log_open(hd);
+		return;
+	}
+	if (fflush(hd->log) != 0)
+		tn_warning("delivery log %s: %s", hd->logpath, strerror(errno));
+	if ((uint64_t)ftell(hd->log) > hd->log_max_size) {
+		if (rename(hd->logpath, hd->logpath1) < 0)
+			tn_warning("cannot rotate %s: %s", hd->logpath, strerror(errno));
+		hookd_log_open(hd);
+	}
+}
+
+static void hookd_log_attempt(struct hookd *hd, const struct hookd_req *r, long status,
+			      double latency_ms, enum hookd_outcome outcome, const char *error)
+{
+	char at[32];
+	json_t *o;
+
+	if (hd->log == NULL)
+		return;
+	tn_hook_format_time(tn_hook_now_ms(), at);
+	o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:f, s:s, s:s?}",
+		      "at", at, "endpoint", r->ep->conf.name, "id", r->id,
+		      "type", r->type, "tenant", r->tenant, "sequence", (json_int_t)r->sequence,
+		      "attempt", (json_int_t)r->attempt,
+		      "status", (int)status, "latency_ms", latency_ms,
+		      "outcome", hookd_outcome_names[outcome], "error", error);
+	if (o == NULL)
+		return;
+	json_dumpf(o, hd->log, JSON_COMPACT | JSON_REAL_PRECISION(6));
+	fputc('\n', hd->log);
+	json_decref(o);
+}
+
+/* --- endpoints -------------------------------------------------------------------- */
+
+static void hookd_ep_check_disabled(struct hookd_ep *ep)
+{
+	bool was = ep->disabled;
+
+	ep->disabled = access(ep->disabled_path, F_OK) == 0;
+	if (was && !ep->disabled)
+		tn_info("endpoint %s: enabled again (marker removed)", ep->conf.name);
+}
+
+static void hookd_ep_watch(struct hookd *hd, struct hookd_ep *ep)
+{
+	ep->wd_dir = inotify_add_watch(hd->inotify_fd, ep->dir, IN_DELETE | IN_MOVED_FROM |
+				       IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
+	ep->wd_queue = inotify_add_watch(hd->inotify_fd, ep->qdir, IN_MOVED_TO | IN_ONLYDIR);
+	if (ep->wd_dir < 0 || ep->wd_queue < 0)
+		tn_warning("endpoint %s: inotify: %s (rescans still work)", ep->conf.name,
+			   strerror(errno));
+}
+
+static struct hookd_ep *hookd_ep_create(struct hookd *hd, const struct tn_hook_endpoint *conf)
+{
+	struct hookd_ep *ep = tn_mem_calloc(1, sizeof(*ep));
+
+	ep->hd = hd;
+	ep->conf = *conf;
+	ep->dir = tn_mem_printf("%s/%s", hd->hooksdir, conf->name);
+	ep->qdir = tn_mem_printf("%s/queue", ep->dir);
+	ep->deaddir = tn_mem_printf("%s/dead", ep->dir);
+	ep->disabled_path = tn_mem_printf("%s/disabled", ep->dir);
+	ep->wd_dir = ep->wd_queue = -1;
+	hookd_queue_init(&ep->q);
+	if (hookd_mkdir(ep->dir) < 0 || hookd_mkdir(ep->qdir) < 0 ||
+	    hookd_mkdir(ep->deaddir) < 0)
+		tn_error("endpoint %s: its queue cannot be used", conf->name);
+	hookd_ep_check_disabled(ep);
+	hookd_ep_watch(hd, ep);
+	if (conf->world_readable)
+		tn_warning("endpoint %s: %s is readable by others, and it holds secrets"
+			   " (chmod 0640)", conf->name, conf->path);
+	return ep;
+}
+
+/* Move the parts of a loaded endpoint we own into ep, keeping its queue. */
+static void hookd_ep_update(struct hookd_ep *ep, struct tn_hook_endpoint *conf)
+{
+	struct tn_hook_endpoint old = ep->conf;
+
+	ep->conf = *conf;
+	memset(conf, 0, sizeof(*conf));
+	*conf = old;		/* freed by the caller with the new set */
+	ep->removed = false;
+}
+
+static struct hookd_ep *hookd_ep_find(struct hookd *hd, const char *name)
+{
+	for (unsigned i = 0; i < hd->neps; i++) {
+		if (strcmp(hd->eps[i]->conf.name, name) == 0)
+			return hd->eps[i];
+	}
+	return NULL;
+}
+
+static void hookd_scan_queue(struct hookd *hd, struct hookd_ep *ep);
+
+/* (Re)load the endpoint files. New endpoints are added, changed ones
+ * updated in place, removed ones stop (their files stay on disk). */
+static int hookd_endpoints_reload(struct hookd *hd)
+{
+	const char *dir = tn_conf_str(hd->conf, "hookd_endpoints_dir"), *error;
+	struct tn_hook_endpoint *set;
+	unsigned count;
+
+	if (tn_hook_endpoints_load(dir, &set, &count, &error) < 0) {
+		tn_error("endpoints not (re)loaded: %s", error);
+		return -1;
+	}
+	pthread_mutex_lock(&hd->mlock);
+	for (unsigned i = 0; i < hd->neps; i++)
+		hd->eps[i]->removed = true;
+	for (unsigned i = 0; i < count; i++) {
+		struct hookd_ep *ep = hookd_ep_find(hd, set[i].name);
+
+		if (ep != NULL) {
+			hookd_ep_update(ep, &set[i]);
+			continue;
+		}
+		hd->eps = tn_mem_realloc(hd->eps, (hd->neps + 1) * sizeof(*hd->eps));
+		ep = hd->eps[hd->neps++] = hookd_ep_create(hd, &set[i]);
+		memset(&set[i], 0, sizeof(set[i]));
+		tn_info("endpoint %s: %s (%u secret%s, concurrency %u)", ep->conf.name,
+			ep->conf.url, ep->conf.nsecrets, ep->conf.nsecrets == 1 ? "" : "s",
+			ep->conf.concurrency);
+	}
+	pthread_mutex_unlock(&hd->mlock);
+	tn_hook_endpoints_free(&set, count);
+	for (unsigned i = 0; i < hd->neps; i++) {
+		if (hd->eps[i]->removed)
+			tn_warning("endpoint %s: no longer configured; its queue stays in %s",
+				   hd->eps[i]->conf.name, hd->eps[i]->dir);
+		else
+			hookd_scan_queue(hd, hd->eps[i]);
+	}
+	return 0;
+}
+
+static unsigned hookd_active_endpoints(const struct hookd *hd)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < hd->neps; i++)
+		n += !hd->eps[i]->removed;
+	return n;
+}
+
+/* --- scanning --------------------------------------------------------------------- */
+
+static void hookd_scan_queue(struct hookd *hd, struct hookd_ep *ep)
+{
+	struct tn_hook_qname qn;
+	struct dirent *de;
+	DIR *d = opendir(ep->qdir);
+	bool added = false;
+
+	if (d == NULL) {
+		tn_error("endpoint %s: %s: %s", ep->conf.name, ep->qdir, strerror(errno));
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		struct hookd_item *known;
+
+		if (tn_hook_qname_parse(de->d_name, &qn) < 0)
+			continue;
+		known = hookd_queue_find(&ep->q, qn.id);
+		if (known == NULL) {
+			hookd_queue_add(&ep->q, &qn);
+			added = true;
+		} else if (qn.attempts == 0 && known->attempts > 0) {
+			/* a fan-out repeated after a crash: the state we know wins */
+			if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+				tn_debug("endpoint %s: dropped repeated %s", ep->conf.name,
+					 de->d_name);
+		}
+	}
+	closedir(d);
+	hookd_ep_check_disabled(ep);
+	if (added)
+		hookd_pump(hd);
+	(void)hd;
+}
+
+static void hookd_pending_add(struct hookd *hd, const char *name)
+{
+	if (name[0] == '.')
+		return;
+	if (hd->npending == hd->cap_pending) {
+		hd->cap_pending = hd->cap_pending == 0 ? 1024 : hd->cap_pending * 2;
+		hd->pending = tn_mem_realloc(hd->pending, hd->cap_pending * sizeof(char *));
+	}
+	hd->pending[hd->npending++] = tn_mem_strdup(name);
+}
+
+static void hookd_pending_clear(struct hookd *hd)
+{
+	for (size_t i = 0; i < hd->npending; i++)
+		tn_mem_free(&hd->pending[i]);
+	hd->npending = 0;
+}
+
+static void hookd_scan_new(struct hookd *hd)
+{
+	struct dirent *de;
+	DIR *d = opendir(hd->newdir);
+
+	if (d == NULL) {
+		tn_error("%s: %s", hd->newdir, strerror(errno));
+		return;
+	}
+	hookd_pending_clear(hd);
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+			hookd_pending_add(hd, de->d_name);
+	}
+	closedir(d);
+	pthread_mutex_lock(&hd->mlock);
+	hd->new_backlog = hd->npending;
+	pthread_mutex_unlock(&hd->mlock);
+	hookd_fanout_schedule(hd);
+}
+
+static void hookd_clean_tmp(struct hookd *hd)
+{
+	int64_t now_s = tn_hook_now_ms() / 1000;
+	struct dirent *de;
+	struct stat st;
+	DIR *d = opendir(hd->tmpdir);
+
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' ||
+		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode))
+			continue;
+		if ((now_s - st.st_mtime) * 1000 < hd->tmp_max_age_ms)
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+			tn_info("removed stale %s/%s (a producer that never finished)",
+				hd->tmpdir, de->d_name);
+	}
+	closedir(d);
+}
+
+static uint64_t hookd_count_dir(const char *path)
+{
+	struct dirent *de;
+	uint64_t n = 0;
+	DIR *d = opendir(path);
+
+	if (d == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+static void hookd_rescan(struct hookd *hd)
+{
+	hookd_clean_tmp(hd);
+	for (unsigned i = 0; i < hd->neps; i++) {
+		if (!hd->eps[i]->removed)
+			hookd_scan_queue(hd, hd->eps[i]);
+		pthread_mutex_lock(&hd->mlock);
+		hd->eps[i]->dead = hookd_count_dir(hd->eps[i]->deaddir);
+		pthread_mutex_unlock(&hd->mlock);
+	}
+	hookd_scan_new(hd);
+}
+
+/* --- fan-out ---------------------------------------------------------------------- */
+
+static void hookd_quarantine(struct hookd *hd, const char *name, const char *why)
+{
+	char from[PATH_MAX], to[PATH_MAX];
+
+	snprintf(from, sizeof(from), "%s/%s", hd->newdir, name);
+	snprintf(to, sizeof(to), "%s/%s", hd->baddir, name);
+	if (rename(from, to) < 0) {
+		if (errno != ENOENT)
+			tn_error("cannot quarantine %s: %s", from, strerror(errno));
+		return;
+	}
+	tn_warning("quarantined %s to %s: %s", from, hd->baddir, why);
+	pthread_mutex_lock(&hd->mlock);
+	hd->quarantined++;
+	pthread_mutex_unlock(&hd->mlock);
+}
+
+/* Link one event into the queues that want it. 1: linked (or unwanted),
+ * the name in new/ may go; 0: leave it for a later try; -1: vanished. */
+static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, char *buf,
+			    bool *touched)
+{
+	struct tn_hook_qname qn;
+	const char *why, *type, *tenant;
+	bool wanted = false;
+	json_t *ev;
+	ssize_t len;
+
+	if (tn_hook_qname_parse(name, &qn) < 0 || qn.attempts != 0) {
+		hookd_quarantine(hd, name, "not an event file name (<id>.json)");
+		return -1;
+	}
+	if ((len = hookd_read_file(newfd, name, buf, HOOKD_BODY_MAX)) < 0) {
+		if (errno == ENOENT)
+			return -1;
+		if (errno == EFBIG) {
+			hookd_quarantine(hd, name, "larger than an event can be");
+			return -1;
+		}
+		tn_error("%s/%s: %s", hd->newdir, name, strerror(errno));
+		return 0;
+	}
+	if ((ev = tn_hook_envelope_parse(buf, (size_t)len, qn.id, &why)) == NULL) {
+		hookd_quarantine(hd, name, why);
+		return -1;
+	}
+	type = json_string_value(json_object_get(ev, "type"));
+	tenant = json_string_value(json_object_get(ev, "tenant"));
+	for (unsigned i = 0; i < hd->neps; i++) {
+		struct hookd_ep *ep = hd->eps[i];
+		char path[PATH_MAX];
+
+		if (ep->removed || !tn_hook_endpoint_wants(&ep->conf, type, tenant))
+			continue;
+		wanted = true;
+		snprintf(path, sizeof(path), "%s/%s", ep->qdir, name);
+		if (linkat(newfd, name, AT_FDCWD, path, 0) < 0 && errno != EEXIST) {
+			tn_error("cannot link %s/%s to %s: %s", hd->newdir, name, path,
+				 strerror(errno));
+			json_decref(ev);
+			return 0;
+		}
+		touched[i] = true;
+	}
+	if (!wanted) {
+		tn_debug("%s (%s, tenant %s): no endpoint wants it", name, type, tenant);
+		pthread_mutex_lock(&hd->mlock);
+		hd->unrouted++;
+		pthread_mutex_unlock(&hd->mlock);
+	}
+	json_decref(ev);
+	return 1;
+}
+
+static void hookd_fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || fsync(fd) < 0)
+		tn_error("fsync %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* One batch: link, fsync the queues, then drop the names from new/. */
+static size_t hookd_fanout_batch(struct hookd *hd, size_t from, char *buf)
+{
+	bool touched[hd->neps + 1];
+	int done[HOOKD_FANOUT_BATCH];
+	size_t n = hd->npending - from;
+	int newfd = open(hd->newdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (newfd < 0) {
+		tn_error("%s: %s", hd->newdir, strerror(errno));
+		return n;
+	}
+	if (n > HOOKD_FANOUT_BATCH)
+		n = HOOKD_FANOUT_BATCH;
+	memset(touched, 0, sizeof(touched));
+	for (size_t i = 0; i < n; i++)
+		done[i] = hookd_fanout_one(hd, newfd, hd->pending[from + i], buf, touched);
+	for (unsigned e = 0; e < hd->neps; e++) {
+		if (touched[e])
+			hookd_fsync_dir(hd->eps[e]->qdir);
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct tn_hook_qname qn;
+
+		if (done[i] != 1)
+			continue;
+		if (unlinkat(newfd, hd->pending[from + i], 0) < 0 && errno != ENOENT)
+			tn_error("cannot remove %s/%s: %s", hd->newdir, hd->pending[from + i],
+				 strerror(errno));
+		tn_hook_qname_parse(hd->pending[from + i], &qn);
+		for (unsigned e = 0; e < hd->neps; e++) {
+			if (touched[e] && !hd->eps[e]->removed)
+				hookd_queue_add(&hd->eps[e]->q, &qn);
+		}
+		pthread_mutex_lock(&hd->mlock);
+		hd->fanned_out++;
+		pthread_mutex_unlock(&hd->mlock);
+	}
+	close(newfd);
+	return n;
+}
+
+static void hookd_fanout(evutil_socket_t fd, short what, void *arg)
+{
+	struct hookd *hd = arg;
+	char *buf;
+	size_t i = 0;
+
+	(void)fd;
+	(void)what;
+	if (hd->stopping || hd->npending == 0)
+		return;
+	if (hookd_active_endpoints(hd) == 0) {
+		if (!hd->warned_no_endpoints)
+			tn_warning("no webhook endpoint configured in %s: events stay in %s",
+				   tn_conf_str(hd->conf, "hookd_endpoints_dir"), hd->newdir);
+		hd->warned_no_endpoints = true;
+		hookd_pending_clear(hd);
+		return;
+	}
+	buf = tn_mem_alloc(HOOKD_BODY_MAX);
+	while (i < hd->npending)
+		i += hookd_fanout_batch(hd, i, buf);
+	tn_mem_free(&buf);
+	hookd_pending_clear(hd);
+	pthread_mutex_lock(&hd->mlock);
+	hd->new_backlog = 0;
+	pthread_mutex_unlock(&hd->mlock);
+	hookd_pump(hd);
+}
+
+static void hookd_fanout_schedule(struct hookd *hd)
+{
+	if (hd->npending > 0)
+		event_active(hd->fanout_ev, EV_TIMEOUT, 0);
+}
+
+/* --- inotify ---------------------------------------------------------------------- */
+
+static struct hookd_ep *hookd_ep_by_wd(struct hookd *hd, int wd, bool *queue_r)
+{
+	for (unsigned i = 0; i < hd->neps; i++) {
+		if (hd->eps[i]->wd_queue == wd || hd->eps[i]->wd_dir == wd) {
+			*queue_r = hd->eps[i]->wd_queue == wd;
+			return hd->eps[i];
+		}
+	}
+	return NULL;
+}
+
+static void hookd_inotify_event(struct hookd *hd, const struct inotify_event *ie)
+{
+	struct hookd_ep *ep;
+	bool queue;
+
+	if (ie->mask & IN_Q_OVERFLOW) {
+		tn_warning("inotify queue overflow: rescanning");
+		hookd_rescan(hd);
+		return;
+	}
+	if (ie->wd == hd->wd_new) {
+		if (ie->len > 0)
+			hookd_pending_add(hd, ie->name);
+		return;
+	}
+	if ((ep = hookd_ep_by_wd(hd, ie->wd, &queue)) == NULL || ep->removed)
+		return;
+	if (queue) {
+		struct tn_hook_qname qn;
+
+		/* a replay (tnctl) or a fan-out by another instance; our own
+		 * renames are already known and ignored by queue_add */
+		if (ie->len > 0 && tn_hook_qname_parse(ie->name, &qn) == 0 &&
+		    hookd_queue_add(&ep->q, &qn) != NULL)
+			hookd_pump(hd);
+	} else if (ie->len > 0 && strcmp(ie->name, "disabled") == 0) {
+		hookd_ep_check_disabled(ep);
+		if (!ep->disabled)
+			hookd_pump(hd);
+	}
+}
+
+static void hookd_inotify_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct hookd *hd = arg;
+	char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n;
+
+	(void)what;
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			const struct inotify_event *ie = (const struct inotify_event *)p;
+
+			hookd_inotify_event(hd, ie);
+			p += sizeof(*ie) + ie->len;
+		}
+	}
+	pthread_mutex_lock(&hd->mlock);
+	hd->new_backlog = hd->npending;
+	pthread_mutex_unlock(&hd->mlock);
+	hookd_fanout_schedule(hd);
+}
+
+/* --- requests ----------------------------------------------------------------------- */
+
+static size_t hookd_resp_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct hookd_req *r = arg;
+	size_t len = size * nmemb, room = HOOKD_RESP_KEEP - r->resp_len;
+
+	if (room > 0) {
+		memcpy(r->resp + r->resp_len, data, len < room ? len : room);
+		r->resp_len += len < room ? len : room;
+	}
+	return len;
+}
+
+static struct curl_slist *hookd_headers(struct hookd_req *r, int64_t ts)
+{
+	char sig[TN_WEBHOOK_HEADER_SIZE], line[TN_WEBHOOK_HEADER_SIZE + 64];
+	struct curl_slist *h = NULL;
+	const struct tn_hook_endpoint *c = &r->ep->conf;
+
+	if (tn_webhook_sign(c->secrets, c->nsecrets, r->item->id, ts, r->body, r->body_len,
+			    sig, sizeof(sig)) < 0)
+		sig[0] = '\0';
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Expect:");
+	snprintf(line, sizeof(line), "webhook-id: %s", r->item->id);
+	h = curl_slist_append(h, line);
+	snprintf(line, sizeof(line), "webhook-timestamp: %" PRId64, ts);
+	h = curl_slist_append(h, line);
+	snprintf(line, sizeof(line), "webhook-signature: %s", sig);
+	h = curl_slist_append(h, line);
+	return h;
+}
+
+static CURL *hookd_easy(struct hookd_req *r)
+{
+	const struct tn_hook_endpoint *c = &r->ep->conf;
+	CURL *e = curl_easy_init();
+
+	if (e == NULL)
+		return NULL;
+	curl_easy_setopt(e, CURLOPT_URL, c->url);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (c->tls_ca_file != NULL)
+		curl_easy_setopt(e, CURLOPT_CAINFO, c->tls_ca_file);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "tenantmail-hookd/" PACKAGE_VERSION);
+	curl_easy_setopt(e, CURLOPT_POST, 1L);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)r->body_len);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hookd_resp_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+	return e;
+}
+
+static void hookd_req_free(struct hookd_req *r)
+{
+	if (r->easy != NULL) {
+		curl_multi_remove_handle(r->ep->hd->multi, r->easy);
+		curl_easy_cleanup(r->easy);
+	}
+	curl_slist_free_all(r->headers);
+	tn_mem_free(&r->body);
+	tn_mem_free(&r);
+}
+
+/* Read the item's file and fill in what the log needs. -1: the file
+ * vanished or is unusable (the item is forgotten). */
+static int hookd_req_load(struct hookd_req *r)
+{
+	char name[TN_HOOK_QNAME_SIZE], path[PATH_MAX];
+	const char *why;
+	ssize_t len;
+	json_t *ev;
+
+	hookd_item_name(r->item, name);
+	snprintf(path, sizeof(path), "%s/%s", r->ep->qdir, name);
+	r->body = tn_mem_alloc(HOOKD_BODY_MAX);
+	if ((len = hookd_read_path(path, r->body, HOOKD_BODY_MAX)) < 0) {
+		if (errno != ENOENT)
+			tn_error("endpoint %s: %s: %s", r->ep->conf.name, path, strerror(errno));
+		return -1;
+	}
+	if ((ev = tn_hook_envelope_parse(r->body, (size_t)len, r->item->id, &why)) == NULL) {
+		tn_error("endpoint %s: %s: %s; removed from the queue (the original was"
+			 " checked when it arrived)", r->ep->conf.name, path, why);
+		unlink(path);
+		return -1;
+	}
+	r->body_len = (size_t)len - (r->body[len - 1] == '\n');
+	snprintf(r->type, sizeof(r->type), "%s", json_string_value(json_object_get(ev, "type")));
+	snprintf(r->tenant, sizeof(r->tenant), "%s",
+		 json_string_value(json_object_get(ev, "tenant")));
+	r->sequence = json_integer_value(json_object_get(ev, "sequence"));
+	json_decref(ev);
+	return 0;
+}
+
+static bool hookd_ep_ready(const struct hookd_ep *ep, int64_t now_ms)
+{
+	return !ep->removed && !ep->disabled && ep->conf.enabled &&
+	       ep->paused_until_ms <= now_ms && ep->inflight < ep->conf.concurrency;
+}
+
+static void hookd_start(struct hookd *hd, struct hookd_ep *ep, struct hookd_item *item)
+{
+	struct hookd_req *r = tn_mem_calloc(1, sizeof(*r));
+
+	r->ep = ep;
+	r->item = item;
+	memcpy(r->id, item->id, sizeof(r->id));
+	r->attempt = item->attempts + 1;
+	hookd_queue_take(&ep->q, item);
+	if (hookd_req_load(r) < 0) {
+		hookd_queue_remove(&ep->q, item);
+		hookd_req_free(r);
+		return;
+	}
+	r->headers = hookd_headers(r, tn_hook_now_ms() / 1000);
+	if ((r->easy = hookd_easy(r)) == NULL ||
+	    curl_multi_add_handle(hd->multi, r->easy) != CURLM_OK) {
+		tn_error("endpoint %s: cannot start a request", ep->conf.name);
+		item->next_ms = tn_hook_now_ms() + 1000;
+		hookd_queue_put(&ep->q, item);
+		hookd_req_free(r);
+		return;
+	}
+	r->start_us = hookd_mono_us();
+	ep->inflight++;
+	pthread_mutex_lock(&hd->mlock);
+	hd->running_requests++;
+	pthread_mutex_unlock(&hd->mlock);
+}
+
+/* Start what is due; arm the pump timer for the next due time. */
+static void hookd_pump(struct hookd *hd)
+{
+	int64_t now = tn_hook_now_ms(), next = INT64_MAX;
+
+	if (hd->stopping)
+		return;
+	for (unsigned i = 0; i < hd->neps; i++) {
+		struct hookd_ep *ep = hd->eps[i];
+		struct hookd_item *item;
+
+		while (hookd_ep_ready(ep, now) && (item = hookd_queue_peek(&ep->q)) != NULL &&
+		       item->next_ms <= now)
+			hookd_start(hd, ep, item);
+		if (ep->removed || ep->disabled || !ep->conf.enabled)
+			continue;
+		if (ep->paused_until_ms > now && ep->paused_until_ms < next)
+			next = ep->paused_until_ms;
+		if (ep->inflight < ep->conf.concurrency && (item = hookd_queue_peek(&ep->q)) != NULL &&
+		    item->next_ms > now && item->next_ms < next)
+			next = item->next_ms;
+	}
+	if (next != INT64_MAX)
+		hookd_timer_at(hd->pump_timer, next - now);
+}
+
+static void hookd_pump_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	hookd_pump(arg);
+}
+
+/* --- outcomes ----------------------------------------------------------------------- */
+
+static int64_t hookd_backoff(struct hookd *hd, unsigned attempts)
+{
+	int64_t ceiling = hd->retry_initial_ms;
+
+	for (unsigned i = 1; i < attempts && ceiling < hd->retry_max_ms; i++)
+		ceiling *= 2;
+	if (ceiling > hd->retry_max_ms)
+		ceiling = hd->retry_max_ms;
+	ceiling = (int64_t)(hookd_random(hd) % (uint64_t)(ceiling + 1));
+	return ceiling < 1000 && hd->retry_initial_ms >= 1000 ? 1000 : ceiling;
+}
+
+/* Rename the item's file to its new state; false when it vanished. */
+static bool hookd_rename_item(struct hookd_ep *ep, const char *oldname,
+			      const struct hookd_item *item)
+{
+	char newname[TN_HOOK_QNAME_SIZE], from[PATH_MAX], to[PATH_MAX];
+
+	hookd_item_name(item, newname);
+	snprintf(from, sizeof(from), "%s/%s", ep->qdir, oldname);
+	snprintf(to, sizeof(to), "%s/%s", ep->qdir, newname);
+	if (strcmp(from, to) == 0 || rename(from, to) == 0)
+		return true;
+	if (errno != ENOENT)
+		tn_error("endpoint %s: rename %s: %s", ep->conf.name, from, strerror(errno));
+	return errno != ENOENT;
+}
+
+static void hookd_to_dead(struct hookd *hd, struct hookd_ep *ep, const char *name,
+			  struct hookd_item *item)
+{
+	char from[PATH_MAX], to[PATH_MAX];
+
+	snprintf(from, sizeof(from), "%s/%s", ep->qdir, name);
+	snprintf(to, sizeof(to), "%s/%s.json", ep->deaddir, item->id);
+	if (rename(from, to) < 0 && errno != ENOENT)
+		tn_error("endpoint %s: cannot move %s to %s: %s", ep->conf.name, from, to,
+			 strerror(errno));
+	tn_warning("endpoint %s: event %s is a dead letter after %u attempts"
+		   " (tnctl events replay %s)", ep->conf.name, item->id, item->attempts,
+		   item->id);
+	pthread_mutex_lock(&hd->mlock);
+	ep->dead++;
+	pthread_mutex_unlock(&hd->mlock);
+	hookd_queue_remove(&ep->q, item);
+}
+
+static void hookd_disable(struct hookd_ep *ep, long status)
+{
+	char at[32], text[256];
+	int fd;
+
+	tn_hook_format_time(tn_hook_now_ms(), at);
+	snprintf(text, sizeof(text),
+		 "{\"at\":\"%s\",\"status\":%ld,\"reason\":\"the endpoint answered %ld Gone\"}\n",
+		 at, status, status);
+	fd = open(ep->disabled_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0660);
+	if (fd < 0 || write(fd, text, strlen(text)) < 0)
+		tn_error("endpoint %s: cannot write %s: %s", ep->conf.name, ep->disabled_path,
+			 strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	ep->disabled = true;
+	tn_error("endpoint %s: answered %ld Gone: disabled; its events are kept"
+		 " (tnctl events enable %s)", ep->conf.name, status, ep->conf.name);
+}
+
+/* Retry-After in ms from now (seconds or an HTTP date); -1 when absent. */
+static int64_t hookd_retry_after(CURL *easy)
+{
+	struct curl_header *h;
+	char *end;
+	long secs;
+	time_t when;
+
+	if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return -1;
+	secs = strtol(h->value, &end, 10);
+	if (end != h->value && *end == '\0' && secs >= 0)
+		return (int64_t)secs * 1000;
+	if ((when = curl_getdate(h->value, NULL)) < 0)
+		return -1;
+	return when * (int64_t)1000 > tn_hook_now_ms() ? when * (int64_t)1000 - tn_hook_now_ms() : 0;
+}
+
+static enum hookd_class hookd_classify(CURLcode rc, long status)
+{
+	if (rc != CURLE_OK || status < 200 || status > 599)
+		return HC_ERROR;
+	return (enum hookd_class)(status / 100 - 2);
+}
+
+static void hookd_account(struct hookd *hd, struct hookd_ep *ep, enum hookd_class cls,
+			  enum hookd_outcome outcome, double secs)
+{
+	pthread_mutex_lock(&hd->mlock);
+	ep->attempts[cls]++;
+	ep->outcomes[outcome]++;
+	ep->lat_count++;
+	ep->lat_sum += secs;
+	for (int i = 0; i < HOOKD_NBUCKETS; i++) {
+		if (secs <= hookd_buckets[i])
+			ep->lat_buckets[i]++;
+	}
+	hd->running_requests--;
+	pthread_mutex_unlock(&hd->mlock);
+}
+
+static const char *hookd_error_text(struct hookd_req *r, CURLcode rc, long status,
+				    char *buf, size_t size)
+{
+	if (rc != CURLE_OK)
+		return r->errbuf[0] != '\0' ? r->errbuf : curl_easy_strerror(rc);
+	if (status >= 200 && status < 300)
+		return NULL;
+	if (status >= 300 && status < 400)
+		return "redirect not followed";
+	if (status == 0)
+		return "no HTTP status";
+	snprintf(buf, size, "HTTP %ld%s", status, r->resp_len > 0 ? ": " : "");
+	tn_log_sanitize(buf + strlen(buf), size - strlen(buf), r->resp, r->resp_len);
+	return buf;
+}
+
+static enum hookd_outcome hookd_failed(struct hookd *hd, struct hookd_req *r, long status,
+				       const char *oldname)
+{
+	struct hookd_ep *ep = r->ep;
+	struct hookd_item *item = r->item;
+	int64_t now = tn_hook_now_ms(), ra = -1;
+
+	if (status == 429 || status == 503)
+		ra = hookd_retry_after(r->easy);
+	item->attempts++;
+	if (item->first_ms == 0)
+		item->first_ms = now;
+	if (now - item->first_ms >= hd->retry_window_ms) {
+		hookd_to_dead(hd, ep, oldname, item);
+		return HO_DEAD;
+	}
+	if (ra >= 0) {
+		if (ra > hd->retry_after_max_ms)
+			ra = hd->retry_after_max_ms;
+		ep->paused_until_ms = now + ra;
+		item->next_ms = now + ra;
+		tn_info("endpoint %s: %ld with Retry-After: paused for %" PRId64 " ms",
+			ep->conf.name, status, ra);
+	} else {
+		item->next_ms = now + hookd_backoff(hd, item->attempts);
+	}
+	if (!hookd_rename_item(ep, oldname, item)) {
+		hookd_queue_remove(&ep->q, item);
+		return ra >= 0 ? HO_PAUSED : HO_RETRY;
+	}
+	hookd_queue_put(&ep->q, item);
+	return ra >= 0 ? HO_PAUSED : HO_RETRY;
+}
+
+static void hookd_done(struct hookd *hd, struct hookd_req *r, CURLcode rc)
+{
+	struct hookd_ep *ep = r->ep;
+	struct hookd_item *item = r->item;
+	char oldname[TN_HOOK_QNAME_SIZE], path[PATH_MAX], ebuf[HOOKD_RESP_KEEP * 4 + 8];
+	enum hookd_outcome outcome;
+	long status = 0;
+	double secs = (double)(hookd_mono_us() - r->start_us) / 1e6;
+	const char *error;
+
+	if (rc == CURLE_OK)
+		curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+	error = hookd_error_text(r, rc, status, ebuf, sizeof(ebuf));
+	hookd_item_name(item, oldname);
+	ep->inflight--;
+	if (rc == CURLE_OK && status >= 200 && status < 300) {
+		outcome = HO_DELIVERED;
+		snprintf(path, sizeof(path), "%s/%s", ep->qdir, oldname);
+		if (unlink(path) < 0 && errno != ENOENT)
+			tn_error("endpoint %s: cannot remove %s: %s", ep->conf.name, path,
+				 strerror(errno));
+	} else if (rc == CURLE_OK && status == 410) {
+		outcome = HO_DISABLED;
+		hookd_disable(ep, status);
+		hookd_queue_put(&ep->q, item);
+	} else {
+		outcome = hookd_failed(hd, r, status, oldname);
+		tn_log(outcome == HO_DEAD ? TN_LOG_ERROR : TN_LOG_DEBUG, NULL,
+		       "endpoint %s: event %s attempt %u: %ld %s", ep->conf.name, r->id,
+		       r->attempt, status, error != NULL ? error : "");
+	}
+	hookd_log_attempt(hd, r, status, secs * 1000, outcome, error);
+	hookd_account(hd, ep, hookd_classify(rc, status), outcome, secs);
+	if (outcome == HO_DELIVERED)
+		hookd_queue_remove(&ep->q, item);
+	r->item = NULL;
+	hookd_req_free(r);
+}
+
+static void hookd_check_multi(struct hookd *hd)
+{
+	CURLMsg *msg;
+	int left;
+
+	while ((msg = curl_multi_info_read(hd->multi, &left)) != NULL) {
+		struct hookd_req *r;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+		hookd_done(hd, r, msg->data.result);
+	}
+	if (hd->stopping) {
+		int running = 0;
+
+		curl_multi_perform(hd->multi, &running);
+		if (running == 0)
+			event_base_loopexit(hd->base, NULL);
+		return;
+	}
+	hookd_pump(hd);
+}
+
+/* --- libcurl ↔ libevent --------------------------------------------------------------- */
+
+static void hookd_sock_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct hookd *hd = arg;
+	int running, flags = 0;
+
+	if (what & EV_READ)
+		flags |= CURL_CSELECT_IN;
+	if (what & EV_WRITE)
+		flags |= CURL_CSELECT_OUT;
+	curl_multi_socket_action(hd->multi, fd, flags, &running);
+	hookd_check_multi(hd);
+}
+
+static int hookd_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct hookd *hd = userp;
+	struct hookd_sock *hs = socketp;
+	short kind = EV_PERSIST;
+
+	(void)easy;
+	if (what == CURL_POLL_REMOVE) {
+		if (hs != NULL) {
+			event_free(hs->ev);
+			tn_mem_free(&hs);
+		}
+		curl_multi_assign(hd->multi, s, NULL);
+		return 0;
+	}
+	if (hs == NULL) {
+		hs = tn_mem_calloc(1, sizeof(*hs));
+		hs->fd = s;
+		curl_multi_assign(hd->multi, s, hs);
+	} else {
+		event_free(hs->ev);
+	}
+	if (what & CURL_POLL_IN)
+		kind |= EV_READ;
+	if (what & CURL_POLL_OUT)
+		kind |= EV_WRITE;
+	hs->ev = event_new(hd->base, s, kind, hookd_sock_event, hd);
+	event_add(hs->ev, NULL);
+	return 0;
+}
+
+static void hookd_curl_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct hookd *hd = arg;
+	int running;
+
+	(void)fd;
+	(void)what;
+	curl_multi_socket_action(hd->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	hookd_check_multi(hd);
+}
+
+static int hookd_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct hookd *hd = userp;
+
+	(void)multi;
+	if (timeout_ms < 0)
+		event_del(hd->curl_timer);
+	else
+		hookd_timer_at(hd->curl_timer, timeout_ms);
+	return 0;
+}
+
+/* --- metrics and housekeeping -------------------------------------------------------- */
+
+static void hookd_render_ep(const struct hookd_ep *ep, FILE *f)
+{
+	const char *n = ep->conf.name;
+	uint64_t cum = 0;
+
+	fprintf(f, "tn_hookd_queue_depth{endpoint=\"%s\"} %" PRIu64 "\n", n, ep->depth);
+	fprintf(f, "tn_hookd_oldest_pending_seconds{endpoint=\"%s\"} %.3f\n", n, ep->oldest_s);
+	fprintf(f, "tn_hookd_dead_letters{endpoint=\"%s\"} %" PRIu64 "\n", n, ep->dead);
+	fprintf(f, "tn_hookd_endpoint_disabled{endpoint=\"%s\"} %d\n", n,
+		ep->disabled || !ep->conf.enabled);
+	fprintf(f, "tn_hookd_inflight{endpoint=\"%s\"} %u\n", n, ep->inflight);
+	for (int c = 0; c < HC_N; c++)
+		fprintf(f, "tn_hookd_attempts_total{endpoint=\"%s\",class=\"%s\"} %" PRIu64 "\n",
+			n, hookd_class_names[c], ep->attempts[c]);
+	for (int o = 0; o < HO_N; o++)
+		fprintf(f, "tn_hookd_deliveries_total{endpoint=\"%s\",outcome=\"%s\"} %" PRIu64 "\n",
+			n, hookd_outcome_names[o], ep->outcomes[o]);
+	for (int i = 0; i < HOOKD_NBUCKETS; i++) {
+		cum = ep->lat_buckets[i];
+		fprintf(f, "tn_hookd_delivery_latency_seconds_bucket{endpoint=\"%s\",le=\"%g\"}"
+			" %" PRIu64 "\n", n, hookd_buckets[i], cum);
+	}
+	fprintf(f, "tn_hookd_delivery_latency_seconds_bucket{endpoint=\"%s\",le=\"+Inf\"}"
+		" %" PRIu64 "\n", n, ep->lat_count);
+	fprintf(f, "tn_hookd_delivery_latency_seconds_sum{endpoint=\"%s\"} %.6f\n", n, ep->lat_sum);
+	fprintf(f, "tn_hookd_delivery_latency_seconds_count{endpoint=\"%s\"} %" PRIu64 "\n", n,
+		ep->lat_count);
+}
+
+static const char hookd_metrics_help[] =
+	"# HELP tn_hookd_queue_depth Events waiting for an endpoint (its queue/).\n"
+	"# TYPE tn_hookd_queue_depth gauge\n"
+	"# HELP tn_hookd_oldest_pending_seconds Age of the oldest event waiting for an endpoint.\n"
+	"# TYPE tn_hookd_oldest_pending_seconds gauge\n"
+	"# HELP tn_hookd_dead_letters Events in an endpoint's dead/.\n"
+	"# TYPE tn_hookd_dead_letters gauge\n"
+	"# HELP tn_hookd_endpoint_disabled 1 while an endpoint is disabled (410 or enabled=no).\n"
+	"# TYPE tn_hookd_endpoint_disabled gauge\n"
+	"# HELP tn_hookd_inflight Requests in flight to an endpoint.\n"
+	"# TYPE tn_hookd_inflight gauge\n"
+	"# HELP tn_hookd_attempts_total Delivery attempts by HTTP status class (error: no answer).\n"
+	"# TYPE tn_hookd_attempts_total counter\n"
+	"# HELP tn_hookd_deliveries_total Attempts by outcome.\n"
+	"# TYPE tn_hookd_deliveries_total counter\n"
+	"# HELP tn_hookd_delivery_latency_seconds Request latency.\n"
+	"# TYPE tn_hookd_delivery_latency_seconds histogram\n";
+
+static char *hookd_render(void *arg)
+{
+	struct hookd *hd = arg;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (f == NULL)
+		return strdup("# out of memory\n");
+	fputs(hookd_metrics_help, f);
+	pthread_mutex_lock(&hd->mlock);
+	for (unsigned i = 0; i < hd->neps; i++)
+		hookd_render_ep(hd->eps[i], f);
+	fprintf(f, "# TYPE tn_hookd_new_backlog gauge\ntn_hookd_new_backlog %" PRIu64 "\n",
+		hd->new_backlog);
+	fprintf(f, "# TYPE tn_hookd_events_fanned_out_total counter\n"
+		"tn_hookd_events_fanned_out_total %" PRIu64 "\n", hd->fanned_out);
+	fprintf(f, "# TYPE tn_hookd_events_unrouted_total counter\n"
+		"tn_hookd_events_unrouted_total %" PRIu64 "\n", hd->unrouted);
+	fprintf(f, "# TYPE tn_hookd_quarantined_total counter\n"
+		"tn_hookd_quarantined_total %" PRIu64 "\n", hd->quarantined);
+	pthread_mutex_unlock(&hd->mlock);
+	fclose(f);
+	return text;
+}
+
+/* Depth and the oldest pending age, once a second (O(items)). */
+static void hookd_measure(struct hookd *hd)
+{
+	int64_t now = tn_hook_now_ms();
+
+	for (unsigned i = 0; i < hd->neps; i++) {
+		struct hookd_ep *ep = hd->eps[i];
+		int64_t oldest = now;
+
+		for (size_t b = 0; b < ep->q.nbuckets; b++) {
+			for (struct hookd_item *it = ep->q.buckets[b]; it != NULL; it = it->hnext) {
+				int64_t t = tn_hook_id_time_ms(it->id);
+
+				if (t > 0 && t < oldest)
+					oldest = t;
+			}
+		}
+		pthread_mutex_lock(&hd->mlock);
+		ep->depth = ep->q.count;
+		ep->oldest_s = (double)(now - oldest) / 1000.0;
+		pthread_mutex_unlock(&hd->mlock);
+	}
+}
+
+static void hookd_house(evutil_socket_t fd, short what, void *arg)
+{
+	struct hookd *hd = arg;
+
+	(void)fd;
+	(void)what;
+	hookd_log_flush(hd);
+	hookd_measure(hd);
+}
+
+static void hookd_rescan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	hookd_rescan(arg);
+}
+
+/* --- signals and life cycle ------------------------------------------------------------ */
+
+static void hookd_stop_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct hookd *hd = arg;
+
+	(void)fd;
+	(void)what;
+	tn_warning("requests still in flight after %d ms: stopping anyway (they are sent"
+		   " again after the restart)", HOOKD_STOP_GRACE_MS);
+	event_base_loopexit(hd->base, NULL);
+}
+
+static void hookd_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct hookd *hd = arg;
+
+	(void)what;
+	if (sig == SIGHUP) {
+		tn_info("SIGHUP: reloading the endpoint files");
+		hookd_endpoints_reload(hd);
+		hookd_rescan(hd);
+		return;
+	}
+	if (hd->stopping)
+		return;
+	hd->stopping = true;
+	tn_info("stopping (signal %d)", (int)sig);
+	event_del(hd->pump_timer);
+	event_del(hd->rescan_timer);
+	if (hd->running_requests == 0) {
+		event_base_loopexit(hd->base, NULL);
+		return;
+	}
+	event_base_once(hd->base, -1, EV_TIMEOUT, hookd_stop_timeout, hd,
+			&(struct timeval){ HOOKD_STOP_GRACE_MS / 1000, 0 });
+}
+
+static int hookd_drop_privileges(const char *user)
+{
+	struct passwd *pw;
+
+	if (getuid() != 0 || *user == '\0')
+		return 0;
+	if ((pw = getpwnam(user)) == NULL) {
+		tn_error("hookd_user %s: no such user", user);
+		return -1;
+	}
+	if (initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		tn_error("cannot switch to user %s: %s", user, strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		tn_error("could switch back to root after dropping privileges");
+		return -1;
+	}
+	return 0;
+}
+
+static void hookd_paths(struct hookd *hd)
+{
+	hd->outbox = tn_mem_strdup(tn_conf_str(hd->conf, "outbox_dir"));
+	hd->newdir = tn_mem_printf("%s/new", hd->outbox);
+	hd->tmpdir = tn_mem_printf("%s/tmp", hd->outbox);
+	hd->baddir = tn_mem_printf("%s/bad", hd->outbox);
+	hd->hooksdir = tn_mem_printf("%s/hooks", hd->outbox);
+	hd->logpath = tn_mem_printf("%s/deliveries.log", hd->hooksdir);
+	hd->logpath1 = tn_mem_printf("%s/deliveries.log.1", hd->hooksdir);
+	hd->retry_initial_ms = tn_conf_time_ms(hd->conf, "hookd_retry_initial_delay");
+	hd->retry_max_ms = tn_conf_time_ms(hd->conf, "hookd_retry_max_delay");
+	hd->retry_window_ms = tn_conf_time_ms(hd->conf, "hookd_retry_window");
+	hd->retry_after_max_ms = tn_conf_time_ms(hd->conf, "hookd_retry_after_max");
+	hd->tmp_max_age_ms = tn_conf_time_ms(hd->conf, "hookd_tmp_max_age");
+	hd->log_max_size = tn_conf_size(hd->conf, "hookd_delivery_log_max_size");
+}
+
+static int hookd_setup_spool(struct hookd *hd)
+{
+	struct tn_outbox *ob = tn_outbox_create_conf(hd->conf);
+	const char *error;
+	int ret = tn_outbox_check(ob, &error);
+
+	tn_outbox_destroy(&ob);
+	if (ret < 0) {
+		tn_error("outbox: %s", error);
+		return -1;
+	}
+	if (hookd_mkdir(hd->baddir) < 0 || hookd_mkdir(hd->hooksdir) < 0)
+		return -1;
+	hd->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (hd->inotify_fd < 0) {
+		tn_error("inotify: %s", strerror(errno));
+		return -1;
+	}
+	hd->wd_new = inotify_add_watch(hd->inotify_fd, hd->newdir,
+				       IN_MOVED_TO | IN_CLOSE_WRITE | IN_ONLYDIR);
+	if (hd->wd_new < 0) {
+		tn_error("inotify on %s: %s", hd->newdir, strerror(errno));
+		return -1;
+	}
+	hookd_log_open(hd);
+	return 0;
+}
+
+static void hookd_events_setup(struct hookd *hd)
+{
+	int64_t rescan = tn_conf_time_ms(hd->conf, "hookd_rescan_interval");
+	struct timeval rtv = { rescan / 1000, (rescan % 1000) * 1000 }, one = { 1, 0 };
+
+	hd->multi = curl_multi_init();
+	curl_multi_setopt(hd->multi, CURLMOPT_SOCKETFUNCTION, hookd_sock_cb);
+	curl_multi_setopt(hd->multi, CURLMOPT_SOCKETDATA, hd);
+	curl_multi_setopt(hd->multi, CURLMOPT_TIMERFUNCTION, hookd_timer_cb);
+	curl_multi_setopt(hd->multi, CURLMOPT_TIMERDATA, hd);
+	curl_multi_setopt(hd->multi, CURLMOPT_MAXCONNECTS, 1024L);
+	hd->curl_timer = evtimer_new(hd->base, hookd_curl_timeout, hd);
+	hd->pump_timer = evtimer_new(hd->base, hookd_pump_cb, hd);
+	hd->fanout_ev = event_new(hd->base, -1, 0, hookd_fanout, hd);
+	hd->inotify_ev = event_new(hd->base, hd->inotify_fd, EV_READ | EV_PERSIST,
+				   hookd_inotify_read, hd);
+	hd->rescan_timer = event_new(hd->base, -1, EV_PERSIST, hookd_rescan_cb, hd);
+	hd->house_timer = event_new(hd->base, -1, EV_PERSIST, hookd_house, hd);
+	hd->sig_term = evsignal_new(hd->base, SIGTERM, hookd_signal, hd);
+	hd->sig_int = evsignal_new(hd->base, SIGINT, hookd_signal, hd);
+	hd->sig_hup = evsignal_new(hd->base, SIGHUP, hookd_signal, hd);
+	event_add(hd->inotify_ev, NULL);
+	event_add(hd->rescan_timer, &rtv);
+	event_add(hd->house_timer, &one);
+	event_add(hd->sig_term, NULL);
+	event_add(hd->sig_int, NULL);
+	event_add(hd->sig_hup, NULL);
+}
+
+static void hookd_teardown(struct hookd *hd)
+{
+	struct event *evs[] = { hd->curl_timer, hd->pump_timer, hd->fanout_ev, hd->inotify_ev,
+				hd->rescan_timer, hd->house_timer, hd->sig_term, hd->sig_int,
+				hd->sig_hup };
+
+	hookd_metrics_stop(&hd->metrics);
+	for (unsigned i = 0; i < hd->neps; i++) {
+		struct hookd_ep *ep = hd->eps[i];
+
+		tn_hook_endpoint_clear(&ep->conf);
+		hookd_queue_free(&ep->q);
+		tn_mem_free(&ep->dir);
+		tn_mem_free(&ep->qdir);
+		tn_mem_free(&ep->deaddir);
+		tn_mem_free(&ep->disabled_path);
+		tn_mem_free(&ep);
+	}
+	tn_mem_free(&hd->eps);
+	if (hd->multi != NULL)
+		curl_multi_cleanup(hd->multi);
+	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
+		if (evs[i] != NULL)
+			event_free(evs[i]);
+	}
+	if (hd->log != NULL)
+		fclose(hd->log);
+	if (hd->inotify_fd > 0)
+		close(hd->inotify_fd);
+	hookd_pending_clear(hd);
+	tn_mem_free(&hd->pending);
+	tn_mem_free(&hd->outbox);
+	tn_mem_free(&hd->newdir);
+	tn_mem_free(&hd->tmpdir);
+	tn_mem_free(&hd->baddir);
+	tn_mem_free(&hd->hooksdir);
+	tn_mem_free(&hd->logpath);
+	tn_mem_free(&hd->logpath1);
+	if (hd->base != NULL)
+		event_base_free(hd->base);
+	pthread_mutex_destroy(&hd->mlock);
+	tn_conf_destroy(&hd->conf);
+}
+
+/* --- configuration and main ------------------------------------------------------------ */
+
+static const struct tn_conf_param *const hookd_tables[] = {
+	tn_outbox_params, tn_hookd_params, NULL,
+};
+
+static int hookd_usage(void)
+{
+	fprintf(stderr, "usage: tn-hookd [-c FILE] [-o NAME=VALUE]... [-e] [-n]\n");
+	return EX_USAGE;
+}
+
+static int hookd_override(struct tn_conf *conf, const char *arg)
+{
+	const char *eq = strchr(arg, '='), *error;
+	char *name;
+	int ret;
+
+	if (eq == NULL) {
+		fprintf(stderr, "tn-hookd: -o %s: expected NAME=VALUE\n", arg);
+		return -1;
+	}
+	name = tn_mem_strndup(arg, (size_t)(eq - arg));
+	if ((ret = tn_conf_set(conf, name, eq + 1, &error)) < 0)
+		fprintf(stderr, "tn-hookd: -o %s: %s\n", name, error);
+	tn_mem_free(&name);
+	return ret;
+}
+
+/* -n: print the effective settings and the endpoints, like postconf -n. */
+static int hookd_check(struct hookd *hd)
+{
+	const char *dir = tn_conf_str(hd->conf, "hookd_endpoints_dir"), *error;
+	struct tn_hook_endpoint *eps;
+	unsigned count;
+
+	tn_conf_dump(hd->conf, stdout, TN_CONF_DUMP_CHANGED);
+	if (tn_hook_endpoints_load(dir, &eps, &count, &error) < 0) {
+		fprintf(stderr, "tn-hookd: %s\n", error);
+		return EX_CONFIG;
+	}
+	for (unsigned i = 0; i < count; i++) {
+		printf("endpoint %s: url=%s secrets=%u concurrency=%u enabled=%s%s\n",
+		       eps[i].name, eps[i].url, eps[i].nsecrets, eps[i].concurrency,
+		       eps[i].enabled ? "yes" : "no",
+		       eps[i].world_readable ? " WARNING: file readable by others" : "");
+	}
+	if (count == 0)
+		printf("no endpoint files in %s\n", dir);
+	tn_hook_endpoints_free(&eps, count);
+	return 0;
+}
+
+static int hookd_configure(struct hookd *hd, int argc, char **argv, bool *check_r)
+{
+	const char *path = getenv("TENANTMAIL_CONF"), *error;
+	int c, dest = TN_LOG_TO_SYSLOG;
+
+	hd->conf = tn_conf_create("tn-hookd", hookd_tables);
+	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
+		if (c == 'c')
+			path = optarg;
+		else if (c == 'e')
+			dest |= TN_LOG_TO_STDERR;
+		else if (c == 'n')
+			*check_r = true;
+		else if (c != 'o')
+			return hookd_usage();
+	}
+	if (optind != argc)
+		return hookd_usage();
+	tn_log_init("tn-hookd", dest, LOG_MAIL);
+	if (tn_conf_load_file(hd->conf, path != NULL ? path : HOOKD_DEFAULT_CONF, &error) < 0) {
+		fprintf(stderr, "tn-hookd: %s\n", error);
+		return EX_CONFIG;
+	}
+	optind = 1;
+	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
+		if (c == 'o' && hookd_override(hd->conf, optarg) < 0)
+			return EX_CONFIG;
+	}
+	tn_log_set_level((enum tn_log_level)tn_conf_enum(hd->conf, "hookd_log_level"));
+	return 0;
+}
+
+static int hookd_run(struct hookd *hd)
+{
+	const char *listen = tn_conf_str(hd->conf, "hookd_metrics_listen"), *error;
+
+	if (hookd_drop_privileges(tn_conf_str(hd->conf, "hookd_user")) < 0)
+		return EX_NOPERM;
+	hookd_paths(hd);
+	if (hookd_setup_spool(hd) < 0)
+		return EX_CONFIG;
+	hd->base = event_base_new();
+	hookd_events_setup(hd);
+	if (hookd_endpoints_reload(hd) < 0)
+		return EX_CONFIG;
+	if (*listen != '\0' &&
+	    (hd->metrics = hookd_metrics_start(listen, hookd_render, hd, &error)) == NULL) {
+		tn_error("%s", error);
+		return EX_UNAVAILABLE;
+	}
+	tn_info("started: outbox %s, %u endpoint%s, /metrics on %s", hd->outbox, hd->neps,
+		hd->neps == 1 ? "" : "s", *listen != '\0' ? listen : "(off)");
+	hookd_rescan(hd);
+	hookd_measure(hd);
+	event_base_dispatch(hd->base);
+	hookd_log_flush(hd);
+	tn_info("stopped");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct hookd hd = { .inotify_fd = -1, .wd_new = -1 };
+	bool check = false;
+	int ret;
+
+	signal(SIGPIPE, SIG_IGN);
+	pthread_mutex_init(&hd.mlock, NULL);
+	if (getrandom(&hd.rng, sizeof(hd.rng), 0) != sizeof(hd.rng) || hd.rng == 0)
+		hd.rng = (uint64_t)hookd_mono_us() | 1;
+	if ((ret = hookd_configure(&hd, argc, argv, &check)) != 0) {
+		tn_conf_destroy(&hd.conf);
+		return ret;
+	}
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	ret = check ? hookd_check(&hd) : hookd_run(&hd);
+	hookd_teardown(&hd);
+	curl_global_cleanup();
+	return ret;
+}
