@@ -1,2 +1,2 @@
 ## examples/: configuration examples.
-EXTRA_DIST += examples/tenantmail.conf
+EXTRA_DIST += examples/tenantmail.conf examples/webhook-receiver.py
