@@ -87,6 +87,8 @@ struct hookd_ep {
 	double lat_sum;
 	uint64_t depth, dead;
 	double oldest_s;
+	unsigned m_inflight;		/* inflight and disabled, copied for /metrics */
+	bool m_disabled;
 };
 
 struct hookd_req {
@@ -502,6 +504,7 @@ static void hookd_rescan(struct hookd *hd)
 		pthread_mutex_unlock(&hd->mlock);
 	}
 	hookd_scan_new(hd);
+	hookd_pump(hd);
 }
 
 /* --- fan-out ---------------------------------------------------------------------- */
@@ -1210,9 +1213,8 @@ static void hookd_render_ep(const struct hookd_ep *ep, FILE *f)
 	fprintf(f, "tn_hookd_queue_depth{endpoint=\"%s\"} %" PRIu64 "\n", n, ep->depth);
 	fprintf(f, "tn_hookd_oldest_pending_seconds{endpoint=\"%s\"} %.3f\n", n, ep->oldest_s);
 	fprintf(f, "tn_hookd_dead_letters{endpoint=\"%s\"} %" PRIu64 "\n", n, ep->dead);
-	fprintf(f, "tn_hookd_endpoint_disabled{endpoint=\"%s\"} %d\n", n,
-		ep->disabled || !ep->conf.enabled);
-	fprintf(f, "tn_hookd_inflight{endpoint=\"%s\"} %u\n", n, ep->inflight);
+	fprintf(f, "tn_hookd_endpoint_disabled{endpoint=\"%s\"} %d\n", n, ep->m_disabled);
+	fprintf(f, "tn_hookd_inflight{endpoint=\"%s\"} %u\n", n, ep->m_inflight);
 	for (int c = 0; c < HC_N; c++)
 		fprintf(f, "tn_hookd_attempts_total{endpoint=\"%s\",class=\"%s\"} %" PRIu64 "\n",
 			n, hookd_class_names[c], ep->attempts[c]);
@@ -1294,6 +1296,8 @@ static void hookd_measure(struct hookd *hd)
 		}
 		pthread_mutex_lock(&hd->mlock);
 		ep->depth = ep->q.count;
+		ep->m_inflight = ep->inflight;
+		ep->m_disabled = ep->disabled || !ep->conf.enabled;
 		ep->oldest_s = (double)(now - oldest) / 1000.0;
 		pthread_mutex_unlock(&hd->mlock);
 	}
