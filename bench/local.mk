@@ -1,6 +1,13 @@
 ## bench/: benchmarks, run by hand (never part of the test command).
-noinst_PROGRAMS += bench/tn-bench-lookup
+noinst_PROGRAMS += bench/tn-bench-lookup bench/tn-bench-receiver bench/tn-bench-hookd
 bench_tn_bench_lookup_SOURCES = bench/tn-bench-lookup.c
 bench_tn_bench_lookup_CFLAGS = $(AM_CFLAGS) $(LDAP_CFLAGS) $(HIREDIS_CFLAGS)
 bench_tn_bench_lookup_LDADD = lib/libtenantmail.la $(LDAP_LIBS) $(HIREDIS_LIBS)
-EXTRA_DIST += bench/lookup bench/README.md
+bench_tn_bench_receiver_SOURCES = bench/tn-bench-receiver.c
+bench_tn_bench_receiver_CFLAGS = $(AM_CFLAGS) $(MICROHTTPD_CFLAGS) $(JANSSON_CFLAGS)
+bench_tn_bench_receiver_LDADD = lib/libtenantmail.la $(MICROHTTPD_LIBS) $(JANSSON_LIBS) \
+	$(PTHREAD_LIBS)
+bench_tn_bench_hookd_SOURCES = bench/tn-bench-hookd.c
+bench_tn_bench_hookd_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS) $(JANSSON_CFLAGS)
+bench_tn_bench_hookd_LDADD = lib/libtenantmail.la $(CURL_LIBS) $(JANSSON_LIBS) $(PTHREAD_LIBS)
+EXTRA_DIST += bench/lookup bench/hookd bench/README.md
