@@ -1,5 +1,6 @@
 ## provisioning/: tnctl (and, with the Provisioning issue, tn-provisiond).
 sbin_PROGRAMS += provisioning/tnctl
-provisioning_tnctl_SOURCES = provisioning/tnctl.c
+provisioning_tnctl_SOURCES = provisioning/tnctl.c provisioning/tnctl.h \
+	provisioning/tnctl-events.c provisioning/tnctl-spool.c provisioning/tnctl-verify.c
 provisioning_tnctl_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 provisioning_tnctl_LDADD = lib/libtenantmail.la $(JANSSON_LIBS)

@@ -15,12 +15,10 @@
  *	cache invalidate --address A | --domain D | --tenant T
  *		Drop the cached object everywhere (Redis and every process's
  *		memory, through the invalidation channel).
- *	events emit TYPE --tenant T [--data JSON] [--json]
- *		Append an event to the outbox exactly as a component would
- *		(docs/events.md, docs/outbox.md): for integrators' tests.
- *		Prints the event id and its sequence. Exit 65 for bad input,
- *		75 when the outbox cannot take it (full disk, missing
- *		directory, lock timeout).
+ *	events emit|list|show|replay|stats|enable|verify ...
+ *		The billing events: append one to the outbox, inspect and
+ *		repair tn-hookd's spool, check a captured webhook's
+ *		signature (tnctl-events.c, tnctl-verify.c, docs/hookd.md).
  *	config [-n | -d | -a | --doc]
  *		Print parameter settings: changed ones (-n, default), the
  *		defaults (-d), all effective values (-a), or the parameter
@@ -29,7 +27,9 @@
  *	Exit codes follow sysexits(3): 64 usage, 65 invalid data,
  *	75 temporary failure, 78 configuration error.
  * CONFIGURATION
- *	The lookup and outbox parameters of tenantmail.conf(5), read from the file
+ *	The lookup, outbox and tn-hookd parameters of tenantmail.conf(5)
+ *	(tnctl reads hookd_endpoints_dir; the others are accepted so that
+ *	one file serves every program), read from the file
  *	given with -c, else $TENANTMAIL_CONF, else
  *	/etc/tenantmail/tenantmail.conf; the [tnctl] section applies.
  *--*/
@@ -46,26 +46,17 @@
 
 #include "tn-conf.h"
 #include "tn-escape.h"
+#include "tn-hook-spool.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
 #include "tn-mem.h"
 #include "tn-outbox.h"
+#include "tnctl.h"
 
 #define TNCTL_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 
-struct tnctl {
-	struct tn_conf *conf;
-	const char *conf_path;
-};
-
-struct tnctl_command {
-	const char *name;
-	int (*run)(struct tnctl *ctl, int argc, char **argv);
-	const char *usage;
-};
-
 static const struct tn_conf_param *const tnctl_tables[] = {
-	tn_lookup_params, tn_outbox_params, NULL
+	tn_lookup_params, tn_outbox_params, tn_hookd_params, NULL
 };
 
 /* --- lookup ----------------------------------------------------------------- */
@@ -293,74 +284,6 @@ static int tnctl_cache(struct tnctl *ctl, int argc, char **argv)
 	return 0;
 }
 
-/* --- events emit ------------------------------------------------------------------- */
-
-static int tnctl_emit_append(struct tnctl *ctl, const char *type, const char *tenant,
-			     json_t *data, bool json)
-{
-	struct tn_outbox *ob = tn_outbox_create_conf(ctl->conf);
-	char id[TN_OUTBOX_ID_SIZE];
-	const char *error;
-	uint64_t seq;
-	int ret = 0;
-
-	if (tn_outbox_append(ob, type, tenant, data, id, &seq, &error) < 0) {
-		fprintf(stderr, "tnctl: %s\n", error);
-		ret = EX_TEMPFAIL;
-	} else if (json) {
-		printf("{\"id\":\"%s\",\"sequence\":%llu}\n", id, (unsigned long long)seq);
-	} else {
-		printf("%s %s sequence %llu\n", id, type, (unsigned long long)seq);
-	}
-	tn_outbox_destroy(&ob);
-	return ret;
-}
-
-/* events emit TYPE --tenant T [--data JSON] [--json]: for integrators'
- * tests, an event exactly as a component would write it. */
-static int tnctl_events(struct tnctl *ctl, int argc, char **argv)
-{
-	static const struct option opts[] = {
-		{ "tenant", required_argument, NULL, 't' },
-		{ "data", required_argument, NULL, 'd' },
-		{ "json", no_argument, NULL, 'j' }, { NULL, 0, NULL, 0 },
-	};
-	const char *tenant = NULL, *text = "{}", *error;
-	json_error_t jerr;
-	bool json = false;
-	json_t *data;
-	int c, ret;
-
-	if (argc < 3 || strcmp(argv[1], "emit") != 0)
-		return EX_USAGE;
-	optind = 3;
-	while ((c = getopt_long(argc, argv, "+t:d:j", opts, NULL)) != -1) {
-		if (c == 't')
-			tenant = optarg;
-		else if (c == 'd')
-			text = optarg;
-		else if (c == 'j')
-			json = true;
-		else
-			return EX_USAGE;
-	}
-	if (tenant == NULL || optind != argc)
-		return EX_USAGE;
-	if ((data = json_loads(text, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {
-		fprintf(stderr, "tnctl: --data: not JSON: %s (column %d)\n", jerr.text,
-			jerr.column);
-		return EX_DATAERR;
-	}
-	if (tn_outbox_validate(argv[2], tenant, data, &error) < 0) {
-		fprintf(stderr, "tnctl: %s\n", error);
-		ret = EX_DATAERR;
-	} else {
-		ret = tnctl_emit_append(ctl, argv[2], tenant, data, json);
-	}
-	json_decref(data);
-	return ret;
-}
-
 /* --- config ----------------------------------------------------------------------- */
 
 static int tnctl_config(struct tnctl *ctl, int argc, char **argv)
@@ -383,35 +306,79 @@ static int tnctl_config(struct tnctl *ctl, int argc, char **argv)
 }
 
 static const struct tnctl_command tnctl_commands[] = {
-	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME" },
-	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T" },
-	{ "events", tnctl_events, "events emit TYPE --tenant T [--data JSON] [--json]" },
-	{ "config", tnctl_config, "config [-n | -d | -a | --doc]" },
+	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME", NULL },
+	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T", NULL },
+	{ "events", NULL, NULL, tnctl_events_commands },
+	{ "config", tnctl_config, "config [-n | -d | -a | --doc]", NULL },
+	{ NULL, NULL, NULL, NULL },
 };
+
+/* One "  tnctl <prefix><usage>" line per command of table, subcommands
+ * included. */
+static void tnctl_print_usages(const struct tnctl_command *table, const char *prefix)
+{
+	char *sub_prefix;
+
+	for (const struct tnctl_command *cmd = table; cmd->name != NULL; cmd++) {
+		if (cmd->sub == NULL) {
+			fprintf(stderr, "  tnctl %s%s\n", prefix, cmd->usage);
+			continue;
+		}
+		sub_prefix = tn_mem_printf("%s%s ", prefix, cmd->name);
+		tnctl_print_usages(cmd->sub, sub_prefix);
+		tn_mem_free(&sub_prefix);
+	}
+}
 
 static int tnctl_usage(void)
 {
 	fprintf(stderr, "usage: tnctl [-c config] [-o name=value]... [-v] command [args]\ncommands:\n");
-	for (size_t i = 0; i < sizeof(tnctl_commands) / sizeof(tnctl_commands[0]); i++)
-		fprintf(stderr, "  tnctl %s\n", tnctl_commands[i].usage);
+	tnctl_print_usages(tnctl_commands, "");
 	return EX_USAGE;
 }
 
-static int tnctl_dispatch(struct tnctl *ctl, int argc, char **argv)
+static int tnctl_run(struct tnctl *ctl, const struct tnctl_command *cmd, const char *prefix,
+		     int argc, char **argv)
 {
-	for (size_t i = 0; i < sizeof(tnctl_commands) / sizeof(tnctl_commands[0]); i++) {
-		int ret;
+	int ret;
 
-		if (strcmp(argv[0], tnctl_commands[i].name) != 0)
+	/* subcommands permute their arguments ("show ID --json"): optind 0
+	 * makes glibc's getopt start afresh and read the optstring's
+	 * ordering again; the top-level commands keep "+" */
+	optind = *prefix != '\0' ? 0 : 1;
+	ret = cmd->run(ctl, argc, argv);
+	if (ret == EX_USAGE)
+		fprintf(stderr, "usage: tnctl %s%s\n", prefix, cmd->usage);
+	return ret;
+}
+
+/* Run the command argv[0] of table; prefix: the words before it. */
+static int tnctl_dispatch(struct tnctl *ctl, const struct tnctl_command *table,
+			  const char *prefix, int argc, char **argv)
+{
+	char *sub_prefix;
+	int ret;
+
+	for (const struct tnctl_command *cmd = table; argc > 0 && cmd->name != NULL; cmd++) {
+		if (strcmp(argv[0], cmd->name) != 0)
 			continue;
-		optind = 1;
-		ret = tnctl_commands[i].run(ctl, argc, argv);
-		if (ret == EX_USAGE)
-			fprintf(stderr, "usage: tnctl %s\n", tnctl_commands[i].usage);
+		if (cmd->sub == NULL)
+			return tnctl_run(ctl, cmd, prefix, argc, argv);
+		sub_prefix = tn_mem_printf("%s%s ", prefix, cmd->name);
+		ret = tnctl_dispatch(ctl, cmd->sub, sub_prefix, argc - 1, argv + 1);
+		tn_mem_free(&sub_prefix);
 		return ret;
 	}
-	fprintf(stderr, "tnctl: unknown command '%s'\n", argv[0]);
-	return tnctl_usage();
+	if (argc > 0)
+		fprintf(stderr, "tnctl: unknown command '%s%s'\n", prefix, argv[0]);
+	else
+		fprintf(stderr, "tnctl: %.*s: which subcommand?\n", (int)strlen(prefix) - 1,
+			prefix);
+	if (*prefix == '\0')
+		return tnctl_usage();
+	fprintf(stderr, "usage:\n");
+	tnctl_print_usages(table, prefix);
+	return EX_USAGE;
 }
 
 static int tnctl_load_conf(struct tnctl *ctl, bool explicit_path)
@@ -485,7 +452,7 @@ int main(int argc, char **argv)
 			return EX_CONFIG;
 		}
 	}
-	ret = tnctl_dispatch(&ctl, argc - optind, argv + optind);
+	ret = tnctl_dispatch(&ctl, tnctl_commands, "", argc - optind, argv + optind);
 	tn_conf_destroy(&ctl.conf);
 	return ret;
 }
