@@ -1022,6 +1022,18 @@ static int tnctl_ep_stats_cmp(const void *a, const void *b)
 		      ((const struct tnctl_ep_stats *)b)->name);
 }
 
+/* Endpoints by name, each one's latencies ascending. */
+static void tnctl_stats_sort(struct tnctl_stats *st)
+{
+	for (size_t i = 0; i < st->n; i++) {
+		if (st->v[i].nlatency > 1)
+			qsort(st->v[i].latency, st->v[i].nlatency, sizeof(double),
+			      tnctl_double_cmp);
+	}
+	if (st->n > 1)
+		qsort(st->v, st->n, sizeof(*st->v), tnctl_ep_stats_cmp);
+}
+
 static json_t *tnctl_ep_stats_json(const struct tnctl_ep_stats *s, int64_t now)
 {
 	json_t *hour = json_object(), *o;
@@ -1132,9 +1144,7 @@ static int tnctl_events_stats(struct tnctl *ctl, int argc, char **argv)
 	if ((ret = tnctl_stats_spool(&st)) == 0) {
 		tn_hook_format_time(now - TNCTL_HOUR_MS, since);
 		tnctl_log_scan(st.spool, NULL, since, tnctl_stats_record, &st);
-		for (size_t i = 0; i < st.n; i++)
-			qsort(st.v[i].latency, st.v[i].nlatency, sizeof(double), tnctl_double_cmp);
-		qsort(st.v, st.n, sizeof(*st.v), tnctl_ep_stats_cmp);
+		tnctl_stats_sort(&st);
 		if (json)
 			tnctl_stats_json(&st, now);
 		else

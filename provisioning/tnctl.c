@@ -444,8 +444,10 @@ int main(int argc, char **argv)
 		ctl.conf_path = TNCTL_DEFAULT_CONF;
 	if (optind >= argc)
 		return tnctl_usage();
-	if (tnctl_load_conf(&ctl, explicit_path) < 0)
+	if (tnctl_load_conf(&ctl, explicit_path) < 0) {
+		tn_conf_destroy(&ctl.conf);
 		return EX_CONFIG;
+	}
 	for (size_t i = 0; i < noverrides; i++) {
 		if (tnctl_apply_override(&ctl, overrides[i]) < 0) {
 			tn_conf_destroy(&ctl.conf);

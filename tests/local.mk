@@ -38,7 +38,7 @@ tests_tn_probe_LDADD = lib/libtenantmail.la $(LIBEVENT_LIBS) $(JANSSON_LIBS)
 EXTRA_DIST += tests/harness/tnharness.py tests/harness/tnprobe.py tests/integration/conftest.py \
 	tests/integration/test_schema.py tests/integration/test_lookup.py \
 	tests/integration/test_faults.py tests/integration/test_docs.py \
-	tests/integration/test_tls.py tests/integration/test_events.py \
+	tests/integration/test_tls.py tests/integration/test_events.py tests/integration/test_events_cli.py \
 	tests/integration/test_webhook_example.py \
 	tests/harness/tnreceiver.py tests/harness/tnhookd.py \
 	tests/run-unit tests/summarize

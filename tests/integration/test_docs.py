@@ -17,11 +17,15 @@ What is checked:
         .TP
         .BR name " (default: " "value" ")"     (or " (default: empty)")
         Type: \\fBtype\\fR ...
+  * man/tn-webhook.5 has one entry per endpoint file parameter, in the
+    same form, with the name, default and type of the table
+    tn_hook_endpoint_params in lib/tn-hook-spool.c (read from the source:
+    no program prints that table), and no other.
   * man/tnctl.1 documents every command of tnctl's usage message (with
     its options) in COMMANDS, no command tnctl does not have, the global
     options of the usage message in OPTIONS, and the exit statuses
     exercised here in EXIT STATUS.
-  * Both pages format with "groff -man -ww" without a warning.
+  * The pages format with "groff -man -ww" without a warning.
 
 Standard library only.  A missing tnctl or groff fails the test (it does
 not skip): a skipped documentation test looks green.
@@ -39,7 +43,9 @@ TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 MAN_DIR = os.environ.get("TN_MAN_DIR") or os.path.join(TOP, "man")
 CONF_PAGE = os.path.join(MAN_DIR, "tenantmail.conf.5")
 TNCTL_PAGE = os.path.join(MAN_DIR, "tnctl.1")
-PAGES = (CONF_PAGE, TNCTL_PAGE)
+WEBHOOK_PAGE = os.path.join(MAN_DIR, "tn-webhook.5")
+PAGES = (CONF_PAGE, TNCTL_PAGE, WEBHOOK_PAGE)
+SPOOL_SOURCE = os.path.join(TOP, "lib", "tn-hook-spool.c")
 
 EX_USAGE = 64
 EX_CONFIG = 78
@@ -197,11 +203,12 @@ ENTRY_RE = re.compile(r"^(\S+) \(default: (.*)\)$")
 TYPE_RE = re.compile(r"^Type: \\fB(\w+)\\f[RP]")
 
 
-def page_parameters():
-    """({name: (type, default, lineno)}, [problems]) from tenantmail.conf.5."""
-    secs = sections(read_page(CONF_PAGE))
+def page_parameters(page=CONF_PAGE):
+    """({name: (type, default, lineno)}, [problems]) from the
+    CONFIGURATION PARAMETERS of page (tenantmail.conf.5 by default)."""
+    secs = sections(read_page(page))
     assert "CONFIGURATION PARAMETERS" in secs, \
-        "%s has no CONFIGURATION PARAMETERS section" % CONF_PAGE
+        "%s has no CONFIGURATION PARAMETERS section" % page
     params, problems = {}, []
     for no, text, raw, rest in tp_entries(secs["CONFIGURATION PARAMETERS"]):
         m = ENTRY_RE.match(text)
@@ -264,6 +271,43 @@ def test_every_documented_parameter_exists(empty_conf):
                if n not in code]
     report(unknown, "%s documents parameters that 'tnctl config --doc' "
            "does not know" % CONF_PAGE)
+
+
+# --- tn-webhook(5) ----------------------------------------------------------------
+
+C_STRING = r'"((?:[^"\\]|\\.)*)"'
+TABLE_ENTRY_RE = re.compile(r"\{\s*" + C_STRING + r",\s*TN_CONF_([A-Z]+),\s*" + C_STRING)
+
+
+def endpoint_table():
+    """{name: (type, default)} of tn_hook_endpoint_params in the source."""
+    with open(SPOOL_SOURCE, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"tn_hook_endpoint_params\[\]\s*=\s*\{(.*?)TN_CONF_END", text, re.S)
+    assert m, "%s: no tn_hook_endpoint_params table" % SPOOL_SOURCE
+    params = {name: (ptype.lower(), default)
+              for name, ptype, default in TABLE_ENTRY_RE.findall(m.group(1))}
+    assert params, "%s: no entry parsed in tn_hook_endpoint_params" % SPOOL_SOURCE
+    return params
+
+
+def test_webhook_page_documents_every_endpoint_parameter():
+    code = endpoint_table()
+    page, problems = page_parameters(WEBHOOK_PAGE)
+    for name, (ptype, default) in sorted(code.items()):
+        if name not in page:
+            problems.append("%s (default %r) is not documented" % (name, default))
+            continue
+        ptype_doc, default_doc, no = page[name]
+        if default_doc != default:
+            problems.append("line %d: %s: default %r in the page, %r in the code"
+                            % (no, name, default_doc, default))
+        if ptype_doc != ptype:
+            problems.append("line %d: %s: type %r in the page, %r in the code"
+                            % (no, name, ptype_doc, ptype))
+    problems += ["line %d: %s is not in tn_hook_endpoint_params" % (page[n][2], n)
+                 for n in sorted(page) if n not in code]
+    report(problems, "%s disagrees with %s" % (WEBHOOK_PAGE, SPOOL_SOURCE))
 
 
 # --- tnctl(1) --------------------------------------------------------------------
