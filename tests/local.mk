@@ -40,5 +40,5 @@ EXTRA_DIST += tests/harness/tnharness.py tests/harness/tnprobe.py tests/integrat
 	tests/integration/test_faults.py tests/integration/test_docs.py \
 	tests/integration/test_tls.py tests/integration/test_events.py tests/integration/test_events_cli.py \
 	tests/integration/test_webhook_example.py \
-	tests/harness/tnreceiver.py tests/harness/tnhookd.py \
+	tests/harness/tnreceiver.py tests/harness/tnhookd.py tests/integration/test_hookd.py \
 	tests/run-unit tests/summarize

@@ -8,16 +8,14 @@ Python 3 standard library only.
 makes WORKDIR/outbox/{tmp,new,seq} (mode 2770, as the install step does),
 WORKDIR/webhooks.d/ for endpoint files and WORKDIR/tenantmail.conf:
 
-    outbox_dir = WORKDIR/outbox          (and other non-hookd_ params)
-    [tn-hookd]
+    outbox_dir = WORKDIR/outbox
     hookd_endpoints_dir = WORKDIR/webhooks.d
     hookd_metrics_listen = 127.0.0.1:<free port>
     hookd_user =                         (run as root: stay root)
     hookd_rescan_interval = 1s ... (TEST_PARAMS, then params=)
 
-hookd_* parameters go to the [tn-hookd] section because tnctl, which
-reads the same file to emit events, refuses parameters it does not know
-in the global part.  The daemon is `$TN_BUILD_DIR/billing-hook/tn-hookd
+All in the global part: tnctl (events emit, list, enable, ...) reads the
+same file and knows the hookd_* parameters.  The daemon is `$TN_BUILD_DIR/billing-hook/tn-hookd
 -c CONF -e`, its stderr in WORKDIR/hookd.log; it is ready when
 GET /metrics answers 200.  Hookd is a tnharness._Server: start, stop
 (SIGTERM), kill (SIGKILL), freeze (SIGSTOP), thaw, restart.
@@ -284,12 +282,10 @@ class Hookd(_Server):
     # configuration
 
     def write_conf(self):
-        glob = ["# written by tests/harness/tnhookd.py"]
-        own = ["[tn-hookd]"]
-        for k, v in self.params.items():
-            (own if k.startswith("hookd_") else glob).append("%s = %s" % (k, v))
+        lines = ["# written by tests/harness/tnhookd.py"]
+        lines += ["%s = %s" % kv for kv in self.params.items()]
         with open(self.conf, "w") as f:
-            f.write("\n".join(glob + own) + "\n")
+            f.write("\n".join(lines) + "\n")
 
     def set_params(self, **params):
         """Change parameters (written at once; the daemon reads them at
@@ -467,6 +463,10 @@ class Hookd(_Server):
             return res
         finally:
             em.cleanup()
+
+    def tnctl(self, *args, timeout=30):
+        """tnctl -c CONF args... (CompletedProcess, text)."""
+        return tnctl(self.conf, *args, timeout=timeout, flavour=self.flavour)
 
     def emitter(self, specs, procs=4):
         """An Emitter started in the background: call .wait() later."""

@@ -9,6 +9,11 @@ record may exist for an answer the client never saw: that is a
 duplicate delivery, which webhooks allow).
 
     python3 tnreceiver.py serve --port P --dir DIR [--secret whsec_...]...
+                                [--tls-cert PEM --tls-key PEM]
+
+With --tls-cert and --tls-key it speaks HTTPS only (the handshake is done
+in the request's thread, so a client that never finishes one blocks
+nothing else).
 
 A record:
 
@@ -63,6 +68,7 @@ import http.client
 import http.server
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -248,9 +254,16 @@ def serve(argv):
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--secret", action="append", default=[])
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args(argv)
     http.server.ThreadingHTTPServer.allow_reuse_address = True
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), _Handler)
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True,
+                                     do_handshake_on_connect=False)
     srv.daemon_threads = True
     srv.state = _State(args.dir, args.secret)
     sys.stderr.write("tnreceiver: pid %d listening on 127.0.0.1:%d\n"
@@ -301,10 +314,12 @@ class Receiver(_Server):
 
     name = "tnreceiver"
 
-    def __init__(self, workdir, port=None, secrets=(), start=True):
+    def __init__(self, workdir, port=None, secrets=(), start=True, tls=None):
+        """tls: (cert file, key file) for HTTPS."""
         super().__init__(workdir)
         self.port = port or free_port()
         self.secrets = list(secrets)
+        self.tls = tls
         self.generation = 0
         self._records = []
         self._arrivals = []
@@ -315,7 +330,7 @@ class Receiver(_Server):
             self.start()
 
     def url(self, path="/hook"):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
+        return "%s://127.0.0.1:%d%s" % ("https" if self.tls else "http", self.port, path)
 
     def _logfile(self):
         return os.path.join(self.workdir, "receiver.log")
@@ -325,11 +340,20 @@ class Receiver(_Server):
                 "--port", str(self.port), "--dir", self.workdir]
         for s in self.secrets:
             argv += ["--secret", s]
+        if self.tls:
+            argv += ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
         return argv
 
     def _ready(self):
         try:
-            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            if self.tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1,
+                                                context=ctx)
+            else:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
             try:
                 c.request("GET", "/__ready")
                 return c.getresponse().status == 200
