@@ -1,2 +1,2 @@
 ## examples/: configuration examples.
-EXTRA_DIST += examples/tenantmail.conf examples/webhook-receiver.py
+EXTRA_DIST += examples/tenantmail.conf examples/webhook-receiver.py examples/tn-hookd.service
