@@ -913,16 +913,19 @@ static void hookd_pump_cb(evutil_socket_t fd, short what, void *arg)
 
 /* --- outcomes ----------------------------------------------------------------------- */
 
+/* Full jitter: uniform in [0, ceiling], at least min(1 s, the initial
+ * delay) so that a failing endpoint is never hammered. */
 static int64_t hookd_backoff(struct hookd *hd, unsigned attempts)
 {
-	int64_t ceiling = hd->retry_initial_ms;
+	int64_t ceiling = hd->retry_initial_ms, floor;
 
 	for (unsigned i = 1; i < attempts && ceiling < hd->retry_max_ms; i++)
 		ceiling *= 2;
 	if (ceiling > hd->retry_max_ms)
 		ceiling = hd->retry_max_ms;
+	floor = hd->retry_initial_ms < 1000 ? hd->retry_initial_ms : 1000;
 	ceiling = (int64_t)(hookd_random(hd) % (uint64_t)(ceiling + 1));
-	return ceiling < 1000 && hd->retry_initial_ms >= 1000 ? 1000 : ceiling;
+	return ceiling < floor ? floor : ceiling;
 }
 
 /* Rename the item's file to its new state; false when it vanished. */
