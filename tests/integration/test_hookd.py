@@ -227,6 +227,21 @@ def test_config_check(own, tmp_path):
     assert rc == 0 and "readable by others" in out + err, (rc, out, err)
     rc, out, err = h.check("-o", "hookd_no_such_parameter=1")
     assert rc == 78 and "hookd_no_such_parameter" in err, (rc, out, err)
+    with open(h.endpoint_path("badsecret"), "w") as f:
+        f.write("url = http://127.0.0.1:9/hook\nsecrets = whsec_!!notbase64!!\n")
+    rc, out, err = h.check()
+    assert rc == 78 and "badsecret" in out + err, (rc, out, err)
+
+
+def test_unknown_hookd_user_is_fatal_as_root(own):
+    """Started as root with a hookd_user that does not exist, tn-hookd
+    refuses to run (it never stays root by accident)."""
+    h = own({"hookd_user": "tn-no-such-user"}, start=False)
+    with pytest.raises(Exception) as e:
+        h.start()
+    assert "exited" in str(e.value) and "tn-no-such-user" in h.log_text(), \
+        (str(e.value), h.log_text())
+    assert h.proc.returncode != 0
 
 
 # --- the request ------------------------------------------------------------------
