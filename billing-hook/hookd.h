@@ -25,8 +25,11 @@
 
 #define HOOKD_NOT_IN_HEAP ((size_t)-1)
 
+struct hookd_ev;
+
 struct hookd_item {
 	char id[TN_HOOK_ID_SIZE];
+	struct hookd_ev *ev;		/* the event read at fan-out, until the first attempt */
 	unsigned attempts;
 	int64_t first_ms;
 	int64_t next_ms;

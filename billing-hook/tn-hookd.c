@@ -57,6 +57,10 @@
 #define HOOKD_RESP_KEEP 200
 #define HOOKD_STOP_GRACE_MS 5000
 #define HOOKD_NBUCKETS 12
+/* Bodies kept in memory between fan-out and the first attempt, at most. */
+#define HOOKD_CACHE_MAX (64 * 1024 * 1024)
+/* Idle easy handles kept per endpoint (connections live in the multi handle). */
+#define HOOKD_EASY_KEEP 64
 
 enum hookd_class { HC_2XX, HC_3XX, HC_4XX, HC_5XX, HC_ERROR, HC_N };
 enum hookd_outcome { HO_DELIVERED, HO_RETRY, HO_DEAD, HO_DISABLED, HO_PAUSED, HO_N };
@@ -81,6 +85,8 @@ struct hookd_ep {
 	bool removed;			/* no longer in the endpoint files */
 	int64_t paused_until_ms;	/* 429/503 Retry-After */
 	int wd_dir, wd_queue;
+	CURL *easy_pool[HOOKD_EASY_KEEP];	/* idle handles with the endpoint's options */
+	unsigned neasy;
 	/* metrics, under hd->mlock */
 	uint64_t attempts[HC_N], outcomes[HO_N];
 	uint64_t lat_buckets[HOOKD_NBUCKETS], lat_count;
@@ -91,16 +97,23 @@ struct hookd_ep {
 	bool m_disabled;
 };
 
+/* One event as read from its file: shared by the endpoints' items
+ * (reference counted; one thread) and by the requests sending it. */
+struct hookd_ev {
+	unsigned refs;
+	int64_t sequence;
+	char type[TN_OUTBOX_TYPE_MAX + 1];
+	char tenant[TN_OUTBOX_TENANT_MAX + 1];
+	size_t body_len;		/* without the final newline */
+	char body[];			/* NUL-terminated */
+};
+
 struct hookd_req {
 	struct hookd_ep *ep;
 	struct hookd_item *item;
 	CURL *easy;
 	struct curl_slist *headers;
-	char *body;
-	size_t body_len;
-	char type[TN_OUTBOX_TYPE_MAX + 1];
-	char tenant[TN_OUTBOX_TENANT_MAX + 1];
-	int64_t sequence;
+	struct hookd_ev *ev;
 	char id[TN_HOOK_ID_SIZE];
 	unsigned attempt;		/* this attempt's number, from 1 */
 	int64_t start_us;
@@ -136,6 +149,9 @@ struct hookd {
 	int64_t retry_initial_ms, retry_max_ms, retry_window_ms, retry_after_max_ms;
 	int64_t tmp_max_age_ms;
 	uint64_t log_max_size;
+	char *scratch;			/* HOOKD_BODY_MAX bytes for reading files */
+	size_t cached_bytes;		/* bodies kept from fan-out until first attempt */
+	unsigned ticks;
 	struct hookd_metrics *metrics;
 	pthread_mutex_t mlock;
 	/* under mlock */
@@ -144,6 +160,7 @@ struct hookd {
 
 static void hookd_pump(struct hookd *hd);
 static void hookd_fanout_schedule(struct hookd *hd);
+static void hookd_easy_flush(struct hookd_ep *ep);
 
 /* --- small helpers ---------------------------------------------------------------- */
 
@@ -215,6 +232,58 @@ static ssize_t hookd_read_path(const char *path, char *buf, size_t size)
 	return hookd_read_file(AT_FDCWD, path, buf, size);
 }
 
+/* --- events ------------------------------------------------------------------------ */
+
+/* Check an event file's bytes; a new event with one reference, or NULL
+ * with *why_r. */
+static struct hookd_ev *hookd_ev_parse(const char *buf, size_t len, const char *id,
+				       const char **why_r)
+{
+	json_t *env = tn_hook_envelope_parse(buf, len, id, why_r);
+	struct hookd_ev *ev;
+
+	if (env == NULL)
+		return NULL;
+	if (len > 0 && buf[len - 1] == '\n')
+		len--;
+	ev = tn_mem_alloc(sizeof(*ev) + len + 1);
+	ev->refs = 1;
+	ev->sequence = json_integer_value(json_object_get(env, "sequence"));
+	snprintf(ev->type, sizeof(ev->type), "%s", json_string_value(json_object_get(env, "type")));
+	snprintf(ev->tenant, sizeof(ev->tenant), "%s",
+		 json_string_value(json_object_get(env, "tenant")));
+	memcpy(ev->body, buf, len);
+	ev->body[len] = '\0';
+	ev->body_len = len;
+	json_decref(env);
+	return ev;
+}
+
+static struct hookd_ev *hookd_ev_ref(struct hookd_ev *ev)
+{
+	ev->refs++;
+	return ev;
+}
+
+static void hookd_ev_unref(struct hookd_ev **evp)
+{
+	struct hookd_ev *ev = *evp;
+
+	*evp = NULL;
+	if (ev != NULL && --ev->refs == 0)
+		tn_mem_free(&ev);
+}
+
+/* An item's cached event goes (first attempt made, or the item removed). */
+static void hookd_item_uncache(struct hookd *hd, struct hookd_item *item)
+{
+	if (item->ev == NULL)
+		return;
+	if (item->ev->refs == 1)
+		hd->cached_bytes -= item->ev->body_len;
+	hookd_ev_unref(&item->ev);
+}
+
 /* --- delivery log ----------------------------------------------------------------- */
 
 static void hookd_log_open(struct hookd *hd)
@@ -246,7 +315,8 @@ static void hookd_log_flush(struct hookd *hd)
 static void hookd_log_attempt(struct hookd *hd, const struct hookd_req *r, long status,
 			      double latency_ms, enum hookd_outcome outcome, const char *error)
 {
-	char at[32];
+	char at[32], line[4096];
+	size_t len;
 	json_t *o;
 
 	if (hd->log == NULL)
@@ -254,14 +324,18 @@ static void hookd_log_attempt(struct hookd *hd, const struct hookd_req *r, long 
 	tn_hook_format_time(tn_hook_now_ms(), at);
 	o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:f, s:s, s:s?}",
 		      "at", at, "endpoint", r->ep->conf.name, "id", r->id,
-		      "type", r->type, "tenant", r->tenant, "sequence", (json_int_t)r->sequence,
+		      "type", r->ev->type, "tenant", r->ev->tenant,
+		      "sequence", (json_int_t)r->ev->sequence,
 		      "attempt", (json_int_t)r->attempt,
 		      "status", (int)status, "latency_ms", latency_ms,
 		      "outcome", hookd_outcome_names[outcome], "error", error);
 	if (o == NULL)
 		return;
-	json_dumpf(o, hd->log, JSON_COMPACT | JSON_REAL_PRECISION(6));
-	fputc('\n', hd->log);
+	len = json_dumpb(o, line, sizeof(line) - 1, JSON_COMPACT | JSON_REAL_PRECISION(6));
+	if (len > 0 && len < sizeof(line) - 1) {
+		line[len++] = '\n';
+		fwrite(line, 1, len, hd->log);
+	}
 	json_decref(o);
 }
 
@@ -318,6 +392,7 @@ static void hookd_ep_update(struct hookd_ep *ep, struct tn_hook_endpoint *conf)
 	memset(conf, 0, sizeof(*conf));
 	*conf = old;		/* freed by the caller with the new set */
 	ep->removed = false;
+	hookd_easy_flush(ep);	/* the URL, timeouts or CA may have changed */
 }
 
 static struct hookd_ep *hookd_ep_find(struct hookd *hd, const char *name)
@@ -527,21 +602,22 @@ static void hookd_quarantine(struct hookd *hd, const char *name, const char *why
 }
 
 /* Link one event into the queues that want it. 1: linked (or unwanted),
- * the name in new/ may go; 0: leave it for a later try; -1: vanished. */
-static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, char *buf,
-			    bool *touched)
+ * the name in new/ may go, *ev_r the event; 0: leave it for a later try;
+ * -1: vanished or quarantined. */
+static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, bool *touched,
+			    struct hookd_ev **ev_r)
 {
 	struct tn_hook_qname qn;
-	const char *why, *type, *tenant;
+	struct hookd_ev *ev;
+	const char *why;
 	bool wanted = false;
-	json_t *ev;
 	ssize_t len;
 
 	if (tn_hook_qname_parse(name, &qn) < 0 || qn.attempts != 0) {
 		hookd_quarantine(hd, name, "not an event file name (<id>.json)");
 		return -1;
 	}
-	if ((len = hookd_read_file(newfd, name, buf, HOOKD_BODY_MAX)) < 0) {
+	if ((len = hookd_read_file(newfd, name, hd->scratch, HOOKD_BODY_MAX)) < 0) {
 		if (errno == ENOENT)
 			return -1;
 		if (errno == EFBIG) {
@@ -551,35 +627,33 @@ static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, char 
 		tn_error("%s/%s: %s", hd->newdir, name, strerror(errno));
 		return 0;
 	}
-	if ((ev = tn_hook_envelope_parse(buf, (size_t)len, qn.id, &why)) == NULL) {
+	if ((ev = hookd_ev_parse(hd->scratch, (size_t)len, qn.id, &why)) == NULL) {
 		hookd_quarantine(hd, name, why);
 		return -1;
 	}
-	type = json_string_value(json_object_get(ev, "type"));
-	tenant = json_string_value(json_object_get(ev, "tenant"));
 	for (unsigned i = 0; i < hd->neps; i++) {
 		struct hookd_ep *ep = hd->eps[i];
 		char path[PATH_MAX];
 
-		if (ep->removed || !tn_hook_endpoint_wants(&ep->conf, type, tenant))
+		if (ep->removed || !tn_hook_endpoint_wants(&ep->conf, ev->type, ev->tenant))
 			continue;
 		wanted = true;
 		snprintf(path, sizeof(path), "%s/%s", ep->qdir, name);
 		if (linkat(newfd, name, AT_FDCWD, path, 0) < 0 && errno != EEXIST) {
 			tn_error("cannot link %s/%s to %s: %s", hd->newdir, name, path,
 				 strerror(errno));
-			json_decref(ev);
+			hookd_ev_unref(&ev);
 			return 0;
 		}
 		touched[i] = true;
 	}
 	if (!wanted) {
-		tn_debug("%s (%s, tenant %s): no endpoint wants it", name, type, tenant);
+		tn_debug("%s (%s, tenant %s): no endpoint wants it", name, ev->type, ev->tenant);
 		pthread_mutex_lock(&hd->mlock);
 		hd->unrouted++;
 		pthread_mutex_unlock(&hd->mlock);
 	}
-	json_decref(ev);
+	*ev_r = ev;
 	return 1;
 }
 
@@ -593,10 +667,34 @@ static void hookd_fsync_dir(const char *path)
 		close(fd);
 }
 
-/* One batch: link, fsync the queues, then drop the names from new/. */
-static size_t hookd_fanout_batch(struct hookd *hd, size_t from, char *buf)
+/* Queue an event's items, each keeping the event in memory until its
+ * first attempt while the memory budget allows. */
+static void hookd_fanout_enqueue(struct hookd *hd, const char *name, const bool *touched,
+				 struct hookd_ev *ev)
 {
-	bool touched[hd->neps + 1];
+	struct tn_hook_qname qn;
+	bool keep = hd->cached_bytes + ev->body_len <= HOOKD_CACHE_MAX;
+
+	tn_hook_qname_parse(name, &qn);
+	for (unsigned e = 0; e < hd->neps; e++) {
+		struct hookd_item *item;
+
+		if (!touched[e] || hd->eps[e]->removed)
+			continue;
+		item = hookd_queue_add(&hd->eps[e]->q, &qn);
+		if (item != NULL && keep) {
+			if (ev->refs == 1)
+				hd->cached_bytes += ev->body_len;
+			item->ev = hookd_ev_ref(ev);
+		}
+	}
+}
+
+/* One batch: link, fsync the queues, then drop the names from new/. */
+static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
+{
+	bool touched[HOOKD_FANOUT_BATCH][hd->neps + 1], any[hd->neps + 1];
+	struct hookd_ev *evs[HOOKD_FANOUT_BATCH];
 	int done[HOOKD_FANOUT_BATCH];
 	size_t n = hd->npending - from;
 	int newfd = open(hd->newdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -607,26 +705,26 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from, char *buf)
 	}
 	if (n > HOOKD_FANOUT_BATCH)
 		n = HOOKD_FANOUT_BATCH;
-	memset(touched, 0, sizeof(touched));
-	for (size_t i = 0; i < n; i++)
-		done[i] = hookd_fanout_one(hd, newfd, hd->pending[from + i], buf, touched);
+	memset(any, 0, sizeof(any));
+	for (size_t i = 0; i < n; i++) {
+		memset(touched[i], 0, sizeof(touched[i]));
+		evs[i] = NULL;
+		done[i] = hookd_fanout_one(hd, newfd, hd->pending[from + i], touched[i], &evs[i]);
+		for (unsigned e = 0; e < hd->neps; e++)
+			any[e] |= touched[i][e];
+	}
 	for (unsigned e = 0; e < hd->neps; e++) {
-		if (touched[e])
+		if (any[e])
 			hookd_fsync_dir(hd->eps[e]->qdir);
 	}
 	for (size_t i = 0; i < n; i++) {
-		struct tn_hook_qname qn;
-
 		if (done[i] != 1)
 			continue;
 		if (unlinkat(newfd, hd->pending[from + i], 0) < 0 && errno != ENOENT)
 			tn_error("cannot remove %s/%s: %s", hd->newdir, hd->pending[from + i],
 				 strerror(errno));
-		tn_hook_qname_parse(hd->pending[from + i], &qn);
-		for (unsigned e = 0; e < hd->neps; e++) {
-			if (touched[e] && !hd->eps[e]->removed)
-				hookd_queue_add(&hd->eps[e]->q, &qn);
-		}
+		hookd_fanout_enqueue(hd, hd->pending[from + i], touched[i], evs[i]);
+		hookd_ev_unref(&evs[i]);
 		pthread_mutex_lock(&hd->mlock);
 		hd->fanned_out++;
 		pthread_mutex_unlock(&hd->mlock);
@@ -638,7 +736,6 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from, char *buf)
 static void hookd_fanout(evutil_socket_t fd, short what, void *arg)
 {
 	struct hookd *hd = arg;
-	char *buf;
 	size_t i = 0;
 
 	(void)fd;
@@ -653,10 +750,8 @@ static void hookd_fanout(evutil_socket_t fd, short what, void *arg)
 		hookd_pending_clear(hd);
 		return;
 	}
-	buf = tn_mem_alloc(HOOKD_BODY_MAX);
 	while (i < hd->npending)
-		i += hookd_fanout_batch(hd, i, buf);
-	tn_mem_free(&buf);
+		i += hookd_fanout_batch(hd, i);
 	hookd_pending_clear(hd);
 	pthread_mutex_lock(&hd->mlock);
 	hd->new_backlog = 0;
@@ -756,8 +851,8 @@ static struct curl_slist *hookd_headers(struct hookd_req *r, int64_t ts)
 	struct curl_slist *h = NULL;
 	const struct tn_hook_endpoint *c = &r->ep->conf;
 
-	if (tn_webhook_sign(c->secrets, c->nsecrets, r->item->id, ts, r->body, r->body_len,
-			    sig, sizeof(sig)) < 0)
+	if (tn_webhook_sign(c->secrets, c->nsecrets, r->item->id, ts, r->ev->body,
+			    r->ev->body_len, sig, sizeof(sig)) < 0)
 		sig[0] = '\0';
 	h = curl_slist_append(h, "Content-Type: application/json");
 	h = curl_slist_append(h, "Expect:");
@@ -770,9 +865,9 @@ static struct curl_slist *hookd_headers(struct hookd_req *r, int64_t ts)
 	return h;
 }
 
-static CURL *hookd_easy(struct hookd_req *r)
+/* A new easy handle with the endpoint's fixed options. */
+static CURL *hookd_easy_new(const struct tn_hook_endpoint *c)
 {
-	const struct tn_hook_endpoint *c = &r->ep->conf;
 	CURL *e = curl_easy_init();
 
 	if (e == NULL)
@@ -789,10 +884,29 @@ static CURL *hookd_easy(struct hookd_req *r)
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "tenantmail-hookd/" PACKAGE_VERSION);
 	curl_easy_setopt(e, CURLOPT_POST, 1L);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)r->body_len);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, hookd_resp_write);
+	return e;
+}
+
+/* Drop the idle handles (the endpoint's options changed, or it goes). */
+static void hookd_easy_flush(struct hookd_ep *ep)
+{
+	while (ep->neasy > 0)
+		curl_easy_cleanup(ep->easy_pool[--ep->neasy]);
+}
+
+/* An easy handle for this request: an idle one of the endpoint (URL,
+ * timeouts and TLS options already set) or a new one. */
+static CURL *hookd_easy(struct hookd_req *r)
+{
+	CURL *e = r->ep->neasy > 0 ? r->ep->easy_pool[--r->ep->neasy] :
+				     hookd_easy_new(&r->ep->conf);
+
+	if (e == NULL)
+		return NULL;
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const char *)r->ev->body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)r->ev->body_len);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, r);
@@ -801,44 +915,52 @@ static CURL *hookd_easy(struct hookd_req *r)
 
 static void hookd_req_free(struct hookd_req *r)
 {
+	struct hookd_ep *ep = r->ep;
+
 	if (r->easy != NULL) {
-		curl_multi_remove_handle(r->ep->hd->multi, r->easy);
-		curl_easy_cleanup(r->easy);
+		curl_multi_remove_handle(ep->hd->multi, r->easy);
+		curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, NULL);
+		curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, NULL);
+		curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
+		if (ep->neasy < HOOKD_EASY_KEEP && !ep->removed)
+			ep->easy_pool[ep->neasy++] = r->easy;
+		else
+			curl_easy_cleanup(r->easy);
 	}
 	curl_slist_free_all(r->headers);
-	tn_mem_free(&r->body);
+	hookd_ev_unref(&r->ev);
 	tn_mem_free(&r);
 }
 
-/* Read the item's file and fill in what the log needs. -1: the file
+/* The event to send: the one kept since fan-out (first attempt) or the
+ * file read again (retries, events found by a scan). -1: the file
  * vanished or is unusable (the item is forgotten). */
-static int hookd_req_load(struct hookd_req *r)
+static int hookd_req_load(struct hookd *hd, struct hookd_req *r)
 {
 	char name[TN_HOOK_QNAME_SIZE], path[PATH_MAX];
 	const char *why;
 	ssize_t len;
-	json_t *ev;
 
+	if (r->item->ev != NULL) {
+		if (r->item->ev->refs == 1)
+			hd->cached_bytes -= r->item->ev->body_len;
+		r->ev = r->item->ev;
+		r->item->ev = NULL;
+		return 0;
+	}
 	hookd_item_name(r->item, name);
 	snprintf(path, sizeof(path), "%s/%s", r->ep->qdir, name);
-	r->body = tn_mem_alloc(HOOKD_BODY_MAX);
-	if ((len = hookd_read_path(path, r->body, HOOKD_BODY_MAX)) < 0) {
+	if ((len = hookd_read_path(path, hd->scratch, HOOKD_BODY_MAX)) < 0) {
 		if (errno != ENOENT)
 			tn_error("endpoint %s: %s: %s", r->ep->conf.name, path, strerror(errno));
 		return -1;
 	}
-	if ((ev = tn_hook_envelope_parse(r->body, (size_t)len, r->item->id, &why)) == NULL) {
+	if ((r->ev = hookd_ev_parse(hd->scratch, (size_t)len, r->item->id, &why)) == NULL) {
 		tn_error("endpoint %s: %s: %s; removed from the queue (the original was"
 			 " checked when it arrived)", r->ep->conf.name, path, why);
 		unlink(path);
 		return -1;
 	}
-	r->body_len = (size_t)len - (r->body[len - 1] == '\n');
-	snprintf(r->type, sizeof(r->type), "%s", json_string_value(json_object_get(ev, "type")));
-	snprintf(r->tenant, sizeof(r->tenant), "%s",
-		 json_string_value(json_object_get(ev, "tenant")));
-	r->sequence = json_integer_value(json_object_get(ev, "sequence"));
-	json_decref(ev);
 	return 0;
 }
 
@@ -857,7 +979,7 @@ static void hookd_start(struct hookd *hd, struct hookd_ep *ep, struct hookd_item
 	memcpy(r->id, item->id, sizeof(r->id));
 	r->attempt = item->attempts + 1;
 	hookd_queue_take(&ep->q, item);
-	if (hookd_req_load(r) < 0) {
+	if (hookd_req_load(hd, r) < 0) {
 		hookd_queue_remove(&ep->q, item);
 		hookd_req_free(r);
 		return;
@@ -1280,28 +1402,34 @@ static char *hookd_render(void *arg)
 	return text;
 }
 
-/* Depth and the oldest pending age, once a second (O(items)). */
+/* Depth every second; the oldest pending age (a walk over every item)
+ * every fifth second, or every second while the queues are small. */
 static void hookd_measure(struct hookd *hd)
 {
 	int64_t now = tn_hook_now_ms();
+	bool walk = hd->ticks++ % 5 == 0;
 
 	for (unsigned i = 0; i < hd->neps; i++) {
 		struct hookd_ep *ep = hd->eps[i];
 		int64_t oldest = now;
 
-		for (size_t b = 0; b < ep->q.nbuckets; b++) {
-			for (struct hookd_item *it = ep->q.buckets[b]; it != NULL; it = it->hnext) {
-				int64_t t = tn_hook_id_time_ms(it->id);
+		if (walk || ep->q.count < 10000) {
+			for (size_t b = 0; b < ep->q.nbuckets; b++) {
+				for (struct hookd_item *it = ep->q.buckets[b]; it != NULL;
+				     it = it->hnext) {
+					int64_t t = tn_hook_id_time_ms(it->id);
 
-				if (t > 0 && t < oldest)
-					oldest = t;
+					if (t > 0 && t < oldest)
+						oldest = t;
+				}
 			}
 		}
 		pthread_mutex_lock(&hd->mlock);
 		ep->depth = ep->q.count;
 		ep->m_inflight = ep->inflight;
 		ep->m_disabled = ep->disabled || !ep->conf.enabled;
-		ep->oldest_s = (double)(now - oldest) / 1000.0;
+		if (walk || ep->q.count < 10000)
+			ep->oldest_s = (double)(now - oldest) / 1000.0;
 		pthread_mutex_unlock(&hd->mlock);
 	}
 }
@@ -1398,6 +1526,7 @@ static void hookd_paths(struct hookd *hd)
 	hd->retry_after_max_ms = tn_conf_time_ms(hd->conf, "hookd_retry_after_max");
 	hd->tmp_max_age_ms = tn_conf_time_ms(hd->conf, "hookd_tmp_max_age");
 	hd->log_max_size = tn_conf_size(hd->conf, "hookd_delivery_log_max_size");
+	hd->scratch = tn_mem_alloc(HOOKD_BODY_MAX);
 }
 
 static int hookd_setup_spool(struct hookd *hd)
@@ -1468,6 +1597,11 @@ static void hookd_teardown(struct hookd *hd)
 		struct hookd_ep *ep = hd->eps[i];
 
 		tn_hook_endpoint_clear(&ep->conf);
+		for (size_t b = 0; b < ep->q.nbuckets; b++) {
+			for (struct hookd_item *it = ep->q.buckets[b]; it != NULL; it = it->hnext)
+				hookd_item_uncache(hd, it);
+		}
+		hookd_easy_flush(ep);
 		hookd_queue_free(&ep->q);
 		tn_mem_free(&ep->dir);
 		tn_mem_free(&ep->qdir);
@@ -1495,6 +1629,7 @@ static void hookd_teardown(struct hookd *hd)
 	tn_mem_free(&hd->hooksdir);
 	tn_mem_free(&hd->logpath);
 	tn_mem_free(&hd->logpath1);
+	tn_mem_free(&hd->scratch);
 	if (hd->base != NULL)
 		event_base_free(hd->base);
 	pthread_mutex_destroy(&hd->mlock);

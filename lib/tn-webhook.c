@@ -24,6 +24,7 @@
  *	CRYPTO_memcmp.
  *--*/
 #include <inttypes.h>
+#include <pthread.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -165,6 +166,17 @@ static int tn_webhook_mac_update(EVP_MAC_CTX *ctx, const char *id,
 	return 0;
 }
 
+/* The HMAC implementation, fetched once per process: a fetch is a name
+ * lookup in OpenSSL's provider store, dearer than the HMAC of a small
+ * event (bench/README.md). EVP_MAC objects may be shared by threads. */
+static EVP_MAC *tn_webhook_hmac;
+static pthread_once_t tn_webhook_once = PTHREAD_ONCE_INIT;
+
+static void tn_webhook_fetch(void)
+{
+	tn_webhook_hmac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+}
+
 /* HMAC-SHA256(key, "<id>.<ts>.<body>") → mac. 0, or -1 when OpenSSL fails. */
 static int tn_webhook_mac_compute(const struct tn_webhook_secret *secret,
 				  const char *id, const char *ts, size_t ts_len,
@@ -176,11 +188,12 @@ static int tn_webhook_mac_compute(const struct tn_webhook_secret *secret,
 		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
 		OSSL_PARAM_construct_end(),
 	};
-	EVP_MAC *alg = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
-	EVP_MAC_CTX *ctx = alg == NULL ? NULL : EVP_MAC_CTX_new(alg);
+	EVP_MAC_CTX *ctx;
 	size_t mac_len = 0;
 	int ret = -1;
 
+	pthread_once(&tn_webhook_once, tn_webhook_fetch);
+	ctx = tn_webhook_hmac == NULL ? NULL : EVP_MAC_CTX_new(tn_webhook_hmac);
 	if (ctx != NULL &&
 	    EVP_MAC_init(ctx, secret->key, secret->len, params) == 1 &&
 	    tn_webhook_mac_update(ctx, id, ts, ts_len, body, body_len) == 0 &&
@@ -188,7 +201,6 @@ static int tn_webhook_mac_compute(const struct tn_webhook_secret *secret,
 	    mac_len == TN_WEBHOOK_MAC_LEN)
 		ret = 0;
 	EVP_MAC_CTX_free(ctx);
-	EVP_MAC_free(alg);
 	return ret;
 }
 

@@ -21,7 +21,8 @@
  *	is MALFORMED; an OpenSSL failure is MISMATCH (never OK).
  *
  *	Nothing for the caller to free (OpenSSL allocates and frees its
- *	HMAC context inside each call); no global state; thread-safe.
+ *	HMAC context inside each call); the HMAC implementation is fetched
+ *	once per process and kept (still reachable at exit); thread-safe.
  *--*/
 #ifndef TN_WEBHOOK_H
 #define TN_WEBHOOK_H
