@@ -47,6 +47,7 @@
 #include "tn-conf.h"
 #include "tn-hook-spool.h"
 #include "tn-log.h"
+#include "tn-lookup.h"
 #include "tn-mem.h"
 #include "tn-outbox.h"
 #include "tn-webhook.h"
@@ -1638,8 +1639,10 @@ static void hookd_teardown(struct hookd *hd)
 
 /* --- configuration and main ------------------------------------------------------------ */
 
+/* The lookup parameters are not used here, but they are global lines of
+ * the shared tenantmail.conf, which every program must accept. */
 static const struct tn_conf_param *const hookd_tables[] = {
-	tn_outbox_params, tn_hookd_params, NULL,
+	tn_lookup_params, tn_outbox_params, tn_hookd_params, NULL,
 };
 
 static int hookd_usage(void)
