@@ -85,7 +85,8 @@ struct hookd_ep {
 	bool disabled;			/* 410: marker file present */
 	bool removed;			/* no longer in the endpoint files */
 	int64_t paused_until_ms;	/* 429/503 Retry-After */
-	int wd_dir, wd_queue;
+	int wd_dir, wd_dead;
+	bool rescan_wanted;		/* a replay moved files out of dead/ */
 	CURL *easy_pool[HOOKD_EASY_KEEP];	/* idle handles with the endpoint's options */
 	unsigned neasy;
 	/* metrics, under hd->mlock */
@@ -355,8 +356,10 @@ static void hookd_ep_watch(struct hookd *hd, struct hookd_ep *ep)
 {
 	ep->wd_dir = inotify_add_watch(hd->inotify_fd, ep->dir, IN_DELETE | IN_MOVED_FROM |
 				       IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
-	ep->wd_queue = inotify_add_watch(hd->inotify_fd, ep->qdir, IN_MOVED_TO | IN_ONLYDIR);
-	if (ep->wd_dir < 0 || ep->wd_queue < 0)
+	/* tnctl events replay renames dead/ → queue/; our own renames into
+	 * queue/ (fan-out, retries) are known already, so watch dead/ only */
+	ep->wd_dead = inotify_add_watch(hd->inotify_fd, ep->deaddir, IN_MOVED_FROM | IN_ONLYDIR);
+	if (ep->wd_dir < 0 || ep->wd_dead < 0)
 		tn_warning("endpoint %s: inotify: %s (rescans still work)", ep->conf.name,
 			   strerror(errno));
 }
@@ -371,7 +374,7 @@ static struct hookd_ep *hookd_ep_create(struct hookd *hd, const struct tn_hook_e
 	ep->qdir = tn_mem_printf("%s/queue", ep->dir);
 	ep->deaddir = tn_mem_printf("%s/dead", ep->dir);
 	ep->disabled_path = tn_mem_printf("%s/disabled", ep->dir);
-	ep->wd_dir = ep->wd_queue = -1;
+	ep->wd_dir = ep->wd_dead = -1;
 	hookd_queue_init(&ep->q);
 	if (hookd_mkdir(ep->dir) < 0 || hookd_mkdir(ep->qdir) < 0 ||
 	    hookd_mkdir(ep->deaddir) < 0)
@@ -602,17 +605,18 @@ static void hookd_quarantine(struct hookd *hd, const char *name, const char *why
 	pthread_mutex_unlock(&hd->mlock);
 }
 
-/* Link one event into the queues that want it. 1: linked (or unwanted),
- * the name in new/ may go, *ev_r the event; 0: leave it for a later try;
- * -1: vanished or quarantined. */
-static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, bool *touched,
-			    struct hookd_ev **ev_r)
+/* Prepare one event's fan-out: *last_r is the last endpoint that wants
+ * it (-1: none), which gets the file by rename later; every other one
+ * that wants it gets a hard link now (linked[i]). 1: ready, *ev_r the
+ * event; 0: leave it for a later try; -1: vanished or quarantined. */
+static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, bool *linked,
+			    int *last_r, struct hookd_ev **ev_r)
 {
 	struct tn_hook_qname qn;
 	struct hookd_ev *ev;
 	const char *why;
-	bool wanted = false;
 	ssize_t len;
+	int last = -1;
 
 	if (tn_hook_qname_parse(name, &qn) < 0 || qn.attempts != 0) {
 		hookd_quarantine(hd, name, "not an event file name (<id>.json)");
@@ -638,22 +642,25 @@ static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, bool 
 
 		if (ep->removed || !tn_hook_endpoint_wants(&ep->conf, ev->type, ev->tenant))
 			continue;
-		wanted = true;
-		snprintf(path, sizeof(path), "%s/%s", ep->qdir, name);
-		if (linkat(newfd, name, AT_FDCWD, path, 0) < 0 && errno != EEXIST) {
-			tn_error("cannot link %s/%s to %s: %s", hd->newdir, name, path,
-				 strerror(errno));
-			hookd_ev_unref(&ev);
-			return 0;
+		if (last >= 0) {
+			snprintf(path, sizeof(path), "%s/%s", hd->eps[last]->qdir, name);
+			if (linkat(newfd, name, AT_FDCWD, path, 0) < 0 && errno != EEXIST) {
+				tn_error("cannot link %s/%s to %s: %s", hd->newdir, name, path,
+					 strerror(errno));
+				hookd_ev_unref(&ev);
+				return 0;
+			}
+			linked[last] = true;
 		}
-		touched[i] = true;
+		last = (int)i;
 	}
-	if (!wanted) {
+	if (last < 0) {
 		tn_debug("%s (%s, tenant %s): no endpoint wants it", name, ev->type, ev->tenant);
 		pthread_mutex_lock(&hd->mlock);
 		hd->unrouted++;
 		pthread_mutex_unlock(&hd->mlock);
 	}
+	*last_r = last;
 	*ev_r = ev;
 	return 1;
 }
@@ -670,8 +677,8 @@ static void hookd_fsync_dir(const char *path)
 
 /* Queue an event's items, each keeping the event in memory until its
  * first attempt while the memory budget allows. */
-static void hookd_fanout_enqueue(struct hookd *hd, const char *name, const bool *touched,
-				 struct hookd_ev *ev)
+static void hookd_fanout_enqueue(struct hookd *hd, const char *name, const bool *linked,
+				 int last, struct hookd_ev *ev)
 {
 	struct tn_hook_qname qn;
 	bool keep = hd->cached_bytes + ev->body_len <= HOOKD_CACHE_MAX;
@@ -680,7 +687,7 @@ static void hookd_fanout_enqueue(struct hookd *hd, const char *name, const bool 
 	for (unsigned e = 0; e < hd->neps; e++) {
 		struct hookd_item *item;
 
-		if (!touched[e] || hd->eps[e]->removed)
+		if ((!linked[e] && (int)e != last) || hd->eps[e]->removed)
 			continue;
 		item = hookd_queue_add(&hd->eps[e]->q, &qn);
 		if (item != NULL && keep) {
@@ -691,12 +698,36 @@ static void hookd_fanout_enqueue(struct hookd *hd, const char *name, const bool 
 	}
 }
 
-/* One batch: link, fsync the queues, then drop the names from new/. */
+/* Take the name out of new/: renamed into the last endpoint's queue (one
+ * atomic step: the file is in new/ or in that queue, never in neither),
+ * or unlinked when nobody wants it. false: it stays for a later try. */
+static bool hookd_fanout_finish(struct hookd *hd, int newfd, const char *name, int last)
+{
+	char path[PATH_MAX];
+
+	if (last < 0) {
+		if (unlinkat(newfd, name, 0) < 0 && errno != ENOENT)
+			tn_error("cannot remove %s/%s: %s", hd->newdir, name, strerror(errno));
+		return false;
+	}
+	snprintf(path, sizeof(path), "%s/%s", hd->eps[last]->qdir, name);
+	if (renameat(newfd, name, AT_FDCWD, path) == 0)
+		return true;
+	if (errno != ENOENT)
+		tn_error("cannot move %s/%s to %s: %s", hd->newdir, name, path, strerror(errno));
+	return false;
+}
+
+/* One batch: read and check each event, hard-link it into all but the
+ * last endpoint that wants it, fsync those queues, then rename it into
+ * the last one. A crash at any point leaves every event in new/ or in
+ * every queue that wants it (a link made twice is EEXIST, a rename onto
+ * an existing name replaces the same file). */
 static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 {
-	bool touched[HOOKD_FANOUT_BATCH][hd->neps + 1], any[hd->neps + 1];
+	bool linked[HOOKD_FANOUT_BATCH][hd->neps + 1], any[hd->neps + 1];
 	struct hookd_ev *evs[HOOKD_FANOUT_BATCH];
-	int done[HOOKD_FANOUT_BATCH];
+	int done[HOOKD_FANOUT_BATCH], last[HOOKD_FANOUT_BATCH];
 	size_t n = hd->npending - from;
 	int newfd = open(hd->newdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
@@ -708,11 +739,12 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 		n = HOOKD_FANOUT_BATCH;
 	memset(any, 0, sizeof(any));
 	for (size_t i = 0; i < n; i++) {
-		memset(touched[i], 0, sizeof(touched[i]));
+		memset(linked[i], 0, sizeof(linked[i]));
 		evs[i] = NULL;
-		done[i] = hookd_fanout_one(hd, newfd, hd->pending[from + i], touched[i], &evs[i]);
+		done[i] = hookd_fanout_one(hd, newfd, hd->pending[from + i], linked[i], &last[i],
+					   &evs[i]);
 		for (unsigned e = 0; e < hd->neps; e++)
-			any[e] |= touched[i][e];
+			any[e] |= linked[i][e];
 	}
 	for (unsigned e = 0; e < hd->neps; e++) {
 		if (any[e])
@@ -721,10 +753,8 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 	for (size_t i = 0; i < n; i++) {
 		if (done[i] != 1)
 			continue;
-		if (unlinkat(newfd, hd->pending[from + i], 0) < 0 && errno != ENOENT)
-			tn_error("cannot remove %s/%s: %s", hd->newdir, hd->pending[from + i],
-				 strerror(errno));
-		hookd_fanout_enqueue(hd, hd->pending[from + i], touched[i], evs[i]);
+		if (hookd_fanout_finish(hd, newfd, hd->pending[from + i], last[i]))
+			hookd_fanout_enqueue(hd, hd->pending[from + i], linked[i], last[i], evs[i]);
 		hookd_ev_unref(&evs[i]);
 		pthread_mutex_lock(&hd->mlock);
 		hd->fanned_out++;
@@ -768,11 +798,11 @@ static void hookd_fanout_schedule(struct hookd *hd)
 
 /* --- inotify ---------------------------------------------------------------------- */
 
-static struct hookd_ep *hookd_ep_by_wd(struct hookd *hd, int wd, bool *queue_r)
+static struct hookd_ep *hookd_ep_by_wd(struct hookd *hd, int wd, bool *dead_r)
 {
 	for (unsigned i = 0; i < hd->neps; i++) {
-		if (hd->eps[i]->wd_queue == wd || hd->eps[i]->wd_dir == wd) {
-			*queue_r = hd->eps[i]->wd_queue == wd;
+		if (hd->eps[i]->wd_dead == wd || hd->eps[i]->wd_dir == wd) {
+			*dead_r = hd->eps[i]->wd_dead == wd;
 			return hd->eps[i];
 		}
 	}
@@ -782,7 +812,7 @@ static struct hookd_ep *hookd_ep_by_wd(struct hookd *hd, int wd, bool *queue_r)
 static void hookd_inotify_event(struct hookd *hd, const struct inotify_event *ie)
 {
 	struct hookd_ep *ep;
-	bool queue;
+	bool dead;
 
 	if (ie->mask & IN_Q_OVERFLOW) {
 		tn_warning("inotify queue overflow: rescanning");
@@ -794,16 +824,12 @@ static void hookd_inotify_event(struct hookd *hd, const struct inotify_event *ie
 			hookd_pending_add(hd, ie->name);
 		return;
 	}
-	if ((ep = hookd_ep_by_wd(hd, ie->wd, &queue)) == NULL || ep->removed)
+	if ((ep = hookd_ep_by_wd(hd, ie->wd, &dead)) == NULL || ep->removed)
 		return;
-	if (queue) {
-		struct tn_hook_qname qn;
-
-		/* a replay (tnctl) or a fan-out by another instance; our own
-		 * renames are already known and ignored by queue_add */
-		if (ie->len > 0 && tn_hook_qname_parse(ie->name, &qn) == 0 &&
-		    hookd_queue_add(&ep->q, &qn) != NULL)
-			hookd_pump(hd);
+	if (dead) {
+		/* a replay moved a dead letter back into queue/: scan it
+		 * once after this batch of notifications */
+		ep->rescan_wanted = true;
 	} else if (ie->len > 0 && strcmp(ie->name, "disabled") == 0) {
 		hookd_ep_check_disabled(ep);
 		if (!ep->disabled)
@@ -824,6 +850,12 @@ static void hookd_inotify_read(evutil_socket_t fd, short what, void *arg)
 
 			hookd_inotify_event(hd, ie);
 			p += sizeof(*ie) + ie->len;
+		}
+	}
+	for (unsigned i = 0; i < hd->neps; i++) {
+		if (hd->eps[i]->rescan_wanted) {
+			hd->eps[i]->rescan_wanted = false;
+			hookd_scan_queue(hd, hd->eps[i]);
 		}
 	}
 	pthread_mutex_lock(&hd->mlock);
