@@ -31,7 +31,7 @@ Facts this relies on (see /work/shared/RUNNING-SERVERS.md):
     connection and never answers (-o nettimeout is the connect timeout,
     -l a server-side limit): callers bound their calls (subprocess
     timeouts everywhere here).
-  * Debian builds back_mdb and syncprov as modules (moduleload).
+  * Debian builds back_mdb, syncprov and unique as modules (moduleload).
   * PID 1 reaps orphans slowly: a process in state Z counts as gone.
   * ldap-utils run with LDAPNOINIT=1 so that /etc/ldap/ldap.conf and
     ~/.ldaprc cannot change what a test does.
@@ -55,6 +55,8 @@ ROOTDN = "cn=admin," + BASE
 ROOTPW = "admin-secret"
 LOOKUP_DN = "cn=lookup,ou=services," + BASE
 LOOKUP_PW = "lookup-secret"
+PROV_DN = "cn=provisioning,ou=services," + BASE
+PROV_PW = "provisioning-secret"
 TENANTS = "ou=tenants," + BASE
 
 SYSTEM_SCHEMA = "/etc/ldap/schema"
@@ -400,6 +402,7 @@ class Slapd(_Server):
             "modulepath %s" % MODULE_PATH,
             "moduleload back_mdb",
             "moduleload syncprov",
+            "moduleload unique",
             "",
             "database mdb",
             "maxsize 1073741824",
@@ -409,6 +412,7 @@ class Slapd(_Server):
             "directory %s" % self.datadir,
             "include %s" % s(SCHEMA_DIR, "indexes.conf"),
             "include %s" % s(SCHEMA_DIR, "acl.conf"),
+            "include %s" % s(SCHEMA_DIR, "unique.conf"),
         ]
         if self.provider is None:
             lines += ["overlay syncprov", "syncprov-checkpoint 100 10"]
@@ -686,6 +690,9 @@ class Stack:
             self.seed_redis()
             self.password_file = write_password_file(
                 os.path.join(self.workdir, "lookup.secret"))
+            # the provisioning account's (prov_ldap_bind_password_file)
+            self.prov_password_file = write_password_file(
+                os.path.join(self.workdir, "prov.secret"), PROV_PW)
             self.conf = self._write_conf()
         except BaseException:
             self.stop()

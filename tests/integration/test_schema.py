@@ -451,7 +451,9 @@ def test_d_tenant_admin_limits_inside_own_tenant(stack):
     evil = tdn("acme", "mail=evil@acme.example")
     nested = tdn("acme", "tnTenantId=globex")
     deep = "mail=deep@acme.example," + bob
-    planted_domain = tdn("acme", "tnDomain=globex.example")
+    # a domain nobody has (slapd's unique overlay refuses a second
+    # globex.example before the ACLs are asked)
+    planted_domain = tdn("acme", "tnDomain=planted.example")
     s.add("dn: %s\nobjectClass: tnMailbox\nmail: placed@acme.example\n"
           "tnMailPool: pool-a\n" % placed)         # placed by the ISP
     try:
@@ -470,7 +472,7 @@ def test_d_tenant_admin_limits_inside_own_tenant(stack):
                   % deep, check=False, **adm),
             s.delete(placed, check=False, **adm),           # placed mailbox
             s.delete(ACME_ADMIN[0], check=False, **adm),
-            s.add("dn: %s\nobjectClass: tnMailDomain\ntnDomain: globex.example\n"
+            s.add("dn: %s\nobjectClass: tnMailDomain\ntnDomain: planted.example\n"
                   % planted_domain, check=False, **adm),    # a domain: ISP only
             s.delete(tdn("acme", "tnDomain=acme-mail.example"), check=False, **adm),
         ]
