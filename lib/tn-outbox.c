@@ -4,27 +4,51 @@
  * SUMMARY
  *	durable event outbox (see tn-outbox.h and docs/outbox.md)
  * DESCRIPTION
- *	One append, after the input checks and the limits:
+ *	An append is prepared by its own thread, in parallel with the
+ *	others: input checks and limits, id and timestamp, the envelope
+ *	encoded around a hole for the sequence number, and tmp/<id>.json
+ *	created (O_EXCL, exact mode) but left empty. Then it joins the
+ *	queue of the outbox object, and any thread waiting there may lead
+ *	a batch: take the queued requests (at most TN_OUTBOX_BATCH_MAX) and
+ *	commit them while the others sleep until theirs is done. Two
+ *	batches may be under way, on disjoint tenants: a new one starts
+ *	when the last one has passed step 3, so that its writes and sync
+ *	overlap the other's renames and fsync. A batch:
  *
- *	1. open seq/<tenant> (made on first use: an empty 0660 file is
- *	   written in tmp/, linked into seq/ and seq/ fsync'ed, so that the
- *	   file never appears with the creator's umask and never vanishes
- *	   in a crash while events that used it survive), flock(LOCK_EX);
- *	2. read n (empty: 0), make the id and the timestamp, encode the
- *	   event with sequence n+1 (too big: refused, nothing written);
- *	3. counter := n+1 (pwrite, ftruncate, fdatasync);
- *	4. tmp/<id>.json: O_CREAT|O_EXCL, fchmod, write all, fsync, close;
- *	5. rename into new/, fsync new/;
+ *	1. open tmp/ and new/; (the requests were sorted by tenant name,
+ *	   then arrival) per tenant in that order, open seq/<tenant> (made
+ *	   on first use: an empty 0660 file is written in tmp/, linked
+ *	   into seq/ and seq/ fsync'ed, so that the file never appears with
+ *	   the creator's umask and never vanishes in a crash while events
+ *	   that used it survive) and try flock(LOCK_EX|LOCK_NB), never
+ *	   waiting while holding others. A tenant another process holds:
+ *	   its requests go back to the queue with a retry time (1 ms
+ *	   doubling to 20 ms) or, past their deadline, fail;
+ *	2. per locked tenant: read n; give n+1, n+2, ... to its requests
+ *	   and write each event into its tmp file (too big: that request
+ *	   fails, its number goes to the next); counter := last number
+ *	   (pwrite; not synced yet);
+ *	3. barrier: syncfs(2) on new/, or fdatasync of every event file
+ *	   and counter (after starting their write-back together);
+ *	4. rename each event into new/, tenant by tenant in sequence order;
+ *	5. fsync new/;
  *	6. flock(LOCK_UN) explicitly (a child forked meanwhile shares the
  *	   open file description, and close() alone would leave the lock
- *	   with it), close.
+ *	   with it), close; wake the requests' threads.
  *
- *	A failure in 3-5 unlinks the temporary file and writes n back.
- *	One exception: when the fsync of new/ fails the event is already
- *	visible; it is unlinked from new/ and the counter written back,
- *	but if the unlink finds the file gone (the consumer claimed it),
- *	the counter stays at n+1 so that no number is used twice.
- *
+ *	Failures. A request failing in 2 gets no number. A tenant whose
+ *	counter cannot be written or whose files cannot be synced (fsync
+ *	mode; a failing syncfs fails every tenant of the batch) fails as a
+ *	whole: its tmp files are removed and its counter written back to n,
+ *	durably. A rename failing in 4 fails that event and the tenant's
+ *	later ones, and the counter goes back to just below it (the earlier
+ *	ones are visible and keep their numbers). A failing fsync of new/
+ *	fails every published event: each is unlinked from new/ and the
+ *	counter written back, except that a file the consumer already
+ *	claimed keeps the counter at its number, so that no number is used
+ *	twice. The counter never goes below a number visible in new/, and
+ *	is on disk before any event that uses it is visible.
+
  *	Ids (UUIDv7, RFC 9562 section 5.7 with the monotonic counter of
  *	section 6.2 method 1): 48-bit Unix milliseconds, version 7, 12-bit
  *	rand_a, variant 10, 62-bit rand_b from getrandom(2). rand_a is a
@@ -38,9 +62,15 @@
  *
  *	Locking: the outbox mutex guards the id generator and the cached
  *	count of new/ (rescanned at most once a second, by one thread while
- *	the others use the previous count). Tenants are serialised by
- *	flock(2), which also works between threads of one process because
- *	each append opens its own file description.
+ *	the others use the previous count). The queue mutex guards the
+ *	queue and the requests in it, the batches' stage, groups and tenant
+ *	names, and every request's done and leading flags; while a request
+ *	is in a batch only that batch's leader touches the rest of it, and
+ *	its thread reads the result after seeing done under the mutex.
+ *	Each request has its own condition variable: a batch wakes exactly
+ *	its requests' threads, and one waiting thread to lead the next
+ *	batch. Tenants are serialised by flock(2); between processes it is
+ *	the only lock, within a process the queue already is.
  *--*/
 #include <dirent.h>
 #include <errno.h>
@@ -49,6 +79,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +87,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,6 +105,13 @@
 #define TN_OUTBOX_RAND_A_MAX 0xfffu
 #define TN_OUTBOX_RAND_A_SEED 0x7ffu
 #define TN_OUTBOX_DEFAULT_MODE 0660
+/* Most requests one batch commits (each holds an open tmp file). */
+#define TN_OUTBOX_BATCH_MAX 128
+/* Batches committed at the same time by one outbox object. */
+#define TN_OUTBOX_BATCHES 2
+/* Retry of a tenant locked by another process: 1 ms doubling to 20. */
+#define TN_OUTBOX_RETRY_MIN_MS 1
+#define TN_OUTBOX_RETRY_MAX_MS 20
 
 enum tn_outbox_subdir {
 	TN_OUTBOX_TMP,
@@ -88,13 +127,81 @@ static const char *const tn_outbox_subdir_names[TN_OUTBOX_N_SUBDIRS] = {
 	"tmp", "new", "seq"
 };
 
+/* Where a request is (see the DESCRIPTION). */
+enum tn_outbox_req_state {
+	TN_OUTBOX_REQ_QUEUED,		/* waiting for a batch, or in one */
+	TN_OUTBOX_REQ_DEFERRED,		/* tenant busy: back to the queue */
+	TN_OUTBOX_REQ_WRITTEN,		/* numbered, event in its tmp file */
+	TN_OUTBOX_REQ_PUBLISHED,	/* renamed into new/ */
+	TN_OUTBOX_REQ_FAILED,		/* error set, tmp file removed */
+};
+
+/* One append, on its caller's stack. The envelope is head, the
+ * sequence number, tail ("...\"sequence\":" and ",\"origin\":...}\n"). */
+struct tn_outbox_req {
+	struct tn_outbox_req *next;	/* queue link */
+	uint64_t order;			/* arrival in the queue */
+	const char *tenant;
+	char id[TN_OUTBOX_ID_SIZE];
+	char *text;			/* head and tail, one allocation */
+	size_t head_len, tail_len;
+	char *tmp_path, *new_path;
+	const char *name;		/* <id>.json, in tmp_path */
+	int fd;				/* tmp/<id>.json */
+	uint64_t seq;
+	tn_msec_t deadline, retry_at, pause;
+	enum tn_outbox_req_state state;
+	bool done;			/* under queue_lock, like the two below */
+	bool leading;			/* its thread is leading a batch */
+	pthread_cond_t cond;		/* its thread waits here */
+	char error[TN_OUTBOX_ERROR_MAX];
+};
+
+/* The requests of one tenant in a batch, and its counter. */
+struct tn_outbox_group {
+	char tenant[TN_OUTBOX_TENANT_MAX + 1];	/* its requests may go first */
+	struct tn_outbox_req **reqs;	/* in the batch's sorted array */
+	size_t n_reqs;
+	char *seq_path;
+	int seq_fd;
+	bool locked;
+	uint64_t seq;			/* the counter before the batch */
+	size_t seq_len;			/* the length of its file */
+	uint64_t next;			/* the last number given so far */
+};
+
+/* Where a batch is. Two batches overlap: one may start while the
+ * other publishes (steps 4-6), never while it fills (steps 1-3). */
+enum tn_outbox_batch_stage {
+	TN_OUTBOX_BATCH_FREE,
+	TN_OUTBOX_BATCH_FILLING,
+	TN_OUTBOX_BATCH_PUBLISHING,
+};
+
+/* A batch being committed by its leader. Requests sorted by tenant,
+ * then arrival; one group per tenant. stage, n_groups and the groups'
+ * tenant names change under queue_lock only (other leaders look). */
+struct tn_outbox_batch {
+	struct tn_outbox *ob;
+	enum tn_outbox_batch_stage stage;
+	size_t n_reqs, n_groups;
+	size_t n_written;		/* requests in WRITTEN state */
+	size_t n_published;		/* renamed into new/ (maybe undone since) */
+	int tmp_fd, new_fd;		/* tmp/ and new/ */
+	struct tn_outbox_req *reqs[TN_OUTBOX_BATCH_MAX];
+	struct tn_outbox_group groups[TN_OUTBOX_BATCH_MAX];
+};
+
 struct tn_outbox {
 	char *dir;
 	char *sub[TN_OUTBOX_N_SUBDIRS];
+	char *origin;
+	char *origin_error;		/* NULL when origin is valid */
 	uint64_t max_events;
 	uint64_t min_free_bytes;
 	mode_t file_mode;
 	tn_msec_t lock_timeout;
+	enum tn_outbox_sync sync;
 
 	pthread_mutex_t lock;
 	/* under lock: the id generator */
@@ -104,27 +211,14 @@ struct tn_outbox {
 	uint64_t count;
 	tn_msec_t count_at;
 	bool counted, scanning;
-};
 
-/* One append in progress. */
-struct tn_outbox_txn {
-	struct tn_outbox *ob;
-	const char *type, *tenant;
-	json_t *data;
-	char *seq_path;
-	int seq_fd;
-	uint64_t seq;		/* the counter before this append */
-	char id[TN_OUTBOX_ID_SIZE];
-	char occurred_at[40];
-	char *tmp_path, *new_path;
-	char *text;
-	size_t len;
-};
-
-/* How far a failed publication got. */
-enum tn_outbox_undo {
-	TN_OUTBOX_UNDO_ROLLBACK,	/* nothing visible: write n back */
-	TN_OUTBOX_UNDO_KEEP,		/* seen by the consumer: keep n+1 */
+	pthread_mutex_t queue_lock;
+	/* under queue_lock */
+	struct tn_outbox_req *queue_head, **queue_tail;
+	uint64_t queue_order;
+	/* batches being committed, on disjoint tenants: one fills while
+	 * the other publishes */
+	struct tn_outbox_batch batches[TN_OUTBOX_BATCHES];
 };
 
 static __thread char tn_outbox_errbuf[TN_OUTBOX_ERROR_MAX];
@@ -151,22 +245,25 @@ static int tn_outbox_sysfail(const char **error_r, const char *op, const char *p
 
 /* --- small file helpers -------------------------------------------------- */
 
-static int tn_outbox_write_all(int fd, const char *buf, size_t len)
+static int tn_outbox_writev_all(int fd, struct iovec *iov, int iovcnt)
 {
 	ssize_t n;
 
-	while (len > 0) {
-		n = write(fd, buf, len);
+	while (iovcnt > 0) {
+		n = writev(fd, iov, iovcnt);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
-			return -1;
-		if (n == 0) {
-			errno = EIO;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
 			return -1;
 		}
-		buf += n;
-		len -= (size_t)n;
+		for (; iovcnt > 0 && (size_t)n >= iov->iov_len; iov++, iovcnt--)
+			n -= (ssize_t)iov->iov_len;
+		if (iovcnt > 0) {
+			iov->iov_base = (char *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
 	}
 	return 0;
 }
@@ -192,12 +289,21 @@ static int tn_outbox_pwrite_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-static int tn_outbox_fsync_dir(const char *path, const char **error_r)
+static int tn_outbox_open_dir(const char *path, const char **error_r)
 {
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
 	if (fd < 0)
 		return tn_outbox_sysfail(error_r, "open", path);
+	return fd;
+}
+
+static int tn_outbox_fsync_dir(const char *path, const char **error_r)
+{
+	int fd = tn_outbox_open_dir(path, error_r);
+
+	if (fd < 0)
+		return -1;
 	if (fsync(fd) < 0) {
 		tn_outbox_sysfail(error_r, "fsync", path);
 		close(fd);
@@ -274,6 +380,24 @@ static bool tn_outbox_tenant_valid(const char *tenant)
 	for (const char *p = tenant + 1; *p != '\0'; p++) {
 		if (!tn_outbox_lower(*p) && !tn_outbox_digit(*p) &&
 		    *p != '.' && *p != '_' && *p != '-')
+			return false;
+	}
+	return true;
+}
+
+static bool tn_outbox_alnum(char c)
+{
+	return tn_outbox_lower(c) || tn_outbox_digit(c) || (c >= 'A' && c <= 'Z');
+}
+
+/* ^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$ */
+static bool tn_outbox_origin_valid(const char *origin)
+{
+	if (strnlen(origin, TN_OUTBOX_ORIGIN_MAX + 1) > TN_OUTBOX_ORIGIN_MAX ||
+	    !tn_outbox_alnum(*origin))
+		return false;
+	for (const char *p = origin + 1; *p != '\0'; p++) {
+		if (!tn_outbox_alnum(*p) && *p != '.' && *p != '-')
 			return false;
 	}
 	return true;
@@ -398,12 +522,12 @@ static int tn_outbox_check_count(struct tn_outbox *ob, const char **error_r)
 	return 0;
 }
 
-static void tn_outbox_counted_one(struct tn_outbox *ob)
+static void tn_outbox_counted(struct tn_outbox *ob, uint64_t n)
 {
-	if (ob->max_events == 0)
+	if (ob->max_events == 0 || n == 0)
 		return;
 	pthread_mutex_lock(&ob->lock);
-	ob->count++;
+	ob->count += n;
 	pthread_mutex_unlock(&ob->lock);
 }
 
@@ -468,8 +592,9 @@ static void tn_outbox_rfc3339(int64_t ms, char buf[40])
 	snprintf(buf + n, 40 - n, ".%03dZ", (int)(ms % 1000));
 }
 
-/* The id and occurred_at of the event being appended. */
-static int tn_outbox_stamp(struct tn_outbox_txn *t, const char **error_r)
+/* The id and occurred_at of an event, now. */
+static int tn_outbox_stamp(struct tn_outbox *ob, char id_r[TN_OUTBOX_ID_SIZE],
+			   char occurred_at_r[40], const char **error_r)
 {
 	unsigned char rnd[10];
 	int64_t now = tn_outbox_wall_ms();
@@ -478,19 +603,19 @@ static int tn_outbox_stamp(struct tn_outbox_txn *t, const char **error_r)
 
 	if (tn_outbox_random(rnd, sizeof(rnd), error_r) < 0)
 		return -1;
-	tn_outbox_id_step(t->ob, now > 0 ? (uint64_t)now : 0,
+	tn_outbox_id_step(ob, now > 0 ? (uint64_t)now : 0,
 			  (unsigned int)rnd[0] << 8 | rnd[1], &ms, &rand_a);
-	tn_outbox_id_format(ms, rand_a, rnd + 2, t->id);
-	tn_outbox_rfc3339(now, t->occurred_at);
+	tn_outbox_id_format(ms, rand_a, rnd + 2, id_r);
+	tn_outbox_rfc3339(now, occurred_at_r);
 	return 0;
 }
 
 /* --- the counter ------------------------------------------------------------ */
 
 /* Make seq/<tenant> appear at once with its final mode, and durably. */
-static int tn_outbox_seq_create(struct tn_outbox_txn *t, const char **error_r)
+static int tn_outbox_seq_create(struct tn_outbox *ob, struct tn_outbox_group *g,
+				const char **error_r)
 {
-	struct tn_outbox *ob = t->ob;
 	unsigned char rnd[8];
 	char *tmp;
 	int fd, ret = -1;
@@ -498,7 +623,7 @@ static int tn_outbox_seq_create(struct tn_outbox_txn *t, const char **error_r)
 	if (tn_outbox_random(rnd, sizeof(rnd), error_r) < 0)
 		return -1;
 	tmp = tn_mem_printf("%s/seq.%s.%02x%02x%02x%02x%02x%02x%02x%02x",
-			    ob->sub[TN_OUTBOX_TMP], t->tenant, rnd[0], rnd[1],
+			    ob->sub[TN_OUTBOX_TMP], g->tenant, rnd[0], rnd[1],
 			    rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
 	if ((fd = tn_outbox_create_file(ob, tmp, error_r)) < 0) {
 		tn_mem_free(&tmp);
@@ -506,8 +631,8 @@ static int tn_outbox_seq_create(struct tn_outbox_txn *t, const char **error_r)
 	}
 	if (fsync(fd) < 0)
 		tn_outbox_sysfail(error_r, "fsync", tmp);
-	else if (link(tmp, t->seq_path) < 0 && errno != EEXIST)
-		tn_outbox_sysfail(error_r, "link", t->seq_path);
+	else if (link(tmp, g->seq_path) < 0 && errno != EEXIST)
+		tn_outbox_sysfail(error_r, "link", g->seq_path);
 	else
 		ret = tn_outbox_fsync_dir(ob->sub[TN_OUTBOX_SEQ], error_r);
 	close(fd);
@@ -516,42 +641,36 @@ static int tn_outbox_seq_create(struct tn_outbox_txn *t, const char **error_r)
 	return ret;
 }
 
-static int tn_outbox_seq_open(struct tn_outbox_txn *t, const char **error_r)
+static int tn_outbox_seq_open(struct tn_outbox *ob, struct tn_outbox_group *g,
+			      const char **error_r)
 {
 	int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW;
 
-	t->seq_fd = open(t->seq_path, flags);
-	if (t->seq_fd < 0 && errno == ENOENT) {
-		if (tn_outbox_seq_create(t, error_r) < 0)
+	g->seq_path = tn_mem_printf("%s/%s", ob->sub[TN_OUTBOX_SEQ], g->tenant);
+	g->seq_fd = open(g->seq_path, flags);
+	if (g->seq_fd < 0 && errno == ENOENT) {
+		if (tn_outbox_seq_create(ob, g, error_r) < 0)
 			return -1;
-		t->seq_fd = open(t->seq_path, flags);
+		g->seq_fd = open(g->seq_path, flags);
 	}
-	if (t->seq_fd < 0)
-		return tn_outbox_sysfail(error_r, "open", t->seq_path);
+	if (g->seq_fd < 0)
+		return tn_outbox_sysfail(error_r, "open", g->seq_path);
 	return 0;
 }
 
-/* flock(2) has no timeout: try without blocking, sleeping 1 ms growing
- * to 20 ms between tries, until lock_timeout. A producer stuck while
- * holding the lock (a hung disk, SIGSTOP) then costs the others one
- * bounded wait and an error their protocol turns into a tempfail. */
-static int tn_outbox_seq_lock(struct tn_outbox_txn *t, const char **error_r)
+/* 1: locked; 0: another producer holds it; -1: error. flock(2) has no
+ * timeout, so waiting is the queue's job (a busy tenant's requests are
+ * retried by a later batch until their deadline). */
+static int tn_outbox_seq_trylock(struct tn_outbox_group *g, const char **error_r)
 {
-	tn_msec_t deadline = tn_time_now_ms() + t->ob->lock_timeout;
-	useconds_t pause = 1000;
-
-	while (flock(t->seq_fd, LOCK_EX | LOCK_NB) < 0) {
-		if (errno != EWOULDBLOCK && errno != EINTR)
-			return tn_outbox_sysfail(error_r, "flock", t->seq_path);
-		if (tn_time_now_ms() >= deadline)
-			return tn_outbox_fail(error_r, "outbox: %s: still locked by another "
-					      "producer after %lld ms", t->seq_path,
-					      (long long)t->ob->lock_timeout);
-		usleep(pause);
-		if (pause < 20000)
-			pause *= 2;
+	while (flock(g->seq_fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EWOULDBLOCK)
+			return 0;
+		if (errno != EINTR)
+			return tn_outbox_sysfail(error_r, "flock", g->seq_path);
 	}
-	return 0;
+	g->locked = true;
+	return 1;
 }
 
 /* Digits and newlines only (a rollback cut short by a crash may leave
@@ -576,189 +695,632 @@ static int tn_outbox_seq_parse(const char *buf, size_t len, uint64_t *seq_r)
 	return 0;
 }
 
-static int tn_outbox_seq_read(struct tn_outbox_txn *t, const char **error_r)
+static int tn_outbox_seq_read(struct tn_outbox_group *g, const char **error_r)
 {
 	char buf[TN_OUTBOX_SEQ_TEXT_MAX];
 	ssize_t n;
 
 	do {
-		n = pread(t->seq_fd, buf, sizeof(buf), 0);
+		n = pread(g->seq_fd, buf, sizeof(buf), 0);
 	} while (n < 0 && errno == EINTR);
 	if (n < 0)
-		return tn_outbox_sysfail(error_r, "read", t->seq_path);
-	if ((size_t)n == sizeof(buf) || tn_outbox_seq_parse(buf, (size_t)n, &t->seq) < 0)
+		return tn_outbox_sysfail(error_r, "read", g->seq_path);
+	if ((size_t)n == sizeof(buf) || tn_outbox_seq_parse(buf, (size_t)n, &g->seq) < 0)
 		return tn_outbox_fail(error_r, "outbox: %s: not a sequence number "
-				      "(an admin must repair it)", t->seq_path);
-	if (t->seq >= (uint64_t)INT64_MAX)
-		return tn_outbox_fail(error_r, "outbox: %s: sequence exhausted", t->seq_path);
+				      "(an admin must repair it)", g->seq_path);
+	g->next = g->seq;
+	g->seq_len = (size_t)n;
 	return 0;
 }
 
-/* Counter := seq ("" for 0), durably. Sets errno and returns -1 on failure. */
-static int tn_outbox_seq_write(int fd, uint64_t seq)
+/* Counter := seq ("" for 0), synced when sync; the file is cut only
+ * when the text got shorter (numbers grow: only after a rollback).
+ * Sets errno and returns -1 on failure. */
+static int tn_outbox_seq_write(struct tn_outbox_group *g, uint64_t seq, bool sync)
 {
 	char buf[TN_OUTBOX_SEQ_TEXT_MAX];
-	int len = 0;
+	size_t len = 0;
 
 	if (seq > 0)
-		len = snprintf(buf, sizeof(buf), "%" PRIu64 "\n", seq);
-	if (tn_outbox_pwrite_all(fd, buf, (size_t)len) < 0 ||
-	    ftruncate(fd, len) < 0 || fdatasync(fd) < 0)
+		len = (size_t)snprintf(buf, sizeof(buf), "%" PRIu64 "\n", seq);
+	if (tn_outbox_pwrite_all(g->seq_fd, buf, len) < 0 ||
+	    (len < g->seq_len && ftruncate(g->seq_fd, (off_t)len) < 0) ||
+	    (sync && fdatasync(g->seq_fd) < 0)) {
+		g->seq_len = SIZE_MAX;	/* unknown: cut next time */
 		return -1;
+	}
+	g->seq_len = len;
 	return 0;
 }
 
-/* Put the counter back to n. The caller's error stays the one the
- * caller sees; a failure here means the next event leaves a gap. */
-static void tn_outbox_seq_rollback(struct tn_outbox_txn *t)
+/* Put the counter back to seq, durably. The requests' error stays the
+ * one they see; a failure here means the next event leaves a gap. */
+static void tn_outbox_seq_rollback(struct tn_outbox_group *g, uint64_t seq)
 {
-	struct tn_log_ctx ctx = { NULL, NULL, t->tenant };
+	struct tn_log_ctx ctx = { NULL, NULL, g->tenant };
 
-	if (tn_outbox_seq_write(t->seq_fd, t->seq) < 0)
+	if (tn_outbox_seq_write(g, seq, true) < 0)
 		tn_log(TN_LOG_ERROR, &ctx, "outbox: cannot roll %s back to %" PRIu64
-		       ": %m (the next event leaves a gap)", t->seq_path, t->seq);
+		       ": %m (the next event leaves a gap)", g->seq_path, seq);
+	g->next = seq;
 }
 
-/* --- the event file ---------------------------------------------------------- */
+/* --- one request --------------------------------------------------------------- */
 
-static int tn_outbox_encode(struct tn_outbox_txn *t, const char **error_r)
+/* head: {"id":..,"type":..,"occurred_at":..,"tenant":..,"sequence":
+ * tail: ,"origin":..,"data":DATA}\n
+ * Every string but data is of a character set JSON needs no escape
+ * for, so this is what jansson would write for the whole object. */
+static int tn_outbox_req_encode(struct tn_outbox *ob, struct tn_outbox_req *req,
+				const char *type, json_t *data, const char **error_r)
 {
-	json_t *ev = json_object();
+	const size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER;
+	char occurred_at[40], head[512], tail[128];
 	size_t size;
+	int head_len, tail_len;
 
-	json_object_set_new(ev, "id", json_string(t->id));
-	json_object_set_new(ev, "type", json_string(t->type));
-	json_object_set_new(ev, "occurred_at", json_string(t->occurred_at));
-	json_object_set_new(ev, "tenant", json_string(t->tenant));
-	json_object_set_new(ev, "sequence", json_integer((json_int_t)(t->seq + 1)));
-	json_object_set(ev, "data", t->data);
-	size = json_dumpb(ev, NULL, 0, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	if (size == 0 || size + 1 > TN_OUTBOX_EVENT_MAX) {
-		json_decref(ev);
-		if (size == 0)
-			return tn_outbox_fail(error_r, "outbox: event data cannot be "
-					      "encoded as JSON");
-		return tn_outbox_fail(error_r, "outbox: event too large (%zu bytes, "
-				      "limit %d)", size + 1, TN_OUTBOX_EVENT_MAX);
-	}
-	t->text = tn_mem_alloc(size + 1);
-	t->len = json_dumpb(ev, t->text, size, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	t->text[t->len++] = '\n';
-	json_decref(ev);
+	if (tn_outbox_stamp(ob, req->id, occurred_at, error_r) < 0)
+		return -1;
+	if ((size = json_dumpb(data, NULL, 0, flags)) == 0)
+		return tn_outbox_fail(error_r, "outbox: event data cannot be encoded as JSON");
+	head_len = snprintf(head, sizeof(head), "{\"id\":\"%s\",\"type\":\"%s\","
+			    "\"occurred_at\":\"%s\",\"tenant\":\"%s\",\"sequence\":",
+			    req->id, type, occurred_at, req->tenant);
+	tail_len = snprintf(tail, sizeof(tail), ",\"origin\":\"%s\",\"data\":", ob->origin);
+	/* the smallest number has one digit; the leader checks the real size */
+	if ((size_t)head_len + 1 + (size_t)tail_len + size + 2 > TN_OUTBOX_EVENT_MAX)
+		return tn_outbox_fail(error_r, "outbox: event too large (%zu bytes, limit %d)",
+				      (size_t)head_len + 1 + (size_t)tail_len + size + 2,
+				      TN_OUTBOX_EVENT_MAX);
+	req->head_len = (size_t)head_len;
+	req->tail_len = (size_t)tail_len + size + 2;
+	req->text = tn_mem_alloc(req->head_len + req->tail_len);
+	memcpy(req->text, head, req->head_len);
+	memcpy(req->text + req->head_len, tail, (size_t)tail_len);
+	json_dumpb(data, req->text + head_len + tail_len, size, flags);
+	memcpy(req->text + req->head_len + req->tail_len - 2, "}\n", 2);
 	return 0;
 }
 
-/* tmp/<id>.json, complete and fsync'ed, or nothing. */
-static int tn_outbox_write_tmp(struct tn_outbox_txn *t, const char **error_r)
+/* Everything an append can do before it needs its tenant's number:
+ * checks, limits, the envelope, and its empty file in tmp/. */
+static int tn_outbox_req_prepare(struct tn_outbox *ob, struct tn_outbox_req *req,
+				 const char *type, json_t *data, const char **error_r)
 {
-	int fd = tn_outbox_create_file(t->ob, t->tmp_path, error_r), ret = -1;
-
-	if (fd < 0)
+	if (ob->origin_error != NULL)
+		return tn_outbox_fail(error_r, "%s", ob->origin_error);
+	if (tn_outbox_validate(type, req->tenant, data, error_r) < 0 ||
+	    tn_outbox_check_space(ob, error_r) < 0 ||
+	    tn_outbox_check_count(ob, error_r) < 0 ||
+	    tn_outbox_req_encode(ob, req, type, data, error_r) < 0)
 		return -1;
-	if (tn_outbox_write_all(fd, t->text, t->len) < 0)
-		tn_outbox_sysfail(error_r, "write", t->tmp_path);
-	else if (fsync(fd) < 0)
-		tn_outbox_sysfail(error_r, "fsync", t->tmp_path);
-	else
-		ret = 0;
-	if (close(fd) < 0 && ret == 0)
-		ret = tn_outbox_sysfail(error_r, "close", t->tmp_path);
-	if (ret < 0)
-		unlink(t->tmp_path);
-	return ret;
+	req->tmp_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_TMP], req->id);
+	req->new_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_NEW], req->id);
+	req->name = strrchr(req->tmp_path, '/') + 1;
+	req->fd = tn_outbox_create_file(ob, req->tmp_path, error_r);
+	return req->fd < 0 ? -1 : 0;
 }
 
-/* Steps 4 and 5. On failure *undo_r says whether the counter may go back. */
-static int tn_outbox_publish(struct tn_outbox_txn *t, enum tn_outbox_undo *undo_r,
-			     const char **error_r)
+static void tn_outbox_req_release(struct tn_outbox_req *req)
 {
-	*undo_r = TN_OUTBOX_UNDO_ROLLBACK;
-	if (rename(t->tmp_path, t->new_path) < 0) {
-		tn_outbox_sysfail(error_r, "rename", t->new_path);
-		unlink(t->tmp_path);
-		return -1;
-	}
-	if (tn_outbox_fsync_dir(t->ob->sub[TN_OUTBOX_NEW], error_r) < 0) {
-		if (unlink(t->new_path) < 0) {
-			struct tn_log_ctx ctx = { NULL, NULL, t->tenant };
+	/* the event was synced before it was renamed: nothing to report */
+	if (req->fd >= 0)
+		close(req->fd);
+	tn_mem_free(&req->text);
+	tn_mem_free(&req->tmp_path);
+	tn_mem_free(&req->new_path);
+}
 
-			*undo_r = TN_OUTBOX_UNDO_KEEP;
+/* The request (not yet published) fails with error; its file leaves tmp/. */
+static void tn_outbox_req_fail(struct tn_outbox_req *req, const char *error)
+{
+	unlink(req->tmp_path);
+	snprintf(req->error, sizeof(req->error), "%s", error);
+	req->state = TN_OUTBOX_REQ_FAILED;
+}
+
+/* The event with its number into its (empty) tmp file. */
+static int tn_outbox_req_write(struct tn_outbox_req *req, uint64_t seq,
+			       const char **error_r)
+{
+	char digits[TN_OUTBOX_SEQ_TEXT_MAX];
+	int n = snprintf(digits, sizeof(digits), "%" PRIu64, seq);
+	size_t size = req->head_len + (size_t)n + req->tail_len;
+	struct iovec iov[3] = {
+		{ req->text, req->head_len },
+		{ digits, (size_t)n },
+		{ req->text + req->head_len, req->tail_len },
+	};
+
+	if (size > TN_OUTBOX_EVENT_MAX)
+		return tn_outbox_fail(error_r, "outbox: event too large (%zu bytes, "
+				      "limit %d)", size, TN_OUTBOX_EVENT_MAX);
+	if (tn_outbox_writev_all(req->fd, iov, 3) < 0)
+		return tn_outbox_sysfail(error_r, "write", req->tmp_path);
+	req->seq = seq;
+	req->state = TN_OUTBOX_REQ_WRITTEN;
+	return 0;
+}
+
+/* --- one tenant of a batch ------------------------------------------------- */
+
+/* Every request of g not yet published fails with error; the counter
+ * goes back to where it was if it moved. */
+static void tn_outbox_group_fail(struct tn_outbox_batch *b, struct tn_outbox_group *g,
+				 const char *error)
+{
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		struct tn_outbox_req *req = g->reqs[i];
+
+		if (req->state == TN_OUTBOX_REQ_WRITTEN)
+			b->n_written--;
+		if (req->state == TN_OUTBOX_REQ_QUEUED || req->state == TN_OUTBOX_REQ_WRITTEN)
+			tn_outbox_req_fail(req, error);
+	}
+	if (g->locked && g->next != g->seq)
+		tn_outbox_seq_rollback(g, g->seq);
+}
+
+/* A tenant another process holds: its requests wait for a later batch,
+ * or fail at their deadline. */
+static void tn_outbox_group_defer(struct tn_outbox *ob, struct tn_outbox_group *g)
+{
+	tn_msec_t now = tn_time_now_ms();
+	const char *error;
+
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		struct tn_outbox_req *req = g->reqs[i];
+
+		if (now >= req->deadline) {
+			tn_outbox_fail(&error, "outbox: %s: still locked by another "
+				       "producer after %lld ms", g->seq_path,
+				       (long long)ob->lock_timeout);
+			tn_outbox_req_fail(req, error);
+			continue;
+		}
+		req->state = TN_OUTBOX_REQ_DEFERRED;
+		req->retry_at = now + req->pause;
+		req->pause = req->pause * 2 < TN_OUTBOX_RETRY_MAX_MS ?
+			req->pause * 2 : TN_OUTBOX_RETRY_MAX_MS;
+	}
+}
+
+/* Step 1 for one tenant: open, try the lock, read the counter. True
+ * when the tenant's events can be written. */
+static bool tn_outbox_group_lock(struct tn_outbox_batch *b, struct tn_outbox_group *g)
+{
+	const char *error;
+	int ret;
+
+	if (tn_outbox_seq_open(b->ob, g, &error) < 0 ||
+	    (ret = tn_outbox_seq_trylock(g, &error)) < 0 ||
+	    (ret == 1 && tn_outbox_seq_read(g, &error) < 0)) {
+		tn_outbox_group_fail(b, g, error);
+		return false;
+	}
+	if (ret == 0)
+		tn_outbox_group_defer(b->ob, g);
+	return ret == 1;
+}
+
+/* Step 2 for one locked tenant. */
+static void tn_outbox_group_write(struct tn_outbox_batch *b, struct tn_outbox_group *g)
+{
+	const char *error;
+
+	if (g->next >= (uint64_t)INT64_MAX - TN_OUTBOX_BATCH_MAX) {
+		tn_outbox_fail(&error, "outbox: %s: sequence exhausted", g->seq_path);
+		tn_outbox_group_fail(b, g, error);
+		return;
+	}
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		if (tn_outbox_req_write(g->reqs[i], g->next + 1, &error) < 0) {
+			tn_outbox_req_fail(g->reqs[i], error);
+			continue;
+		}
+		g->next++;
+		b->n_written++;
+	}
+	if (g->next == g->seq)
+		return;
+	if (tn_outbox_seq_write(g, g->next, false) < 0) {
+		tn_outbox_sysfail(&error, "write", g->seq_path);
+		tn_outbox_group_fail(b, g, error);
+	}
+}
+
+/* Start the write-back of g's files, so that the fdatasync calls that
+ * follow overlap their I/O. Advisory. */
+static void tn_outbox_group_kick(struct tn_outbox_group *g)
+{
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		if (g->reqs[i]->state == TN_OUTBOX_REQ_WRITTEN)
+			sync_file_range(g->reqs[i]->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	}
+	if (g->locked && g->next != g->seq)
+		sync_file_range(g->seq_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
+/* Step 3 in fsync mode for one tenant: its event files and counter. */
+static int tn_outbox_group_fsync(struct tn_outbox_group *g, const char **error_r)
+{
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		struct tn_outbox_req *req = g->reqs[i];
+
+		if (req->state == TN_OUTBOX_REQ_WRITTEN && fdatasync(req->fd) < 0)
+			return tn_outbox_sysfail(error_r, "fsync", req->tmp_path);
+	}
+	if (g->locked && g->next != g->seq && fdatasync(g->seq_fd) < 0)
+		return tn_outbox_sysfail(error_r, "fsync", g->seq_path);
+	return 0;
+}
+
+/* Step 4 for one tenant, in sequence order. A failed rename fails that
+ * event and the later ones; the earlier ones are visible and stay. */
+static void tn_outbox_group_publish(struct tn_outbox_batch *b, struct tn_outbox_group *g)
+{
+	const char *error = NULL;
+	uint64_t back = 0;
+
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		struct tn_outbox_req *req = g->reqs[i];
+
+		if (req->state != TN_OUTBOX_REQ_WRITTEN)
+			continue;
+		b->n_written--;
+		if (error == NULL && renameat(b->tmp_fd, req->name, b->new_fd, req->name) == 0) {
+			req->state = TN_OUTBOX_REQ_PUBLISHED;
+			b->n_published++;
+			continue;
+		}
+		if (error == NULL) {
+			tn_outbox_sysfail(&error, "rename", req->new_path);
+			back = req->seq - 1;
+		}
+		tn_outbox_req_fail(req, error);
+	}
+	if (error != NULL)
+		tn_outbox_seq_rollback(g, back);
+}
+
+/* Step 5 failed: take g's published events back out of new/. One the
+ * consumer already claimed keeps the counter at its number. */
+static void tn_outbox_group_unpublish(struct tn_outbox_group *g, const char *error)
+{
+	struct tn_log_ctx ctx = { NULL, NULL, g->tenant };
+	uint64_t keep = g->seq;
+	bool any = false;
+
+	for (size_t i = 0; i < g->n_reqs; i++) {
+		struct tn_outbox_req *req = g->reqs[i];
+
+		if (req->state != TN_OUTBOX_REQ_PUBLISHED)
+			continue;
+		any = true;
+		if (unlink(req->new_path) < 0) {
+			keep = req->seq;
 			tn_log(TN_LOG_ERROR, &ctx, "outbox: event %s (sequence %" PRIu64
 			       ") was claimed although its append fails: %s",
-			       t->id, t->seq + 1, *error_r);
+			       req->id, req->seq, error);
 		}
-		return -1;
+		snprintf(req->error, sizeof(req->error), "%s", error);
+		req->state = TN_OUTBOX_REQ_FAILED;
 	}
-	return 0;
+	if (any)
+		tn_outbox_seq_rollback(g, keep);
 }
 
-/* Steps 2 to 5, under the tenant's lock. */
-static int tn_outbox_append_locked(struct tn_outbox_txn *t, const char **error_r)
+static void tn_outbox_group_unlock(struct tn_outbox_group *g)
 {
-	struct tn_outbox *ob = t->ob;
-	enum tn_outbox_undo undo;
-
-	if (tn_outbox_seq_read(t, error_r) < 0 || tn_outbox_stamp(t, error_r) < 0 ||
-	    tn_outbox_encode(t, error_r) < 0)
-		return -1;
-	t->tmp_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_TMP], t->id);
-	t->new_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_NEW], t->id);
-	/* The event file first: it is invisible until renamed, and most of
-	 * an append's time is its fsync, so a producer killed then leaves no
-	 * gap; and a full disk fails here, before the counter moved. */
-	if (tn_outbox_write_tmp(t, error_r) < 0)
-		return -1;
-	if (tn_outbox_seq_write(t->seq_fd, t->seq + 1) < 0) {
-		tn_outbox_sysfail(error_r, "write", t->seq_path);
-		unlink(t->tmp_path);
-		tn_outbox_seq_rollback(t);
-		return -1;
+	if (g->seq_fd >= 0) {
+		if (g->locked)
+			flock(g->seq_fd, LOCK_UN);
+		close(g->seq_fd);
 	}
-	if (tn_outbox_publish(t, &undo, error_r) < 0) {
-		if (undo == TN_OUTBOX_UNDO_ROLLBACK)
-			tn_outbox_seq_rollback(t);
-		return -1;
-	}
-	return 0;
+	tn_mem_free(&g->seq_path);
 }
 
-static void tn_outbox_txn_release(struct tn_outbox_txn *t)
+/* --- a batch -------------------------------------------------------------- */
+
+/* Steps 1 and 2. */
+static void tn_outbox_batch_begin(struct tn_outbox_batch *b)
 {
-	if (t->seq_fd >= 0) {
-		flock(t->seq_fd, LOCK_UN);
-		close(t->seq_fd);
+	const char *error;
+
+	if ((b->tmp_fd = tn_outbox_open_dir(b->ob->sub[TN_OUTBOX_TMP], &error)) < 0 ||
+	    (b->new_fd = tn_outbox_open_dir(b->ob->sub[TN_OUTBOX_NEW], &error)) < 0) {
+		for (size_t i = 0; i < b->n_reqs; i++)
+			tn_outbox_req_fail(b->reqs[i], error);
+		return;
 	}
-	tn_mem_free(&t->seq_path);
-	tn_mem_free(&t->tmp_path);
-	tn_mem_free(&t->new_path);
-	tn_mem_free(&t->text);
+	for (size_t i = 0; i < b->n_groups; i++) {
+		if (tn_outbox_group_lock(b, &b->groups[i]))
+			tn_outbox_group_write(b, &b->groups[i]);
+	}
+}
+
+/* Step 3: one syncfs (a failure fails every tenant of the batch), or
+ * every event file and counter, each tenant failing alone. */
+static void tn_outbox_batch_sync(struct tn_outbox_batch *b)
+{
+	const char *error;
+
+	if (b->ob->sync == TN_OUTBOX_SYNC_SYNCFS) {
+		/* since Linux 5.8 this reports the file system's write-back
+		 * errors since new_fd was opened, i.e. during this batch */
+		if (syncfs(b->new_fd) == 0)
+			return;
+		tn_outbox_sysfail(&error, "syncfs", b->ob->sub[TN_OUTBOX_NEW]);
+		for (size_t i = 0; i < b->n_groups; i++)
+			tn_outbox_group_fail(b, &b->groups[i], error);
+		return;
+	}
+	for (size_t i = 0; i < b->n_groups; i++)
+		tn_outbox_group_kick(&b->groups[i]);
+	for (size_t i = 0; i < b->n_groups; i++) {
+		if (tn_outbox_group_fsync(&b->groups[i], &error) < 0)
+			tn_outbox_group_fail(b, &b->groups[i], error);
+	}
+}
+
+/* Steps 4 and 5. */
+static void tn_outbox_batch_publish(struct tn_outbox_batch *b)
+{
+	const char *error;
+
+	for (size_t i = 0; i < b->n_groups && b->n_written > 0; i++)
+		tn_outbox_group_publish(b, &b->groups[i]);
+	if (b->n_published == 0 || fsync(b->new_fd) == 0)
+		return;
+	tn_outbox_sysfail(&error, "fsync", b->ob->sub[TN_OUTBOX_NEW]);
+	for (size_t i = 0; i < b->n_groups; i++)
+		tn_outbox_group_unpublish(&b->groups[i], error);
+}
+
+/* Step 6. */
+static void tn_outbox_batch_end(struct tn_outbox_batch *b)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < b->n_groups; i++)
+		tn_outbox_group_unlock(&b->groups[i]);
+	for (size_t i = 0; i < b->n_reqs; i++)
+		n += b->reqs[i]->state == TN_OUTBOX_REQ_PUBLISHED;
+	if (b->tmp_fd >= 0)
+		close(b->tmp_fd);
+	if (b->new_fd >= 0)
+		close(b->new_fd);
+	tn_outbox_counted(b->ob, n);
+}
+
+
+/* --- the queue -------------------------------------------------------------- */
+
+static int tn_outbox_req_cmp(const void *a, const void *b)
+{
+	const struct tn_outbox_req *x = *(struct tn_outbox_req *const *)a;
+	const struct tn_outbox_req *y = *(struct tn_outbox_req *const *)b;
+	int c = strcmp(x->tenant, y->tenant);
+
+	if (c != 0)
+		return c;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static int tn_outbox_group_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, ((const struct tn_outbox_group *)elem)->tenant);
+}
+
+/* Under queue_lock: whether a batch being committed has tenant. */
+static bool tn_outbox_tenant_busy(const struct tn_outbox *ob, const char *tenant)
+{
+	for (int i = 0; i < TN_OUTBOX_BATCHES; i++) {
+		const struct tn_outbox_batch *b = &ob->batches[i];
+
+		if (b->stage != TN_OUTBOX_BATCH_FREE &&
+		    bsearch(tenant, b->groups, b->n_groups, sizeof(b->groups[0]),
+			    tn_outbox_group_cmp) != NULL)
+			return true;
+	}
+	return false;
+}
+
+/* Under queue_lock. */
+static void tn_outbox_queue_push(struct tn_outbox *ob, struct tn_outbox_req *req)
+{
+	req->next = NULL;
+	*ob->queue_tail = req;
+	ob->queue_tail = &req->next;
+}
+
+/* Under queue_lock: a batch that may start now (none is filling), or
+ * NULL. */
+static struct tn_outbox_batch *tn_outbox_free_batch(struct tn_outbox *ob)
+{
+	struct tn_outbox_batch *free_batch = NULL;
+
+	for (int i = 0; i < TN_OUTBOX_BATCHES; i++) {
+		if (ob->batches[i].stage == TN_OUTBOX_BATCH_FILLING)
+			return NULL;
+		if (ob->batches[i].stage == TN_OUTBOX_BATCH_FREE)
+			free_batch = &ob->batches[i];
+	}
+	return free_batch;
+}
+
+/* Under queue_lock: the first queued request that is due and whose
+ * tenant is in no batch, or NULL and *wake_r the first retry time of a
+ * deferred one that could go then (0: none). */
+static struct tn_outbox_req *tn_outbox_queue_due(struct tn_outbox *ob, tn_msec_t *wake_r)
+{
+	tn_msec_t now = tn_time_now_ms();
+
+	*wake_r = 0;
+	for (struct tn_outbox_req *req = ob->queue_head; req != NULL; req = req->next) {
+		if (tn_outbox_tenant_busy(ob, req->tenant))
+			continue;
+		if (req->retry_at <= now)
+			return req;
+		if (*wake_r == 0 || req->retry_at < *wake_r)
+			*wake_r = req->retry_at;
+	}
+	return NULL;
+}
+
+/* Under queue_lock: if a batch is free and a request can go, wake one
+ * waiting thread to lead (it takes every request that can go). */
+static void tn_outbox_wake_leader(struct tn_outbox *ob)
+{
+	tn_msec_t wake;
+
+	if (tn_outbox_free_batch(ob) == NULL || tn_outbox_queue_due(ob, &wake) == NULL)
+		return;
+	for (struct tn_outbox_req *req = ob->queue_head; req != NULL; req = req->next) {
+		if (!req->leading) {
+			pthread_cond_signal(&req->cond);
+			return;
+		}
+	}
+}
+
+/* Sort by tenant, then arrival; one group per tenant. */
+static void tn_outbox_batch_group(struct tn_outbox_batch *b)
+{
+	struct tn_outbox_group *g = NULL;
+
+	qsort(b->reqs, b->n_reqs, sizeof(b->reqs[0]), tn_outbox_req_cmp);
+	for (size_t i = 0; i < b->n_reqs; i++) {
+		if (g == NULL || strcmp(g->tenant, b->reqs[i]->tenant) != 0) {
+			g = &b->groups[b->n_groups++];
+			memset(g, 0, sizeof(*g));
+			memcpy(g->tenant, b->reqs[i]->tenant, strlen(b->reqs[i]->tenant) + 1);
+			g->reqs = &b->reqs[i];
+			g->seq_fd = -1;
+		}
+		g->n_reqs++;
+	}
+}
+
+/* Under queue_lock: fill b with up to TN_OUTBOX_BATCH_MAX requests
+ * whose tenants no other batch has, in queue order, and group them. */
+static void tn_outbox_queue_take(struct tn_outbox *ob, struct tn_outbox_batch *b)
+{
+	struct tn_outbox_req **pp = &ob->queue_head, *req;
+
+	memset(b, 0, offsetof(struct tn_outbox_batch, reqs));
+	b->ob = ob;
+	b->tmp_fd = b->new_fd = -1;
+	while ((req = *pp) != NULL && b->n_reqs < TN_OUTBOX_BATCH_MAX) {
+		if (tn_outbox_tenant_busy(ob, req->tenant)) {
+			pp = &req->next;
+			continue;
+		}
+		*pp = req->next;
+		b->reqs[b->n_reqs++] = req;
+	}
+	ob->queue_tail = &ob->queue_head;
+	while (*ob->queue_tail != NULL)
+		ob->queue_tail = &(*ob->queue_tail)->next;
+	tn_outbox_batch_group(b);
+	b->stage = TN_OUTBOX_BATCH_FILLING;
+}
+
+/* Under queue_lock: a deferred request goes back to the queue, the
+ * others are done; their threads are woken. */
+static void tn_outbox_batch_release(struct tn_outbox *ob, struct tn_outbox_batch *b)
+{
+	for (size_t i = 0; i < b->n_reqs; i++) {
+		struct tn_outbox_req *req = b->reqs[i];
+
+		if (req->state == TN_OUTBOX_REQ_DEFERRED) {
+			req->state = TN_OUTBOX_REQ_QUEUED;
+			tn_outbox_queue_push(ob, req);
+		} else {
+			req->done = true;
+		}
+		/* done, or to wait until its retry time */
+		pthread_cond_signal(&req->cond);
+	}
+	b->stage = TN_OUTBOX_BATCH_FREE;
+}
+
+/* Called and returns with queue_lock held: commit one batch into b.
+ * When it has synced, the next batch may start; when it is done, the
+ * one after. Each time one waiting thread is woken to lead it. */
+static void tn_outbox_lead(struct tn_outbox *ob, struct tn_outbox_batch *b,
+			   struct tn_outbox_req *self)
+{
+	self->leading = true;
+	tn_outbox_queue_take(ob, b);
+	pthread_mutex_unlock(&ob->queue_lock);
+	tn_outbox_batch_begin(b);
+	if (b->n_written > 0)
+		tn_outbox_batch_sync(b);
+	pthread_mutex_lock(&ob->queue_lock);
+	b->stage = TN_OUTBOX_BATCH_PUBLISHING;
+	tn_outbox_wake_leader(ob);
+	pthread_mutex_unlock(&ob->queue_lock);
+	if (b->n_written > 0)
+		tn_outbox_batch_publish(b);
+	tn_outbox_batch_end(b);
+	pthread_mutex_lock(&ob->queue_lock);
+	tn_outbox_batch_release(ob, b);
+	self->leading = false;
+	tn_outbox_wake_leader(ob);
+}
+
+/* Queue req and return when it is done. Meanwhile lead a batch whenever
+ * one is free and a queued request can go (any waiting thread may). */
+static void tn_outbox_queue_wait(struct tn_outbox *ob, struct tn_outbox_req *req)
+{
+	struct tn_outbox_batch *b;
+	struct timespec ts;
+	tn_msec_t wake = 0;
+
+	pthread_mutex_lock(&ob->queue_lock);
+	req->order = ob->queue_order++;
+	tn_outbox_queue_push(ob, req);
+	while (!req->done) {
+		b = tn_outbox_free_batch(ob);
+		if (b != NULL && tn_outbox_queue_due(ob, &wake) != NULL) {
+			tn_outbox_lead(ob, b, req);
+		} else if (b != NULL && wake != 0) {
+			tn_time_deadline_timespec(wake, &ts);
+			pthread_cond_timedwait(&req->cond, &ob->queue_lock, &ts);
+		} else {
+			pthread_cond_wait(&req->cond, &ob->queue_lock);
+		}
+	}
+	pthread_mutex_unlock(&ob->queue_lock);
 }
 
 int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 		     json_t *data, char id_r[TN_OUTBOX_ID_SIZE],
 		     uint64_t *sequence_r, const char **error_r)
 {
-	struct tn_outbox_txn t = {
-		.ob = ob, .type = type, .tenant = tenant, .data = data, .seq_fd = -1,
+	struct tn_outbox_req req = {
+		.tenant = tenant, .fd = -1, .pause = TN_OUTBOX_RETRY_MIN_MS,
+		.state = TN_OUTBOX_REQ_QUEUED,
 	};
-	int ret;
+	int ret = -1;
 
-	if (tn_outbox_validate(type, tenant, data, error_r) < 0 ||
-	    tn_outbox_check_space(ob, error_r) < 0 ||
-	    tn_outbox_check_count(ob, error_r) < 0)
+	if (tn_outbox_req_prepare(ob, &req, type, data, error_r) < 0) {
+		tn_outbox_req_release(&req);
 		return -1;
-	t.seq_path = tn_mem_printf("%s/%s", ob->sub[TN_OUTBOX_SEQ], tenant);
-	ret = tn_outbox_seq_open(&t, error_r);
-	if (ret == 0)
-		ret = tn_outbox_seq_lock(&t, error_r);
-	if (ret == 0)
-		ret = tn_outbox_append_locked(&t, error_r);
-	if (ret == 0) {
-		memcpy(id_r, t.id, TN_OUTBOX_ID_SIZE);
-		*sequence_r = t.seq + 1;
-		tn_outbox_counted_one(ob);
 	}
-	tn_outbox_txn_release(&t);
+	req.deadline = tn_time_now_ms() + ob->lock_timeout;
+	pthread_cond_init(&req.cond, NULL);
+	tn_outbox_queue_wait(ob, &req);
+	pthread_cond_destroy(&req.cond);
+	if (req.state == TN_OUTBOX_REQ_PUBLISHED) {
+		memcpy(id_r, req.id, TN_OUTBOX_ID_SIZE);
+		*sequence_r = req.seq;
+		ret = 0;
+	} else {
+		tn_outbox_fail(error_r, "%s", req.error);
+	}
+	tn_outbox_req_release(&req);
 	return ret;
 }
 
@@ -781,6 +1343,8 @@ int tn_outbox_check(struct tn_outbox *ob, const char **error_r)
 	struct stat st;
 	dev_t dev = 0;
 
+	if (ob->origin_error != NULL)
+		return tn_outbox_fail(error_r, "%s", ob->origin_error);
 	if (tn_outbox_check_dir(ob->dir, X_OK, &st, error_r) < 0)
 		return -1;
 	for (int i = 0; i < TN_OUTBOX_N_SUBDIRS; i++) {
@@ -797,6 +1361,31 @@ int tn_outbox_check(struct tn_outbox *ob, const char **error_r)
 	return 0;
 }
 
+/* The origin from the settings or the host name; an invalid one is
+ * kept with its error, which every append then reports. */
+static void tn_outbox_origin_init(struct tn_outbox *ob, const char *origin)
+{
+	char host[256], safe[TN_LOG_VALUE_MAX];
+
+	if (origin == NULL || *origin == '\0') {
+		if (gethostname(host, sizeof(host)) < 0) {
+			ob->origin = tn_mem_strdup("");
+			ob->origin_error = tn_mem_printf("outbox: gethostname: %s (set "
+							 "outbox_origin)", strerror(errno));
+			return;
+		}
+		host[sizeof(host) - 1] = '\0';
+		origin = host;
+	}
+	ob->origin = tn_mem_strdup(origin);
+	if (tn_outbox_origin_valid(origin))
+		return;
+	tn_log_sanitize(safe, sizeof(safe), origin, strlen(origin));
+	ob->origin_error = tn_mem_printf("outbox: invalid origin '%s' (want "
+					 "[A-Za-z0-9][A-Za-z0-9.-]*, at most %d bytes; "
+					 "set outbox_origin)", safe, TN_OUTBOX_ORIGIN_MAX);
+}
+
 struct tn_outbox *tn_outbox_create(const struct tn_outbox_settings *set)
 {
 	struct tn_outbox *ob = tn_mem_calloc(1, sizeof(*ob));
@@ -804,25 +1393,39 @@ struct tn_outbox *tn_outbox_create(const struct tn_outbox_settings *set)
 	ob->dir = tn_mem_strdup(set->dir);
 	for (int i = 0; i < TN_OUTBOX_N_SUBDIRS; i++)
 		ob->sub[i] = tn_mem_printf("%s/%s", set->dir, tn_outbox_subdir_names[i]);
+	tn_outbox_origin_init(ob, set->origin);
 	ob->max_events = set->max_events;
 	ob->min_free_bytes = set->min_free_bytes;
 	ob->file_mode = set->file_mode != 0 ? set->file_mode : TN_OUTBOX_DEFAULT_MODE;
 	ob->lock_timeout = set->lock_timeout_ms > 0 ? set->lock_timeout_ms :
 		TN_OUTBOX_DEFAULT_LOCK_TIMEOUT;
+	ob->sync = set->sync;
 	pthread_mutex_init(&ob->lock, NULL);
+	pthread_mutex_init(&ob->queue_lock, NULL);
+	ob->queue_tail = &ob->queue_head;
 	return ob;
 }
 
 struct tn_outbox *tn_outbox_create_conf(const struct tn_conf *conf)
 {
+	static const enum tn_outbox_sync syncs[] = {
+		TN_OUTBOX_SYNC_SYNCFS, TN_OUTBOX_SYNC_FSYNC
+	};
 	struct tn_outbox_settings set = {
 		.dir = tn_conf_str(conf, "outbox_dir"),
+		.origin = tn_conf_str(conf, "outbox_origin"),
+		.sync = syncs[tn_conf_enum(conf, "outbox_sync")],
 		.max_events = (uint64_t)tn_conf_int(conf, "outbox_max_events"),
 		.min_free_bytes = tn_conf_size(conf, "outbox_min_free"),
 		.lock_timeout_ms = tn_conf_time_ms(conf, "outbox_lock_timeout"),
 	};
 
 	return tn_outbox_create(&set);
+}
+
+const char *tn_outbox_origin(const struct tn_outbox *ob)
+{
+	return ob->origin;
 }
 
 void tn_outbox_destroy(struct tn_outbox **obp)
@@ -832,9 +1435,12 @@ void tn_outbox_destroy(struct tn_outbox **obp)
 	if (ob == NULL)
 		return;
 	*obp = NULL;
+	pthread_mutex_destroy(&ob->queue_lock);
 	pthread_mutex_destroy(&ob->lock);
 	for (int i = 0; i < TN_OUTBOX_N_SUBDIRS; i++)
 		tn_mem_free(&ob->sub[i]);
+	tn_mem_free(&ob->origin);
+	tn_mem_free(&ob->origin_error);
 	tn_mem_free(&ob->dir);
 	tn_mem_free(&ob);
 }
@@ -849,5 +1455,9 @@ const struct tn_conf_param tn_outbox_params[] = {
 	  "refuse new events below this much free space on the outbox file system" },
 	{ "outbox_lock_timeout", TN_CONF_TIME, "5s", 1, 600 * 1000, NULL,
 	  "wait this long for another producer of the same tenant" },
+	{ "outbox_origin", TN_CONF_STR, "", 0, 0, NULL,
+	  "this node's name in every event (empty: the host name)" },
+	{ "outbox_sync", TN_CONF_ENUM, "syncfs", 0, 0, "syncfs|fsync",
+	  "how a batch of appends makes its files durable: one syncfs, or one fsync per file" },
 	TN_CONF_END
 };

@@ -8,10 +8,21 @@
  *	mail user, tn-provisiond) records billing events here; tn-hookd
  *	delivers them later (docs/outbox.md). tn_outbox_append() returns 0
  *	only when the event is durable on local disk: written to tmp/,
- *	fsync'ed, renamed into new/ and new/ fsync'ed. On -1 nothing is
- *	visible in new/ and the tenant's sequence counter is where it was
- *	(the caller fails its request: provisioning refuses, a milter
- *	tempfails).
+ *	synced together with the tenant's counter, renamed into new/ and
+ *	new/ fsync'ed. On -1 nothing of that event is visible in new/ and
+ *	the tenant's sequence counter does not count it (the caller fails
+ *	its request: provisioning refuses, a milter tempfails).
+ *
+ *	Group commit: the appends of one outbox object that arrive while
+ *	another batch is being committed wait for it and are committed
+ *	together by one of them (the leader), sharing its syncs: one
+ *	syncfs(2) (or one fdatasync per file, sync = TN_OUTBOX_SYNC_FSYNC)
+ *	for the event files and counters, one fsync of new/. Each event
+ *	still gets its own file in new/ and its own result: a member that
+ *	fails (bad input, its tenant locked elsewhere past lock_timeout_ms,
+ *	a disk error on its files) fails alone and leaves nothing in new/.
+ *	Share one outbox object between the threads of a process to get
+ *	the benefit (a process normally has one).
  *
  *	Layout under dir (made by the install step, never by this code):
  *	tmp/ files being written, new/ durable events "<id>.json", seq/
@@ -20,26 +31,38 @@
  *	0660 whatever the process umask.
  *
  *	The envelope, one compact JSON object and a newline:
- *	{"id","type","occurred_at","tenant","sequence","data"}: id is a
- *	UUIDv7, occurred_at RFC 3339 UTC with milliseconds, sequence the
- *	tenant's next number (1, 2, ... across all processes; a gap means
- *	an append that never returned).
+ *	{"id","type","occurred_at","tenant","sequence","origin","data"}:
+ *	id is a UUIDv7, occurred_at RFC 3339 UTC with milliseconds (the
+ *	time of the call), sequence the tenant's next number on this node
+ *	(1, 2, ... across all processes using dir; a gap means an append
+ *	that never returned), origin the node's name: receivers order and
+ *	look for gaps per (tenant, origin).
  *
  *	Input rules (anything else is refused, nothing written):
  *	type    ^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$, at most 64 bytes;
  *	tenant  ^[a-z0-9][a-z0-9._-]{0,62}$ (lowercase only: the caller
  *	        lower-cases; LDAP compares tenant ids case-insensitively,
  *	        and one tenant must have one counter);
- *	data    a JSON object (borrowed: the call takes a reference for
- *	        the time of the call only);
+ *	data    a JSON object (borrowed: read during the call only);
  *	the encoded event at most TN_OUTBOX_EVENT_MAX bytes.
+ *	origin (a setting) ^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$; NULL or ""
+ *	means gethostname(2). An invalid origin (or host name) makes
+ *	tn_outbox_check() and every append fail with a message saying so.
  *
  *	Thread-safe; an outbox object may be shared by any number of
  *	threads, and any number of processes may use the same dir. Appends
  *	for one tenant are serialised by an exclusive flock(2) on the
- *	tenant's counter file, so sequence order is the order in which
- *	events become visible in new/. The wait for that lock is bounded
- *	by lock_timeout_ms (an error after it, like any other failure).
+ *	tenant's counter file, held by the leader for the batch, so
+ *	sequence order is the order in which events become visible in
+ *	new/. A leader never blocks on a lock while holding others: it
+ *	tries the tenants of a batch in name order without waiting, and a
+ *	member whose tenant is busy goes to a later batch, retrying with a
+ *	back-off until lock_timeout_ms after the call (then an error, like
+ *	any other failure), without delaying the other members.
+ *
+ *	Do not use an outbox object in a child forked while another thread
+ *	was appending through it (the child would wait for a leader that
+ *	is not there); a child makes its own object.
  *
  *	Errors: *error_r points to thread-local text naming the path and
  *	the system error, valid until the same thread's next outbox call.
@@ -56,14 +79,23 @@
 
 /* Largest encoded event, newline included. */
 #define TN_OUTBOX_EVENT_MAX (64 * 1024)
-/* Longest type and tenant. */
+/* Longest type, tenant and origin. */
 #define TN_OUTBOX_TYPE_MAX 64
 #define TN_OUTBOX_TENANT_MAX 63
+#define TN_OUTBOX_ORIGIN_MAX 63
 /* Size of an id buffer: 36 characters and the NUL. */
 #define TN_OUTBOX_ID_SIZE 37
 
+/* How a batch makes its event files and counters durable. */
+enum tn_outbox_sync {
+	TN_OUTBOX_SYNC_SYNCFS,	/* one syncfs(2) on the outbox file system */
+	TN_OUTBOX_SYNC_FSYNC,	/* one fdatasync(2) per file */
+};
+
 struct tn_outbox_settings {
 	const char *dir;		/* holds tmp/ new/ seq/ */
+	const char *origin;		/* node name; NULL or "": gethostname() */
+	enum tn_outbox_sync sync;	/* 0: TN_OUTBOX_SYNC_SYNCFS */
 	uint64_t max_events;		/* refuse at this many in new/; 0: no limit */
 	uint64_t min_free_bytes;	/* refuse below this free space; 0: no check */
 	mode_t file_mode;		/* 0: 0660 */
@@ -80,6 +112,9 @@ struct tn_outbox *tn_outbox_create(const struct tn_outbox_settings *set);
 struct tn_outbox *tn_outbox_create_conf(const struct tn_conf *conf);
 void tn_outbox_destroy(struct tn_outbox **obp);
 
+/* The origin written into this object's events (valid or not). */
+const char *tn_outbox_origin(const struct tn_outbox *ob);
+
 /* Append one event; 0 when durable, -1 with *error_r. On success
  * id_r holds the event id and *sequence_r its sequence number. */
 int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
@@ -91,8 +126,9 @@ int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 int tn_outbox_validate(const char *type, const char *tenant, json_t *data,
 		       const char **error_r);
 
-/* For start-up: dir, tmp/, new/ and seq/ exist, are directories this
- * process may write, and tmp/, new/ and seq/ share one file system. */
+/* For start-up: the origin is valid; dir, tmp/, new/ and seq/ exist,
+ * are directories this process may write, and tmp/, new/ and seq/
+ * share one file system. */
 int tn_outbox_check(struct tn_outbox *ob, const char **error_r);
 
 #endif

@@ -3,7 +3,7 @@
  *	test-outbox 1
  * SUMMARY
  *	unit tests: durable outbox envelope, ids, sequences, limits, threads,
- *	processes, crash safety
+ *	processes, crash safety, group commit, failing batch members, origin
  * DESCRIPTION
  *	Each test gets its own mkdtemp(3) directory under /tmp holding
  *	tmp/ new/ seq/ (mode 2770, as installed) and removes it after.
@@ -34,6 +34,7 @@
 
 #include <jansson.h>
 
+#include "tn-conf.h"
 #include "tn-mem.h"
 #include "tn-outbox.h"
 #include "tn-time.h"
@@ -275,7 +276,7 @@ static void test_envelope(void **state)
 	struct fx *fx = *state;
 	struct tn_outbox *ob = fx_outbox(fx, 0);
 	static const char *const keys[] = {
-		"id", "type", "occurred_at", "tenant", "sequence", "data"
+		"id", "type", "occurred_at", "tenant", "sequence", "origin", "data"
 	};
 	json_t *data = json_pack("{s:s,s:I,s:{s:[i,s,b,n]}}", "address", "a@acme.example",
 				 "quota", (json_int_t)1 << 40, "nested", "x", 1,
@@ -295,11 +296,11 @@ static void test_envelope(void **state)
 	ev = load_event(fx, name);
 	for (iter = json_object_iter(ev); iter != NULL; iter = json_object_iter_next(ev, iter)) {
 		key = json_object_iter_key(iter);
-		assert_true(i < 6);
+		assert_true(i < 7);
 		assert_string_equal(key, keys[i]);
 		i++;
 	}
-	assert_int_equal(i, 6);
+	assert_int_equal(i, 7);
 	assert_string_equal(json_string_value(json_object_get(ev, "id")), id);
 	assert_string_equal(json_string_value(json_object_get(ev, "type")), "mailbox.created");
 	assert_string_equal(json_string_value(json_object_get(ev, "tenant")), "acme");
@@ -900,6 +901,627 @@ static void test_check(void **state)
 	tn_outbox_destroy(&ob);
 }
 
+/* --- group commit ------------------------------------------------------------ */
+
+#define GC_THREADS 16
+#define GC_PER_THREAD 150
+#define GC_TENANTS 5
+
+static const char *const gc_tenants[GC_TENANTS] = {
+	"acme", "globex", "initech", "umbrella", "hooli"
+};
+
+struct gc_worker {
+	struct tn_outbox *ob;
+	struct fx *fx;
+	int index;
+	int failures;		/* appends that returned -1 */
+	int missing;		/* returned 0 but the file is not in new/ */
+	int wrong_seq;		/* the file's sequence is not the one returned */
+	char error[256];
+};
+
+/* The event file of a returned id exists and carries that sequence. */
+static void gc_check_returned(struct gc_worker *w, const char *id, uint64_t seq)
+{
+	char name[64], *path, *text;
+	json_t *ev;
+
+	snprintf(name, sizeof(name), "%s.json", id);
+	path = fx_path(w->fx, "new", name);
+	text = read_text(path, NULL);
+	if (text == NULL) {
+		w->missing++;
+	} else {
+		ev = json_loads(text, 0, NULL);
+		if (ev == NULL ||
+		    (uint64_t)json_integer_value(json_object_get(ev, "sequence")) != seq)
+			w->wrong_seq++;
+		json_decref(ev);
+	}
+	tn_mem_free(&text);
+	tn_mem_free(&path);
+}
+
+static void *gc_worker_run(void *arg)
+{
+	struct gc_worker *w = arg;
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+	json_t *data;
+
+	for (int i = 0; i < GC_PER_THREAD; i++) {
+		data = json_pack("{s:i,s:i}", "thread", w->index, "i", i);
+		if (tn_outbox_append(w->ob, "test.group", gc_tenants[(w->index + i) % GC_TENANTS],
+				     data, id, &seq, &error) < 0) {
+			if (w->failures++ == 0)
+				snprintf(w->error, sizeof(w->error), "%s", error);
+		} else {
+			gc_check_returned(w, id, seq);
+		}
+		json_decref(data);
+	}
+	return NULL;
+}
+
+/* Many threads on one outbox object, mixed tenants: every sequence
+ * 1..N of each tenant once, every returned id in new/ with the number
+ * returned, nothing left in tmp/, counters at N. */
+static void gc_many_threads(struct fx *fx, enum tn_outbox_sync sync)
+{
+	struct tn_outbox_settings set = { .dir = fx->dir, .sync = sync };
+	struct gc_worker w[GC_THREADS];
+	pthread_t th[GC_THREADS];
+	size_t n[GC_TENANTS] = { 0 };
+	json_t *all;
+	char *text;
+
+	memset(w, 0, sizeof(w));
+	w[0].ob = tn_outbox_create(&set);
+	for (int i = 0; i < GC_THREADS; i++) {
+		w[i].ob = w[0].ob;
+		w[i].fx = fx;
+		w[i].index = i;
+		pthread_create(&th[i], NULL, gc_worker_run, &w[i]);
+	}
+	for (int i = 0; i < GC_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < GC_THREADS; i++) {
+		if (w[i].failures != 0)
+			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
+		assert_int_equal(w[i].missing, 0);
+		assert_int_equal(w[i].wrong_seq, 0);
+		for (int j = 0; j < GC_PER_THREAD; j++)
+			n[(i + j) % GC_TENANTS]++;
+	}
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	assert_int_equal(count_entries(fx, "new"), GC_THREADS * GC_PER_THREAD);
+	all = load_events(fx);
+	for (int t = 0; t < GC_TENANTS; t++) {
+		assert_sequences(all, gc_tenants[t], n[t]);
+		text = seq_text(fx, gc_tenants[t]);
+		assert_int_equal(strtoull(text, NULL, 10), n[t]);
+		tn_mem_free(&text);
+	}
+	json_decref(all);
+	tn_outbox_destroy(&w[0].ob);
+}
+
+static void test_group_commit(void **state)
+{
+	gc_many_threads(*state, TN_OUTBOX_SYNC_SYNCFS);
+}
+
+static void test_group_commit_fsync(void **state)
+{
+	gc_many_threads(*state, TN_OUTBOX_SYNC_FSYNC);
+}
+
+/* One tenant per thread, each thread's events in order: the pipeline
+ * (a batch made durable by the next one's barrier) loses nothing. */
+static void *gc_own_tenant_run(void *arg)
+{
+	struct gc_worker *w = arg;
+	char tenant[32], id[TN_OUTBOX_ID_SIZE];
+	json_t *data = json_object();
+	const char *error;
+	uint64_t seq;
+
+	snprintf(tenant, sizeof(tenant), "tenant-%d", w->index);
+	for (int i = 0; i < GC_PER_THREAD; i++) {
+		if (tn_outbox_append(w->ob, "test.own", tenant, data, id, &seq, &error) < 0) {
+			if (w->failures++ == 0)
+				snprintf(w->error, sizeof(w->error), "%s", error);
+		} else if (seq != (uint64_t)i + 1) {
+			w->wrong_seq++;
+		} else {
+			gc_check_returned(w, id, seq);
+		}
+	}
+	json_decref(data);
+	return NULL;
+}
+
+static void test_group_commit_own_tenants(void **state)
+{
+	struct fx *fx = *state;
+	struct gc_worker w[GC_THREADS];
+	pthread_t th[GC_THREADS];
+	struct tn_outbox *ob = fx_outbox(fx, 0);
+
+	memset(w, 0, sizeof(w));
+	for (int i = 0; i < GC_THREADS; i++) {
+		w[i].ob = ob;
+		w[i].fx = fx;
+		w[i].index = i;
+		pthread_create(&th[i], NULL, gc_own_tenant_run, &w[i]);
+	}
+	for (int i = 0; i < GC_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < GC_THREADS; i++) {
+		if (w[i].failures != 0)
+			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
+		assert_int_equal(w[i].missing, 0);
+		assert_int_equal(w[i].wrong_seq, 0);
+	}
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	assert_int_equal(count_entries(fx, "new"), GC_THREADS * GC_PER_THREAD);
+	tn_outbox_destroy(&ob);
+}
+
+/* --- failing members of a batch ---------------------------------------------- */
+
+#define FM_THREADS 6
+#define FM_PER_THREAD 60
+
+enum fm_kind { FM_GOOD, FM_HELD, FM_BROKEN, FM_TOO_LARGE };
+
+struct fm_worker {
+	struct fx *fx;
+	struct tn_outbox *ob;
+	enum fm_kind kind;
+	json_t *data;
+	const char *tenant;
+	int ok, failures;
+	int64_t max_us;		/* slowest append */
+	char error[256];
+};
+
+static void *fm_worker_run(void *arg)
+{
+	struct fm_worker *w = arg;
+	int count = w->kind == FM_HELD ? 2 : FM_PER_THREAD;
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+	int64_t t0;
+
+	for (int i = 0; i < count; i++) {
+		t0 = tn_time_now_us();
+		if (tn_outbox_append(w->ob, "test.member", w->tenant, w->data, id, &seq,
+				     &error) < 0) {
+			if (w->failures++ == 0)
+				snprintf(w->error, sizeof(w->error), "%s", error);
+		} else {
+			w->ok++;
+		}
+		if (tn_time_now_us() - t0 > w->max_us)
+			w->max_us = tn_time_now_us() - t0;
+	}
+	return NULL;
+}
+
+/* Data that fits with a one-digit sequence and not with two. */
+static json_t *fm_boundary_data(struct fx *fx)
+{
+	struct tn_outbox *ob = fx_outbox(fx, 0);
+	json_t *data = big_data(100);
+	char id[TN_OUTBOX_ID_SIZE], name[64], *path, *text;
+	size_t len, blob;
+	uint64_t seq;
+
+	/* measure an event of acme (sequence 1), then size the blob */
+	append_ok(ob, "test.member", "acme", data, id, &seq);
+	snprintf(name, sizeof(name), "%s.json", id);
+	path = fx_path(fx, "new", name);
+	text = read_text(path, &len);
+	unlink(path);
+	blob = 100 + TN_OUTBOX_EVENT_MAX - len;
+	json_decref(data);
+	tn_mem_free(&text);
+	tn_mem_free(&path);
+	tn_outbox_destroy(&ob);
+	return big_data(blob);
+}
+
+/* In one stream of batches: a tenant locked by another producer past
+ * lock_timeout, a tenant whose counter is broken, and events that turn
+ * out too large only once their number is known. Each fails alone; the
+ * good ones keep numbering without gaps, are not held up by the lock
+ * wait, and nothing is left in tmp/. */
+static void test_failing_members(void **state)
+{
+	struct fx *fx = *state;
+	struct tn_outbox_settings set = { .dir = fx->dir, .lock_timeout_ms = 1000 };
+	static const struct {
+		enum fm_kind kind;
+		const char *tenant;
+	} plan[FM_THREADS] = {
+		{ FM_GOOD, "acme" }, { FM_GOOD, "globex" }, { FM_HELD, "held" },
+		{ FM_BROKEN, "broken" }, { FM_TOO_LARGE, "acme" }, { FM_GOOD, "acme" },
+	};
+	struct fm_worker w[FM_THREADS];
+	pthread_t th[FM_THREADS];
+	json_t *small = json_object(), *boundary = fm_boundary_data(fx), *all;
+	char *path, *text;
+	FILE *f;
+	int held_fd;
+
+	path = fx_path(fx, "seq", "broken");
+	f = fopen(path, "w");
+	fputs("x\n", f);
+	fclose(f);
+	tn_mem_free(&path);
+	path = fx_path(fx, "seq", "acme");
+	f = fopen(path, "w");
+	fputs("9\n", f);		/* the boundary events would be 10 or more */
+	fclose(f);
+	tn_mem_free(&path);
+	path = fx_path(fx, "seq", "held");
+	held_fd = open(path, O_RDWR | O_CREAT, 0660);
+	assert_int_equal(flock(held_fd, LOCK_EX), 0);
+	tn_mem_free(&path);
+
+	memset(w, 0, sizeof(w));
+	w[0].ob = tn_outbox_create(&set);
+	for (int i = 0; i < FM_THREADS; i++) {
+		w[i].fx = fx;
+		w[i].ob = w[0].ob;
+		w[i].kind = plan[i].kind;
+		w[i].tenant = plan[i].tenant;
+		w[i].data = plan[i].kind == FM_TOO_LARGE ? boundary : small;
+		pthread_create(&th[i], NULL, fm_worker_run, &w[i]);
+	}
+	for (int i = 0; i < FM_THREADS; i++)
+		pthread_join(th[i], NULL);
+	flock(held_fd, LOCK_UN);
+	close(held_fd);
+
+	for (int i = 0; i < FM_THREADS; i++) {
+		if (w[i].kind == FM_GOOD) {
+			if (w[i].failures != 0)
+				fail_msg("%s: %d failures, first: %s", w[i].tenant,
+					 w[i].failures, w[i].error);
+			/* the held tenant's 1 s waits are not theirs */
+			if (w[i].max_us >= 1000 * 1000)
+				fail_msg("%s: an append took %lld us", w[i].tenant,
+					 (long long)w[i].max_us);
+			continue;
+		}
+		assert_int_equal(w[i].ok, 0);
+		assert_non_null(strstr(w[i].error, w[i].kind == FM_HELD ? "still locked" :
+				       w[i].kind == FM_BROKEN ? "not a sequence number" :
+				       "event too large"));
+	}
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	all = load_events(fx);
+	assert_int_equal(json_array_size(all), 3 * FM_PER_THREAD);
+	{
+		/* acme continues from 9 without a gap: 10 .. 9 + 2 * PER */
+		uint64_t seen[2 * FM_PER_THREAD] = { 0 };
+		size_t i;
+		json_t *ev;
+
+		json_array_foreach(all, i, ev) {
+			uint64_t s = (uint64_t)json_integer_value(json_object_get(ev, "sequence"));
+
+			if (strcmp(json_string_value(json_object_get(ev, "tenant")), "acme") != 0)
+				continue;
+			assert_true(s >= 10 && s < 10 + 2 * FM_PER_THREAD);
+			assert_int_equal(seen[s - 10]++, 0);
+		}
+	}
+	assert_sequences(all, "globex", FM_PER_THREAD);
+	text = seq_text(fx, "acme");
+	assert_int_equal(strtoull(text, NULL, 10), 9 + 2 * FM_PER_THREAD);
+	tn_mem_free(&text);
+	text = seq_text(fx, "held");
+	assert_string_equal(text, "");
+	tn_mem_free(&text);
+	text = seq_text(fx, "broken");
+	assert_string_equal(text, "x\n");
+	tn_mem_free(&text);
+	json_decref(all);
+	json_decref(small);
+	json_decref(boundary);
+	tn_outbox_destroy(&w[0].ob);
+}
+
+/* Another producer holds a tenant's lock for a while, then lets go:
+ * the requests deferred meanwhile are all committed afterwards, in
+ * order and without gaps, and the other tenant's go on meanwhile. */
+#define LR_THREADS 8
+#define LR_PER_THREAD 20
+
+static void *lr_worker_run(void *arg)
+{
+	struct gc_worker *w = arg;
+	json_t *data = json_object();
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+
+	for (int i = 0; i < 2 * LR_PER_THREAD; i++) {
+		if (tn_outbox_append(w->ob, "test.release",
+				     (i + w->index) % 2 == 0 ? "acme" : "globex",
+				     data, id, &seq, &error) < 0) {
+			if (w->failures++ == 0)
+				snprintf(w->error, sizeof(w->error), "%s", error);
+		} else {
+			gc_check_returned(w, id, seq);
+		}
+	}
+	json_decref(data);
+	return NULL;
+}
+
+static void test_lock_released(void **state)
+{
+	struct fx *fx = *state;
+	struct tn_outbox *ob = fx_outbox(fx, 0);
+	struct gc_worker w[LR_THREADS];
+	pthread_t th[LR_THREADS];
+	char *path = fx_path(fx, "seq", "acme");
+	int fd = open(path, O_RDWR | O_CREAT, 0660);
+	json_t *all;
+
+	assert_int_equal(flock(fd, LOCK_EX), 0);
+	memset(w, 0, sizeof(w));
+	for (int i = 0; i < LR_THREADS; i++) {
+		w[i].ob = ob;
+		w[i].fx = fx;
+		w[i].index = i;
+		pthread_create(&th[i], NULL, lr_worker_run, &w[i]);
+	}
+	/* the odd threads start with globex: one event each, then they
+	 * wait for acme like the others */
+	for (int i = 0; i < 500 && count_entries(fx, "new") < LR_THREADS / 2; i++)
+		usleep(10000);
+	usleep(100000);
+	assert_int_equal(count_entries(fx, "new"), LR_THREADS / 2);
+	flock(fd, LOCK_UN);
+	close(fd);
+	for (int i = 0; i < LR_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < LR_THREADS; i++) {
+		if (w[i].failures != 0)
+			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
+		assert_int_equal(w[i].missing, 0);
+		assert_int_equal(w[i].wrong_seq, 0);
+	}
+	all = load_events(fx);
+	assert_sequences(all, "acme", LR_THREADS * LR_PER_THREAD);
+	assert_sequences(all, "globex", LR_THREADS * LR_PER_THREAD);
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	json_decref(all);
+	tn_mem_free(&path);
+	tn_outbox_destroy(&ob);
+}
+
+/* A producer killed in the middle of group commits of several threads:
+ * each tenant's events in new/ are exactly 1..K, the counter is at
+ * least K and at most one per thread beyond, and appends go on. */
+#define KILL_THREADS 8
+
+static void *kill_worker_run(void *arg)
+{
+	struct gc_worker *w = arg;
+	json_t *data = json_object();
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+
+	for (int i = 0;; i++) {
+		if (tn_outbox_append(w->ob, "test.kill", gc_tenants[(w->index + i) % 3],
+				     data, id, &seq, &error) < 0) {
+			fprintf(stderr, "%s\n", error);
+			_exit(1);
+		}
+	}
+	return NULL;
+}
+
+static void __attribute__((noreturn)) kill_child(struct fx *fx, int ready_fd)
+{
+	struct gc_worker w[KILL_THREADS];
+	pthread_t th[KILL_THREADS];
+
+	memset(w, 0, sizeof(w));
+	w[0].ob = fx_outbox(fx, 0);
+	append_seq(w[0].ob, "acme");
+	if (write(ready_fd, "x", 1) != 1)
+		_exit(1);
+	for (int i = 0; i < KILL_THREADS; i++) {
+		w[i].ob = w[0].ob;
+		w[i].index = i;
+		pthread_create(&th[i], NULL, kill_worker_run, &w[i]);
+	}
+	for (;;)
+		pause();
+}
+
+static void test_crash_threads(void **state)
+{
+	struct fx *fx = *state;
+	struct tn_outbox *ob;
+	int pipefd[2], status;
+	char c, *text;
+	json_t *all;
+	pid_t pid;
+
+	assert_int_equal(pipe(pipefd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(pipefd[0]);
+		kill_child(fx, pipefd[1]);
+	}
+	close(pipefd[1]);
+	assert_int_equal(read(pipefd[0], &c, 1), 1);
+	close(pipefd[0]);
+	usleep(150000);
+	assert_int_equal(kill(pid, SIGKILL), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status));
+
+	all = load_events(fx);
+	ob = fx_outbox(fx, 0);
+	for (int t = 0; t < 3; t++) {
+		size_t k = 0, i;
+		uint64_t counter;
+		json_t *ev;
+
+		json_array_foreach(all, i, ev)
+			k += strcmp(json_string_value(json_object_get(ev, "tenant")),
+				    gc_tenants[t]) == 0;
+		assert_sequences(all, gc_tenants[t], k);
+		text = seq_text(fx, gc_tenants[t]);
+		counter = strtoull(text, NULL, 10);
+		tn_mem_free(&text);
+		if (counter < k || counter > k + KILL_THREADS)
+			fail_msg("%s: counter %" PRIu64 " after %zu events", gc_tenants[t],
+				 counter, k);
+		assert_int_equal(append_seq(ob, gc_tenants[t]), counter + 1);
+	}
+	assert_true(count_entries(fx, "tmp") <= KILL_THREADS);
+	json_decref(all);
+	tn_outbox_destroy(&ob);
+}
+
+/* --- origin ------------------------------------------------------------------ */
+
+static const char *event_origin(struct fx *fx, const char *id, char *buf, size_t size)
+{
+	char name[64];
+	json_t *ev;
+
+	snprintf(name, sizeof(name), "%s.json", id);
+	ev = load_event(fx, name);
+	snprintf(buf, size, "%s", json_string_value(json_object_get(ev, "origin")));
+	json_decref(ev);
+	return buf;
+}
+
+static void test_origin(void **state)
+{
+	struct fx *fx = *state;
+	struct tn_outbox_settings set = { .dir = fx->dir };
+	struct tn_outbox *ob;
+	json_t *data = json_object();
+	char host[256] = "", id[TN_OUTBOX_ID_SIZE], buf[128];
+	const char *error;
+	uint64_t seq;
+
+	/* default: the host name */
+	assert_int_equal(gethostname(host, sizeof(host)), 0);
+	ob = tn_outbox_create(&set);
+	assert_string_equal(tn_outbox_origin(ob), host);
+	assert_int_equal(tn_outbox_check(ob, &error), 0);
+	append_ok(ob, "a.b", "acme", data, id, &seq);
+	assert_string_equal(event_origin(fx, id, buf, sizeof(buf)), host);
+	tn_outbox_destroy(&ob);
+
+	/* "" is the default too; an explicit name is used as given */
+	set.origin = "";
+	ob = tn_outbox_create(&set);
+	assert_string_equal(tn_outbox_origin(ob), host);
+	tn_outbox_destroy(&ob);
+	set.origin = "MX-2.node.example";
+	ob = tn_outbox_create(&set);
+	append_ok(ob, "a.b", "acme", data, id, &seq);
+	assert_int_equal(seq, 2);
+	assert_string_equal(event_origin(fx, id, buf, sizeof(buf)), "MX-2.node.example");
+	tn_outbox_destroy(&ob);
+	json_decref(data);
+}
+
+static void test_origin_invalid(void **state)
+{
+	struct fx *fx = *state;
+	static const char *const bad[] = {
+		"-node", ".node", "node_1", "node 1", "nöde", "node/1", "node\"1",
+		"a123456789b123456789c123456789d123456789e123456789f123456789ghij",
+	};
+	struct tn_outbox_settings set = { .dir = fx->dir };
+	json_t *data = json_object();
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+
+	assert_int_equal(strlen(bad[7]), TN_OUTBOX_ORIGIN_MAX + 1);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct tn_outbox *ob;
+
+		set.origin = bad[i];
+		ob = tn_outbox_create(&set);
+		assert_int_equal(tn_outbox_check(ob, &error), -1);
+		assert_non_null(strstr(error, "invalid origin"));
+		assert_non_null(strstr(error, "outbox_origin"));
+		assert_int_equal(tn_outbox_append(ob, "a.b", "acme", data, id, &seq, &error), -1);
+		if (strstr(error, "invalid origin") == NULL)
+			fail_msg("origin '%s': error '%s'", bad[i], error);
+		tn_outbox_destroy(&ob);
+	}
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	assert_int_equal(count_entries(fx, "new"), 0);
+	assert_int_equal(count_entries(fx, "seq"), 0);
+
+	/* the longest and shortest names are fine */
+	set.origin = "a123456789b123456789c123456789d123456789e123456789f123456789ghi";
+	{
+		struct tn_outbox *ob = tn_outbox_create(&set);
+
+		append_ok(ob, "a.b", "acme", data, id, &seq);
+		tn_outbox_destroy(&ob);
+		set.origin = "7";
+		ob = tn_outbox_create(&set);
+		append_ok(ob, "a.b", "acme", data, id, &seq);
+		tn_outbox_destroy(&ob);
+	}
+	json_decref(data);
+}
+
+/* outbox_origin and outbox_sync from tenantmail.conf. */
+static void test_origin_conf(void **state)
+{
+	struct fx *fx = *state;
+	const struct tn_conf_param *const tables[] = { tn_outbox_params, NULL };
+	struct tn_conf *conf = tn_conf_create("test", tables);
+	struct tn_outbox *ob;
+	json_t *data = json_object();
+	char id[TN_OUTBOX_ID_SIZE], buf[128], *text;
+	const char *error;
+	uint64_t seq;
+
+	text = tn_mem_printf("outbox_dir = %s\noutbox_origin = node-7\noutbox_sync = fsync\n",
+			     fx->dir);
+	assert_int_equal(tn_conf_load_string(conf, "t.conf", text, &error), 0);
+	ob = tn_outbox_create_conf(conf);
+	append_ok(ob, "a.b", "acme", data, id, &seq);
+	assert_string_equal(event_origin(fx, id, buf, sizeof(buf)), "node-7");
+	tn_outbox_destroy(&ob);
+	assert_int_equal(tn_conf_set(conf, "outbox_sync", "fdatasync", &error), -1);
+	assert_int_equal(tn_conf_set(conf, "outbox_origin", "bad_name", &error), 0);
+	ob = tn_outbox_create_conf(conf);
+	assert_int_equal(tn_outbox_check(ob, &error), -1);
+	assert_non_null(strstr(error, "bad_name"));
+	tn_outbox_destroy(&ob);
+	tn_mem_free(&text);
+	json_decref(data);
+	tn_conf_destroy(&conf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -916,6 +1538,16 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_lock_timeout, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_check, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_group_commit, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_group_commit_fsync, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_group_commit_own_tenants, fx_setup,
+						fx_teardown),
+		cmocka_unit_test_setup_teardown(test_failing_members, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_lock_released, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_crash_threads, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_origin, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_origin_invalid, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_origin_conf, fx_setup, fx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
