@@ -23,7 +23,7 @@
  *	   that used it survive) and try flock(LOCK_EX|LOCK_NB), never
  *	   waiting while holding others. A tenant another process holds:
  *	   its requests go back to the queue with a retry time (1 ms
- *	   doubling to 20 ms) or, past their deadline, fail;
+ *	   doubling to 5 ms) or, past their deadline, fail;
  *	2. per locked tenant: read n; give n+1, n+2, ... to its requests
  *	   and write each event into its tmp file (too big: that request
  *	   fails, its number goes to the next); counter := last number
@@ -109,9 +109,9 @@
 #define TN_OUTBOX_BATCH_MAX 128
 /* Batches committed at the same time by one outbox object. */
 #define TN_OUTBOX_BATCHES 2
-/* Retry of a tenant locked by another process: 1 ms doubling to 20. */
+/* Retry of a tenant locked by another process: 1 ms doubling to 5. */
 #define TN_OUTBOX_RETRY_MIN_MS 1
-#define TN_OUTBOX_RETRY_MAX_MS 20
+#define TN_OUTBOX_RETRY_MAX_MS 5
 
 enum tn_outbox_subdir {
 	TN_OUTBOX_TMP,
@@ -1303,16 +1303,19 @@ int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 		.tenant = tenant, .fd = -1, .pause = TN_OUTBOX_RETRY_MIN_MS,
 		.state = TN_OUTBOX_REQ_QUEUED,
 	};
-	int ret = -1;
+	int ret = -1, cancel_state;
 
 	if (tn_outbox_req_prepare(ob, &req, type, data, error_r) < 0) {
 		tn_outbox_req_release(&req);
 		return -1;
 	}
 	req.deadline = tn_time_now_ms() + ob->lock_timeout;
+	/* req is on this stack and in the queue: no cancellation meanwhile */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
 	pthread_cond_init(&req.cond, NULL);
 	tn_outbox_queue_wait(ob, &req);
 	pthread_cond_destroy(&req.cond);
+	pthread_setcancelstate(cancel_state, NULL);
 	if (req.state == TN_OUTBOX_REQ_PUBLISHED) {
 		memcpy(id_r, req.id, TN_OUTBOX_ID_SIZE);
 		*sequence_r = req.seq;

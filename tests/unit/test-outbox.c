@@ -1309,6 +1309,77 @@ static void test_lock_released(void **state)
 	tn_outbox_destroy(&ob);
 }
 
+/* Several processes, each group-committing with several threads, on
+ * the same tenants: the counter's flock still makes one sequence. */
+#define PT_CHILDREN 3
+#define PT_THREADS 4
+#define PT_PER_THREAD 50
+
+static void *pt_worker_run(void *arg)
+{
+	struct gc_worker *w = arg;
+	json_t *data = json_pack("{s:i}", "pid", (int)getpid());
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error;
+	uint64_t seq;
+
+	for (int i = 0; i < PT_PER_THREAD; i++) {
+		if (tn_outbox_append(w->ob, "test.process", gc_tenants[(w->index + i) % 2],
+				     data, id, &seq, &error) < 0) {
+			fprintf(stderr, "child %d: %s\n", (int)getpid(), error);
+			w->failures++;
+		}
+	}
+	json_decref(data);
+	return NULL;
+}
+
+static void __attribute__((noreturn)) pt_child(struct fx *fx)
+{
+	struct gc_worker w[PT_THREADS];
+	pthread_t th[PT_THREADS];
+	int failures = 0;
+
+	memset(w, 0, sizeof(w));
+	w[0].ob = fx_outbox(fx, 0);
+	for (int i = 0; i < PT_THREADS; i++) {
+		w[i].ob = w[0].ob;
+		w[i].index = i;
+		pthread_create(&th[i], NULL, pt_worker_run, &w[i]);
+	}
+	for (int i = 0; i < PT_THREADS; i++) {
+		pthread_join(th[i], NULL);
+		failures += w[i].failures;
+	}
+	tn_outbox_destroy(&w[0].ob);
+	_exit(failures == 0 ? 0 : 1);
+}
+
+static void test_processes_threads(void **state)
+{
+	struct fx *fx = *state;
+	pid_t pids[PT_CHILDREN];
+	json_t *all;
+	int status;
+
+	for (int i = 0; i < PT_CHILDREN; i++) {
+		pids[i] = fork();
+		assert_true(pids[i] >= 0);
+		if (pids[i] == 0)
+			pt_child(fx);
+	}
+	for (int i = 0; i < PT_CHILDREN; i++) {
+		assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+		assert_true(WIFEXITED(status));
+		assert_int_equal(WEXITSTATUS(status), 0);
+	}
+	all = load_events(fx);
+	assert_sequences(all, gc_tenants[0], PT_CHILDREN * PT_THREADS * PT_PER_THREAD / 2);
+	assert_sequences(all, gc_tenants[1], PT_CHILDREN * PT_THREADS * PT_PER_THREAD / 2);
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	json_decref(all);
+}
+
 /* A producer killed in the middle of group commits of several threads:
  * each tenant's events in new/ are exactly 1..K, the counter is at
  * least K and at most one per thread beyond, and appends go on. */
@@ -1544,6 +1615,7 @@ int main(void)
 						fx_teardown),
 		cmocka_unit_test_setup_teardown(test_failing_members, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_lock_released, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_processes_threads, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_crash_threads, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_origin, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_origin_invalid, fx_setup, fx_teardown),
