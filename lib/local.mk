@@ -15,8 +15,10 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-lookup-event.c lib/tn-lookup-event.h \
 	lib/tn-outbox.c lib/tn-outbox.h \
 	lib/tn-webhook.c lib/tn-webhook.h \
-	lib/tn-hook-spool.c lib/tn-hook-spool.h
+	lib/tn-hook-spool.c lib/tn-hook-spool.h \
+	lib/tn-prov.c lib/tn-prov.h lib/tn-prov-int.h lib/tn-prov-ldap.c \
+	lib/tn-prov-write.c lib/tn-prov-input.c lib/tn-prov-input.h
 lib_libtenantmail_la_CFLAGS = $(AM_CFLAGS) $(LDAP_CFLAGS) $(HIREDIS_CFLAGS) \
-	$(JANSSON_CFLAGS) $(LIBEVENT_CFLAGS) $(OPENSSL_CFLAGS)
+	$(JANSSON_CFLAGS) $(LIBEVENT_CFLAGS) $(OPENSSL_CFLAGS) $(CRYPT_CFLAGS)
 lib_libtenantmail_la_LIBADD = $(LDAP_LIBS) $(HIREDIS_LIBS) $(JANSSON_LIBS) \
-	$(LIBEVENT_LIBS) $(OPENSSL_LIBS) $(PTHREAD_LIBS)
+	$(LIBEVENT_LIBS) $(OPENSSL_LIBS) $(CRYPT_LIBS) $(PTHREAD_LIBS)

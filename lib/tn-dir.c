@@ -397,9 +397,42 @@ static void tn_dir_release(struct tn_dir *dir, struct tn_dir_conn *c, bool broke
 	pthread_mutex_unlock(&dir->lock);
 }
 
+/* --- raw connections (tn-dir.h) ------------------------------------------ */
+
+struct tn_dir_conn *tn_dir_conn_get(struct tn_dir *dir, tn_msec_t deadline,
+				    const char **error_r)
+{
+	return tn_dir_acquire(dir, deadline, error_r);
+}
+
+struct ldap *tn_dir_conn_ldap(struct tn_dir_conn *conn)
+{
+	return conn->ld;
+}
+
+const char *tn_dir_conn_uri(struct tn_dir *dir, const struct tn_dir_conn *conn)
+{
+	return dir->uris[conn->uri].uri;
+}
+
+void tn_dir_conn_put(struct tn_dir *dir, struct tn_dir_conn *conn,
+		     const char *broken_why)
+{
+	if (broken_why != NULL) {
+		tn_dir_count(&dir->stats.errors);
+		tn_dir_mark_down(dir, conn->uri, broken_why);
+	}
+	tn_dir_release(dir, conn, broken_why != NULL);
+}
+
+const char *tn_dir_tenants_dn(const struct tn_dir *dir)
+{
+	return dir->tenants_dn;
+}
+
 /* --- searching ----------------------------------------------------------- */
 
-static bool tn_dir_transport_error(int rc)
+bool tn_dir_transport_error(int rc)
 {
 	return rc == LDAP_SERVER_DOWN || rc == LDAP_TIMEOUT || rc == LDAP_CONNECT_ERROR ||
 		rc == LDAP_UNAVAILABLE || rc == LDAP_BUSY || rc == LDAP_TIMELIMIT_EXCEEDED ||
@@ -566,16 +599,13 @@ static void tn_dir_fill_targets(LDAP *ld, LDAPMessage *e, struct tn_obj *obj)
 	ldap_value_free_len(vals);
 }
 
-/* The tenant id is the tnTenantId RDN on the entry's DN. */
-static char *tn_dir_tenant_of(LDAP *ld, LDAPMessage *e)
+char *tn_dir_dn_tenant(const char *dn)
 {
-	char *dn = ldap_get_dn(ld, e), *id = NULL;
 	LDAPDN ldn = NULL;
+	char *id = NULL;
 
-	if (dn == NULL || ldap_str2dn(dn, &ldn, LDAP_DN_FORMAT_LDAPV3) != LDAP_SUCCESS) {
-		ldap_memfree(dn);
+	if (dn == NULL || ldap_str2dn(dn, &ldn, LDAP_DN_FORMAT_LDAPV3) != LDAP_SUCCESS)
 		return NULL;
-	}
 	for (size_t i = 0; ldn[i] != NULL && id == NULL; i++) {
 		for (size_t j = 0; ldn[i][j] != NULL; j++) {
 			LDAPAVA *ava = ldn[i][j];
@@ -588,6 +618,15 @@ static char *tn_dir_tenant_of(LDAP *ld, LDAPMessage *e)
 		}
 	}
 	ldap_dnfree(ldn);
+	return id;
+}
+
+/* The tenant id is the tnTenantId RDN on the entry's DN. */
+static char *tn_dir_tenant_of(LDAP *ld, LDAPMessage *e)
+{
+	char *dn = ldap_get_dn(ld, e);
+	char *id = tn_dir_dn_tenant(dn);
+
 	ldap_memfree(dn);
 	return id;
 }

@@ -95,4 +95,25 @@ enum tn_result tn_dir_fetch_tenant(struct tn_dir *dir, const char *id,
 
 void tn_dir_get_stats(struct tn_dir *dir, struct tn_dir_stats *stats_r);
 
+/* Raw connections, for callers with operations of their own (the
+ * provisioning writes of tn-prov.h): a bound connection of the pool, made
+ * with the same URI failover, StartTLS/TLS checks and timeouts as the
+ * searches above. tn_dir_conn_put() gives it back; broken_why != NULL
+ * says it saw a transport error or a timeout: it is closed and its URI
+ * marked down for retry_down. */
+struct ldap;
+struct tn_dir_conn;
+struct tn_dir_conn *tn_dir_conn_get(struct tn_dir *dir, tn_msec_t deadline,
+				    const char **error_r);
+struct ldap *tn_dir_conn_ldap(struct tn_dir_conn *conn);
+const char *tn_dir_conn_uri(struct tn_dir *dir, const struct tn_dir_conn *conn);
+void tn_dir_conn_put(struct tn_dir *dir, struct tn_dir_conn *conn,
+		     const char *broken_why);
+/* An LDAP result code that says the connection is unusable. */
+bool tn_dir_transport_error(int rc);
+/* "<tenants_rdn>,<base>" */
+const char *tn_dir_tenants_dn(const struct tn_dir *dir);
+/* The tnTenantId value of a DN (the tenant an entry lives in), or NULL. */
+char *tn_dir_dn_tenant(const char *dn);
+
 #endif

@@ -100,7 +100,7 @@ static void tn_lookup_count(uint64_t *counter)
 
 /* --- creation ---------------------------------------------------------------- */
 
-static int tn_lookup_read_secret(const char *path, char **secret_r, const char **error_r)
+int tn_lookup_read_secret(const char *path, char **secret_r, const char **error_r)
 {
 	char buf[1024];
 	struct stat st;

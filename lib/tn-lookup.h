@@ -100,6 +100,12 @@ int tn_lookup_invalidate_tenant(struct tn_lookup *lk, const char *tenant,
 int tn_lookup_usage(struct tn_lookup *lk, const char *kind, const char *id,
 		    int64_t *bytes_r, int64_t *messages_r, const char **error_r);
 
+/* The first line of a password file (ldap_bind_password_file and the
+ * like): *secret_r NULL for an empty path, else a fresh string the caller
+ * wipes and frees; -1 with *error_r when unreadable or empty. Warns when
+ * the file is readable by group or others. */
+int tn_lookup_read_secret(const char *path, char **secret_r, const char **error_r);
+
 tn_msec_t tn_lookup_default_timeout(struct tn_lookup *lk);
 /* True while the in-process cache is in use (subscribed). */
 bool tn_lookup_memory_active(struct tn_lookup *lk);

@@ -35,6 +35,11 @@ tests_tn_probe_SOURCES = tests/tn-probe.c
 tests_tn_probe_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(JANSSON_CFLAGS)
 tests_tn_probe_LDADD = lib/libtenantmail.la $(LIBEVENT_LIBS) $(JANSSON_LIBS)
 
+noinst_PROGRAMS += tests/tn-prov-probe
+tests_tn_prov_probe_SOURCES = tests/tn-prov-probe.c
+tests_tn_prov_probe_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+tests_tn_prov_probe_LDADD = lib/libtenantmail.la $(JANSSON_LIBS)
+
 EXTRA_DIST += tests/harness/tnharness.py tests/harness/tnprobe.py tests/integration/conftest.py \
 	tests/integration/test_schema.py tests/integration/test_lookup.py \
 	tests/integration/test_faults.py tests/integration/test_docs.py \

@@ -1,0 +1,1043 @@
+/*++
+ * NAME
+ *	tn-prov-write 3
+ * SUMMARY
+ *	provisioning writes: create, modify, status, purge (see tn-prov.h)
+ * DESCRIPTION
+ *	Each write is one step run on one connection (tn_prov_run()):
+ *	read what decides (the object, its owner, the plan), write once
+ *	with the assertion control on the entryCSN read, read the result
+ *	back, then tn_prov_commit(): invalidate, record the event, and undo
+ *	the write when the event cannot be recorded.
+ *--*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "tn-escape.h"
+#include "tn-log.h"
+#include "tn-lookup.h"
+#include "tn-mem.h"
+#include "tn-outbox.h"
+#include "tn-prov-input.h"
+#include "tn-prov-int.h"
+
+/* What a write step works with. */
+struct tn_prov_wr {
+	json_t *norm;			/* create/modify: validated input */
+	const char *key;		/* normalised key */
+	enum tn_status to;		/* set_status */
+	const char *reason;		/* set_status: NULL or "" for none */
+	char *tenant;			/* the owning tenant */
+	struct tn_prov_entry *old;	/* modify, status, purge: before */
+	struct tn_prov_entry *now;	/* after */
+	struct tn_prov_mods mods;	/* the write */
+	json_t *changes;		/* modify: events.md "changes" */
+};
+
+/* --- input -------------------------------------------------------------------- */
+
+static enum tn_prov_status tn_prov_bad(struct tn_prov_op *op, const struct tn_prov_field *f,
+				       const char *why)
+{
+	return tn_prov_fail(op, TN_PROV_BAD_INPUT, f->name, "%s: %s", f->name, why);
+}
+
+static enum tn_prov_status tn_prov_parse_string(struct tn_prov_op *op,
+						const struct tn_prov_field *f, json_t *v,
+						json_t **out_r)
+{
+	const char *s = json_string_value(v), *why = "must be a string";
+	char *norm = NULL;
+	int ret = -1;
+
+	if (s != NULL && strlen(s) != json_string_length(v))
+		return tn_prov_bad(op, f, "must not contain NUL");
+	if (s != NULL) {
+		switch (f->type) {
+		case TN_PF_ID:
+		case TN_PF_TENANT:
+			ret = tn_prov_input_tenant_id(s, &norm, &why);
+			break;
+		case TN_PF_DOMAIN:
+			ret = tn_prov_input_domain(s, &norm, &why);
+			break;
+		case TN_PF_ADDRESS:
+			ret = tn_prov_input_address(s, &norm, &why);
+			break;
+		case TN_PF_NAME:
+			ret = tn_prov_input_name(s, &why);
+			break;
+		case TN_PF_HOST:
+			ret = tn_prov_input_host(s, &why);
+			break;
+		case TN_PF_HASH:
+			ret = tn_prov_input_check_hash(s, &why);
+			break;
+		case TN_PF_PASSWORD:
+			norm = tn_prov_input_hash_password(s, op->p->rounds, &why);
+			ret = norm != NULL ? 0 : -1;
+			break;
+		default:
+			ret = tn_prov_input_text(s, strlen(s), f->max, &why);
+			break;
+		}
+	}
+	if (ret < 0)
+		return tn_prov_bad(op, f, why);
+	*out_r = json_string(norm != NULL ? norm : s);
+	if (norm != NULL)
+		explicit_bzero(norm, strlen(norm));
+	tn_mem_free(&norm);
+	return TN_PROV_OK;
+}
+
+static enum tn_prov_status tn_prov_parse_targets(struct tn_prov_op *op,
+						 const struct tn_prov_field *f, json_t *v,
+						 const char *self, json_t **out_r)
+{
+	size_t n = json_array_size(v);
+	enum tn_prov_status st = TN_PROV_OK;
+	json_t *out = json_array(), *t;
+
+	if (!json_is_array(v) || n == 0 || n > op->p->alias_max) {
+		json_decref(out);
+		return tn_prov_fail(op, TN_PROV_BAD_INPUT, f->name,
+				    "%s: must be an array of 1 to %u addresses", f->name,
+				    op->p->alias_max);
+	}
+	for (size_t i = 0; i < n && st == TN_PROV_OK; i++) {
+		st = tn_prov_parse_string(op, &(struct tn_prov_field){ f->name, NULL,
+					  TN_PF_ADDRESS, 0, 0 }, json_array_get(v, i), &t);
+		if (st != TN_PROV_OK)
+			break;
+		for (size_t j = 0; j < json_array_size(out) && st == TN_PROV_OK; j++) {
+			if (json_equal(json_array_get(out, j), t))
+				st = tn_prov_bad(op, f, "the same target twice");
+		}
+		if (st == TN_PROV_OK && self != NULL && strcmp(json_string_value(t), self) == 0)
+			st = tn_prov_bad(op, f, "an alias cannot expand to itself");
+		json_array_append_new(out, t);
+	}
+	if (st != TN_PROV_OK)
+		json_decref(out);
+	else
+		*out_r = out;
+	return st;
+}
+
+static enum tn_prov_status tn_prov_parse_value(struct tn_prov_op *op,
+					       const struct tn_prov_field *f, json_t *v,
+					       const char *self, json_t **out_r)
+{
+	json_int_t n;
+
+	if (json_is_null(v)) {
+		if ((f->flags & (TN_PF_KEY | TN_PF_REQUIRED)) != 0 || f->type == TN_PF_STATUS ||
+		    f->type == TN_PF_TENANT)
+			return tn_prov_bad(op, f, "must not be null");
+		*out_r = json_null();
+		return TN_PROV_OK;
+	}
+	switch (f->type) {
+	case TN_PF_COUNT:
+		n = json_integer_value(v);
+		if (!json_is_integer(v) || n < 0 || n > TN_PROV_COUNT_MAX)
+			return tn_prov_bad(op, f, "must be an integer from 0 (unlimited) "
+					   "to 2^53-1");
+		*out_r = json_integer(n);
+		return TN_PROV_OK;
+	case TN_PF_BOOL:
+		if (!json_is_boolean(v))
+			return tn_prov_bad(op, f, "must be true or false");
+		*out_r = json_incref(v);
+		return TN_PROV_OK;
+	case TN_PF_STATUS:
+		if (!json_is_string(v) || (strcmp(json_string_value(v), "active") != 0 &&
+					   strcmp(json_string_value(v), "suspended") != 0))
+			return tn_prov_bad(op, f, "must be active or suspended");
+		*out_r = json_incref(v);
+		return TN_PROV_OK;
+	case TN_PF_TARGETS:
+		return tn_prov_parse_targets(op, f, v, self, out_r);
+	default:
+		return tn_prov_parse_string(op, f, v, out_r);
+	}
+}
+
+static const char *tn_prov_not_settable(const struct tn_prov_field *f, unsigned allowed)
+{
+	if ((f->flags & allowed) != 0)
+		return NULL;
+	if ((f->flags & TN_PF_KEY) != 0)
+		return "cannot be changed (create a new one)";
+	if ((f->flags & TN_PF_STATUSF) != 0)
+		return allowed == TN_PF_CREATE ? "is set by the directory" :
+			"changes only through suspend, resume and delete";
+	return "cannot be set";
+}
+
+/* Validate in (a JSON object) against the kind's fields: every member
+ * known and settable (allowed: TN_PF_CREATE or TN_PF_MODIFY), of the
+ * right type and form; *norm_r holds the normalised values. */
+static enum tn_prov_status tn_prov_parse(struct tn_prov_op *op, json_t *in, unsigned allowed,
+					 const char *self, json_t **norm_r)
+{
+	enum tn_prov_status st = TN_PROV_OK;
+	const char *name, *why;
+	char safe[64];
+	json_t *v, *nv;
+
+	if (!json_is_object(in))
+		return tn_prov_fail(op, TN_PROV_BAD_INPUT, NULL, "the body must be a JSON object");
+	*norm_r = json_object();
+	json_object_foreach(in, name, v) {
+		const struct tn_prov_field *f = tn_prov_field_find(op->kd, name);
+
+		if (f == NULL) {
+			tn_log_sanitize(safe, sizeof(safe), name, strlen(name));
+			st = tn_prov_fail(op, TN_PROV_BAD_INPUT, safe, "%s: unknown field of a %s",
+					  safe, op->kd->name);
+		} else if ((why = tn_prov_not_settable(f, allowed)) != NULL) {
+			st = tn_prov_bad(op, f, why);
+		} else if ((st = tn_prov_parse_value(op, f, v, self, &nv)) == TN_PROV_OK) {
+			json_object_set_new(*norm_r, name, nv);
+		}
+		if (st != TN_PROV_OK)
+			break;
+	}
+	if (st == TN_PROV_OK && json_object_get(*norm_r, "password") != NULL &&
+	    json_object_get(*norm_r, "password_hash") != NULL)
+		st = tn_prov_fail(op, TN_PROV_BAD_INPUT, "password_hash",
+				  "password_hash: give password or password_hash, not both");
+	if (st != TN_PROV_OK) {
+		json_decref(*norm_r);
+		*norm_r = NULL;
+	}
+	return st;
+}
+
+static enum tn_prov_status tn_prov_required(struct tn_prov_op *op, json_t *norm)
+{
+	for (const struct tn_prov_field *f = op->kd->fields; f->name != NULL; f++) {
+		if ((f->flags & TN_PF_REQUIRED) != 0 && json_object_get(norm, f->name) == NULL)
+			return tn_prov_bad(op, f, "missing");
+	}
+	return TN_PROV_OK;
+}
+
+/* --- reading other objects ----------------------------------------------------------- */
+
+static enum tn_prov_status tn_prov_fetch_kind(struct tn_prov_op *op, enum tn_prov_kind kind,
+					      const char *key, struct tn_prov_entry **ent_r)
+{
+	const struct tn_prov_kind_desc *kd = op->kd;
+	enum tn_prov_status st;
+
+	op->kd = tn_prov_kind_desc(kind);
+	st = tn_prov_fetch(op, key, ent_r);
+	op->kd = kd;
+	return st;
+}
+
+/* The tenant entry of tenant, which must exist and not be deleted. */
+static enum tn_prov_status tn_prov_live_tenant(struct tn_prov_op *op, const char *tenant,
+					       struct tn_prov_entry **ent_r)
+{
+	enum tn_prov_status st = tn_prov_fetch_kind(op, TN_PROV_TENANT, tenant, ent_r);
+
+	if (st == TN_PROV_NOT_FOUND)
+		return tn_prov_fail(op, TN_PROV_NOT_FOUND, "tenant", "no such tenant: %s", tenant);
+	if (st == TN_PROV_OK && (*ent_r)->status == TN_STATUS_DELETED) {
+		tn_prov_entry_free(ent_r);
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "tenant", "tenant %s is deleted",
+				    tenant);
+	}
+	return st;
+}
+
+/* The domain of an address: hosted, of the caller's scope, not deleted. */
+static enum tn_prov_status tn_prov_live_domain(struct tn_prov_op *op, const char *address,
+					       struct tn_prov_entry **ent_r)
+{
+	const char *domain = strrchr(address, '@') + 1;
+	enum tn_prov_status st = tn_prov_fetch_kind(op, TN_PROV_DOMAIN, domain, ent_r);
+
+	if (st == TN_PROV_NOT_FOUND)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "address",
+				    "address: domain %s is not a domain %s", domain,
+				    op->ctx->tenant_scope != NULL ? "of this tenant" : "hosted here");
+	if (st == TN_PROV_OK && (*ent_r)->status == TN_STATUS_DELETED) {
+		tn_prov_entry_free(ent_r);
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "address",
+				    "address: domain %s is deleted", domain);
+	}
+	return st;
+}
+
+/* --- plan limits ------------------------------------------------------------------------- */
+
+struct tn_prov_plan {
+	int64_t storage, mailbox_default, max_mailboxes;
+	bool overcommit;
+	int64_t count, sum;	/* live mailboxes, their effective quotas */
+	bool unlimited;		/* one of them has an unlimited quota */
+};
+
+static int64_t tn_prov_int(json_t *obj, const char *name)
+{
+	return json_integer_value(json_object_get(obj, name));
+}
+
+static void tn_prov_plan_of(json_t *tenant, struct tn_prov_plan *plan)
+{
+	memset(plan, 0, sizeof(*plan));
+	plan->storage = tn_prov_int(tenant, "storage_quota_bytes");
+	plan->mailbox_default = tn_prov_int(tenant, "mailbox_quota_bytes");
+	plan->max_mailboxes = tn_prov_int(tenant, "max_mailboxes");
+	plan->overcommit = json_is_true(json_object_get(tenant, "overcommit"));
+}
+
+static void tn_prov_plan_add(struct tn_prov_plan *plan, json_t *quota)
+{
+	int64_t q = json_is_integer(quota) ? json_integer_value(quota) : plan->mailbox_default;
+
+	plan->count++;
+	if (q == 0)
+		plan->unlimited = true;
+	plan->sum += q;
+}
+
+static void tn_prov_plan_entry(LDAP *ld, LDAPMessage *e, const char *skip,
+			       struct tn_prov_plan *plan)
+{
+	struct berval **st = ldap_get_values_len(ld, e, "tnStatus");
+	struct berval **q = ldap_get_values_len(ld, e, "tnQuotaBytes");
+	struct berval **mail = ldap_get_values_len(ld, e, "mail");
+	bool deleted = st != NULL && st[0] != NULL && st[0]->bv_len == 7 &&
+		strncasecmp(st[0]->bv_val, "deleted", 7) == 0;
+	bool skipped = skip != NULL && mail != NULL && mail[0] != NULL &&
+		mail[0]->bv_len == strlen(skip) &&
+		strncasecmp(mail[0]->bv_val, skip, mail[0]->bv_len) == 0;
+	json_t *quota = NULL;
+
+	if (q != NULL && q[0] != NULL) {
+		char *text = tn_mem_strndup(q[0]->bv_val, q[0]->bv_len);
+
+		quota = json_integer(strtoll(text, NULL, 10));
+		tn_mem_free(&text);
+	}
+	if (!deleted && !skipped)
+		tn_prov_plan_add(plan, quota);
+	json_decref(quota);
+	ldap_value_free_len(st);
+	ldap_value_free_len(q);
+	ldap_value_free_len(mail);
+}
+
+/* Count the tenant's live mailboxes and their quotas, leaving out skip. */
+static enum tn_prov_status tn_prov_usage(struct tn_prov_op *op, const char *tenant,
+					 const char *skip, struct tn_prov_plan *plan)
+{
+	static char *attrs[] = { "mail", "tnQuotaBytes", "tnStatus", NULL };
+	char *base = tn_prov_dn(op->p, NULL, "tnTenantId", tenant);
+	enum tn_prov_status st = TN_PROV_OK;
+	LDAPMessage *res = NULL;
+
+	if (tn_prov_search(op, base, LDAP_SCOPE_ONELEVEL, "(objectClass=tnMailbox)", attrs,
+			   &res, &st) == 0) {
+		for (LDAPMessage *e = ldap_first_entry(op->ld, res); e != NULL;
+		     e = ldap_next_entry(op->ld, e))
+			tn_prov_plan_entry(op->ld, e, skip, plan);
+	}
+	if (res != NULL)
+		ldap_msgfree(res);
+	tn_mem_free(&base);
+	return st;
+}
+
+/* fields: the input fields at fault for the count and for the quotas */
+static enum tn_prov_status tn_prov_plan_check(struct tn_prov_op *op, const char *tenant,
+					      const struct tn_prov_plan *plan,
+					      const char *const fields[2])
+{
+	const char *field = fields[1];
+
+	if (plan->max_mailboxes > 0 && plan->count > plan->max_mailboxes)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, fields[0],
+				    "the plan of tenant %s allows %lld mailboxes (%lld would exist)",
+				    tenant, (long long)plan->max_mailboxes, (long long)plan->count);
+	if (plan->storage == 0 || plan->overcommit)
+		return TN_PROV_OK;
+	if (plan->unlimited)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, field,
+				    "tenant %s has %lld bytes of storage and no overcommit: "
+				    "no mailbox may have an unlimited quota", tenant,
+				    (long long)plan->storage);
+	if (plan->sum > plan->storage)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, field,
+				    "mailbox quotas of tenant %s would add up to %lld bytes, more "
+				    "than its storage of %lld (overcommit is off)", tenant,
+				    (long long)plan->sum, (long long)plan->storage);
+	return TN_PROV_OK;
+}
+
+/* The tenant's plan (tenant_obj) with its mailboxes but skip, and, when
+ * add, one more of the given quota (null: the tenant's default). */
+static enum tn_prov_status tn_prov_plan_with(struct tn_prov_op *op, const char *tenant,
+					     json_t *tenant_obj, const char *skip, json_t *quota,
+					     bool add, const char *const fields[2])
+{
+	struct tn_prov_plan plan;
+	enum tn_prov_status st;
+
+	tn_prov_plan_of(tenant_obj, &plan);
+	st = tn_prov_usage(op, tenant, skip, &plan);
+	if (st != TN_PROV_OK)
+		return st;
+	if (add)
+		tn_prov_plan_add(&plan, quota);
+	return tn_prov_plan_check(op, tenant, &plan, fields);
+}
+
+static const char *const tn_prov_mailbox_fields_at_fault[2] = { NULL, "quota_bytes" };
+
+/* --- after the write: invalidate, event, undo ------------------------------------------------ */
+
+static void tn_prov_invalidate(struct tn_prov_op *op, enum tn_prov_kind kind, const char *key)
+{
+	const char *error = NULL;
+	int ret;
+
+	if (op->p->lookup == NULL)
+		return;
+	if (kind == TN_PROV_TENANT)
+		ret = tn_lookup_invalidate_tenant(op->p->lookup, key, &error);
+	else if (kind == TN_PROV_DOMAIN)
+		ret = tn_lookup_invalidate_domain(op->p->lookup, key, &error);
+	else
+		ret = tn_lookup_invalidate_address(op->p->lookup, key, &error);
+	if (ret < 0) {
+		op->res->cache_stale = true;
+		tn_warning("provisioning: %s %s written, but the cache was not invalidated "
+			   "(lookups may answer from it until its entries expire): %s",
+			   tn_prov_kind_name(kind), key, error);
+	}
+}
+
+static json_t *tn_prov_actor(const struct tn_prov_op *op)
+{
+	return json_pack("{s:s,s:s}", "kind", op->ctx->actor_kind, "id", op->ctx->actor_id);
+}
+
+/* events.md data of a *.created event */
+static json_t *tn_prov_created_data(const struct tn_prov_op *op, json_t *obj)
+{
+	json_t *data = json_object();
+
+	for (const struct tn_prov_field *f = op->kd->fields; f->name != NULL; f++) {
+		if ((f->flags & TN_PF_EVENT) != 0 || ((f->flags & TN_PF_KEY) != 0 && op->kd->event_key))
+			json_object_set(data, f->name, json_object_get(obj, f->name));
+	}
+	json_object_set_new(data, "actor", tn_prov_actor(op));
+	return data;
+}
+
+static json_t *tn_prov_event_data(const struct tn_prov_op *op, const char *key)
+{
+	json_t *data = json_object();
+
+	if (op->kd->event_key)
+		json_object_set_new(data, op->kd->fields[0].name, json_string(key));
+	return data;
+}
+
+/* Undo the write of w; 0 when it is undone. */
+static int tn_prov_undo(struct tn_prov_op *op, struct tn_prov_wr *w, bool created)
+{
+	struct tn_prov_mods undo = { NULL, 0 };
+	const char *csn = w->now != NULL ? w->now->etag : NULL;
+	char *diag = NULL;
+	int rc;
+
+	if (created) {
+		rc = tn_prov_write(op, TN_PROV_WRITE_DELETE, w->now->dn, NULL, csn, &diag);
+	} else {
+		for (size_t i = 0; i < w->mods.n; i++) {
+			const char *attr = w->mods.mods[i]->mod_type;
+			json_t *old = json_object_get(w->old->raw, attr);
+			char **vals = NULL;
+
+			if (json_array_size(old) > 0)
+				vals = tn_prov_values(NULL, old);
+			tn_prov_mods_add(&undo, LDAP_MOD_REPLACE, attr, vals);
+		}
+		rc = tn_prov_write(op, TN_PROV_WRITE_MODIFY, w->old->dn, undo.mods, csn, &diag);
+		tn_prov_mods_free(&undo);
+	}
+	if (rc != LDAP_SUCCESS)
+		tn_error("provisioning: cannot undo the change of %s %s after its event failed: "
+			 "%s%s%s", op->kd->name, w->key, ldap_err2string(rc), diag ? ": " : "",
+			 diag ? diag : "");
+	ldap_memfree(diag);
+	return rc == LDAP_SUCCESS ? 0 : -1;
+}
+
+static enum tn_prov_status tn_prov_commit(struct tn_prov_op *op, struct tn_prov_wr *w,
+					  const char *type, json_t *data, bool created,
+					  enum tn_prov_status ok)
+{
+	char id[TN_OUTBOX_ID_SIZE];
+	const char *error = NULL;
+	uint64_t seq = 0;
+	int ret = 0;
+
+	op->res->changed = true;
+	tn_prov_set_object(op, w->now);
+	tn_prov_invalidate(op, op->kd->kind, w->key);
+	if (data != NULL)
+		json_object_set_new(data, "actor", tn_prov_actor(op));
+	if (type != NULL)
+		ret = tn_outbox_append(op->p->outbox, type, w->tenant, data, id, &seq, &error);
+	json_decref(data);
+	if (ret == 0) {
+		if (type != NULL) {
+			op->res->event_id = tn_mem_strdup(id);
+			op->res->event_sequence = seq;
+		}
+		return ok;
+	}
+	tn_error("provisioning: %s %s: event %s not recorded: %s", op->kd->name, w->key,
+		 type, error);
+	op->res->changed = false;
+	if (tn_prov_undo(op, w, created) == 0) {
+		tn_prov_invalidate(op, op->kd->kind, w->key);
+		json_decref(op->res->object);
+		op->res->object = NULL;
+		tn_mem_free(&op->res->etag);
+		return tn_prov_fail(op, TN_PROV_EVENT_FAILED, NULL, "the event could not be "
+				    "recorded (%s): the change was undone, try again", error);
+	}
+	op->res->changed = true;
+	return tn_prov_fail(op, TN_PROV_EVENT_LOST, NULL, "the change was made but its event "
+			    "could not be recorded (%s) nor the change undone", error);
+}
+
+/* Write w->mods (modify, asserting the entryCSN read) and read back. */
+static enum tn_prov_status tn_prov_write_back(struct tn_prov_op *op, struct tn_prov_wr *w,
+					      int what, const char *dn, const char *csn)
+{
+	char *diag = NULL;
+	int rc = tn_prov_write(op, what, dn, w->mods.mods, csn, &diag);
+	enum tn_prov_status st;
+
+	if (rc != LDAP_SUCCESS) {
+		st = tn_prov_ldap_fail(op, rc, what == TN_PROV_WRITE_ADD ? "add" : "modify", diag);
+		ldap_memfree(diag);
+		if (st == TN_PROV_TEMPFAIL && op->write_sent) {
+			tn_prov_invalidate(op, op->kd->kind, w->key);
+			tn_prov_fail(op, st, NULL, "%s (the write was sent: its outcome is "
+				     "unknown; read the %s before trying again)",
+				     op->res->message, op->kd->name);
+		}
+		return st;
+	}
+	ldap_memfree(diag);
+	st = tn_prov_fetch_dn(op, dn, &w->now);
+	if (st != TN_PROV_OK)
+		tn_prov_invalidate(op, op->kd->kind, w->key);
+	return st;
+}
+
+static void tn_prov_wr_clear(struct tn_prov_wr *w)
+{
+	json_decref(w->norm);
+	json_decref(w->changes);
+	tn_mem_free(&w->tenant);
+	tn_prov_entry_free(&w->old);
+	tn_prov_entry_free(&w->now);
+	tn_prov_mods_free(&w->mods);
+}
+
+/* --- create ------------------------------------------------------------------------------------- */
+
+/* Owner checks of a new object; w->tenant set. */
+static enum tn_prov_status tn_prov_create_owner(struct tn_prov_op *op, struct tn_prov_wr *w,
+						struct tn_prov_entry **tenant_r)
+{
+	const char *scope = op->ctx->tenant_scope;
+	const char *given = json_string_value(json_object_get(w->norm, "tenant"));
+	struct tn_prov_entry *dom = NULL;
+	enum tn_prov_status st;
+
+	if (op->kd->kind == TN_PROV_TENANT) {
+		if (scope != NULL)
+			return tn_prov_fail(op, TN_PROV_FORBIDDEN, NULL,
+					    "a tenant's credential cannot create tenants");
+		w->tenant = tn_mem_strdup(w->key);
+		return TN_PROV_OK;
+	}
+	if (op->kd->kind == TN_PROV_DOMAIN) {
+		if (given == NULL && scope == NULL)
+			return tn_prov_fail(op, TN_PROV_BAD_INPUT, "tenant", "tenant: missing");
+		if (given != NULL && scope != NULL && strcasecmp(given, scope) != 0)
+			return tn_prov_fail(op, TN_PROV_NOT_FOUND, "tenant", "no such tenant: %s",
+					    given);
+		w->tenant = tn_mem_strdup(given != NULL ? given : scope);
+		return tn_prov_live_tenant(op, w->tenant, tenant_r);
+	}
+	st = tn_prov_live_domain(op, w->key, &dom);
+	if (st == TN_PROV_OK && given != NULL && strcmp(given, dom->tenant) != 0)
+		st = tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "tenant", "tenant: the domain of %s "
+				  "belongs to another tenant", w->key);
+	if (st == TN_PROV_OK) {
+		w->tenant = tn_mem_strdup(dom->tenant);
+		st = tn_prov_live_tenant(op, w->tenant, tenant_r);
+	}
+	tn_prov_entry_free(&dom);
+	return st;
+}
+
+static void tn_prov_create_mods(struct tn_prov_op *op, struct tn_prov_wr *w)
+{
+	const char *status = json_string_value(json_object_get(w->norm, "status"));
+	char *now = tn_prov_input_gentime(op->now_ms);
+	const char *name;
+	json_t *v;
+
+	tn_prov_mods_add1(&w->mods, LDAP_MOD_ADD, "objectClass", op->kd->objectclass);
+	json_object_foreach(w->norm, name, v) {
+		const struct tn_prov_field *f = tn_prov_field_find(op->kd, name);
+
+		if (f->attr != NULL && !json_is_null(v) && (f->flags & TN_PF_STATUSF) == 0)
+			tn_prov_mods_add(&w->mods, LDAP_MOD_ADD, f->attr, tn_prov_values(f, v));
+	}
+	tn_prov_mods_add1(&w->mods, LDAP_MOD_ADD, "tnStatus", status != NULL ? status : "active");
+	tn_prov_mods_add1(&w->mods, LDAP_MOD_ADD, "tnStatusTime", now);
+	v = json_object_get(w->norm, "status_reason");
+	if (json_is_string(v))
+		tn_prov_mods_add1(&w->mods, LDAP_MOD_ADD, "tnStatusReason", json_string_value(v));
+	tn_mem_free(&now);
+}
+
+/* After the add: a writer elsewhere may have taken the last place. */
+static enum tn_prov_status tn_prov_create_recheck(struct tn_prov_op *op, struct tn_prov_wr *w,
+						  struct tn_prov_entry *tenant)
+{
+	enum tn_prov_status st;
+	char *diag = NULL;
+
+	if (op->kd->kind != TN_PROV_MAILBOX)
+		return TN_PROV_OK;
+	st = tn_prov_plan_with(op, w->tenant, tenant->obj, NULL, NULL, false,
+			       tn_prov_mailbox_fields_at_fault);
+	if (st != TN_PROV_UNPROCESSABLE)
+		return st;
+	if (tn_prov_write(op, TN_PROV_WRITE_DELETE, w->now->dn, NULL, NULL, &diag) != LDAP_SUCCESS)
+		tn_error("provisioning: mailbox %s exceeds the plan of tenant %s and could not "
+			 "be removed again", w->key, w->tenant);
+	ldap_memfree(diag);
+	tn_prov_invalidate(op, op->kd->kind, w->key);
+	return st;
+}
+
+static enum tn_prov_status tn_prov_create_step(struct tn_prov_op *op, void *arg)
+{
+	struct tn_prov_wr *w = arg;
+	struct tn_prov_entry *tenant = NULL;
+	enum tn_prov_status st = tn_prov_create_owner(op, w, &tenant);
+	char *dn = NULL;
+
+	if (st == TN_PROV_OK)
+		st = tn_prov_lock_tenant(op, w->tenant);
+	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX)
+		st = tn_prov_plan_with(op, w->tenant, tenant->obj, NULL,
+				       json_object_get(w->norm, "quota_bytes"), true,
+				       tn_prov_mailbox_fields_at_fault);
+	if (st == TN_PROV_OK) {
+		dn = tn_prov_dn(op->p, op->kd->kind == TN_PROV_TENANT ? NULL : w->tenant,
+				op->kd->key_attr, w->key);
+		tn_prov_create_mods(op, w);
+		st = tn_prov_write_back(op, w, TN_PROV_WRITE_ADD, dn, NULL);
+	}
+	if (st == TN_PROV_OK)
+		st = tn_prov_create_recheck(op, w, tenant);
+	if (st == TN_PROV_OK)
+		st = tn_prov_commit(op, w, op->kd->event_prefix == NULL ? NULL :
+				    op->kd->kind == TN_PROV_TENANT ? "tenant.created" :
+				    op->kd->kind == TN_PROV_DOMAIN ? "domain.created" :
+				    "mailbox.created",
+				    op->kd->event_prefix == NULL ? NULL :
+				    tn_prov_created_data(op, w->now->obj), true, TN_PROV_CREATED);
+	tn_prov_entry_free(&tenant);
+	tn_mem_free(&dn);
+	return st;
+}
+
+enum tn_prov_status tn_prov_create_object(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+					  enum tn_prov_kind kind, json_t *in,
+					  struct tn_prov_result *res)
+{
+	struct tn_prov_wr w = { 0 };
+	struct tn_prov_op op;
+	enum tn_prov_status st;
+	const char *key;
+
+	tn_prov_op_begin(&op, p, ctx, kind, res);
+	key = json_string_value(json_object_get(in, op.kd->fields[0].name));
+	st = tn_prov_parse(&op, in, TN_PF_CREATE, key, &w.norm);
+	if (st == TN_PROV_OK)
+		st = tn_prov_required(&op, w.norm);
+	if (st == TN_PROV_OK) {
+		w.key = json_string_value(json_object_get(w.norm, op.kd->fields[0].name));
+		st = tn_prov_run(&op, tn_prov_create_step, &w);
+	}
+	res->status = st;
+	tn_prov_wr_clear(&w);
+	return st;
+}
+
+/* --- modify ---------------------------------------------------------------------------------------- */
+
+static enum tn_prov_status tn_prov_read_old(struct tn_prov_op *op, struct tn_prov_wr *w)
+{
+	enum tn_prov_status st = tn_prov_fetch(op, w->key, &w->old);
+
+	if (st != TN_PROV_OK)
+		return st;
+	w->tenant = tn_mem_strdup(w->old->tenant);
+	if (op->ctx->if_match != NULL &&
+	    (w->old->etag == NULL || strcmp(op->ctx->if_match, w->old->etag) != 0))
+		return tn_prov_fail(op, TN_PROV_PRECONDITION, NULL,
+				    "the %s changed meanwhile (ETag does not match)", op->kd->name);
+	return tn_prov_lock_tenant(op, w->tenant);
+}
+
+/* The modifications and events.md "changes" of w->norm against w->old. */
+static void tn_prov_diff(struct tn_prov_op *op, struct tn_prov_wr *w)
+{
+	const char *name;
+	json_t *v;
+
+	w->changes = json_object();
+	json_object_foreach(w->norm, name, v) {
+		const struct tn_prov_field *f = tn_prov_field_find(op->kd, name);
+		json_t *old = json_object_get(w->old->obj, name);
+
+		if ((f->flags & TN_PF_OUT) != 0 && old != NULL && json_equal(old, v))
+			continue;
+		tn_prov_mods_add(&w->mods, LDAP_MOD_REPLACE, f->attr, tn_prov_values(f, v));
+		if ((f->flags & TN_PF_EVENT) != 0)
+			json_object_set_new(w->changes, name, json_pack("{s:O,s:O}", "old",
+						old != NULL ? old : json_null(), "new", v));
+	}
+}
+
+static bool tn_prov_changed(const struct tn_prov_wr *w, const char *name)
+{
+	return json_object_get(w->changes, name) != NULL;
+}
+
+/* Plan limits a modify may break. */
+static enum tn_prov_status tn_prov_modify_plan(struct tn_prov_op *op, struct tn_prov_wr *w)
+{
+	struct tn_prov_entry *tenant = NULL;
+	enum tn_prov_status st = TN_PROV_OK;
+	json_t *plan;
+
+	if (op->kd->kind == TN_PROV_MAILBOX && tn_prov_changed(w, "quota_bytes") &&
+	    w->old->status != TN_STATUS_DELETED) {
+		st = tn_prov_fetch_kind(op, TN_PROV_TENANT, w->tenant, &tenant);
+		if (st == TN_PROV_OK)
+			st = tn_prov_plan_with(op, w->tenant, tenant->obj, w->key,
+					       json_object_get(w->norm, "quota_bytes"), true,
+					       tn_prov_mailbox_fields_at_fault);
+	} else if (op->kd->kind == TN_PROV_TENANT &&
+		   (tn_prov_changed(w, "storage_quota_bytes") ||
+		    tn_prov_changed(w, "mailbox_quota_bytes") ||
+		    tn_prov_changed(w, "max_mailboxes") || tn_prov_changed(w, "overcommit"))) {
+		const char *fields[2] = { "max_mailboxes",
+			tn_prov_changed(w, "storage_quota_bytes") ? "storage_quota_bytes" :
+			tn_prov_changed(w, "mailbox_quota_bytes") ? "mailbox_quota_bytes" :
+			"overcommit" };
+
+		plan = json_deep_copy(w->old->obj);
+		json_object_update(plan, w->norm);
+		st = tn_prov_plan_with(op, w->tenant, plan, NULL, NULL, false, fields);
+		json_decref(plan);
+	}
+	tn_prov_entry_free(&tenant);
+	return st;
+}
+
+static enum tn_prov_status tn_prov_modify_step(struct tn_prov_op *op, void *arg)
+{
+	struct tn_prov_wr *w = arg;
+	enum tn_prov_status st = tn_prov_read_old(op, w);
+	char type[64];
+	json_t *data;
+
+	if (st != TN_PROV_OK)
+		return st;
+	tn_prov_diff(op, w);
+	if (w->mods.n == 0) {		/* nothing changes: no write, no event */
+		tn_prov_set_object(op, w->old);
+		return TN_PROV_OK;
+	}
+	st = tn_prov_modify_plan(op, w);
+	if (st == TN_PROV_OK)
+		st = tn_prov_write_back(op, w, TN_PROV_WRITE_MODIFY, w->old->dn, w->old->etag);
+	if (st != TN_PROV_OK)
+		return st;
+	if (op->kd->event_prefix == NULL || json_object_size(w->changes) == 0)
+		return tn_prov_commit(op, w, NULL, NULL, false, TN_PROV_OK);
+	snprintf(type, sizeof(type), "%s.updated", op->kd->event_prefix);
+	data = tn_prov_event_data(op, w->key);
+	json_object_set(data, "changes", w->changes);
+	return tn_prov_commit(op, w, type, data, false, TN_PROV_OK);
+}
+
+enum tn_prov_status tn_prov_modify(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+				   enum tn_prov_kind kind, const char *key, json_t *changes,
+				   struct tn_prov_result *res)
+{
+	struct tn_prov_wr w = { 0 };
+	struct tn_prov_op op;
+	enum tn_prov_status st;
+	char *norm = NULL;
+
+	tn_prov_op_begin(&op, p, ctx, kind, res);
+	st = tn_prov_normalize_key(&op, key, &norm);
+	if (st == TN_PROV_OK)
+		st = tn_prov_parse(&op, changes, TN_PF_MODIFY, norm, &w.norm);
+	if (st == TN_PROV_OK) {
+		w.key = norm;
+		st = tn_prov_run(&op, tn_prov_modify_step, &w);
+	}
+	res->status = st;
+	tn_prov_wr_clear(&w);
+	tn_mem_free(&norm);
+	return st;
+}
+
+/* --- suspend, resume, delete ------------------------------------------------------------------------ */
+
+static const char *tn_prov_reason(const struct tn_prov_wr *w)
+{
+	return w->reason != NULL ? w->reason : "";
+}
+
+/* A restore (deleted -> active): within the grace period, its owners
+ * alive, the plan still has room for a mailbox. */
+static enum tn_prov_status tn_prov_restore_check(struct tn_prov_op *op, struct tn_prov_wr *w)
+{
+	struct tn_prov_entry *tenant = NULL, *dom = NULL;
+	enum tn_prov_status st = TN_PROV_OK;
+
+	if (op->now_ms >= w->old->status_ms + op->p->purge_grace_ms)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "status", "the %s was deleted "
+				    "before its grace period: it can only be purged", op->kd->name);
+	if (op->kd->kind == TN_PROV_MAILBOX || op->kd->kind == TN_PROV_ALIAS)
+		st = tn_prov_live_domain(op, w->key, &dom);
+	if (st == TN_PROV_OK && op->kd->kind != TN_PROV_TENANT)
+		st = tn_prov_live_tenant(op, w->tenant, &tenant);
+	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX)
+		st = tn_prov_plan_with(op, w->tenant, tenant->obj, w->key,
+				       json_object_get(w->old->obj, "quota_bytes"), true,
+				       (const char *const[2]){ "status", "status" });
+	tn_prov_entry_free(&tenant);
+	tn_prov_entry_free(&dom);
+	return st;
+}
+
+/* 1: write, 0: nothing to do, or a failure status (negated) */
+static int tn_prov_transition(struct tn_prov_op *op, struct tn_prov_wr *w,
+			      enum tn_prov_status *st_r)
+{
+	enum tn_status from = w->old->status;
+	const char *old_reason = json_string_value(json_object_get(w->old->obj, "status_reason"));
+
+	if (w->to == from && (w->to != TN_STATUS_SUSPENDED ||
+			      strcmp(old_reason != NULL ? old_reason : "", tn_prov_reason(w)) == 0))
+		return 0;
+	if (from == TN_STATUS_DELETED && w->to == TN_STATUS_SUSPENDED) {
+		*st_r = tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "status", "the %s is deleted: "
+				     "resume (restore) it first", op->kd->name);
+		return -1;
+	}
+	if (from == TN_STATUS_DELETED && (*st_r = tn_prov_restore_check(op, w)) != TN_PROV_OK)
+		return -1;
+	return 1;
+}
+
+static json_t *tn_prov_status_data(struct tn_prov_op *op, struct tn_prov_wr *w)
+{
+	json_t *data = tn_prov_event_data(op, w->key);
+	char *purge;
+
+	json_object_set_new(data, "previous_status", json_string(tn_status_name(w->old->status)));
+	json_object_set_new(data, "reason", json_string(tn_prov_reason(w)));
+	if (w->to == TN_STATUS_DELETED) {
+		purge = tn_prov_input_rfc3339(op->now_ms + op->p->purge_grace_ms);
+		json_object_set_new(data, "purge_after", json_string(purge));
+		tn_mem_free(&purge);
+	}
+	return data;
+}
+
+static enum tn_prov_status tn_prov_status_step(struct tn_prov_op *op, void *arg)
+{
+	static const char *const verbs[] = { "resumed", "suspended", "deleted" };
+	struct tn_prov_wr *w = arg;
+	enum tn_prov_status st = tn_prov_read_old(op, w);
+	char *now, type[64];
+	int t;
+
+	if (st != TN_PROV_OK)
+		return st;
+	if ((t = tn_prov_transition(op, w, &st)) <= 0) {
+		if (t == 0)
+			tn_prov_set_object(op, w->old);
+		return t == 0 ? TN_PROV_OK : st;
+	}
+	now = tn_prov_input_gentime(op->now_ms);
+	tn_prov_mods_add1(&w->mods, LDAP_MOD_REPLACE, "tnStatus", tn_status_name(w->to));
+	tn_prov_mods_add1(&w->mods, LDAP_MOD_REPLACE, "tnStatusReason",
+			  *tn_prov_reason(w) != '\0' ? w->reason : NULL);
+	tn_prov_mods_add1(&w->mods, LDAP_MOD_REPLACE, "tnStatusTime", now);
+	tn_mem_free(&now);
+	st = tn_prov_write_back(op, w, TN_PROV_WRITE_MODIFY, w->old->dn, w->old->etag);
+	if (st != TN_PROV_OK)
+		return st;
+	if (op->kd->event_prefix == NULL)
+		return tn_prov_commit(op, w, NULL, NULL, false, TN_PROV_OK);
+	snprintf(type, sizeof(type), "%s.%s", op->kd->event_prefix, verbs[w->to]);
+	return tn_prov_commit(op, w, type, tn_prov_status_data(op, w), false, TN_PROV_OK);
+}
+
+enum tn_prov_status tn_prov_set_status(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+				       enum tn_prov_kind kind, const char *key,
+				       enum tn_status to, const char *reason,
+				       struct tn_prov_result *res)
+{
+	struct tn_prov_wr w = { .to = to, .reason = reason };
+	struct tn_prov_op op;
+	enum tn_prov_status st;
+	const char *why;
+	char *norm = NULL;
+
+	tn_prov_op_begin(&op, p, ctx, kind, res);
+	st = tn_prov_normalize_key(&op, key, &norm);
+	if (st == TN_PROV_OK && reason != NULL && *reason != '\0' &&
+	    tn_prov_input_text(reason, strlen(reason), 1024, &why) < 0)
+		st = tn_prov_fail(&op, TN_PROV_BAD_INPUT, "reason", "reason: %s", why);
+	if (st == TN_PROV_OK) {
+		w.key = norm;
+		st = tn_prov_run(&op, tn_prov_status_step, &w);
+	}
+	res->status = st;
+	tn_prov_wr_clear(&w);
+	tn_mem_free(&norm);
+	return st;
+}
+
+/* --- purge ----------------------------------------------------------------------------------------------- */
+
+/* Delete the entries below a tenant (all, or a domain's addresses). */
+static enum tn_prov_status tn_prov_purge_children(struct tn_prov_op *op, struct tn_prov_wr *w,
+						  const char *domain)
+{
+	static char *attrs[] = { "objectClass", "mail", "tnDomain", NULL };
+	char *base = tn_prov_dn(op->p, NULL, "tnTenantId", w->tenant), *diag = NULL;
+	enum tn_prov_status st = TN_PROV_OK;
+	LDAPMessage *res = NULL;
+	int rc = LDAP_SUCCESS;
+
+	if (tn_prov_search(op, base, LDAP_SCOPE_ONELEVEL, "(objectClass=*)", attrs, &res,
+			   &st) == 0) {
+		for (LDAPMessage *e = ldap_first_entry(op->ld, res); e != NULL && rc == LDAP_SUCCESS;
+		     e = ldap_next_entry(op->ld, e)) {
+			struct berval **mail = ldap_get_values_len(op->ld, e, "mail");
+			struct berval **dom = ldap_get_values_len(op->ld, e, "tnDomain");
+			char *m = mail != NULL && mail[0] != NULL ?
+				tn_mem_strndup(mail[0]->bv_val, mail[0]->bv_len) : NULL;
+			char *d = dom != NULL && dom[0] != NULL ?
+				tn_mem_strndup(dom[0]->bv_val, dom[0]->bv_len) : NULL;
+			const char *at = m != NULL ? strrchr(m, '@') : NULL;
+
+			if (domain == NULL || (at != NULL && strcasecmp(at + 1, domain) == 0)) {
+				char *dn = ldap_get_dn(op->ld, e);
+
+				rc = tn_prov_write(op, TN_PROV_WRITE_DELETE, dn, NULL, NULL, &diag);
+				if (rc == LDAP_SUCCESS || rc == LDAP_NO_SUCH_OBJECT) {
+					rc = LDAP_SUCCESS;
+					tn_prov_invalidate(op, m != NULL ? TN_PROV_MAILBOX :
+							   TN_PROV_DOMAIN, m != NULL ? m : d);
+				}
+				ldap_memfree(dn);
+			}
+			ldap_value_free_len(mail);
+			ldap_value_free_len(dom);
+			tn_mem_free(&m);
+			tn_mem_free(&d);
+		}
+		if (rc != LDAP_SUCCESS)
+			st = tn_prov_ldap_fail(op, rc, "purge", diag);
+	}
+	ldap_memfree(diag);
+	if (res != NULL)
+		ldap_msgfree(res);
+	tn_mem_free(&base);
+	return st;
+}
+
+static enum tn_prov_status tn_prov_purge_step(struct tn_prov_op *op, void *arg)
+{
+	struct tn_prov_wr *w = arg;
+	enum tn_prov_status st = tn_prov_read_old(op, w);
+	char *diag = NULL;
+	int rc;
+
+	if (st != TN_PROV_OK)
+		return st;
+	if (w->old->status != TN_STATUS_DELETED)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "status", "only a deleted %s can "
+				    "be purged", op->kd->name);
+	if (op->now_ms < w->old->status_ms + op->p->purge_grace_ms)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, "purge_after", "purge_after has "
+				    "not come yet (%s)", json_string_value(
+					    json_object_get(w->old->obj, "purge_after")));
+	if (op->kd->kind == TN_PROV_TENANT || op->kd->kind == TN_PROV_DOMAIN)
+		st = tn_prov_purge_children(op, w, op->kd->kind == TN_PROV_DOMAIN ? w->key : NULL);
+	if (st != TN_PROV_OK)
+		return st;
+	rc = tn_prov_write(op, TN_PROV_WRITE_DELETE, w->old->dn, NULL, w->old->etag, &diag);
+	if (rc != LDAP_SUCCESS)
+		st = tn_prov_ldap_fail(op, rc, "purge", diag);
+	ldap_memfree(diag);
+	tn_prov_invalidate(op, op->kd->kind, w->key);
+	op->res->changed = rc == LDAP_SUCCESS;
+	return st;
+}
+
+enum tn_prov_status tn_prov_purge(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+				  enum tn_prov_kind kind, const char *key,
+				  struct tn_prov_result *res)
+{
+	struct tn_prov_wr w = { 0 };
+	struct tn_prov_op op;
+	enum tn_prov_status st;
+	char *norm = NULL;
+
+	tn_prov_op_begin(&op, p, ctx, kind, res);
+	st = tn_prov_normalize_key(&op, key, &norm);
+	if (st == TN_PROV_OK) {
+		w.key = norm;
+		st = tn_prov_run(&op, tn_prov_purge_step, &w);
+	}
+	res->status = st;
+	tn_prov_wr_clear(&w);
+	tn_mem_free(&norm);
+	return st;
+}
