@@ -753,12 +753,13 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 	for (size_t i = 0; i < n; i++) {
 		if (done[i] != 1)
 			continue;
-		if (hookd_fanout_finish(hd, newfd, hd->pending[from + i], last[i]))
+		if (hookd_fanout_finish(hd, newfd, hd->pending[from + i], last[i])) {
 			hookd_fanout_enqueue(hd, hd->pending[from + i], linked[i], last[i], evs[i]);
+			pthread_mutex_lock(&hd->mlock);
+			hd->fanned_out++;
+			pthread_mutex_unlock(&hd->mlock);
+		}
 		hookd_ev_unref(&evs[i]);
-		pthread_mutex_lock(&hd->mlock);
-		hd->fanned_out++;
-		pthread_mutex_unlock(&hd->mlock);
 	}
 	close(newfd);
 	return n;
@@ -1581,7 +1582,7 @@ static int hookd_setup_spool(struct hookd *hd)
 		return -1;
 	}
 	hd->wd_new = inotify_add_watch(hd->inotify_fd, hd->newdir,
-				       IN_MOVED_TO | IN_CLOSE_WRITE | IN_ONLYDIR);
+				       IN_MOVED_TO | IN_ONLYDIR);
 	if (hd->wd_new < 0) {
 		tn_error("inotify on %s: %s", hd->newdir, strerror(errno));
 		return -1;
