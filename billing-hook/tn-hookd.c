@@ -9,9 +9,10 @@
  *	One libevent loop in one thread does all the work: inotify on new/
  *	and the queues, a periodic rescan, the fan-out of new events into
  *	per-endpoint queues (hard links, docs/hookd.md), and the requests
- *	(libcurl multi, sockets and timers driven by the same loop). Only
- *	/metrics runs in its own thread (libmicrohttpd); it reads counters
- *	under hd->mlock.
+ *	(libcurl multi, sockets and timers driven by the same loop). Two
+ *	other threads: /metrics (libmicrohttpd), which reads counters under
+ *	hd->mlock, and the reaper, which unlinks delivered files and hands
+ *	their items back through a pipe.
  *
  *	Nothing on the delivery side is fsync'ed except the queue
  *	directories after a fan-out batch, before the names in new/ go: a
