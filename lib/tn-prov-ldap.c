@@ -452,7 +452,9 @@ enum tn_prov_status tn_prov_fetch(struct tn_prov_op *op, const char *key,
 
 	if (kd->kind == TN_PROV_TENANT) {
 		dn = tn_prov_dn(op->p, NULL, kd->key_attr, key);
-		st = tn_prov_fetch_dn(op, dn, ent_r);
+		filter = tn_mem_printf("(objectClass=%s)", kd->objectclass);
+		st = tn_prov_fetch_query(op, dn, LDAP_SCOPE_BASE, filter, key, ent_r);
+		tn_mem_free(&filter);
 		tn_mem_free(&dn);
 	} else {
 		v = tn_escape_filter_value(key, strlen(key));

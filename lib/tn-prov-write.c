@@ -576,7 +576,13 @@ static enum tn_prov_status tn_prov_create_owner(struct tn_prov_op *op, struct tn
 			return tn_prov_fail(op, TN_PROV_FORBIDDEN, NULL,
 					    "a tenant's credential cannot create tenants");
 		w->tenant = tn_mem_strdup(w->key);
-		return TN_PROV_OK;
+		/* a read before the write, as for every other write: a server
+		 * that stopped answering is found before anything is sent */
+		st = tn_prov_fetch(op, w->key, tenant_r);
+		if (st == TN_PROV_OK)
+			return tn_prov_fail(op, TN_PROV_CONFLICT, "id", "id: tenant %s exists",
+					    w->key);
+		return st == TN_PROV_NOT_FOUND ? TN_PROV_OK : st;
 	}
 	if (op->kd->kind == TN_PROV_DOMAIN) {
 		if (given == NULL && scope == NULL)
@@ -682,11 +688,14 @@ enum tn_prov_status tn_prov_create_object(struct tn_prov *p, const struct tn_pro
 	struct tn_prov_wr w = { 0 };
 	struct tn_prov_op op;
 	enum tn_prov_status st;
-	const char *key;
+	const char *key, *why;
+	char *self = NULL;
 
 	tn_prov_op_begin(&op, p, ctx, kind, res);
 	key = json_string_value(json_object_get(in, op.kd->fields[0].name));
-	st = tn_prov_parse(&op, in, TN_PF_CREATE, key, &w.norm);
+	if (key != NULL && tn_prov_input_address(key, &self, &why) < 0)
+		self = NULL;	/* the key's own check names the problem */
+	st = tn_prov_parse(&op, in, TN_PF_CREATE, self, &w.norm);
 	if (st == TN_PROV_OK)
 		st = tn_prov_required(&op, w.norm);
 	if (st == TN_PROV_OK) {
@@ -695,6 +704,7 @@ enum tn_prov_status tn_prov_create_object(struct tn_prov *p, const struct tn_pro
 	}
 	res->status = st;
 	tn_prov_wr_clear(&w);
+	tn_mem_free(&self);
 	return st;
 }
 

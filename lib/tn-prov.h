@@ -55,6 +55,10 @@
  *	this process in between); a mailbox create recounts after its write
  *	and undoes itself when a writer elsewhere took the last place.
  *
+ *	Keys, reasons and ETags are C strings: a caller that decodes them
+ *	(from a URL, say) refuses an embedded NUL itself. JSON input may
+ *	hold NUL (jansson's lengths are checked): it is refused.
+ *
  *	Deadlines: every operation ends by ctx.deadline (0: prov_timeout
  *	from the call). Directory unreachable, frozen or timed out: TN_PROV_
  *	TEMPFAIL, and nothing was written -- except when the time ran out

@@ -24,6 +24,7 @@
  *	     "if_match": "etag",
  *	     "deadline_ms": N}        from the call; default prov_timeout
  *	A request that is not such an object answers {"status":"usage"}.
+ *	Strings may hold NUL (\u0000), so that the library's checks see it.
  *
  *	Configuration: the lookup (ldap_*, redis_*), outbox_* and prov_*
  *	parameters of tenantmail.conf.
@@ -125,7 +126,7 @@ static int probe_call(struct probe *pr, json_t *req, struct tn_prov_result *res)
 
 static void probe_request(struct probe *pr, const char *text)
 {
-	json_t *req = json_loads(text, JSON_REJECT_DUPLICATES, NULL), *out;
+	json_t *req = json_loads(text, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL), *out;
 	struct tn_prov_result res = { 0 };
 	int64_t t0 = tn_time_now_us();
 	char *line;
