@@ -151,8 +151,12 @@ struct tn_outbox_req {
 	uint64_t seq;
 	tn_msec_t deadline, retry_at, pause;
 	enum tn_outbox_req_state state;
-	bool done;			/* under queue_lock, like the two below */
+	bool done;			/* under queue_lock, like the four below */
 	bool leading;			/* its thread is leading a batch */
+	bool sync_asked;		/* fsync mode: its thread is to sync fd */
+	int sync_errno;			/* and the outcome */
+	struct tn_outbox_batch *batch;	/* that asked */
+	bool sync_helped;		/* the leader's: sync asked of the thread */
 	pthread_cond_t cond;		/* its thread waits here */
 	char error[TN_OUTBOX_ERROR_MAX];
 };
@@ -168,6 +172,7 @@ struct tn_outbox_group {
 	uint64_t seq;			/* the counter before the batch */
 	size_t seq_len;			/* the length of its file */
 	uint64_t next;			/* the last number given so far */
+	int sync_errno;			/* fsync mode: of the counter */
 };
 
 /* Where a batch is. Two batches overlap: one may start while the
@@ -188,6 +193,8 @@ struct tn_outbox_batch {
 	size_t n_written;		/* requests in WRITTEN state */
 	size_t n_published;		/* renamed into new/ (maybe undone since) */
 	int tmp_fd, new_fd;		/* tmp/ and new/ */
+	struct tn_outbox_req *leader;	/* fsync mode: its request */
+	size_t sync_left;		/* and the syncs it waits for */
 	struct tn_outbox_req *reqs[TN_OUTBOX_BATCH_MAX];
 	struct tn_outbox_group groups[TN_OUTBOX_BATCH_MAX];
 };
@@ -941,18 +948,26 @@ static void tn_outbox_group_kick(struct tn_outbox_group *g)
 		sync_file_range(g->seq_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
-/* Step 3 in fsync mode for one tenant: its event files and counter. */
-static int tn_outbox_group_fsync(struct tn_outbox_group *g, const char **error_r)
+/* Step 3 in fsync mode, after the syncs of g's event files and counter:
+ * the first failure fails the tenant. */
+static void tn_outbox_group_synced(struct tn_outbox_batch *b, struct tn_outbox_group *g)
 {
-	for (size_t i = 0; i < g->n_reqs; i++) {
+	const char *error = NULL;
+
+	for (size_t i = 0; i < g->n_reqs && error == NULL; i++) {
 		struct tn_outbox_req *req = g->reqs[i];
 
-		if (req->state == TN_OUTBOX_REQ_WRITTEN && fdatasync(req->fd) < 0)
-			return tn_outbox_sysfail(error_r, "fsync", req->tmp_path);
+		if (req->state == TN_OUTBOX_REQ_WRITTEN && req->sync_errno != 0) {
+			errno = req->sync_errno;
+			tn_outbox_sysfail(&error, "fsync", req->tmp_path);
+		}
 	}
-	if (g->locked && g->next != g->seq && fdatasync(g->seq_fd) < 0)
-		return tn_outbox_sysfail(error_r, "fsync", g->seq_path);
-	return 0;
+	if (error == NULL && g->sync_errno != 0) {
+		errno = g->sync_errno;
+		tn_outbox_sysfail(&error, "fsync", g->seq_path);
+	}
+	if (error != NULL)
+		tn_outbox_group_fail(b, g, error);
 }
 
 /* Step 4 for one tenant, in sequence order. A failed rename fails that
@@ -1039,28 +1054,18 @@ static void tn_outbox_batch_begin(struct tn_outbox_batch *b)
 	}
 }
 
-/* Step 3: one syncfs (a failure fails every tenant of the batch), or
- * every event file and counter, each tenant failing alone. */
-static void tn_outbox_batch_sync(struct tn_outbox_batch *b)
+/* Step 3 in syncfs mode: a failure fails every tenant of the batch. */
+static void tn_outbox_batch_syncfs(struct tn_outbox_batch *b)
 {
 	const char *error;
 
-	if (b->ob->sync == TN_OUTBOX_SYNC_SYNCFS) {
-		/* since Linux 5.8 this reports the file system's write-back
-		 * errors since new_fd was opened, i.e. during this batch */
-		if (syncfs(b->new_fd) == 0)
-			return;
-		tn_outbox_sysfail(&error, "syncfs", b->ob->sub[TN_OUTBOX_NEW]);
-		for (size_t i = 0; i < b->n_groups; i++)
-			tn_outbox_group_fail(b, &b->groups[i], error);
+	/* since Linux 5.8 this reports the file system's write-back errors
+	 * since new_fd was opened, i.e. during this batch */
+	if (syncfs(b->new_fd) == 0)
 		return;
-	}
+	tn_outbox_sysfail(&error, "syncfs", b->ob->sub[TN_OUTBOX_NEW]);
 	for (size_t i = 0; i < b->n_groups; i++)
-		tn_outbox_group_kick(&b->groups[i]);
-	for (size_t i = 0; i < b->n_groups; i++) {
-		if (tn_outbox_group_fsync(&b->groups[i], &error) < 0)
-			tn_outbox_group_fail(b, &b->groups[i], error);
-	}
+		tn_outbox_group_fail(b, &b->groups[i], error);
 }
 
 /* Steps 4 and 5. */
@@ -1245,6 +1250,74 @@ static void tn_outbox_batch_release(struct tn_outbox *ob, struct tn_outbox_batch
 	b->stage = TN_OUTBOX_BATCH_FREE;
 }
 
+/* Under queue_lock: ask the threads of b's written requests to sync
+ * their own files, except those busy leading (and self): the leader
+ * syncs these. */
+static void tn_outbox_batch_ask_syncs(struct tn_outbox_batch *b, struct tn_outbox_req *self)
+{
+	b->leader = self;
+	b->sync_left = 0;
+	for (size_t i = 0; i < b->n_reqs; i++) {
+		struct tn_outbox_req *req = b->reqs[i];
+
+		req->sync_helped = false;
+		if (req->state != TN_OUTBOX_REQ_WRITTEN || req == self || req->leading)
+			continue;
+		req->sync_helped = true;
+		req->sync_asked = true;
+		req->batch = b;
+		b->sync_left++;
+		pthread_cond_signal(&req->cond);
+	}
+}
+
+/* Step 3 in fsync mode: every event file and counter of b, each tenant
+ * failing alone. The requests' threads sync their files meanwhile, so
+ * that the syncs overlap (and the device merges their flushes) as the
+ * appends of separate threads did before group commit. */
+static void tn_outbox_batch_fsync(struct tn_outbox *ob, struct tn_outbox_batch *b,
+				  struct tn_outbox_req *self)
+{
+	for (size_t i = 0; i < b->n_groups; i++)
+		tn_outbox_group_kick(&b->groups[i]);
+	pthread_mutex_lock(&ob->queue_lock);
+	tn_outbox_batch_ask_syncs(b, self);
+	pthread_mutex_unlock(&ob->queue_lock);
+	for (size_t i = 0; i < b->n_reqs; i++) {
+		struct tn_outbox_req *req = b->reqs[i];
+
+		if (req->state == TN_OUTBOX_REQ_WRITTEN && !req->sync_helped)
+			req->sync_errno = fdatasync(req->fd) < 0 ? errno : 0;
+	}
+	for (size_t i = 0; i < b->n_groups; i++) {
+		struct tn_outbox_group *g = &b->groups[i];
+
+		if (g->locked && g->next != g->seq)
+			g->sync_errno = fdatasync(g->seq_fd) < 0 ? errno : 0;
+	}
+	pthread_mutex_lock(&ob->queue_lock);
+	while (b->sync_left > 0)
+		pthread_cond_wait(&self->cond, &ob->queue_lock);
+	pthread_mutex_unlock(&ob->queue_lock);
+	for (size_t i = 0; i < b->n_groups; i++)
+		tn_outbox_group_synced(b, &b->groups[i]);
+}
+
+/* Under queue_lock, in req's thread: sync its file for its batch. */
+static void tn_outbox_req_sync(struct tn_outbox *ob, struct tn_outbox_req *req)
+{
+	int ret, err;
+
+	req->sync_asked = false;
+	pthread_mutex_unlock(&ob->queue_lock);
+	ret = fdatasync(req->fd);
+	err = errno;
+	pthread_mutex_lock(&ob->queue_lock);
+	req->sync_errno = ret < 0 ? err : 0;
+	if (--req->batch->sync_left == 0)
+		pthread_cond_signal(&req->batch->leader->cond);
+}
+
 /* Called and returns with queue_lock held: commit one batch into b.
  * When it has synced, the next batch may start; when it is done, the
  * one after. Each time one waiting thread is woken to lead it. */
@@ -1255,8 +1328,10 @@ static void tn_outbox_lead(struct tn_outbox *ob, struct tn_outbox_batch *b,
 	tn_outbox_queue_take(ob, b);
 	pthread_mutex_unlock(&ob->queue_lock);
 	tn_outbox_batch_begin(b);
-	if (b->n_written > 0)
-		tn_outbox_batch_sync(b);
+	if (b->n_written > 0 && ob->sync == TN_OUTBOX_SYNC_SYNCFS)
+		tn_outbox_batch_syncfs(b);
+	else if (b->n_written > 0)
+		tn_outbox_batch_fsync(ob, b, self);
 	pthread_mutex_lock(&ob->queue_lock);
 	b->stage = TN_OUTBOX_BATCH_PUBLISHING;
 	tn_outbox_wake_leader(ob);
@@ -1282,6 +1357,10 @@ static void tn_outbox_queue_wait(struct tn_outbox *ob, struct tn_outbox_req *req
 	req->order = ob->queue_order++;
 	tn_outbox_queue_push(ob, req);
 	while (!req->done) {
+		if (req->sync_asked) {
+			tn_outbox_req_sync(ob, req);
+			continue;
+		}
 		b = tn_outbox_free_batch(ob);
 		if (b != NULL && tn_outbox_queue_due(ob, &wake) != NULL) {
 			tn_outbox_lead(ob, b, req);
