@@ -300,6 +300,10 @@ struct tn_prov *tn_prov_create(const struct tn_conf *conf, struct tn_lookup *loo
 	struct tn_prov *p;
 	char *pw = NULL;
 
+	if (outbox == NULL) {
+		*error_r = "provisioning needs an outbox (outbox_dir) for its events";
+		return NULL;
+	}
 	if (tn_prov_check_conf(conf, error_r) < 0 ||
 	    tn_lookup_read_secret(tn_conf_str(conf, "prov_ldap_bind_password_file"), &pw,
 				  error_r) < 0)
