@@ -3,7 +3,8 @@
 schemadir = $(datadir)/tenantmail/ldap-schema
 dist_schema_DATA = ldap-schema/tenantmail.schema ldap-schema/indexes.conf \
 	ldap-schema/indexes.ldif ldap-schema/acl.conf ldap-schema/acl.ldif \
-	ldap-schema/example-dit.ldif ldap-schema/unique.conf ldap-schema/unique.ldif
+	ldap-schema/example-dit.ldif ldap-schema/unique.conf ldap-schema/unique.ldif \
+	ldap-schema/limits.conf ldap-schema/limits.ldif
 nodist_schema_DATA = ldap-schema/tenantmail.ldif
 dist_noinst_SCRIPTS += ldap-schema/schema2ldif
 EXTRA_DIST += ldap-schema/README.md

@@ -413,6 +413,7 @@ class Slapd(_Server):
             "include %s" % s(SCHEMA_DIR, "indexes.conf"),
             "include %s" % s(SCHEMA_DIR, "acl.conf"),
             "include %s" % s(SCHEMA_DIR, "unique.conf"),
+            "include %s" % s(SCHEMA_DIR, "limits.conf"),
         ]
         if self.provider is None:
             lines += ["overlay syncprov", "syncprov-checkpoint 100 10"]

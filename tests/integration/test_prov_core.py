@@ -807,6 +807,26 @@ def test_list_pages_and_filters(stack, prov):
     assert tenants == sorted(tenants) and {"acme", "globex", "pages"} <= set(tenants)
 
 
+def test_list_of_more_than_500(stack, prov):
+    """slapd's default size limit is 500; ldap-schema/limits.conf lifts it
+    for the provisioning account."""
+    make_tenant(prov, "many")
+    stack.slapd.add("".join(
+        "dn: %s\nobjectClass: tnMailbox\nmail: m%03d@many.example\n\n"
+        % (tdn("many", "mail=m%03d@many.example" % i), i) for i in range(700)))
+    seen, cursor = [], None
+    while True:
+        q = {"tenant": "many", "limit": 300}
+        if cursor:
+            q["cursor"] = cursor
+        r = ok(prov.one("list", "mailbox", query=q))
+        seen += [i["address"] for i in r["items"]]
+        cursor = r.get("next_cursor")
+        if not cursor:
+            break
+    assert seen == ["m%03d@many.example" % i for i in range(700)]
+
+
 # --- the event cannot be recorded: the write is undone ------------------------
 
 def test_event_failure_undoes_the_write(stack, prov):

@@ -8,6 +8,9 @@
 (b) unique.conf and unique.ldif agree, and unique.ldif applies to a
     cn=config server the way the README says (and is then enforced).
 (c) the provisioning service account from the right and the wrong side.
+(d) limits.conf: the provisioning account reads more than slapd's default
+    500 entries in one search (its lists sort client-side); limits.ldif
+    says the same for cn=config.
 
 Each test that writes runs its own slapd (loaded with the example DIT),
 so the module-wide stack of the other tests is never changed.
@@ -207,6 +210,11 @@ def test_b_unique_ldif_applies_to_cn_config(workdir):
         cfg.restart()
         r = cfg.add(dup, check=False)
         assert r.returncode == CONSTRAINT_VIOLATION, r.stderr
+        cfg.config_modify(os.path.join(SCHEMA_DIR, "limits.ldif"))
+        db = cfg.config_search(base="olcDatabase={1}mdb,cn=config", scope="base",
+                               attrs=("olcLimits",))[0]
+        assert [re.sub(r"^\{\d+\}", "", v) for v in db["olcLimits"]] == \
+            limits_lines()
         # the provisioning account of acl.ldif works there too
         cfg.add("dn: %s\nobjectClass: tnTenant\ntnTenantId: viaconfig\n"
                 % tdn("viaconfig"), bind_dn=PROV[0], password=PROV[1])
@@ -294,3 +302,34 @@ def test_c_others_cannot_use_the_provisioning_powers(slapd):
     r = s.run_tool("ldapwhoami", [], bind_dn=PROV[0], password="wrong",
                    check=False)
     assert r.returncode == 49
+
+
+# ---------------------------------------------------------------------------
+# (d) limits
+
+def limits_lines():
+    return [l.split(None, 1)[1].strip()
+            for l in open(os.path.join(SCHEMA_DIR, "limits.conf"))
+            if l.startswith("limits ")]
+
+
+def test_d_limits_conf_and_ldif_agree():
+    text = open(os.path.join(SCHEMA_DIR, "limits.ldif")).read()
+    assert re.findall(r"^olcLimits: (.*)$", text, re.M) == limits_lines()
+    assert limits_lines() == [
+        'dn.exact="cn=provisioning,ou=services,dc=example,dc=net" size=unlimited']
+
+
+def test_d_provisioning_reads_more_than_500_entries(slapd):
+    s = slapd
+    add_tenants(s, 1, prefix="big")
+    s.add("".join("dn: %s\nobjectClass: tnMailbox\nmail: m%d@big.example\n\n"
+                  % (tdn("big0", "mail=m%d@big.example" % i), i) for i in range(600)))
+    got = s.search("(objectClass=tnMailbox)", base=tdn("big0"), scope="one",
+                   attrs=("1.1",), bind_dn=PROV[0], password=PROV[1])
+    assert len(got) == 600
+    # the lookup account keeps slapd's default (the test can fail)
+    with pytest.raises(th.LdapError) as e:
+        s.search("(objectClass=tnMailbox)", base=tdn("big0"), scope="one",
+                 attrs=("1.1",), bind_dn=LOOKUP[0], password=LOOKUP[1])
+    assert e.value.returncode == 4          # sizeLimitExceeded
