@@ -17,12 +17,14 @@
  *	another batch is being committed wait for it and are committed
  *	together by one of them (the leader), sharing its syncs: one
  *	syncfs(2) (or one fdatasync per file, sync = TN_OUTBOX_SYNC_FSYNC)
- *	for the event files and counters, one fsync of new/. Each event
- *	still gets its own file in new/ and its own result: a member that
- *	fails (bad input, its tenant locked elsewhere past lock_timeout_ms,
- *	a disk error on its files) fails alone and leaves nothing in new/.
- *	Share one outbox object between the threads of a process to get
- *	the benefit (a process normally has one).
+ *	for the event files and counters, one fsync of new/. syncfs also
+ *	writes out whatever else is dirty on that file system: give the
+ *	outbox a file system of its own, or use TN_OUTBOX_SYNC_FSYNC. Each
+ *	event still gets its own file in new/ and its own result: a member
+ *	that fails (bad input, its tenant locked elsewhere past
+ *	lock_timeout_ms, a disk error on its files) fails alone and leaves
+ *	nothing in new/. Share one outbox object between the threads of a
+ *	process to get the benefit (a process normally has one).
  *
  *	Layout under dir (made by the install step, never by this code):
  *	tmp/ files being written, new/ durable events "<id>.json", seq/
