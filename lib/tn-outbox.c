@@ -158,8 +158,17 @@ struct tn_outbox_req {
 	struct tn_outbox_batch *batch;	/* that asked */
 	bool sync_helped;		/* the leader's: sync asked of the thread */
 	pthread_cond_t cond;		/* its thread waits here */
+	bool input_fault;		/* failed on its input (too large): permanent */
 	char error[TN_OUTBOX_ERROR_MAX];
 };
+
+/* Whether this thread's last failed append failed on its input. */
+static _Thread_local bool tn_outbox_input_fault_tl;
+
+bool tn_outbox_failed_on_input(void)
+{
+	return tn_outbox_input_fault_tl;
+}
 
 /* The requests of one tenant in a batch, and its counter. */
 struct tn_outbox_group {
@@ -796,11 +805,17 @@ static int tn_outbox_req_prepare(struct tn_outbox *ob, struct tn_outbox_req *req
 {
 	if (ob->origin_error != NULL)
 		return tn_outbox_fail(error_r, "%s", ob->origin_error);
-	if (tn_outbox_validate(type, req->tenant, data, error_r) < 0 ||
-	    tn_outbox_check_space(ob, error_r) < 0 ||
-	    tn_outbox_check_count(ob, error_r) < 0 ||
-	    tn_outbox_req_encode(ob, req, type, data, error_r) < 0)
+	if (tn_outbox_validate(type, req->tenant, data, error_r) < 0) {
+		req->input_fault = true;
 		return -1;
+	}
+	if (tn_outbox_check_space(ob, error_r) < 0 ||
+	    tn_outbox_check_count(ob, error_r) < 0)
+		return -1;
+	if (tn_outbox_req_encode(ob, req, type, data, error_r) < 0) {
+		req->input_fault = true;
+		return -1;
+	}
 	req->tmp_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_TMP], req->id);
 	req->new_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_NEW], req->id);
 	req->name = strrchr(req->tmp_path, '/') + 1;
@@ -839,9 +854,11 @@ static int tn_outbox_req_write(struct tn_outbox_req *req, uint64_t seq,
 		{ req->text + req->head_len, req->tail_len },
 	};
 
-	if (size > TN_OUTBOX_EVENT_MAX)
+	if (size > TN_OUTBOX_EVENT_MAX) {
+		req->input_fault = true;
 		return tn_outbox_fail(error_r, "outbox: event too large (%zu bytes, "
 				      "limit %d)", size, TN_OUTBOX_EVENT_MAX);
+	}
 	if (tn_outbox_writev_all(req->fd, iov, 3) < 0)
 		return tn_outbox_sysfail(error_r, "write", req->tmp_path);
 	req->seq = seq;
@@ -1384,7 +1401,9 @@ int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 	};
 	int ret = -1, cancel_state;
 
+	tn_outbox_input_fault_tl = false;
 	if (tn_outbox_req_prepare(ob, &req, type, data, error_r) < 0) {
+		tn_outbox_input_fault_tl = req.input_fault;
 		tn_outbox_req_release(&req);
 		return -1;
 	}
@@ -1400,6 +1419,7 @@ int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 		*sequence_r = req.seq;
 		ret = 0;
 	} else {
+		tn_outbox_input_fault_tl = req.input_fault;
 		tn_outbox_fail(error_r, "%s", req.error);
 	}
 	tn_outbox_req_release(&req);

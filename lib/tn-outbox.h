@@ -72,6 +72,7 @@
 #ifndef TN_OUTBOX_H
 #define TN_OUTBOX_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -122,6 +123,12 @@ const char *tn_outbox_origin(const struct tn_outbox *ob);
 int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 		     json_t *data, char id_r[TN_OUTBOX_ID_SIZE],
 		     uint64_t *sequence_r, const char **error_r);
+
+/* After tn_outbox_append() returned -1 in this thread: true when the
+ * event itself was at fault (invalid, or too large once encoded), so
+ * that retrying cannot help (tnctl exits 65, a daemon answers 4xx);
+ * false for a failing disk, a full outbox or a lock timeout. */
+bool tn_outbox_failed_on_input(void);
 
 /* The input rules of tn_outbox_append() alone: 0, or -1 with *error_r
  * (for callers that must tell bad input from a failing disk). */

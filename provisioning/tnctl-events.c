@@ -106,7 +106,7 @@ static int tnctl_emit_append(struct tnctl *ctl, const char *type, const char *te
 
 	if (tn_outbox_append(ob, type, tenant, data, id, &seq, &error) < 0) {
 		fprintf(stderr, "tnctl: %s\n", error);
-		ret = EX_TEMPFAIL;
+		ret = tn_outbox_failed_on_input() ? EX_DATAERR : EX_TEMPFAIL;
 	} else if (json) {
 		printf("{\"id\":\"%s\",\"sequence\":%llu}\n", id, (unsigned long long)seq);
 	} else {

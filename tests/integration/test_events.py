@@ -4,6 +4,7 @@ as a component writes it (lib/tn-outbox, docs/outbox.md)."""
 import json
 import os
 import re
+import socket
 
 import pytest
 
@@ -39,7 +40,8 @@ def test_emit_writes_a_durable_event(outbox):
     text = open(os.path.join(d, "new", files[0])).read()
     assert text.endswith("\n") and text.count("\n") == 1
     ev = json.loads(text)
-    assert list(ev) == ["id", "type", "occurred_at", "tenant", "sequence", "data"]
+    assert list(ev) == ["id", "type", "occurred_at", "tenant", "sequence", "origin", "data"]
+    assert ev["origin"] == socket.gethostname()
     assert (ev["id"], ev["type"], ev["tenant"], ev["sequence"], ev["data"]) == \
         (out["id"], "mailbox.created", "acme", 1, data)
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", ev["occurred_at"])
