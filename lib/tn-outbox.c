@@ -162,14 +162,6 @@ struct tn_outbox_req {
 	char error[TN_OUTBOX_ERROR_MAX];
 };
 
-/* Whether this thread's last failed append failed on its input. */
-static _Thread_local bool tn_outbox_input_fault_tl;
-
-bool tn_outbox_failed_on_input(void)
-{
-	return tn_outbox_input_fault_tl;
-}
-
 /* The requests of one tenant in a batch, and its counter. */
 struct tn_outbox_group {
 	char tenant[TN_OUTBOX_TENANT_MAX + 1];	/* its requests may go first */
@@ -238,6 +230,13 @@ struct tn_outbox {
 };
 
 static __thread char tn_outbox_errbuf[TN_OUTBOX_ERROR_MAX];
+/* Whether this thread's last failed append failed on its input. */
+static __thread bool tn_outbox_input_fault_tl;
+
+bool tn_outbox_failed_on_input(void)
+{
+	return tn_outbox_input_fault_tl;
+}
 
 /* --- errors ---------------------------------------------------------- */
 

@@ -449,6 +449,7 @@ static void test_bad_input(void **state)
 		assert_non_null(error);
 		if (strstr(error, bad[i].error) == NULL)
 			fail_msg("case %zu: error '%s'", i, error);
+		assert_true(tn_outbox_failed_on_input());
 	}
 	not_objects[0] = json_array();
 	not_objects[1] = json_string("x");
@@ -528,6 +529,7 @@ static void assert_refused_unchanged(struct fx *fx, struct tn_outbox *ob,
 	assert_int_equal(tn_outbox_append(ob, "a.b", "acme", data, id, &seq, &error), -1);
 	if (strstr(error, want_in_error) == NULL || strstr(error, "No such file") == NULL)
 		fail_msg("error '%s' does not name %s", error, want_in_error);
+	assert_false(tn_outbox_failed_on_input());	/* the disk's fault */
 	after = seq_text(fx, "acme");
 	assert_string_equal(before, after);
 	tn_mem_free(&before);
@@ -1084,6 +1086,7 @@ struct fm_worker {
 	json_t *data;
 	const char *tenant;
 	int ok, failures;
+	int input_faults;	/* failures tn_outbox_failed_on_input() blames on the event */
 	int64_t max_us;		/* slowest append */
 	char error[256];
 };
@@ -1103,6 +1106,7 @@ static void *fm_worker_run(void *arg)
 				     &error) < 0) {
 			if (w->failures++ == 0)
 				snprintf(w->error, sizeof(w->error), "%s", error);
+			w->input_faults += tn_outbox_failed_on_input();
 		} else {
 			w->ok++;
 		}
@@ -1203,6 +1207,9 @@ static void test_failing_members(void **state)
 		assert_non_null(strstr(w[i].error, w[i].kind == FM_HELD ? "still locked" :
 				       w[i].kind == FM_BROKEN ? "not a sequence number" :
 				       "event too large"));
+		/* only the event's own fault is permanent */
+		assert_int_equal(w[i].input_faults,
+				 w[i].kind == FM_TOO_LARGE ? w[i].failures : 0);
 	}
 	assert_int_equal(count_entries(fx, "tmp"), 0);
 	all = load_events(fx);
