@@ -29,7 +29,9 @@
  *	   fails, its number goes to the next); counter := last number
  *	   (pwrite; not synced yet);
  *	3. barrier: syncfs(2) on new/, or fdatasync of every event file
- *	   and counter (after starting their write-back together);
+ *	   and counter after starting their write-back together (the event
+ *	   files by the threads of their requests, meanwhile asleep, so
+ *	   that the syncs overlap; the counters by the leader);
  *	4. rename each event into new/, tenant by tenant in sequence order;
  *	5. fsync new/;
  *	6. flock(LOCK_UN) explicitly (a child forked meanwhile shares the
