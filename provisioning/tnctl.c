@@ -51,12 +51,13 @@
 #include "tn-lookup.h"
 #include "tn-mem.h"
 #include "tn-outbox.h"
+#include "tn-prov.h"
 #include "tnctl.h"
 
 #define TNCTL_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 
 static const struct tn_conf_param *const tnctl_tables[] = {
-	tn_lookup_params, tn_outbox_params, tn_hookd_params, NULL
+	tn_lookup_params, tn_outbox_params, tn_hookd_params, tn_prov_params, NULL
 };
 
 /* --- lookup ----------------------------------------------------------------- */
