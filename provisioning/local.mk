@@ -4,3 +4,10 @@ provisioning_tnctl_SOURCES = provisioning/tnctl.c provisioning/tnctl.h \
 	provisioning/tnctl-events.c provisioning/tnctl-spool.c provisioning/tnctl-verify.c
 provisioning_tnctl_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 provisioning_tnctl_LDADD = lib/libtenantmail.la $(JANSSON_LIBS)
+
+sbin_PROGRAMS += provisioning/tn-provisiond
+provisioning_tn_provisiond_SOURCES = provisioning/tn-provisiond.c
+provisioning_tn_provisiond_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(MICROHTTPD_CFLAGS) \
+	$(OPENSSL_CFLAGS)
+provisioning_tn_provisiond_LDADD = lib/libtenantmail.la $(JANSSON_LIBS) $(MICROHTTPD_LIBS) \
+	$(OPENSSL_LIBS) $(PTHREAD_LIBS)

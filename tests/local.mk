@@ -50,4 +50,5 @@ EXTRA_DIST += tests/harness/tnharness.py tests/harness/tnprobe.py tests/integrat
 	tests/integration/test_webhook_example.py \
 	tests/harness/tnreceiver.py tests/harness/tnhookd.py tests/integration/test_hookd.py \
 	tests/integration/test_prov_dir.py tests/integration/test_prov_core.py \
+	tests/integration/test_provisiond.py \
 	tests/run-unit tests/summarize

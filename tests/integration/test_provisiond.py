@@ -1,0 +1,304 @@
+"""tn-provisiond, the REST API over the provisioning core, against real
+slapd and Redis (tnharness.Stack), over real HTTP (http.client).
+
+The daemon runs with a [tn-provisiond] section holding the provisioning
+account, an outbox, a listener on a free port and a tokens file with an
+admin token and one for tenant "acme" (of the example DIT).
+
+Checked: a tenant's lifecycle (create, get, list, patch with If-Match,
+suspend, resume, delete) with the admin token, each write seen at once by
+`tnctl lookup --tenant` and recorded in the outbox; domains, mailboxes
+and aliases through the same routes; 401 without or with a bad token; a
+tenant token cannot see another tenant (404) nor create one (403);
+malformed JSON, unknown fields and wrong types are 400 naming the
+problem; oversized bodies 413; unknown routes 404, wrong methods 405; a
+stale If-Match 412; slapd frozen: 503 with Retry-After within the
+deadline; /metrics.
+"""
+
+import glob
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+import tnharness as th
+from tnprobe import binary, tnctl
+
+ADMIN = "admin-token-0123456789"
+ACME = "acme-token-0123456789"
+FAST = {"prov_timeout": "2s", "ldap_timeout": "1s", "ldap_network_timeout": "1s",
+        "ldap_retry_down": "1s"}
+
+
+class Provd:
+    """A running tn-provisiond for a stack."""
+
+    def __init__(self, stack, workdir, overrides=None):
+        self.stack = stack
+        self.outbox = os.path.join(str(workdir), "outbox")
+        for sub in ("tmp", "new", "seq"):
+            os.makedirs(os.path.join(self.outbox, sub), exist_ok=True)
+        tokens = os.path.join(str(workdir), "tokens")
+        with open(tokens, "w") as f:
+            f.write("# test tokens\n\n")
+            f.write("%s admin\n" % hashlib.sha256(ADMIN.encode()).hexdigest())
+            f.write("%s tenant:acme\n" % hashlib.sha256(ACME.encode()).hexdigest())
+        self.port = th.free_port()
+        self.conf = os.path.join(str(workdir), "provd.conf")
+        with open(stack.conf) as f:
+            text = f.read()
+        text += "\n".join([
+            "", "[tn-provisiond]",
+            "prov_ldap_bind_dn = %s" % th.PROV_DN,
+            "prov_ldap_bind_password_file = %s" % stack.prov_password_file,
+            "outbox_dir = %s" % self.outbox,
+            "outbox_min_free = 0",
+            "provd_listen = 127.0.0.1:%d" % self.port,
+            "provd_tokens_file = %s" % tokens,
+            "provd_max_body = 4k",
+            "provd_user =",
+        ]) + "\n"
+        with open(self.conf, "w") as f:
+            f.write(text)
+        args = [binary("provisioning/tn-provisiond"), "-c", self.conf, "-e"]
+        for k, v in (overrides or {}).items():
+            args += ["-o", "%s=%s" % (k, v)]
+        self.log = open(os.path.join(str(workdir), "provd.log"), "w+")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            th.wait_port("127.0.0.1", self.port)
+        except TimeoutError:
+            self.proc.kill()
+            self.log.seek(0)
+            raise AssertionError(self.log.read())
+
+    def stop(self):
+        self.proc.terminate()
+        assert self.proc.wait(10) == 0
+        self.log.seek(0)
+        text = self.log.read()
+        self.log.close()
+        return text
+
+    def request(self, method, path, body=None, token=ADMIN, headers=None, raw=None,
+                timeout=30):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = "Bearer " + token
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        if data is not None:
+            h["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=h)
+        resp = conn.getresponse()
+        text = resp.read()
+        conn.close()
+        resp.json = json.loads(text) if text and \
+            resp.getheader("Content-Type", "").startswith("application/json") else None
+        resp.text = text
+        return resp
+
+    def events(self, tenant):
+        out = []
+        for path in glob.glob(os.path.join(self.outbox, "new", "*.json")):
+            with open(path) as f:
+                ev = json.loads(f.read())
+            if ev["tenant"] == tenant:
+                out.append(ev)
+        return sorted(out, key=lambda e: e["sequence"])
+
+
+@pytest.fixture(scope="module")
+def provd(stack, tmp_path_factory):
+    p = Provd(stack, tmp_path_factory.mktemp("provd"))
+    yield p
+    p.stop()
+
+
+def lookup(stack, name, *opts):
+    r = tnctl(stack.conf, "lookup", "--json", *opts, name)
+    return json.loads(r.stdout)
+
+
+def error_of(resp, status, code=None):
+    assert resp.status == status, (resp.status, resp.text)
+    err = resp.json["error"]
+    assert err["status"] == status
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+def test_tenant_lifecycle(stack, provd):
+    assert lookup(stack, "rest", "--tenant")["result"] == "notfound"
+    r = provd.request("POST", "/v1/tenants", {"id": "rest", "name": "Rest Co"})
+    assert r.status == 201, r.text
+    assert r.getheader("Location") == "/v1/tenants/rest"
+    etag = r.getheader("ETag")
+    assert etag and etag.startswith('"')
+    assert r.json["id"] == "rest" and r.json["status"] == "active"
+    assert lookup(stack, "rest", "--tenant")["result"] == "found"
+
+    r = provd.request("GET", "/v1/tenants/rest")
+    assert r.status == 200 and r.getheader("ETag") == etag and r.json["name"] == "Rest Co"
+
+    r = provd.request("GET", "/v1/tenants?limit=500")
+    assert r.status == 200, r.text
+    assert "rest" in [t["id"] for t in r.json["items"]]
+    r = provd.request("GET", "/v1/tenants?limit=1")
+    assert r.status == 200 and len(r.json["items"]) == 1 and r.json["next_cursor"]
+    r2 = provd.request("GET", "/v1/tenants?limit=1&cursor=" + r.json["next_cursor"])
+    assert r2.status == 200 and r2.json["items"][0]["id"] != r.json["items"][0]["id"]
+
+    # PATCH with If-Match; the old ETag is then stale
+    r = provd.request("PATCH", "/v1/tenants/rest", {"name": "Rest & Co"},
+                      headers={"If-Match": etag})
+    assert r.status == 200, r.text
+    assert r.json["name"] == "Rest & Co" and r.getheader("ETag") != etag
+    r = provd.request("PATCH", "/v1/tenants/rest", {"name": "Stale"},
+                      headers={"If-Match": etag})
+    error_of(r, 412, "precondition_failed")
+    assert provd.request("GET", "/v1/tenants/rest").json["name"] == "Rest & Co"
+
+    r = provd.request("POST", "/v1/tenants/rest/suspend", {"reason": "unpaid"})
+    assert r.status == 200 and r.json["status"] == "suspended", r.text
+    t = lookup(stack, "rest", "--tenant")
+    assert t["result"] == "found" and "suspended" in json.dumps(t), t
+    r = provd.request("GET", "/v1/tenants?status=suspended&limit=500")
+    assert "rest" in [x["id"] for x in r.json["items"]]
+    r = provd.request("POST", "/v1/tenants/rest/resume")
+    assert r.status == 200 and r.json["status"] == "active", r.text
+    assert "suspended" not in json.dumps(lookup(stack, "rest", "--tenant"))
+
+    r = provd.request("DELETE", "/v1/tenants/rest")
+    assert r.status == 204 and r.text == b""
+    assert provd.request("GET", "/v1/tenants/rest").json["status"] == "deleted"
+    t = lookup(stack, "rest", "--tenant")
+    assert t["result"] == "found" and '"deleted"' in json.dumps(t), t
+
+    # one event per write (the stale PATCH wrote nothing)
+    types = [e["type"] for e in provd.events("rest")]
+    assert types == ["tenant.created", "tenant.updated", "tenant.suspended",
+                     "tenant.resumed", "tenant.deleted"], types
+    assert [e["sequence"] for e in provd.events("rest")] == list(range(1, 6))
+    assert all(e["data"]["actor"] == {"kind": "admin", "id": "tn-provisiond"}
+               for e in provd.events("rest")), \
+        provd.events("rest")
+
+
+def test_domain_mailbox_alias(stack, provd):
+    assert provd.request("POST", "/v1/tenants", {"id": "restm"}).status == 201
+    r = provd.request("POST", "/v1/domains", {"domain": "restm.example", "tenant": "restm"})
+    assert r.status == 201 and r.getheader("Location") == "/v1/domains/restm.example", r.text
+    assert lookup(stack, "restm.example", "--domain")["result"] == "found"
+    r = provd.request("POST", "/v1/mailboxes", {"address": "ann@restm.example"})
+    assert r.status == 201, r.text
+    assert r.getheader("Location") == "/v1/mailboxes/ann@restm.example"
+    assert lookup(stack, "ann@restm.example")["result"] == "found"
+    r = provd.request("POST", "/v1/aliases", {"address": "sales@restm.example",
+                                              "targets": ["ann@restm.example"]})
+    assert r.status in (201, 400), r.text
+    r = provd.request("GET", "/v1/mailboxes?tenant=restm")
+    assert [m["address"] for m in r.json["items"]] == ["ann@restm.example"]
+    r = provd.request("POST", "/v1/mailboxes/ann@restm.example/suspend", {"reason": "x"})
+    assert r.status == 200 and r.json["status"] == "suspended"
+    assert lookup(stack, "ann@restm.example")["account"]["status"] == "suspended"
+    assert provd.request("DELETE", "/v1/mailboxes/ann@restm.example").status == 204
+    assert lookup(stack, "ann@restm.example")["account"]["status"] == "deleted"
+    r = provd.request("POST", "/v1/domains", {"domain": "restm.example", "tenant": "restm"})
+    error_of(r, 409, "conflict")
+
+
+def test_auth(provd):
+    for token in (None, "wrong", ""):
+        r = provd.request("GET", "/v1/tenants", token=token)
+        error_of(r, 401)
+        assert r.getheader("WWW-Authenticate").startswith("Bearer")
+    r = provd.request("GET", "/v1/tenants/acme", headers={"Authorization": "Basic eDp5"},
+                      token=None)
+    error_of(r, 401)
+    # acme's token: its own tenant only
+    r = provd.request("GET", "/v1/tenants/acme", token=ACME)
+    assert r.status == 200 and r.json["id"] == "acme", r.text
+    assert provd.request("POST", "/v1/tenants", {"id": "restx"}).status == 201
+    error_of(provd.request("GET", "/v1/tenants/restx", token=ACME), 404, "not_found")
+    error_of(provd.request("PATCH", "/v1/tenants/restx", {"name": "x"}, token=ACME), 404)
+    error_of(provd.request("DELETE", "/v1/tenants/restx", token=ACME), 404)
+    error_of(provd.request("POST", "/v1/tenants", {"id": "acme2"}, token=ACME), 403,
+             "forbidden")
+    r = provd.request("GET", "/v1/tenants?limit=500", token=ACME)
+    assert [t["id"] for t in r.json["items"]] == ["acme"], r.text
+
+
+def test_bad_requests(provd):
+    err = error_of(provd.request("POST", "/v1/tenants", raw='{"id": "x",'), 400,
+                   "bad_input")
+    assert "malformed JSON" in err["message"], err
+    err = error_of(provd.request("POST", "/v1/tenants", raw='["x"]'), 400)
+    assert "object" in err["message"]
+    err = error_of(provd.request("POST", "/v1/tenants", raw='{"id":"a","id":"b"}'), 400)
+    assert "duplicate" in err["message"], err
+    err = error_of(provd.request("POST", "/v1/tenants", {"id": "restb", "colour": "red"}),
+                   400, "bad_input")
+    assert err.get("field") == "colour", err
+    err = error_of(provd.request("POST", "/v1/tenants", {"id": "restb",
+                                                         "max_mailboxes": "many"}), 400)
+    assert err.get("field") == "max_mailboxes", err
+    error_of(provd.request("POST", "/v1/tenants/acme/suspend", {"reasons": "x"}), 400)
+    err = error_of(provd.request("GET", "/v1/tenants?limit=abc"), 400)
+    assert err["field"] == "limit"
+    error_of(provd.request("POST", "/v1/tenants", raw='{"name": "%s"}' % ("x" * 5000)),
+             413)
+    error_of(provd.request("GET", "/v1/nothing"), 404)
+    error_of(provd.request("GET", "/v1/tenants/acme/explode"), 404)
+    error_of(provd.request("GET", "/v2/tenants"), 404)
+    error_of(provd.request("PUT", "/v1/tenants/acme", {"name": "x"}), 405)
+    error_of(provd.request("DELETE", "/v1/tenants"), 405)
+    error_of(provd.request("GET", "/v1/tenants/acme/suspend"), 405)
+    error_of(provd.request("GET", "/v1/tenants/no-such-tenant"), 404, "not_found")
+    # still serving
+    assert provd.request("GET", "/v1/tenants/acme").status == 200
+
+
+def test_metrics(provd):
+    provd.request("GET", "/v1/tenants/acme")
+    r = provd.request("GET", "/metrics", token=None)
+    assert r.status == 200
+    assert b'tn_provd_responses_total{code="200"}' in r.text
+
+
+def test_directory_frozen_is_503_with_retry_after(workdir):
+    stack = th.Stack(workdir / "stack")
+    provd = None
+    try:
+        provd = Provd(stack, workdir, overrides=FAST)
+        assert provd.request("POST", "/v1/tenants", {"id": "frz"}).status == 201
+        n = len(provd.events("frz"))
+        stack.slapd.freeze()
+        for method, path, body in (("GET", "/v1/tenants/frz", None),
+                                   ("POST", "/v1/tenants", {"id": "frz2"}),
+                                   ("PATCH", "/v1/tenants/frz", {"name": "x"}),
+                                   ("POST", "/v1/tenants/frz/suspend", None),
+                                   ("GET", "/v1/tenants", None)):
+            t0 = time.monotonic()
+            r = provd.request(method, path, body, timeout=10)
+            assert time.monotonic() - t0 < 2.5 + 0.5, (method, path)
+            err = error_of(r, 503, "tempfail")
+            assert err["message"].startswith("directory"), err
+            assert int(r.getheader("Retry-After")) > 0
+        stack.slapd.thaw()
+        assert len(provd.events("frz")) == n
+        deadline = time.monotonic() + 5
+        while provd.request("GET", "/v1/tenants/frz").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stack.slapd.thaw()
+        if provd is not None:
+            provd.stop()
+        stack.stop()
