@@ -620,6 +620,17 @@ static void provd_completed(void *cls, struct MHD_Connection *conn, void **con_c
 	*con_cls = NULL;
 }
 
+/* URL path and query arguments: an escaped NUL (%00) stays escaped, so
+ * that no key or argument is cut short; the core refuses the '%'. */
+static size_t provd_unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+	(void)cls;
+	(void)conn;
+	if (strstr(s, "%00") != NULL)
+		return strlen(s);
+	return MHD_http_unescape(s);
+}
+
 static int provd_parse_listen(const char *listen, struct sockaddr_storage *ss)
 {
 	const char *colon = strrchr(listen, ':');
@@ -662,6 +673,7 @@ static int provd_listen(struct provd *pd)
 	pd->mhd = MHD_start_daemon(flags, 0, NULL, NULL, provd_handler, pd,
 				   MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				   MHD_OPTION_NOTIFY_COMPLETED, provd_completed, pd,
+				   MHD_OPTION_UNESCAPE_CALLBACK, provd_unescape, pd,
 				   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
 				   MHD_OPTION_CONNECTION_LIMIT,
 				   (unsigned)tn_conf_int(pd->conf, "provd_threads_max"),

@@ -202,7 +202,22 @@ def test_domain_mailbox_alias(stack, provd):
     assert lookup(stack, "ann@restm.example")["result"] == "found"
     r = provd.request("POST", "/v1/aliases", {"address": "sales@restm.example",
                                               "targets": ["ann@restm.example"]})
-    assert r.status in (201, 400), r.text
+    assert r.status == 201, r.text
+    assert r.getheader("Location") == "/v1/aliases/sales@restm.example"
+    r = provd.request("GET", "/v1/aliases/sales@restm.example")
+    assert r.status == 200 and r.json["targets"] == ["ann@restm.example"], r.text
+    # a mailbox for a domain nobody has
+    r = provd.request("POST", "/v1/mailboxes", {"address": "bob@nowhere.example"})
+    assert r.status in (404, 422), r.text
+    # acme's token: restm's objects do not exist for it
+    for path in ("/v1/domains/restm.example", "/v1/mailboxes/ann@restm.example",
+                 "/v1/aliases/sales@restm.example"):
+        error_of(provd.request("GET", path, token=ACME), 404, "not_found")
+    r = provd.request("GET", "/v1/mailboxes?tenant=restm", token=ACME)
+    assert r.status != 200 or r.json["items"] == [], r.text
+    r = provd.request("GET", "/v1/domains", token=ACME)
+    assert r.status == 200 and r.json["items"], r.text
+    assert {d["tenant"] for d in r.json["items"]} == {"acme"}, r.text
     r = provd.request("GET", "/v1/mailboxes?tenant=restm")
     assert [m["address"] for m in r.json["items"]] == ["ann@restm.example"]
     r = provd.request("POST", "/v1/mailboxes/ann@restm.example/suspend", {"reason": "x"})
@@ -261,6 +276,11 @@ def test_bad_requests(provd):
     error_of(provd.request("DELETE", "/v1/tenants"), 405)
     error_of(provd.request("GET", "/v1/tenants/acme/suspend"), 405)
     error_of(provd.request("GET", "/v1/tenants/no-such-tenant"), 404, "not_found")
+    # an escaped NUL never cuts a key short
+    r = provd.request("GET", "/v1/tenants/acme%00x")
+    assert r.status in (400, 404), r.text
+    r = provd.request("GET", "/v1/tenants/ac%6De")
+    assert r.status == 200 and r.json["id"] == "acme"
     # still serving
     assert provd.request("GET", "/v1/tenants/acme").status == 200
 
