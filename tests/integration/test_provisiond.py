@@ -16,6 +16,7 @@ stale If-Match 412; slapd frozen: 503 with Retry-After within the
 deadline; /metrics.
 """
 
+import concurrent.futures
 import glob
 import hashlib
 import http.client
@@ -83,6 +84,7 @@ class Provd:
         self.log.seek(0)
         text = self.log.read()
         self.log.close()
+        assert "Sanitizer" not in text and "runtime error" not in text, text
         return text
 
     def request(self, method, path, body=None, token=ADMIN, headers=None, raw=None,
@@ -227,6 +229,26 @@ def test_domain_mailbox_alias(stack, provd):
     assert lookup(stack, "ann@restm.example")["account"]["status"] == "deleted"
     r = provd.request("POST", "/v1/domains", {"domain": "restm.example", "tenant": "restm"})
     error_of(r, 409, "conflict")
+
+
+def test_concurrent_requests(provd):
+    """One connection thread each, one core: parallel creates of distinct
+    addresses all land; of one address, exactly one does."""
+    assert provd.request("POST", "/v1/tenants", {"id": "restc"}).status == 201
+    assert provd.request("POST", "/v1/domains",
+                         {"domain": "restc.example", "tenant": "restc"}).status == 201
+
+    def create(addr):
+        return provd.request("POST", "/v1/mailboxes", {"address": addr}).status
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        distinct = list(ex.map(create, ["u%d@restc.example" % i for i in range(16)]))
+        same = list(ex.map(create, ["same@restc.example"] * 16))
+    assert distinct == [201] * 16
+    assert sorted(same) == [201] + [409] * 15, same
+    r = provd.request("GET", "/v1/mailboxes?tenant=restc&limit=100")
+    assert len(r.json["items"]) == 17
+    assert len(provd.events("restc")) == 2 + 17
 
 
 def test_auth(provd):
