@@ -466,14 +466,14 @@ static enum MHD_Result provd_action(struct provd *pd, struct MHD_Connection *con
 	return ret;
 }
 
-/* If-Match: "etag" (quotes and a W/ prefix dropped), or NULL */
+/* If-Match: "etag" (quotes and a W/ prefix dropped), or NULL (none, or *) */
 static char *provd_if_match(struct MHD_Connection *conn)
 {
 	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 						    MHD_HTTP_HEADER_IF_MATCH);
 	size_t len;
 
-	if (h == NULL)
+	if (h == NULL || strcmp(h, "*") == 0)	/* "*": any current version */
 		return NULL;
 	if (strncmp(h, "W/", 2) == 0)
 		h += 2;
@@ -481,6 +481,21 @@ static char *provd_if_match(struct MHD_Connection *conn)
 	if (len >= 2 && h[0] == '"' && h[len - 1] == '"')
 		return tn_mem_strndup(h + 1, len - 2);
 	return tn_mem_strdup(h);
+}
+
+/* Writes at info, reads at debug; the key is untrusted (sanitised). */
+static void provd_log_request(const char *method, const char *coll, const char *key,
+			      const char *action, const struct provd_token *tok)
+{
+	char safe[TN_LOG_VALUE_MAX], safe_action[64];
+
+	tn_log_sanitize(safe, sizeof(safe), key != NULL ? key : "", key != NULL ? strlen(key) : 0);
+	tn_log_sanitize(safe_action, sizeof(safe_action), action != NULL ? action : "",
+			action != NULL ? strlen(action) : 0);
+	tn_log(strcmp(method, "GET") == 0 ? TN_LOG_DEBUG : TN_LOG_INFO, NULL,
+	       "%s /v1/%s%s%s%s%s by %s%s", method, coll, key != NULL ? "/" : "", safe,
+	       action != NULL ? "/" : "", safe_action,
+	       tok->tenant != NULL ? "tenant:" : "admin", tok->tenant != NULL ? tok->tenant : "");
 }
 
 static enum MHD_Result provd_route(struct provd *pd, struct MHD_Connection *conn,
@@ -509,6 +524,7 @@ static enum MHD_Result provd_route(struct provd *pd, struct MHD_Connection *conn
 	ctx.tenant_scope = tok->tenant;
 	if_match = provd_if_match(conn);
 	ctx.if_match = if_match;
+	provd_log_request(method, coll, key, action, tok);
 	if (key == NULL)
 		ret = provd_collection(pd, conn, method, &ctx, provd_collections[i].kind, rq);
 	else if (action == NULL)

@@ -166,6 +166,9 @@ def test_tenant_lifecycle(stack, provd):
                       headers={"If-Match": etag})
     error_of(r, 412, "precondition_failed")
     assert provd.request("GET", "/v1/tenants/rest").json["name"] == "Rest & Co"
+    r = provd.request("PATCH", "/v1/tenants/rest", {"description": "any version"},
+                      headers={"If-Match": "*"})
+    assert r.status == 200, r.text
 
     r = provd.request("POST", "/v1/tenants/rest/suspend", {"reason": "unpaid"})
     assert r.status == 200 and r.json["status"] == "suspended", r.text
@@ -185,9 +188,9 @@ def test_tenant_lifecycle(stack, provd):
 
     # one event per write (the stale PATCH wrote nothing)
     types = [e["type"] for e in provd.events("rest")]
-    assert types == ["tenant.created", "tenant.updated", "tenant.suspended",
-                     "tenant.resumed", "tenant.deleted"], types
-    assert [e["sequence"] for e in provd.events("rest")] == list(range(1, 6))
+    assert types == ["tenant.created", "tenant.updated", "tenant.updated",
+                     "tenant.suspended", "tenant.resumed", "tenant.deleted"], types
+    assert [e["sequence"] for e in provd.events("rest")] == list(range(1, 7))
     assert all(e["data"]["actor"] == {"kind": "admin", "id": "tn-provisiond"}
                for e in provd.events("rest")), \
         provd.events("rest")
