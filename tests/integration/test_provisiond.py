@@ -254,6 +254,35 @@ def test_concurrent_requests(provd):
     assert len(provd.events("restc")) == 2 + 17
 
 
+def test_plan_limit_is_422(provd):
+    assert provd.request("POST", "/v1/tenants", {"id": "restl", "max_mailboxes": 1}).status == 201
+    assert provd.request("POST", "/v1/domains",
+                         {"domain": "restl.example", "tenant": "restl"}).status == 201
+    assert provd.request("POST", "/v1/mailboxes", {"address": "a@restl.example"}).status == 201
+    error_of(provd.request("POST", "/v1/mailboxes", {"address": "b@restl.example"}), 422,
+             "unprocessable")
+
+
+def test_options_and_exit_statuses(provd, tmp_path):
+    exe = binary("provisioning/tn-provisiond")
+
+    def run(*args):
+        return subprocess.run([exe, "-c", provd.conf] + list(args), capture_output=True,
+                              text=True, timeout=30)
+
+    r = run("-n")
+    assert r.returncode == 0 and "provd_listen = 127.0.0.1:%d" % provd.port in r.stdout
+    assert run("-o", "provd_max_body=lots", "-n").returncode == 78
+    assert run("-x").returncode == 64
+    assert run("extra").returncode == 64
+    # the port is taken by the running daemon
+    assert run("-o", "provd_user=").returncode == 69
+    bad = tmp_path / "tokens"
+    bad.write_text("not-a-digest admin\n")
+    r = run("-o", "provd_tokens_file=%s" % bad, "-e")
+    assert r.returncode == 78 and "expected" in r.stderr, r.stderr
+
+
 def test_auth(provd):
     for token in (None, "wrong", ""):
         r = provd.request("GET", "/v1/tenants", token=token)
