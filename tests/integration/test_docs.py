@@ -44,7 +44,8 @@ MAN_DIR = os.environ.get("TN_MAN_DIR") or os.path.join(TOP, "man")
 CONF_PAGE = os.path.join(MAN_DIR, "tenantmail.conf.5")
 TNCTL_PAGE = os.path.join(MAN_DIR, "tnctl.1")
 WEBHOOK_PAGE = os.path.join(MAN_DIR, "tn-webhook.5")
-PAGES = (CONF_PAGE, TNCTL_PAGE, WEBHOOK_PAGE)
+PROVD_PAGE = os.path.join(MAN_DIR, "tn-provisiond.8")
+PAGES = (CONF_PAGE, TNCTL_PAGE, WEBHOOK_PAGE, PROVD_PAGE)
 SPOOL_SOURCE = os.path.join(TOP, "lib", "tn-hook-spool.c")
 
 EX_USAGE = 64
