@@ -221,9 +221,16 @@ static void provd_count(struct provd *pd, unsigned status)
 	pthread_mutex_unlock(&pd->mlock);
 }
 
+/* Headers of an answer besides Content-Type; NULL: none. */
+struct provd_headers {
+	const char *etag;
+	const char *location;
+	const char *allow;
+};
+
 /* Sends body (may be NULL: no body) and consumes it. */
 static enum MHD_Result provd_send(struct provd *pd, struct MHD_Connection *conn, unsigned status,
-				  json_t *body, const char *etag, const char *location)
+				  json_t *body, const struct provd_headers *hd)
 {
 	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 	struct MHD_Response *resp;
@@ -240,21 +247,21 @@ static enum MHD_Result provd_send(struct provd *pd, struct MHD_Connection *conn,
 	} else {
 		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
 	}
-	if (etag != NULL) {
-		char *quoted = tn_mem_printf("\"%s\"", etag);
+	if (hd->etag != NULL) {
+		char *quoted = tn_mem_printf("\"%s\"", hd->etag);
 
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, quoted);
 		tn_mem_free(&quoted);
 	}
-	if (location != NULL)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
+	if (hd->location != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, hd->location);
 	if (status == 503)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, PROVD_RETRY_AFTER);
 	if (status == 401)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					"Bearer realm=\"tenantmail\"");
-	if (status == 405)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST, PATCH, DELETE");
+	if (hd->allow != NULL)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, hd->allow);
 	ret = MHD_queue_response(conn, status, resp);
 	MHD_destroy_response(resp);
 	provd_count(pd, status);
@@ -270,7 +277,22 @@ static enum MHD_Result provd_error(struct provd *pd, struct MHD_Connection *conn
 
 	if (field != NULL)
 		json_object_set_new(err, "field", json_string(field));
-	return provd_send(pd, conn, status, json_pack("{s:o}", "error", err), NULL, NULL);
+	return provd_send(pd, conn, status, json_pack("{s:o}", "error", err),
+			  &(struct provd_headers){ NULL, NULL, NULL });
+}
+
+/* 405 with the methods the route has ("GET, POST") */
+static enum MHD_Result provd_not_allowed(struct provd *pd, struct MHD_Connection *conn,
+					 const char *allow)
+{
+	char msg[80];
+	json_t *err;
+
+	snprintf(msg, sizeof(msg), "method not allowed here; allowed: %s", allow);
+	err = json_pack("{s:i,s:s,s:s}", "status", 405, "code", "method_not_allowed",
+			"message", msg);
+	return provd_send(pd, conn, 405, json_pack("{s:o}", "error", err),
+			  &(struct provd_headers){ NULL, NULL, allow });
 }
 
 static enum MHD_Result provd_result(struct provd *pd, struct MHD_Connection *conn,
@@ -289,12 +311,13 @@ static enum MHD_Result provd_result(struct provd *pd, struct MHD_Connection *con
 		tn_warning("written, but the cache invalidation failed (event %s)",
 			   res->event_id != NULL ? res->event_id : "-");
 	if (strcmp(method, "DELETE") == 0)
-		return provd_send(pd, conn, 204, NULL, NULL, NULL);
+		return provd_send(pd, conn, 204, NULL, &(struct provd_headers){ NULL, NULL, NULL });
 	if (res->items != NULL) {
 		body = json_pack("{s:O}", "items", res->items);
 		if (res->next_cursor != NULL)
 			json_object_set_new(body, "next_cursor", json_string(res->next_cursor));
-		return provd_send(pd, conn, status, body, NULL, NULL);
+		return provd_send(pd, conn, status, body,
+				  &(struct provd_headers){ NULL, NULL, NULL });
 	}
 	if (status == 201) {
 		for (size_t i = 0; i < sizeof(provd_collections) / sizeof(provd_collections[0]); i++) {
@@ -306,7 +329,7 @@ static enum MHD_Result provd_result(struct provd *pd, struct MHD_Connection *con
 		}
 	}
 	ret = provd_send(pd, conn, status, res->object != NULL ? json_incref(res->object) : NULL,
-			 res->etag, location);
+			 &(struct provd_headers){ res->etag, location, NULL });
 	tn_mem_free(&location);
 	return ret;
 }
@@ -391,7 +414,7 @@ static enum MHD_Result provd_collection(struct provd *pd, struct MHD_Connection 
 	if (strcmp(method, "GET") == 0)
 		return provd_list(pd, conn, ctx, kind);
 	if (strcmp(method, "POST") != 0)
-		return provd_error(pd, conn, 405, "method_not_allowed", "use GET or POST", NULL);
+		return provd_not_allowed(pd, conn, "GET, POST");
 	if ((in = provd_body(pd, conn, rq, false, &ret)) == NULL)
 		return ret;
 	tn_prov_create_object(pd->prov, ctx, kind, in, &res);
@@ -419,8 +442,7 @@ static enum MHD_Result provd_item(struct provd *pd, struct MHD_Connection *conn,
 	} else if (strcmp(method, "DELETE") == 0) {
 		tn_prov_set_status(pd->prov, ctx, kind, key, TN_STATUS_DELETED, NULL, &res);
 	} else {
-		return provd_error(pd, conn, 405, "method_not_allowed",
-				   "use GET, PATCH or DELETE", NULL);
+		return provd_not_allowed(pd, conn, "GET, PATCH, DELETE");
 	}
 	ret = provd_result(pd, conn, kind, method, &res);
 	json_decref(in);
@@ -447,7 +469,7 @@ static enum MHD_Result provd_action(struct provd *pd, struct MHD_Connection *con
 	else
 		return provd_error(pd, conn, 404, "not_found", "no such route", NULL);
 	if (strcmp(method, "POST") != 0)
-		return provd_error(pd, conn, 405, "method_not_allowed", "use POST", NULL);
+		return provd_not_allowed(pd, conn, "POST");
 	if ((in = provd_body(pd, conn, rq, true, &ret)) == NULL)
 		return ret;
 	reason = json_object_get(in, "reason");

@@ -326,9 +326,12 @@ def test_bad_requests(provd):
     error_of(provd.request("GET", "/v1/nothing"), 404)
     error_of(provd.request("GET", "/v1/tenants/acme/explode"), 404)
     error_of(provd.request("GET", "/v2/tenants"), 404)
-    error_of(provd.request("PUT", "/v1/tenants/acme", {"name": "x"}), 405)
-    error_of(provd.request("DELETE", "/v1/tenants"), 405)
-    error_of(provd.request("GET", "/v1/tenants/acme/suspend"), 405)
+    for method, path, allow in (("PUT", "/v1/tenants/acme", "GET, PATCH, DELETE"),
+                                ("DELETE", "/v1/tenants", "GET, POST"),
+                                ("GET", "/v1/tenants/acme/suspend", "POST")):
+        r = provd.request(method, path)
+        error_of(r, 405, "method_not_allowed")
+        assert r.getheader("Allow") == allow
     error_of(provd.request("GET", "/v1/tenants/no-such-tenant"), 404, "not_found")
     # an escaped NUL never cuts a key short
     r = provd.request("GET", "/v1/tenants/acme%00x")
