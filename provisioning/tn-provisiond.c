@@ -16,7 +16,8 @@
  *	Authentication: "Authorization: Bearer <token>". The tokens file
  *	(provd_tokens_file) holds "<sha256-hex> admin" or "<sha256-hex>
  *	tenant:<id>" lines; digests are compared with CRYPTO_memcmp. A
- *	tenant token calls the core with that tenant as its scope.
+ *	tenant token calls the core with that tenant as its scope. SIGHUP
+ *	reloads the file (a bad file leaves the old tokens in force).
  *
  *	/metrics (Prometheus text, no token) is served on the same
  *	listener when provd_metrics is on. Meant to run behind a TLS proxy.
@@ -90,6 +91,7 @@ struct provd {
 	struct tn_outbox *outbox;
 	struct tn_prov *prov;
 	struct MHD_Daemon *mhd;
+	pthread_rwlock_t tlock;		/* tokens, ntokens: replaced on SIGHUP */
 	struct provd_token *tokens;
 	size_t ntokens;
 	size_t max_body;
@@ -109,10 +111,9 @@ struct provd_req {
 	bool too_big;
 };
 
-/* The caller, from its token. */
+/* The caller, from its token (a copy: the tokens may be reloaded). */
 struct provd_caller {
-	bool admin;
-	const char *tenant;
+	char *tenant;			/* NULL: admin */
 };
 
 static const struct {
@@ -141,14 +142,24 @@ static int provd_hex_digest(const char *hex, unsigned char *out)
 	return hex[2 * SHA256_DIGEST_LENGTH] == '\0' ? 0 : -1;
 }
 
-static int provd_token_line(struct provd *pd, char *line, const char *path, unsigned lineno)
+static void provd_tokens_free(struct provd_token **tokens, size_t n)
 {
-	char *hex = strtok(line, " \t\r\n"), *who = strtok(NULL, " \t\r\n");
+	for (size_t i = 0; i < n; i++)
+		tn_mem_free(&(*tokens)[i].tenant);
+	tn_mem_free(tokens);
+}
+
+static int provd_token_line(struct provd_token **tokens, size_t *n, char *line,
+			    const char *path, unsigned lineno)
+{
+	char *save = NULL, *hex = strtok_r(line, " \t\r\n", &save);
+	char *who = strtok_r(NULL, " \t\r\n", &save);
 	struct provd_token t = { .tenant = NULL };
 
 	if (hex == NULL || *hex == '#')
 		return 0;
-	if (who == NULL || strtok(NULL, " \t\r\n") != NULL || provd_hex_digest(hex, t.digest) < 0 ||
+	if (who == NULL || strtok_r(NULL, " \t\r\n", &save) != NULL ||
+	    provd_hex_digest(hex, t.digest) < 0 ||
 	    (strcmp(who, "admin") != 0 && (strncmp(who, "tenant:", 7) != 0 || who[7] == '\0'))) {
 		tn_error("%s:%u: expected '<sha256-hex> admin' or '<sha256-hex> tenant:<id>'",
 			 path, lineno);
@@ -156,13 +167,16 @@ static int provd_token_line(struct provd *pd, char *line, const char *path, unsi
 	}
 	if (strcmp(who, "admin") != 0)
 		t.tenant = tn_mem_strdup(who + 7);
-	pd->tokens = tn_mem_realloc(pd->tokens, (pd->ntokens + 1) * sizeof(*pd->tokens));
-	pd->tokens[pd->ntokens++] = t;
+	*tokens = tn_mem_realloc(*tokens, (*n + 1) * sizeof(**tokens));
+	(*tokens)[(*n)++] = t;
 	return 0;
 }
 
+/* Reads the tokens file; on success replaces the tokens in use. */
 static int provd_tokens_load(struct provd *pd)
 {
+	struct provd_token *tokens = NULL;
+	size_t n = 0;
 	const char *path = tn_conf_str(pd->conf, "provd_tokens_file");
 	FILE *f = fopen(path, "re");
 	char *line = NULL;
@@ -175,16 +189,26 @@ static int provd_tokens_load(struct provd *pd)
 		return -1;
 	}
 	while (ret == 0 && getline(&line, &size, f) > 0)
-		ret = provd_token_line(pd, line, path, ++lineno);
+		ret = provd_token_line(&tokens, &n, line, path, ++lineno);
 	free(line);
 	fclose(f);
-	if (ret == 0 && pd->ntokens == 0)
+	if (ret < 0) {
+		provd_tokens_free(&tokens, n);
+		return -1;
+	}
+	if (n == 0)
 		tn_warning("provd_tokens_file %s: no tokens; every request will be refused", path);
-	return ret;
+	pthread_rwlock_wrlock(&pd->tlock);
+	provd_tokens_free(&pd->tokens, pd->ntokens);
+	pd->tokens = tokens;
+	pd->ntokens = n;
+	pthread_rwlock_unlock(&pd->tlock);
+	return 0;
 }
 
-/* The token's entry, or NULL. Every entry is compared (no early exit). */
-static const struct provd_token *provd_auth(struct provd *pd, struct MHD_Connection *conn)
+/* 0 and the caller when the token is known. Every entry is compared
+ * (no early exit). */
+static int provd_auth(struct provd *pd, struct MHD_Connection *conn, struct provd_caller *c)
 {
 	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 						    MHD_HTTP_HEADER_AUTHORIZATION);
@@ -192,18 +216,22 @@ static const struct provd_token *provd_auth(struct provd *pd, struct MHD_Connect
 	const struct provd_token *found = NULL;
 
 	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
-		return NULL;
+		return -1;
 	h += 7;
 	while (*h == ' ')
 		h++;
 	if (*h == '\0')
-		return NULL;
+		return -1;
 	SHA256((const unsigned char *)h, strlen(h), digest);
+	pthread_rwlock_rdlock(&pd->tlock);
 	for (size_t i = 0; i < pd->ntokens; i++) {
 		if (CRYPTO_memcmp(digest, pd->tokens[i].digest, sizeof(digest)) == 0)
 			found = &pd->tokens[i];
 	}
-	return found;
+	if (found != NULL && found->tenant != NULL)
+		c->tenant = tn_mem_strdup(found->tenant);
+	pthread_rwlock_unlock(&pd->tlock);
+	return found != NULL ? 0 : -1;
 }
 
 /* --- responses --------------------------------------------------------------------------- */
@@ -507,7 +535,7 @@ static char *provd_if_match(struct MHD_Connection *conn)
 
 /* Writes at info, reads at debug; the key is untrusted (sanitised). */
 static void provd_log_request(const char *method, const char *coll, const char *key,
-			      const char *action, const struct provd_token *tok)
+			      const char *action, const struct provd_caller *tok)
 {
 	char safe[TN_LOG_VALUE_MAX], safe_action[64];
 
@@ -522,7 +550,7 @@ static void provd_log_request(const char *method, const char *coll, const char *
 
 static enum MHD_Result provd_route(struct provd *pd, struct MHD_Connection *conn,
 				   const char *url, const char *method,
-				   const struct provd_token *tok, const struct provd_req *rq)
+				   const struct provd_caller *tok, const struct provd_req *rq)
 {
 	char *path = tn_mem_strdup(url), *save = NULL;
 	char *v1 = strtok_r(path, "/", &save), *coll = strtok_r(NULL, "/", &save);
@@ -623,7 +651,8 @@ static enum MHD_Result provd_handler(void *cls, struct MHD_Connection *conn, con
 {
 	struct provd *pd = cls;
 	struct provd_req *rq = *con_cls;
-	const struct provd_token *tok;
+	struct provd_caller caller = { NULL };
+	enum MHD_Result ret;
 
 	(void)version;
 	if (rq == NULL) {
@@ -634,13 +663,16 @@ static enum MHD_Result provd_handler(void *cls, struct MHD_Connection *conn, con
 		return MHD_YES;
 	if (pd->metrics && strcmp(url, "/metrics") == 0 && strcmp(method, "GET") == 0)
 		return provd_metrics_reply(pd, conn);
-	if ((tok = provd_auth(pd, conn)) == NULL)
+	if (provd_auth(pd, conn, &caller) < 0)
 		return provd_error(pd, conn, 401, "unauthorized",
 				   "a valid bearer token is required", NULL);
 	if (rq->too_big)
-		return provd_error(pd, conn, 413, "too_large",
-				   "the request body exceeds provd_max_body", NULL);
-	return provd_route(pd, conn, url, method, tok, rq);
+		ret = provd_error(pd, conn, 413, "too_large",
+				  "the request body exceeds provd_max_body", NULL);
+	else
+		ret = provd_route(pd, conn, url, method, &caller, rq);
+	tn_mem_free(&caller.tenant);
+	return ret;
 }
 
 static void provd_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -828,15 +860,18 @@ static int provd_core(struct provd *pd)
 	return 0;
 }
 
-static int provd_wait(void)
+/* Until SIGTERM or SIGINT; SIGHUP reloads the tokens file. */
+static int provd_wait(struct provd *pd, const sigset_t *set)
 {
-	sigset_t set;
 	int sig = 0;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigwait(&set, &sig);
+	while (sigwait(set, &sig) == 0 && sig == SIGHUP) {
+		if (provd_tokens_load(pd) == 0)
+			tn_info("SIGHUP: %zu token%s loaded", pd->ntokens,
+				pd->ntokens == 1 ? "" : "s");
+		else
+			tn_warning("SIGHUP: the tokens file is unusable; the old tokens stay");
+	}
 	return sig;
 }
 
@@ -847,6 +882,7 @@ static int provd_run(struct provd *pd)
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);	/* inherited by MHD's threads */
 	if (provd_tokens_load(pd) < 0 || provd_core(pd) < 0)
 		return EX_CONFIG;
@@ -857,7 +893,7 @@ static int provd_run(struct provd *pd)
 	tn_info("started: listening on %s, %zu token%s, /metrics %s",
 		tn_conf_str(pd->conf, "provd_listen"), pd->ntokens, pd->ntokens == 1 ? "" : "s",
 		pd->metrics ? "on" : "off");
-	tn_info("stopping (signal %d)", provd_wait());
+	tn_info("stopping (signal %d)", provd_wait(pd, &set));
 	MHD_stop_daemon(pd->mhd);
 	pd->mhd = NULL;
 	tn_info("stopped");
@@ -871,9 +907,8 @@ static void provd_teardown(struct provd *pd)
 	tn_prov_destroy(&pd->prov);
 	tn_outbox_destroy(&pd->outbox);
 	tn_lookup_destroy(&pd->lookup);
-	for (size_t i = 0; i < pd->ntokens; i++)
-		tn_mem_free(&pd->tokens[i].tenant);
-	tn_mem_free(&pd->tokens);
+	provd_tokens_free(&pd->tokens, pd->ntokens);
+	pthread_rwlock_destroy(&pd->tlock);
 	pthread_mutex_destroy(&pd->mlock);
 	tn_conf_destroy(&pd->conf);
 }
@@ -886,6 +921,7 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);
 	pthread_mutex_init(&pd.mlock, NULL);
+	pthread_rwlock_init(&pd.tlock, NULL);
 	if ((ret = provd_configure(&pd, argc, argv, &check)) == 0) {
 		if (check)
 			tn_conf_dump(pd.conf, stdout, TN_CONF_DUMP_CHANGED);

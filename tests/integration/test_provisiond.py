@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -44,7 +45,7 @@ class Provd:
         self.outbox = os.path.join(str(workdir), "outbox")
         for sub in ("tmp", "new", "seq"):
             os.makedirs(os.path.join(self.outbox, sub), exist_ok=True)
-        tokens = os.path.join(str(workdir), "tokens")
+        tokens = self.tokens = os.path.join(str(workdir), "tokens")
         with open(tokens, "w") as f:
             f.write("# test tokens\n\n")
             f.write("%s admin\n" % hashlib.sha256(ADMIN.encode()).hexdigest())
@@ -340,6 +341,34 @@ def test_bad_requests(provd):
     assert r.status == 200 and r.json["id"] == "acme"
     # still serving
     assert provd.request("GET", "/v1/tenants/acme").status == 200
+
+
+def test_sighup_reloads_tokens(provd):
+    with open(provd.tokens) as f:
+        old = f.read()
+    try:
+        with open(provd.tokens, "w") as f:
+            f.write("%s admin\n" % hashlib.sha256(b"rotated-token").hexdigest())
+        provd.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while provd.request("GET", "/v1/tenants/acme", token="rotated-token").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        error_of(provd.request("GET", "/v1/tenants/acme"), 401)
+        # a broken file leaves the tokens in force
+        with open(provd.tokens, "w") as f:
+            f.write("garbage\n")
+        provd.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert provd.request("GET", "/v1/tenants/acme", token="rotated-token").status == 200
+    finally:
+        with open(provd.tokens, "w") as f:
+            f.write(old)
+        provd.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while provd.request("GET", "/v1/tenants/acme").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 def test_metrics(provd):
