@@ -108,6 +108,7 @@ struct hookd_ev {
 	int64_t sequence;
 	char type[TN_OUTBOX_TYPE_MAX + 1];
 	char tenant[TN_OUTBOX_TENANT_MAX + 1];
+	char origin[64];		/* "" for envelopes without one */
 	size_t body_len;		/* without the final newline */
 	char body[];			/* NUL-terminated */
 };
@@ -269,6 +270,7 @@ static struct hookd_ev *hookd_ev_parse(const char *buf, size_t len, const char *
 {
 	json_t *env = tn_hook_envelope_parse(buf, len, id, why_r);
 	struct hookd_ev *ev;
+	const char *origin;
 
 	if (env == NULL)
 		return NULL;
@@ -280,6 +282,8 @@ static struct hookd_ev *hookd_ev_parse(const char *buf, size_t len, const char *
 	snprintf(ev->type, sizeof(ev->type), "%s", json_string_value(json_object_get(env, "type")));
 	snprintf(ev->tenant, sizeof(ev->tenant), "%s",
 		 json_string_value(json_object_get(env, "tenant")));
+	origin = json_string_value(json_object_get(env, "origin"));
+	snprintf(ev->origin, sizeof(ev->origin), "%s", origin != NULL ? origin : "");
 	memcpy(ev->body, buf, len);
 	ev->body[len] = '\0';
 	ev->body_len = len;
@@ -350,9 +354,9 @@ static void hookd_log_attempt(struct hookd *hd, const struct hookd_req *r, long 
 	if (hd->log == NULL)
 		return;
 	tn_hook_format_time(tn_hook_now_ms(), at);
-	o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:f, s:s, s:s?}",
+	o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:f, s:s, s:s?}",
 		      "at", at, "endpoint", r->ep->conf.name, "id", r->id,
-		      "type", r->ev->type, "tenant", r->ev->tenant,
+		      "type", r->ev->type, "tenant", r->ev->tenant, "origin", r->ev->origin,
 		      "sequence", (json_int_t)r->ev->sequence,
 		      "attempt", (json_int_t)r->attempt,
 		      "status", (int)status, "latency_ms", latency_ms,

@@ -15,6 +15,7 @@ import email.utils
 import json
 import os
 import re
+import socket
 import signal
 import subprocess
 import time
@@ -323,6 +324,8 @@ def test_500_for_a_while_then_200_delivers_everything(case):
     assert any(q["status"] == 500 for q in r.requests())
     retries = case.wait_log("fail500", lambda d: d["outcome"] == "retry", "retries")
     assert all(d["status"] == 500 and d["error"] for d in retries), retries[:3]
+    # the log names the recording node: sequences are per (tenant, origin)
+    assert all(d["origin"] == socket.gethostname() for d in retries), retries[:3]
     attempts = collections.defaultdict(list)
     for d in case.log("fail500"):
         attempts[d["id"]].append(d["attempt"])
