@@ -46,6 +46,7 @@
 
 #include "hookd.h"
 #include "tn-conf.h"
+#include "tn-daemon.h"
 #include "tn-hook-spool.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
@@ -53,7 +54,6 @@
 #include "tn-outbox.h"
 #include "tn-webhook.h"
 
-#define HOOKD_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 #define HOOKD_FANOUT_BATCH 256
 #define HOOKD_BODY_MAX (TN_OUTBOX_EVENT_MAX + 1)
 #define HOOKD_RESP_KEEP 200
@@ -148,7 +148,7 @@ struct hookd_reaper {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct hookd_reap *todo, **todo_tail;	/* for the thread */
+	struct hookd_reap *jobs, **jobs_tail;	/* files to unlink, for the thread */
 	struct hookd_reap *done;		/* back to the loop */
 	int wake[2];				/* pipe: the thread → the loop */
 	struct event *wake_ev;
@@ -1107,13 +1107,13 @@ static void *hookd_reaper_main(void *arg)
 	for (;;) {
 		struct hookd_reap *batch, *last = NULL;
 
-		while (rp->todo == NULL && !rp->stop)
+		while (rp->jobs == NULL && !rp->stop)
 			pthread_cond_wait(&rp->cond, &rp->lock);
-		if (rp->todo == NULL)
+		if (rp->jobs == NULL)
 			break;
-		batch = rp->todo;
-		rp->todo = NULL;
-		rp->todo_tail = &rp->todo;
+		batch = rp->jobs;
+		rp->jobs = NULL;
+		rp->jobs_tail = &rp->jobs;
 		pthread_mutex_unlock(&rp->lock);
 		for (struct hookd_reap *j = batch; j != NULL; j = j->next) {
 			if (unlink(j->path) < 0 && errno != ENOENT)
@@ -1178,8 +1178,8 @@ static void hookd_reap(struct hookd *hd, struct hookd_ep *ep, struct hookd_item 
 	snprintf(j->path, sizeof(j->path), "%s", path);
 	ep->reaping++;
 	pthread_mutex_lock(&rp->lock);
-	*rp->todo_tail = j;
-	rp->todo_tail = &j->next;
+	*rp->jobs_tail = j;
+	rp->jobs_tail = &j->next;
 	pthread_cond_signal(&rp->cond);
 	pthread_mutex_unlock(&rp->lock);
 }
@@ -1191,7 +1191,7 @@ static void hookd_reaper_start(struct hookd *hd)
 	pthread_mutex_init(&rp->lock, NULL);
 	pthread_cond_init(&rp->cond, NULL);
 	rp->started = true;
-	rp->todo_tail = &rp->todo;
+	rp->jobs_tail = &rp->jobs;
 	if (pipe2(rp->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
 		tn_warning("reaper: pipe: %s; files are removed in the loop", strerror(errno));
 		return;
@@ -1685,28 +1685,6 @@ static void hookd_signal(evutil_socket_t sig, short what, void *arg)
 			&(struct timeval){ HOOKD_STOP_GRACE_MS / 1000, 0 });
 }
 
-static int hookd_drop_privileges(const char *user)
-{
-	struct passwd *pw;
-
-	if (getuid() != 0 || *user == '\0')
-		return 0;
-	if ((pw = getpwnam(user)) == NULL) {
-		tn_error("hookd_user %s: no such user", user);
-		return -1;
-	}
-	if (initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
-	    setuid(pw->pw_uid) < 0) {
-		tn_error("cannot switch to user %s: %s", user, strerror(errno));
-		return -1;
-	}
-	if (setuid(0) == 0) {
-		tn_error("could switch back to root after dropping privileges");
-		return -1;
-	}
-	return 0;
-}
-
 static void hookd_paths(struct hookd *hd)
 {
 	hd->outbox = tn_mem_strdup(tn_conf_str(hd->conf, "outbox_dir"));
@@ -1841,29 +1819,6 @@ static const struct tn_conf_param *const hookd_tables[] = {
 	tn_lookup_params, tn_outbox_params, tn_hookd_params, NULL,
 };
 
-static int hookd_usage(void)
-{
-	fprintf(stderr, "usage: tn-hookd [-c FILE] [-o NAME=VALUE]... [-e] [-n]\n");
-	return EX_USAGE;
-}
-
-static int hookd_override(struct tn_conf *conf, const char *arg)
-{
-	const char *eq = strchr(arg, '='), *error;
-	char *name;
-	int ret;
-
-	if (eq == NULL) {
-		fprintf(stderr, "tn-hookd: -o %s: expected NAME=VALUE\n", arg);
-		return -1;
-	}
-	name = tn_mem_strndup(arg, (size_t)(eq - arg));
-	if ((ret = tn_conf_set(conf, name, eq + 1, &error)) < 0)
-		fprintf(stderr, "tn-hookd: -o %s: %s\n", name, error);
-	tn_mem_free(&name);
-	return ret;
-}
-
 /* -n: print the effective settings and the endpoints, like postconf -n. */
 static int hookd_check(struct hookd *hd)
 {
@@ -1888,43 +1843,11 @@ static int hookd_check(struct hookd *hd)
 	return 0;
 }
 
-static int hookd_configure(struct hookd *hd, int argc, char **argv, bool *check_r)
-{
-	const char *path = getenv("TENANTMAIL_CONF"), *error;
-	int c, dest = TN_LOG_TO_SYSLOG;
-
-	hd->conf = tn_conf_create("tn-hookd", hookd_tables);
-	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
-		if (c == 'c')
-			path = optarg;
-		else if (c == 'e')
-			dest |= TN_LOG_TO_STDERR;
-		else if (c == 'n')
-			*check_r = true;
-		else if (c != 'o')
-			return hookd_usage();
-	}
-	if (optind != argc)
-		return hookd_usage();
-	tn_log_init("tn-hookd", dest, LOG_MAIL);
-	if (tn_conf_load_file(hd->conf, path != NULL ? path : HOOKD_DEFAULT_CONF, &error) < 0) {
-		fprintf(stderr, "tn-hookd: %s\n", error);
-		return EX_CONFIG;
-	}
-	optind = 1;
-	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
-		if (c == 'o' && hookd_override(hd->conf, optarg) < 0)
-			return EX_CONFIG;
-	}
-	tn_log_set_level((enum tn_log_level)tn_conf_enum(hd->conf, "hookd_log_level"));
-	return 0;
-}
-
 static int hookd_run(struct hookd *hd)
 {
 	const char *listen = tn_conf_str(hd->conf, "hookd_metrics_listen"), *error;
 
-	if (hookd_drop_privileges(tn_conf_str(hd->conf, "hookd_user")) < 0)
+	if (tn_daemon_drop_privileges("hookd_user", tn_conf_str(hd->conf, "hookd_user")) < 0)
 		return EX_NOPERM;
 	hookd_paths(hd);
 	if (hookd_setup_spool(hd) < 0)
@@ -1960,10 +1883,9 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&hd.mlock, NULL);
 	if (getrandom(&hd.rng, sizeof(hd.rng), 0) != sizeof(hd.rng) || hd.rng == 0)
 		hd.rng = (uint64_t)hookd_mono_us() | 1;
-	if ((ret = hookd_configure(&hd, argc, argv, &check)) != 0) {
-		tn_conf_destroy(&hd.conf);
+	if ((ret = tn_daemon_configure("tn-hookd", hookd_tables, "hookd_log_level", argc, argv,
+				       &hd.conf, &check)) != 0)
 		return ret;
-	}
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	ret = check ? hookd_check(&hd) : hookd_run(&hd);
 	hookd_teardown(&hd);

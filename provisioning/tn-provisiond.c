@@ -51,6 +51,7 @@
 #include <openssl/sha.h>
 
 #include "tn-conf.h"
+#include "tn-daemon.h"
 #include "tn-hook-spool.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
@@ -58,7 +59,6 @@
 #include "tn-outbox.h"
 #include "tn-prov.h"
 
-#define PROVD_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 #define PROVD_RETRY_AFTER "5"
 #define PROVD_NCODES 16
 
@@ -764,82 +764,15 @@ static const struct tn_conf_param *const provd_tables[] = {
 	NULL,
 };
 
-static int provd_usage(void)
-{
-	fprintf(stderr, "usage: tn-provisiond [-c FILE] [-o NAME=VALUE]... [-e] [-n]\n");
-	return EX_USAGE;
-}
-
-static int provd_override(struct tn_conf *conf, const char *arg)
-{
-	const char *eq = strchr(arg, '='), *error;
-	char *name;
-	int ret;
-
-	if (eq == NULL) {
-		fprintf(stderr, "tn-provisiond: -o %s: expected NAME=VALUE\n", arg);
-		return -1;
-	}
-	name = tn_mem_strndup(arg, (size_t)(eq - arg));
-	if ((ret = tn_conf_set(conf, name, eq + 1, &error)) < 0)
-		fprintf(stderr, "tn-provisiond: -o %s: %s\n", name, error);
-	tn_mem_free(&name);
-	return ret;
-}
-
 static int provd_configure(struct provd *pd, int argc, char **argv, bool *check_r)
 {
-	const char *path = getenv("TENANTMAIL_CONF"), *error;
-	int c, dest = TN_LOG_TO_SYSLOG;
+	int ret = tn_daemon_configure("tn-provisiond", provd_tables, "provd_log_level", argc,
+				      argv, &pd->conf, check_r);
 
-	pd->conf = tn_conf_create("tn-provisiond", provd_tables);
-	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
-		if (c == 'c')
-			path = optarg;
-		else if (c == 'e')
-			dest |= TN_LOG_TO_STDERR;
-		else if (c == 'n')
-			*check_r = true;
-		else if (c != 'o')
-			return provd_usage();
-	}
-	if (optind != argc)
-		return provd_usage();
-	tn_log_init("tn-provisiond", dest, LOG_MAIL);
-	if (tn_conf_load_file(pd->conf, path != NULL ? path : PROVD_DEFAULT_CONF, &error) < 0) {
-		fprintf(stderr, "tn-provisiond: %s\n", error);
-		return EX_CONFIG;
-	}
-	optind = 1;
-	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
-		if (c == 'o' && provd_override(pd->conf, optarg) < 0)
-			return EX_CONFIG;
-	}
-	tn_log_set_level((enum tn_log_level)tn_conf_enum(pd->conf, "provd_log_level"));
+	if (ret != 0)
+		return ret;
 	pd->max_body = (size_t)tn_conf_size(pd->conf, "provd_max_body");
 	pd->metrics = tn_conf_bool(pd->conf, "provd_metrics");
-	return 0;
-}
-
-static int provd_drop_privileges(const char *user)
-{
-	struct passwd *pw;
-
-	if (getuid() != 0 || *user == '\0')
-		return 0;
-	if ((pw = getpwnam(user)) == NULL) {
-		tn_error("provd_user %s: no such user", user);
-		return -1;
-	}
-	if (initgroups(user, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
-	    setuid(pw->pw_uid) < 0) {
-		tn_error("cannot switch to user %s: %s", user, strerror(errno));
-		return -1;
-	}
-	if (setuid(0) == 0) {
-		tn_error("could switch back to root after dropping privileges");
-		return -1;
-	}
 	return 0;
 }
 
@@ -888,7 +821,7 @@ static int provd_run(struct provd *pd)
 		return EX_CONFIG;
 	if (provd_listen(pd) < 0)
 		return EX_UNAVAILABLE;
-	if (provd_drop_privileges(tn_conf_str(pd->conf, "provd_user")) < 0)
+	if (tn_daemon_drop_privileges("provd_user", tn_conf_str(pd->conf, "provd_user")) < 0)
 		return EX_NOPERM;
 	tn_info("started: listening on %s, %zu token%s, /metrics %s",
 		tn_conf_str(pd->conf, "provd_listen"), pd->ntokens, pd->ntokens == 1 ? "" : "s",
