@@ -148,15 +148,16 @@ static void tn_lookup_on_state(bool subscribed, void *context)
 	tn_mcache_set_enabled(lk->mc, subscribed);
 }
 
-static struct tn_dir *tn_lookup_dir_create(const struct tn_conf *conf, const char *password)
+struct tn_dir *tn_lookup_dir_create(const struct tn_conf *conf, const char *const *uris,
+				    const char *bind_dn, const char *password)
 {
 	/* the order of ldap_tls_require_cert's choices */
 	static const char *const require_cert[] = { "never", "allow", "try", "demand" };
 	struct tn_dir_settings set = {
-		.uris = tn_conf_list(conf, "ldap_uri"),
+		.uris = uris != NULL && uris[0] != NULL ? uris : tn_conf_list(conf, "ldap_uri"),
 		.base = tn_conf_str(conf, "ldap_base"),
 		.tenants_rdn = tn_conf_str(conf, "ldap_tenants_rdn"),
-		.bind_dn = tn_conf_str(conf, "ldap_bind_dn"),
+		.bind_dn = bind_dn != NULL ? bind_dn : tn_conf_str(conf, "ldap_bind_dn"),
 		.bind_password = password,
 		.starttls = tn_conf_bool(conf, "ldap_starttls"),
 		.tls_ca_file = tn_conf_str(conf, "ldap_tls_ca_file"),
@@ -217,7 +218,7 @@ struct tn_lookup *tn_lookup_create(const struct tn_conf *conf, unsigned flags,
 	}
 	lk = tn_mem_calloc(1, sizeof(*lk));
 	lk->flags = flags;
-	lk->dir = tn_lookup_dir_create(conf, ldap_pw);
+	lk->dir = tn_lookup_dir_create(conf, NULL, NULL, ldap_pw);
 	if (tn_conf_bool(conf, "redis_enabled"))
 		lk->cache = tn_lookup_cache_create(conf, redis_pw);
 	lk->mem_ttl = tn_conf_time_ms(conf, "memory_cache_ttl");

@@ -106,6 +106,13 @@ int tn_lookup_usage(struct tn_lookup *lk, const char *kind, const char *id,
  * the file is readable by group or others. */
 int tn_lookup_read_secret(const char *path, char **secret_r, const char **error_r);
 
+/* A directory connection pool from the ldap_* parameters (TLS, timeouts,
+ * pool size) with these servers and this bind DN: uris NULL or empty
+ * means ldap_uri, bind_dn NULL means ldap_bind_dn. The lookup uses it
+ * as is; provisioning with its own account and writable providers. */
+struct tn_dir *tn_lookup_dir_create(const struct tn_conf *conf, const char *const *uris,
+				    const char *bind_dn, const char *password);
+
 tn_msec_t tn_lookup_default_timeout(struct tn_lookup *lk);
 /* True while the in-process cache is in use (subscribed). */
 bool tn_lookup_memory_active(struct tn_lookup *lk);

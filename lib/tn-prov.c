@@ -253,29 +253,6 @@ enum tn_prov_status tn_prov_fail(struct tn_prov_op *op, enum tn_prov_status st,
 
 /* --- create, destroy ----------------------------------------------------------------- */
 
-static struct tn_dir *tn_prov_dir_create(const struct tn_conf *conf, const char *password)
-{
-	static const char *const require_cert[] = { "never", "allow", "try", "demand" };
-	const char *const *uris = tn_conf_list(conf, "prov_ldap_uri");
-	struct tn_dir_settings set = {
-		.uris = uris[0] != NULL ? uris : tn_conf_list(conf, "ldap_uri"),
-		.base = tn_conf_str(conf, "ldap_base"),
-		.tenants_rdn = tn_conf_str(conf, "ldap_tenants_rdn"),
-		.bind_dn = tn_conf_str(conf, "prov_ldap_bind_dn"),
-		.bind_password = password,
-		.starttls = tn_conf_bool(conf, "ldap_starttls"),
-		.tls_ca_file = tn_conf_str(conf, "ldap_tls_ca_file"),
-		.tls_require_cert = require_cert[tn_conf_enum(conf, "ldap_tls_require_cert")],
-		.network_timeout = tn_conf_time_ms(conf, "ldap_network_timeout"),
-		.op_timeout = tn_conf_time_ms(conf, "ldap_timeout"),
-		.idle_timeout = tn_conf_time_ms(conf, "ldap_idle_timeout"),
-		.retry_down = tn_conf_time_ms(conf, "ldap_retry_down"),
-		.max_connections = (unsigned)tn_conf_int(conf, "ldap_connections"),
-	};
-
-	return tn_dir_create(&set);
-}
-
 static int tn_prov_check_conf(const struct tn_conf *conf, const char **error_r)
 {
 	if (*tn_conf_str(conf, "prov_ldap_bind_dn") == '\0') {
@@ -309,7 +286,8 @@ struct tn_prov *tn_prov_create(const struct tn_conf *conf, struct tn_lookup *loo
 				  error_r) < 0)
 		return NULL;
 	p = tn_mem_calloc(1, sizeof(*p));
-	p->dir = tn_prov_dir_create(conf, pw);
+	p->dir = tn_lookup_dir_create(conf, tn_conf_list(conf, "prov_ldap_uri"),
+				      tn_conf_str(conf, "prov_ldap_bind_dn"), pw);
 	explicit_bzero(pw, strlen(pw));
 	tn_mem_free(&pw);
 	p->lookup = lookup;
