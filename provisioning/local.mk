@@ -6,7 +6,8 @@ provisioning_tnctl_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 provisioning_tnctl_LDADD = lib/libtenantmail.la $(JANSSON_LIBS)
 
 sbin_PROGRAMS += provisioning/tn-provisiond
-provisioning_tn_provisiond_SOURCES = provisioning/tn-provisiond.c
+provisioning_tn_provisiond_SOURCES = provisioning/tn-provisiond.c provisioning/provd.h \
+	provisioning/provd-tokens.c provisioning/provd-routes.c provisioning/provd-idem.c
 provisioning_tn_provisiond_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(MICROHTTPD_CFLAGS) \
 	$(OPENSSL_CFLAGS)
 provisioning_tn_provisiond_LDADD = lib/libtenantmail.la $(JANSSON_LIBS) $(MICROHTTPD_LIBS) \

@@ -4,6 +4,10 @@ Provd writes a [tn-provisiond] section onto the stack's configuration
 (the provisioning account, an outbox, a free port, a tokens file with an
 admin token and one scoped to tenant "acme"), starts the daemon in the
 foreground and talks HTTP to it with http.client.
+
+Optional: tls=(cert_file, key_file, ca_file) makes the daemon listen with
+HTTPS (provd_tls_*) and request() talk HTTPS trusting ca_file; the tokens
+file also holds a billing token (BILLING).
 """
 
 import glob
@@ -11,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import ssl
 import subprocess
 
 import tnharness as th
@@ -18,6 +23,7 @@ from tnprobe import binary
 
 ADMIN = "admin-token-0123456789"
 ACME = "acme-token-0123456789"
+BILLING = "billing-token-0123456789"
 FAST = {"prov_timeout": "2s", "ldap_timeout": "1s", "ldap_network_timeout": "1s",
         "ldap_retry_down": "1s"}
 
@@ -25,8 +31,9 @@ FAST = {"prov_timeout": "2s", "ldap_timeout": "1s", "ldap_network_timeout": "1s"
 class Provd:
     """A running tn-provisiond for a stack."""
 
-    def __init__(self, stack, workdir, overrides=None):
+    def __init__(self, stack, workdir, overrides=None, tls=None):
         self.stack = stack
+        self.tls = tls
         self.outbox = os.path.join(str(workdir), "outbox")
         for sub in ("tmp", "new", "seq"):
             os.makedirs(os.path.join(self.outbox, sub), exist_ok=True)
@@ -35,6 +42,7 @@ class Provd:
             f.write("# test tokens\n\n")
             f.write("%s admin\n" % hashlib.sha256(ADMIN.encode()).hexdigest())
             f.write("%s tenant:acme\n" % hashlib.sha256(ACME.encode()).hexdigest())
+            f.write("%s billing\n" % hashlib.sha256(BILLING.encode()).hexdigest())
         self.port = th.free_port()
         self.conf = os.path.join(str(workdir), "provd.conf")
         with open(stack.conf) as f:
@@ -49,7 +57,8 @@ class Provd:
             "provd_tokens_file = %s" % tokens,
             "provd_max_body = 4k",
             "provd_user =",
-        ]) + "\n"
+        ] + ([] if tls is None else ["provd_tls_cert_file = %s" % tls[0],
+                                     "provd_tls_key_file = %s" % tls[1]])) + "\n"
         with open(self.conf, "w") as f:
             f.write(text)
         args = [binary("provisioning/tn-provisiond"), "-c", self.conf, "-e"]
@@ -75,7 +84,12 @@ class Provd:
 
     def request(self, method, path, body=None, token=ADMIN, headers=None, raw=None,
                 timeout=30):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if self.tls is not None:
+            ctx = ssl.create_default_context(cafile=self.tls[2])
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                               context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         h = dict(headers or {})
         if token is not None:
             h["Authorization"] = "Bearer " + token
