@@ -503,6 +503,7 @@ void provd_route(struct provd *pd, struct MHD_Connection *conn, const char *url,
 	}
 	c.kind = provd_collections[i].kind;
 	provd_ctx_of(who, &ctx);
+	ctx.deadline = tn_time_now_ms() + pd->prov_timeout;	/* all calls of the request */
 	if_match = provd_if_match(conn);
 	ctx.if_match = if_match;
 	provd_log_request(method, coll, key, action, who);

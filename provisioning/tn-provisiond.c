@@ -489,8 +489,8 @@ static int provd_configure(struct provd *pd, int argc, char **argv, bool *check_
 	pd->max_body = (size_t)tn_conf_size(pd->conf, "provd_max_body");
 	pd->metrics = tn_conf_bool(pd->conf, "provd_metrics");
 	pd->idem_ttl = tn_conf_time_ms(pd->conf, "provd_idempotency_ttl");
-	pd->idem_running_ttl = tn_conf_time_ms(pd->conf, "prov_timeout") +
-			       PROVD_IDEM_RUNNING_MARGIN;
+	pd->prov_timeout = tn_conf_time_ms(pd->conf, "prov_timeout");
+	pd->idem_running_ttl = pd->prov_timeout + PROVD_IDEM_RUNNING_MARGIN;
 	pd->rate = (double)tn_conf_int(pd->conf, "provd_rate_limit");
 	pd->burst = (double)tn_conf_int(pd->conf, "provd_rate_burst");
 	if (pd->burst == 0)

@@ -468,3 +468,33 @@ def test_billing_token(provd):
     assert provd.request("POST", "/v1/tenants/billt/resume").status == 200
     assert provd.events("billt")[-1]["data"]["actor"] == {"kind": "admin",
                                                            "id": "tn-provisiond"}
+
+
+# --- documentation ----------------------------------------------------------------------
+
+TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def test_every_provd_parameter_is_documented():
+    """tn_provd_params (read from the source: no program prints the table)
+    against tn-provisiond(8) PARAMETERS (name and default) and the
+    parameter table of docs/provisioning.md."""
+    import re
+    with open(os.path.join(TOP, "provisioning", "tn-provisiond.c")) as f:
+        src = f.read()
+    table = re.search(r"tn_provd_params\[\]\s*=\s*\{(.*?)TN_CONF_END", src, re.S).group(1)
+    params = re.findall(r'\{\s*"(\w+)",\s*TN_CONF_\w+,\s*"([^"]*)"', table)
+    assert len(params) >= 12, params
+    with open(os.path.join(TOP, "man", "tn-provisiond.8")) as f:
+        man = f.read()
+    with open(os.path.join(TOP, "docs", "provisioning.md")) as f:
+        md = f.read()
+    problems = []
+    for name, default in params:
+        entry = ('.BR %s " (default: empty)"' % name if default == "" else
+                 '.BR %s " (default: " %s )' % (name, default))
+        if entry not in man:
+            problems.append("tn-provisiond.8 lacks %r" % entry)
+        if "| `%s` |" % name not in md:
+            problems.append("docs/provisioning.md lacks a row for %s" % name)
+    assert not problems, "\n".join(problems)
