@@ -19,6 +19,13 @@
  *		The billing events: append one to the outbox, inspect and
  *		repair tn-hookd's spool, check a captured webhook's
  *		signature (tnctl-events.c, tnctl-verify.c, docs/hookd.md).
+ *	tenant|domain|mailbox|alias create|get|list|update|suspend|resume|
+ *	restore|delete|purge ...
+ *		Provisioning through tn-provisiond's REST API (tnctl-prov.c,
+ *		tnctl-api.c).
+ *	import [options] FILE
+ *		Many creates from CSV or NDJSON, in parallel, resumable
+ *		(tnctl-import.c).
  *	config [-n | -d | -a | --doc]
  *		Print parameter settings: changed ones (-n, default), the
  *		defaults (-d), all effective values (-a), or the parameter
@@ -52,12 +59,15 @@
 #include "tn-mem.h"
 #include "tn-outbox.h"
 #include "tn-prov.h"
+#include "tnctl-api.h"
+#include "tnctl-prov.h"
 #include "tnctl.h"
 
 #define TNCTL_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 
 static const struct tn_conf_param *const tnctl_tables[] = {
-	tn_lookup_params, tn_outbox_params, tn_hookd_params, tn_prov_params, NULL
+	tn_lookup_params, tn_outbox_params, tn_hookd_params, tn_prov_params, tnctl_api_params,
+	NULL
 };
 
 /* --- lookup ----------------------------------------------------------------- */
@@ -310,6 +320,11 @@ static const struct tnctl_command tnctl_commands[] = {
 	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME", NULL },
 	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T", NULL },
 	{ "events", NULL, NULL, tnctl_events_commands },
+	{ "tenant", tnctl_prov_kind, TNCTL_PROV_USAGE("tenant", "[ID]"), NULL },
+	{ "domain", tnctl_prov_kind, TNCTL_PROV_USAGE("domain", "[DOMAIN]"), NULL },
+	{ "mailbox", tnctl_prov_kind, TNCTL_PROV_USAGE("mailbox", "[ADDRESS]"), NULL },
+	{ "alias", tnctl_prov_kind, TNCTL_PROV_USAGE("alias", "[ADDRESS]"), NULL },
+	{ "import", tnctl_import, TNCTL_IMPORT_USAGE, NULL },
 	{ "config", tnctl_config, "config [-n | -d | -a | --doc]", NULL },
 	{ NULL, NULL, NULL, NULL },
 };

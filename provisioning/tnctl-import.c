@@ -1,0 +1,954 @@
+/*++
+ * NAME
+ *	tnctl-import 1
+ * SUMMARY
+ *	tnctl import: many creates from CSV or NDJSON, in parallel, resumable
+ * SYNOPSIS
+ *	tnctl import [--kind K] [--format csv|ndjson] [--results FILE] [--resume]
+ *		[--dry-run] [--parallel N] [--progress|--no-progress] FILE
+ * DESCRIPTION
+ *	Reads FILE whole and turns each line into the body of a create:
+ *	CSV (RFC 4180, tnctl-csv.c) with a header naming the JSON fields
+ *	and an optional "kind" column (an empty cell: the field is
+ *	absent; values converted per the field's type, tnctl-fields.c),
+ *	or NDJSON (one object per line, an optional "kind" member). Lines
+ *	that fail the local checks (tnctl_check_create) are "invalid" and
+ *	never sent.
+ *
+ *	Order: kinds in dependency order (tenants, domains, mailboxes,
+ *	aliases), each kind in file order, with a barrier between kinds;
+ *	within a kind up to --parallel (8) creates in flight on reused
+ *	connections (one libcurl multi handle, tnctl-api.c).
+ *
+ *	Every create carries Idempotency-Key "<sha256 of FILE, 32 hex>-
+ *	<line>". A 409 is checked with a GET: the object of that kind
+ *	under the tenant the line names (any, when it names none) is
+ *	"exists". 503/429 are tried again after Retry-After (at most 5
+ *	times); no connection or a timeout 3 times, then the import stops
+ *	("unreachable": rerun with --resume).
+ *
+ *	Results: one NDJSON record per line as it completes (flushed):
+ *	{"line","kind","key","status":"created|exists|failed|invalid",
+ *	"http","error","field"}, after a header record {"import","sha256",
+ *	"resume","at"}. --resume reads them back and skips the lines whose
+ *	last record is created or exists for the same key; the others are
+ *	tried again. --dry-run checks every line and sends nothing.
+ *
+ *	Exit: 0 every line created or existing; 65 a line invalid or
+ *	failed; 75 stopped (server unreachable, SIGINT) with lines left;
+ *	77 the token was refused; 64 usage; 66 FILE unreadable; 73 the
+ *	results file cannot be written.
+ *--*/
+#include "tn-build.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+
+#include "tn-log.h"
+#include "tn-mem.h"
+#include "tn-time.h"
+#include "tnctl-api.h"
+#include "tnctl-prov.h"
+
+#define IMP_FILE_MAX ((size_t)4 << 30)
+#define IMP_PARALLEL_MAX 256
+#define IMP_RETRY_BUSY 5	/* 503, 409 idempotency_in_progress */
+#define IMP_RETRY_LIMITED 1000	/* 429: the server's rate limit paces us */
+#define IMP_RETRY_NET 3		/* no connection, timeout */
+#define IMP_SHOW_INVALID 10	/* invalid lines shown on stderr */
+#define IMP_TTY_TICK_MS 200
+#define IMP_PLAIN_TICK_MS 2000
+
+enum imp_status { IMP_TODO, IMP_CREATED, IMP_EXISTS, IMP_FAILED, IMP_INVALID, IMP_SKIPPED };
+
+static const char *const imp_status_names[] = {
+	"todo", "created", "exists", "failed", "invalid", "skipped",
+};
+
+struct imp_line {
+	unsigned line;
+	int kind;		/* index in tnctl_kinds, -1: unknown */
+	enum imp_status status;
+	char *key;
+	char *tenant;		/* the tenant the line names, or NULL */
+	char *body;		/* the create's JSON */
+	char *error;		/* invalid: why */
+	const char *field;
+};
+
+struct imp_slot {
+	struct tnctl_api_req rq;
+	struct imp_line *l;	/* NULL: free */
+	bool in_flight;
+	bool checking;		/* the GET after a 409 */
+	char *conflict;		/* the 409's description */
+	unsigned busy_tries, net_tries, limited_tries;
+	tn_msec_t not_before;
+};
+
+struct imp {
+	struct tnctl *ctl;
+	const char *file;
+	const char *results_path;
+	int fixed_kind;		/* --kind, or -1 */
+	const char *format;
+	bool resume, dry_run, progress;
+	unsigned parallel;
+	char sha[65];		/* of the file's content */
+	struct imp_line *lines;
+	size_t nlines, cap;
+	FILE *results;
+	struct tnctl_api *api;
+	struct imp_slot *slots;
+	size_t counts[6];	/* by enum imp_status */
+	size_t total, done;	/* lines to send this run, and finished */
+	size_t shown_invalid;
+	tn_msec_t start, last_tick;
+	bool tty;
+	bool unreachable, refused;
+	char *stop_reason;
+};
+
+static volatile sig_atomic_t imp_interrupted;
+
+static void imp_on_sigint(int sig)
+{
+	(void)sig;
+	imp_interrupted = 1;
+	signal(SIGINT, SIG_DFL);	/* a second ^C ends tnctl at once */
+}
+
+/* --- lines ----------------------------------------------------------------------- */
+
+static struct imp_line *imp_add(struct imp *im, unsigned line)
+{
+	struct imp_line *l;
+
+	if (im->nlines == im->cap) {
+		im->cap = im->cap == 0 ? 1024 : 2 * im->cap;
+		im->lines = tn_mem_realloc(im->lines, im->cap * sizeof(*im->lines));
+	}
+	l = &im->lines[im->nlines++];
+	memset(l, 0, sizeof(*l));
+	l->line = line;
+	l->kind = im->fixed_kind;
+	return l;
+}
+
+static void imp_invalid(struct imp_line *l, const char *field, char *why)
+{
+	l->status = IMP_INVALID;
+	l->field = field;
+	tn_mem_free(&l->error);
+	l->error = why;
+}
+
+/* obj (consumed) becomes the line's body, or the line is invalid. */
+static void imp_finish_line(struct imp_line *l, json_t *obj)
+{
+	const struct tnctl_kind *k;
+	const char *field = NULL;
+	char *why = NULL;
+
+	if (l->status == IMP_INVALID) {
+		json_decref(obj);
+		return;
+	}
+	if (l->kind < 0) {
+		imp_invalid(l, "kind", tn_mem_strdup("no kind: give --kind, or a kind column or "
+						     "member (tenant, domain, mailbox, alias)"));
+		json_decref(obj);
+		return;
+	}
+	k = &tnctl_kinds[l->kind];
+	if (json_is_string(json_object_get(obj, k->fields[0].name)))
+		l->key = tn_mem_strdup(json_string_value(json_object_get(obj, k->fields[0].name)));
+	if (tnctl_check_create(k, obj, &field, &why) < 0) {
+		imp_invalid(l, field, why);
+	} else {
+		const char *t = json_string_value(json_object_get(obj, l->kind == 0 ? "id" :
+								   "tenant"));
+
+		l->tenant = t != NULL ? tn_mem_strdup(t) : NULL;
+		l->body = json_dumps(obj, JSON_COMPACT);
+	}
+	json_decref(obj);
+}
+
+/* A kind's name in a line: 0, or -1 (the line is invalid). */
+static int imp_kind_of(struct imp *im, struct imp_line *l, const char *name)
+{
+	const struct tnctl_kind *k = tnctl_kind_find(name);
+
+	if (k == NULL) {
+		imp_invalid(l, "kind", tn_mem_printf("kind: '%.64s' is none of tenant, domain, "
+						     "mailbox, alias", name));
+		return -1;
+	}
+	if (im->fixed_kind >= 0 && k != &tnctl_kinds[im->fixed_kind]) {
+		imp_invalid(l, "kind", tn_mem_printf("kind: %s, but --kind %s", k->name,
+						     tnctl_kinds[im->fixed_kind].name));
+		return -1;
+	}
+	l->kind = (int)(k - tnctl_kinds);
+	return 0;
+}
+
+/* --- NDJSON ------------------------------------------------------------------------ */
+
+static void imp_ndjson_line(struct imp *im, unsigned lineno, const char *s, size_t len)
+{
+	struct imp_line *l;
+	json_error_t jerr;
+	json_t *obj, *kind;
+
+	while (len > 0 && (s[len - 1] == '\r' || s[len - 1] == ' ' || s[len - 1] == '\t'))
+		len--;
+	if (strspn(s, " \t") >= len)
+		return;		/* blank */
+	l = imp_add(im, lineno);
+	obj = json_loadb(s, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!json_is_object(obj)) {
+		imp_invalid(l, NULL, obj == NULL ? tn_mem_printf("malformed JSON: %s (column %d)",
+								 jerr.text, jerr.column) :
+			    tn_mem_strdup("not a JSON object"));
+		json_decref(obj);
+		return;
+	}
+	kind = json_object_get(obj, "kind");
+	if (kind != NULL && !json_is_string(kind))
+		imp_invalid(l, "kind", tn_mem_strdup("kind: must be a string"));
+	else if (kind != NULL)
+		imp_kind_of(im, l, json_string_value(kind));
+	json_object_del(obj, "kind");
+	imp_finish_line(l, obj);
+}
+
+static void imp_ndjson(struct imp *im, const char *buf, size_t len)
+{
+	unsigned lineno = 1;
+
+	for (const char *p = buf, *end = buf + len; p < end; lineno++) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+
+		imp_ndjson_line(im, lineno, p, n);
+		p += n + 1;
+	}
+}
+
+/* --- CSV ----------------------------------------------------------------------------- */
+
+/* The header: -1 after a message when a column is unknown or twice. */
+static int imp_csv_header(struct imp *im, const struct tnctl_csv_record *h, int *kind_col_r)
+{
+	*kind_col_r = -1;
+	for (size_t i = 0; i < h->n; i++) {
+		const char *name = h->fields[i];
+
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(h->fields[j], name) == 0) {
+				fprintf(stderr, "tnctl: %s:%u: column '%.64s' twice\n", im->file,
+					h->line, name);
+				return -1;
+			}
+		}
+		if (strcmp(name, "kind") == 0) {
+			*kind_col_r = (int)i;
+		} else if (!tnctl_field_known(name) ||
+			   (im->fixed_kind >= 0 &&
+			    tnctl_field_find(&tnctl_kinds[im->fixed_kind], name) == NULL)) {
+			fprintf(stderr, "tnctl: %s:%u: column '%.64s' is no field of a %s\n",
+				im->file, h->line, name, im->fixed_kind >= 0 ?
+				tnctl_kinds[im->fixed_kind].name : "tenant, domain, mailbox or alias");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void imp_csv_record(struct imp *im, const struct tnctl_csv_record *h, int kind_col,
+			   const struct tnctl_csv_record *rec)
+{
+	struct imp_line *l = imp_add(im, rec->line);
+	json_t *obj = json_object();
+	const char *why = NULL;
+
+	if (rec->n != h->n) {
+		imp_invalid(l, NULL, tn_mem_printf("%zu fields; the header has %zu", rec->n, h->n));
+	} else if (kind_col >= 0 && rec->fields[kind_col][0] != '\0') {
+		imp_kind_of(im, l, rec->fields[kind_col]);
+	}
+	for (size_t i = 0; l->status != IMP_INVALID && i < h->n; i++) {
+		const struct tnctl_field *f;
+		json_t *v;
+
+		if ((int)i == kind_col || rec->fields[i][0] == '\0')
+			continue;	/* an empty cell: the field is absent */
+		f = l->kind >= 0 ? tnctl_field_find(&tnctl_kinds[l->kind], h->fields[i]) : NULL;
+		if (l->kind >= 0 && f == NULL) {
+			imp_invalid(l, h->fields[i], tn_mem_printf("%s: no field of a %s",
+								   h->fields[i],
+								   tnctl_kinds[l->kind].name));
+		} else if (f != NULL && (v = tnctl_field_value(f, rec->fields[i], &why)) == NULL) {
+			imp_invalid(l, f->name, tn_mem_printf("%s: %s", f->name, why));
+		} else if (f != NULL) {
+			json_object_set_new(obj, f->name, v);
+		}
+	}
+	imp_finish_line(l, obj);
+}
+
+static int imp_csv(struct imp *im, const char *buf, size_t len)
+{
+	struct tnctl_csv c;
+	struct tnctl_csv_record h = { 0 }, rec = { 0 };
+	const char *why = NULL;
+	int kind_col, ret;
+
+	tnctl_csv_init(&c, buf, len);
+	if ((ret = tnctl_csv_next(&c, &h, &why)) <= 0) {
+		fprintf(stderr, "tnctl: %s: %s\n", im->file, ret == 0 ? "no header line" : why);
+		tnctl_csv_record_clear(&h);
+		return -1;
+	}
+	if (imp_csv_header(im, &h, &kind_col) < 0) {
+		tnctl_csv_record_clear(&h);
+		return -1;
+	}
+	while ((ret = tnctl_csv_next(&c, &rec, &why)) != 0) {
+		if (ret > 0)
+			imp_csv_record(im, &h, kind_col, &rec);
+		else
+			imp_invalid(imp_add(im, rec.line), NULL,
+				    tn_mem_printf("malformed CSV: %s", why));
+	}
+	tnctl_csv_record_clear(&rec);
+	tnctl_csv_record_clear(&h);
+	return 0;
+}
+
+/* --- reading the file ------------------------------------------------------------------ */
+
+static void imp_sha256(struct imp *im, const char *buf, size_t len)
+{
+	unsigned char d[SHA256_DIGEST_LENGTH];
+
+	SHA256((const unsigned char *)buf, len, d);
+	for (size_t i = 0; i < sizeof(d); i++)
+		snprintf(im->sha + 2 * i, 3, "%02x", d[i]);
+}
+
+static const char *imp_guess_format(const char *file, const char *buf, size_t len)
+{
+	size_t n = strlen(file);
+
+	if (n > 4 && strcmp(file + n - 4, ".csv") == 0)
+		return "csv";
+	if ((n > 7 && strcmp(file + n - 7, ".ndjson") == 0) ||
+	    (n > 6 && strcmp(file + n - 6, ".jsonl") == 0) ||
+	    (n > 5 && strcmp(file + n - 5, ".json") == 0))
+		return "ndjson";
+	for (size_t i = 0; i < len; i++) {
+		if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r' && buf[i] != '\n')
+			return buf[i] == '{' ? "ndjson" : "csv";
+	}
+	return "csv";
+}
+
+static int imp_read(struct imp *im)
+{
+	FILE *f = strcmp(im->file, "-") == 0 ? stdin : fopen(im->file, "re");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, n;
+	int ret = 0;
+
+	if (f == NULL) {
+		fprintf(stderr, "tnctl: %s: %s\n", im->file, strerror(errno));
+		return EX_NOINPUT;
+	}
+	do {
+		if (len + 65536 + 1 > cap) {
+			cap = cap == 0 ? 1 << 20 : 2 * cap;
+			buf = tn_mem_realloc(buf, cap);
+		}
+		n = fread(buf + len, 1, cap - len - 1, f);
+		len += n;
+	} while (n > 0 && len <= IMP_FILE_MAX);
+	if (ferror(f) || len > IMP_FILE_MAX) {
+		fprintf(stderr, "tnctl: %s: %s\n", im->file, len > IMP_FILE_MAX ? "too large" :
+			strerror(errno));
+		ret = EX_NOINPUT;
+	}
+	if (f != stdin)
+		fclose(f);
+	if (ret == 0) {
+		buf[len] = '\0';
+		imp_sha256(im, buf, len);
+		if (im->format == NULL)
+			im->format = imp_guess_format(im->file, buf, len);
+		if (strcmp(im->format, "csv") == 0)
+			ret = imp_csv(im, buf, len) < 0 ? EX_DATAERR : 0;
+		else
+			imp_ndjson(im, buf, len);
+	}
+	tn_mem_free(&buf);
+	return ret;
+}
+
+/* --- results ---------------------------------------------------------------------------- */
+
+struct imp_prev {
+	unsigned line;
+	size_t seq;		/* order in the file: the last record wins */
+	enum imp_status status;
+	char *key;
+};
+
+static int imp_prev_cmp(const void *a, const void *b)
+{
+	const struct imp_prev *x = a, *y = b;
+
+	if (x->line != y->line)
+		return x->line < y->line ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static enum imp_status imp_status_parse(const char *s)
+{
+	for (size_t i = 0; s != NULL && i < sizeof(imp_status_names) / sizeof(*imp_status_names);
+	     i++) {
+		if (strcmp(s, imp_status_names[i]) == 0)
+			return (enum imp_status)i;
+	}
+	return IMP_TODO;
+}
+
+/* The records of the results file with a line number, sorted. A torn
+ * last record (kill -9) is no record. */
+static struct imp_prev *imp_prev_read(FILE *f, size_t *n_r)
+{
+	struct imp_prev *prev = NULL;
+	size_t n = 0, cap = 0, size = 0;
+	char *line = NULL;
+
+	while (getline(&line, &size, f) > 0) {
+		json_t *o = json_loads(line, 0, NULL);
+		json_t *ln = json_object_get(o, "line");
+		const char *key = json_string_value(json_object_get(o, "key"));
+
+		if (json_is_integer(ln) && json_integer_value(ln) > 0 &&
+		    json_integer_value(ln) <= UINT32_MAX) {
+			if (n == cap) {
+				cap = cap == 0 ? 1024 : 2 * cap;
+				prev = tn_mem_realloc(prev, cap * sizeof(*prev));
+			}
+			prev[n] = (struct imp_prev){ (unsigned)json_integer_value(ln), n,
+				imp_status_parse(json_string_value(json_object_get(o, "status"))),
+				key != NULL ? tn_mem_strdup(key) : NULL };
+			n++;
+		}
+		json_decref(o);
+	}
+	free(line);
+	if (n > 0)
+		qsort(prev, n, sizeof(*prev), imp_prev_cmp);
+	*n_r = n;
+	return prev;
+}
+
+/* --resume: a line whose last record says created or exists, for the
+ * same key, is skipped; every other line is tried (again). */
+static void imp_resume(struct imp *im)
+{
+	FILE *f = fopen(im->results_path, "re");
+	struct imp_prev *prev;
+	size_t n = 0, j = 0;
+
+	if (f == NULL)
+		return;		/* nothing done yet */
+	prev = imp_prev_read(f, &n);
+	fclose(f);
+	for (size_t i = 0; i < im->nlines; i++) {	/* both sorted by line */
+		struct imp_line *l = &im->lines[i];
+		const struct imp_prev *last = NULL;
+
+		while (j < n && prev[j].line < l->line)
+			j++;
+		while (j < n && prev[j].line == l->line)
+			last = &prev[j++];
+		if (last != NULL && l->status == IMP_TODO && last->key != NULL &&
+		    l->key != NULL && strcmp(last->key, l->key) == 0 &&
+		    (last->status == IMP_CREATED || last->status == IMP_EXISTS))
+			l->status = IMP_SKIPPED;
+	}
+	for (size_t i = 0; i < n; i++)
+		tn_mem_free(&prev[i].key);
+	tn_mem_free(&prev);
+}
+
+static void imp_record(struct imp *im, const struct imp_line *l, long http)
+{
+	json_t *o;
+	char *text;
+
+	if (im->results == NULL)
+		return;
+	o = json_pack("{s:i,s:s?,s:s?,s:s}", "line", (int)l->line,
+		      "kind", l->kind >= 0 ? tnctl_kinds[l->kind].name : NULL,
+		      "key", l->key, "status", imp_status_names[l->status]);
+	if (http > 0)
+		json_object_set_new(o, "http", json_integer(http));
+	if (l->error != NULL)
+		json_object_set_new(o, "error", json_string(l->error));
+	if (l->field != NULL)
+		json_object_set_new(o, "field", json_string(l->field));
+	text = json_dumps(o, JSON_COMPACT);
+	fprintf(im->results, "%s\n", text);
+	fflush(im->results);
+	free(text);
+	json_decref(o);
+}
+
+static int imp_open_results(struct imp *im)
+{
+	char at[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	json_t *o;
+	char *text;
+
+	im->results = fopen(im->results_path, im->resume ? "ae" : "we");
+	if (im->results == NULL) {
+		fprintf(stderr, "tnctl: %s: %s\n", im->results_path, strerror(errno));
+		return EX_CANTCREAT;
+	}
+	gmtime_r(&now, &tm);
+	strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	o = json_pack("{s:s,s:s,s:b,s:s}", "import", im->file, "sha256", im->sha,
+		      "resume", im->resume, "at", at);
+	text = json_dumps(o, JSON_COMPACT);
+	fprintf(im->results, "%s\n", text);
+	fflush(im->results);
+	free(text);
+	json_decref(o);
+	return 0;
+}
+
+/* --- progress ----------------------------------------------------------------------------- */
+
+static void imp_progress(struct imp *im, bool last)
+{
+	tn_msec_t now = tn_time_now_ms();
+	double secs = (double)(now - im->start) / 1000.0;
+	double rate = secs > 0 ? (double)im->done / secs : 0;
+	double eta = rate > 0 ? (double)(im->total - im->done) / rate : 0;
+	unsigned pct = im->total > 0 ? (unsigned)(100 * im->done / im->total) : 100;
+	char bar[31];
+
+	if (!im->progress || (!last && now - im->last_tick < (im->tty ? IMP_TTY_TICK_MS :
+								IMP_PLAIN_TICK_MS)))
+		return;
+	im->last_tick = now;
+	if (!im->tty) {
+		fprintf(stderr, "import: %zu/%zu lines (%u%%), %.0f/s, ETA %.0fs\n", im->done,
+			im->total, pct, rate, eta);
+		return;
+	}
+	for (size_t i = 0; i < 30; i++)
+		bar[i] = i < pct * 30 / 100 ? '#' : '.';
+	bar[30] = '\0';
+	fprintf(stderr, "\r[%s] %zu/%zu %3u%% %6.0f/s ETA %d:%02d ", bar, im->done, im->total,
+		pct, rate, (int)eta / 60, (int)eta % 60);
+	if (last)
+		fprintf(stderr, "\n");
+}
+
+/* --- sending ------------------------------------------------------------------------------ */
+
+static void imp_done(struct imp *im, struct imp_slot *s, enum imp_status st, long http,
+		     char *error)
+{
+	struct imp_line *l = s->l;
+
+	l->status = st;
+	if (error != NULL) {
+		tn_mem_free(&l->error);
+		l->error = error;
+	}
+	if (st == IMP_INVALID && im->shown_invalid++ < IMP_SHOW_INVALID)
+		fprintf(stderr, "tnctl: %s:%u: %s\n", im->file, l->line, l->error);
+	im->counts[st]++;
+	im->done++;
+	imp_record(im, l, http);
+	tnctl_api_req_clear(&s->rq);
+	tn_mem_free(&s->conflict);
+	s->l = NULL;
+	s->in_flight = false;
+	imp_progress(im, false);
+}
+
+static void imp_start(struct imp *im, struct imp_slot *s)
+{
+	if (tnctl_api_start(im->api, &s->rq) < 0) {
+		imp_done(im, s, IMP_FAILED, 0, tn_mem_strdup(s->rq.error));
+		return;
+	}
+	s->in_flight = true;
+}
+
+static void imp_send(struct imp *im, struct imp_slot *s, struct imp_line *l)
+{
+	char *path = tn_mem_printf("/v1/%s", tnctl_kinds[l->kind].coll);
+	char *idem = tn_mem_printf("%.32s-%u", im->sha, l->line);
+
+	memset(s, 0, sizeof(*s));
+	s->l = l;
+	tnctl_api_req_init(&s->rq, "POST", path, l->body, NULL, idem);
+	s->rq.data = s;
+	tn_mem_free(&path);
+	tn_mem_free(&idem);
+	imp_start(im, s);
+}
+
+/* After a 409: is it this line's object? */
+static void imp_check(struct imp *im, struct imp_slot *s)
+{
+	const struct tnctl_kind *k = &tnctl_kinds[s->l->kind];
+	char *key = tnctl_api_escape(s->l->key);
+	char *path = tn_mem_printf("/v1/%s/%s", k->coll, key);
+
+	s->conflict = tnctl_api_describe(&s->rq);
+	tnctl_api_req_clear(&s->rq);
+	tnctl_api_req_init(&s->rq, "GET", path, NULL, NULL, NULL);
+	s->rq.data = s;
+	s->checking = true;
+	tn_mem_free(&key);
+	tn_mem_free(&path);
+	imp_start(im, s);
+}
+
+static void imp_checked(struct imp *im, struct imp_slot *s)
+{
+	json_t *obj = s->rq.http == 200 ? tnctl_api_json(&s->rq) : NULL;
+	const char *tenant = json_string_value(json_object_get(obj, s->l->kind == 0 ? "id" :
+							       "tenant"));
+	bool same = obj != NULL && (s->l->tenant == NULL ||
+				    (tenant != NULL && strcasecmp(tenant, s->l->tenant) == 0));
+
+	json_decref(obj);
+	if (same)
+		imp_done(im, s, IMP_EXISTS, 200, NULL);
+	else
+		imp_done(im, s, IMP_FAILED, 409, tn_mem_printf(
+				 "%s%s", s->conflict, obj != NULL ? " (another tenant's)" : ""));
+}
+
+/* No answer, 503, 429, or the same key still running: again later, or
+ * give up. */
+static void imp_retry(struct imp *im, struct imp_slot *s)
+{
+	bool net = s->rq.http == 0, limited = s->rq.http == 429;
+	unsigned *tries = net ? &s->net_tries : limited ? &s->limited_tries : &s->busy_tries;
+	unsigned max = net ? IMP_RETRY_NET : limited ? IMP_RETRY_LIMITED : IMP_RETRY_BUSY;
+	long wait = s->rq.retry_after > 0 ? s->rq.retry_after * 1000 : 1000;
+
+	if (++*tries < max && !imp_interrupted) {
+		s->in_flight = false;
+		s->not_before = tn_time_now_ms() + (wait > 10000 ? 10000 : wait);
+		return;
+	}
+	if (net && !im->unreachable) {
+		im->unreachable = true;
+		im->stop_reason = tnctl_api_describe(&s->rq);
+	}
+	imp_done(im, s, IMP_FAILED, s->rq.http, tnctl_api_describe(&s->rq));
+}
+
+/* 409 because the same Idempotency-Key is still running (the request
+ * of a killed run): not a duplicate, wait for it. */
+static bool imp_in_progress(const struct imp_slot *s)
+{
+	char *code = s->rq.http == 409 ? tnctl_api_code(&s->rq) : NULL;
+	bool ret = code != NULL && strcmp(code, "idempotency_in_progress") == 0;
+
+	tn_mem_free(&code);
+	return ret;
+}
+
+static void imp_answer(struct imp *im, struct imp_slot *s)
+{
+	long http = s->rq.http;
+
+	s->in_flight = false;
+	if (http == 0 || http == 503 || http == 429 || imp_in_progress(s)) {
+		imp_retry(im, s);
+	} else if (s->checking) {
+		imp_checked(im, s);
+	} else if (http == 200 || http == 201) {
+		imp_done(im, s, IMP_CREATED, http, NULL);	/* or replayed */
+	} else if (http == 409) {
+		imp_check(im, s);
+	} else {
+		if (http == 401 && !im->refused) {
+			im->refused = true;
+			im->stop_reason = tnctl_api_describe(&s->rq);
+		}
+		s->l->field = NULL;
+		imp_done(im, s, http == 400 || http == 413 ? IMP_INVALID : IMP_FAILED, http,
+			 tnctl_api_describe(&s->rq));
+	}
+}
+
+static bool imp_stopping(const struct imp *im)
+{
+	return imp_interrupted || im->unreachable || im->refused;
+}
+
+/* Start what can be started: retries whose time has come, then the
+ * next lines of todo. The number of slots in use. */
+static size_t imp_fill(struct imp *im, struct imp_line **todo, size_t n, size_t *next)
+{
+	tn_msec_t now = tn_time_now_ms();
+	size_t busy = 0;
+
+	for (size_t i = 0; i < im->parallel; i++) {
+		struct imp_slot *s = &im->slots[i];
+
+		if (s->l != NULL && !s->in_flight && imp_stopping(im))
+			imp_done(im, s, IMP_FAILED, 0, tn_mem_strdup("not tried again: stopped"));
+		else if (s->l != NULL && !s->in_flight && now >= s->not_before)
+			imp_start(im, s);
+		while (s->l == NULL && !imp_stopping(im) && *next < n)
+			imp_send(im, s, todo[(*next)++]);
+		busy += s->l != NULL;
+	}
+	return busy;
+}
+
+/* The lines of one kind, in file order, --parallel at a time. */
+static void imp_kind(struct imp *im, int kind)
+{
+	struct imp_line **todo = tn_mem_calloc(im->nlines + 1, sizeof(*todo));
+	struct tnctl_api_req *rq;
+	size_t n = 0, next = 0, busy;
+
+	for (size_t i = 0; i < im->nlines; i++) {
+		if (im->lines[i].kind == kind && im->lines[i].status == IMP_TODO)
+			todo[n++] = &im->lines[i];
+	}
+	for (;;) {
+		busy = imp_fill(im, todo, n, &next);
+		if (busy == 0 && (next >= n || imp_stopping(im)))
+			break;
+		if (tnctl_api_in_flight(im->api) == 0)
+			usleep(20 * 1000);	/* only retries waiting for their time */
+		else if ((rq = tnctl_api_next(im->api, 100)) != NULL)
+			imp_answer(im, rq->data);
+		imp_progress(im, false);
+	}
+	tn_mem_free(&todo);
+}
+
+/* --- the command ------------------------------------------------------------------------- */
+
+static int imp_options(struct imp *im, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "kind", required_argument, NULL, 'k' },
+		{ "format", required_argument, NULL, 'f' },
+		{ "results", required_argument, NULL, 'r' },
+		{ "resume", no_argument, NULL, 'R' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ "parallel", required_argument, NULL, 'p' },
+		{ "progress", no_argument, NULL, 'P' },
+		{ "no-progress", no_argument, NULL, 'Q' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const struct tnctl_kind *k;
+	char *end;
+	long v;
+	int c;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'k':
+			if ((k = tnctl_kind_find(optarg)) == NULL)
+				return EX_USAGE;
+			im->fixed_kind = (int)(k - tnctl_kinds);
+			break;
+		case 'f':
+			if (strcmp(optarg, "csv") != 0 && strcmp(optarg, "ndjson") != 0)
+				return EX_USAGE;
+			im->format = optarg;
+			break;
+		case 'r': im->results_path = optarg; break;
+		case 'R': im->resume = true; break;
+		case 'n': im->dry_run = true; break;
+		case 'P': im->progress = true; break;
+		case 'Q': im->progress = false; break;
+		case 'p':
+			v = strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || v < 1 || v > IMP_PARALLEL_MAX) {
+				fprintf(stderr, "tnctl: import: --parallel: 1 to %d\n",
+					IMP_PARALLEL_MAX);
+				return EX_USAGE;
+			}
+			im->parallel = (unsigned)v;
+			break;
+		default:
+			return EX_USAGE;
+		}
+	}
+	if (optind != argc - 1)
+		return EX_USAGE;
+	im->file = argv[optind];
+	if (strcmp(im->file, "-") == 0 && im->results_path == NULL && !im->dry_run) {
+		fprintf(stderr, "tnctl: import: standard input needs --results FILE\n");
+		return EX_USAGE;
+	}
+	return 0;
+}
+
+/* The invalid lines are final before anything is sent. */
+static void imp_count_local(struct imp *im)
+{
+	for (size_t i = 0; i < im->nlines; i++) {
+		struct imp_line *l = &im->lines[i];
+
+		if (l->status == IMP_INVALID) {
+			im->counts[IMP_INVALID]++;
+			if (im->shown_invalid++ < IMP_SHOW_INVALID)
+				fprintf(stderr, "tnctl: %s:%u: %s\n", im->file, l->line, l->error);
+			imp_record(im, l, 0);
+		} else if (l->status == IMP_SKIPPED) {
+			im->counts[IMP_SKIPPED]++;
+		} else {
+			im->total++;
+		}
+	}
+}
+
+static int imp_dry_run(struct imp *im)
+{
+	size_t per_kind[TNCTL_NKINDS] = { 0 };
+
+	imp_count_local(im);
+	for (size_t i = 0; i < im->nlines; i++) {
+		if (im->lines[i].status == IMP_TODO)
+			per_kind[im->lines[i].kind]++;
+	}
+	printf("dry run: %zu lines: would create", im->nlines);
+	for (size_t k = 0; k < TNCTL_NKINDS; k++)
+		printf("%s %zu %s", k > 0 ? "," : "", per_kind[k], tnctl_kinds[k].name);
+	printf("; %zu invalid\n", im->counts[IMP_INVALID]);
+	if (im->shown_invalid > IMP_SHOW_INVALID)
+		fprintf(stderr, "tnctl: ... %zu more invalid lines\n",
+			im->shown_invalid - IMP_SHOW_INVALID);
+	return im->counts[IMP_INVALID] > 0 ? EX_DATAERR : 0;
+}
+
+static int imp_summary(struct imp *im)
+{
+	double secs = (double)(tn_time_now_ms() - im->start) / 1000.0;
+	size_t left = im->total - im->done;
+
+	imp_progress(im, true);
+	if (im->shown_invalid > IMP_SHOW_INVALID)
+		fprintf(stderr, "tnctl: ... %zu more invalid lines (see %s)\n",
+			im->shown_invalid - IMP_SHOW_INVALID, im->results_path);
+	printf("import %s: %zu created, %zu exists, %zu failed, %zu invalid, %zu done before, "
+	       "%zu not tried; %.1fs, %.0f lines/s\n", im->file, im->counts[IMP_CREATED],
+	       im->counts[IMP_EXISTS], im->counts[IMP_FAILED], im->counts[IMP_INVALID],
+	       im->counts[IMP_SKIPPED], left, secs, secs > 0 ? (double)im->done / secs : 0.0);
+	if (im->refused) {
+		fprintf(stderr, "tnctl: import stopped: %s\n", im->stop_reason);
+		return EX_NOPERM;
+	}
+	if (im->unreachable || imp_interrupted) {
+		fprintf(stderr, "tnctl: import stopped (%s): %zu lines not done; rerun with "
+			"--resume\n", im->unreachable ? im->stop_reason : "interrupted",
+			left + im->counts[IMP_FAILED]);
+		return EX_TEMPFAIL;
+	}
+	return im->counts[IMP_FAILED] + im->counts[IMP_INVALID] > 0 ? EX_DATAERR : 0;
+}
+
+static int imp_run(struct imp *im)
+{
+	struct sigaction sa;
+	int ret;
+
+	im->api = tnctl_api_create(im->ctl->conf, im->parallel);
+	if (tnctl_api_error(im->api) != NULL) {
+		fprintf(stderr, "tnctl: %s\n", tnctl_api_error(im->api));
+		return EX_CONFIG;
+	}
+	if ((ret = imp_open_results(im)) != 0)
+		return ret;
+	im->slots = tn_mem_calloc(im->parallel, sizeof(*im->slots));
+	im->start = tn_time_now_ms();
+	imp_count_local(im);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = imp_on_sigint;
+	sigaction(SIGINT, &sa, NULL);
+	if (im->progress && !im->tty)
+		fprintf(stderr, "import: %zu lines to create (%zu done before, %zu invalid), "
+			"%u in parallel\n", im->total, im->counts[IMP_SKIPPED],
+			im->counts[IMP_INVALID], im->parallel);
+	for (int k = 0; k < TNCTL_NKINDS && !imp_stopping(im); k++)
+		imp_kind(im, k);	/* a barrier between kinds */
+	signal(SIGINT, SIG_DFL);
+	return imp_summary(im);
+}
+
+static void imp_free(struct imp *im)
+{
+	for (size_t i = 0; i < im->nlines; i++) {
+		tn_mem_free(&im->lines[i].key);
+		tn_mem_free(&im->lines[i].tenant);
+		tn_mem_free(&im->lines[i].body);
+		tn_mem_free(&im->lines[i].error);
+	}
+	tn_mem_free(&im->lines);
+	if (im->results != NULL)
+		fclose(im->results);
+	tn_mem_free(&im->slots);
+	tn_mem_free(&im->stop_reason);
+	tnctl_api_destroy(&im->api);
+}
+
+int tnctl_import(struct tnctl *ctl, int argc, char **argv)
+{
+	struct imp im = { .ctl = ctl, .fixed_kind = -1, .parallel = 8, .progress = true };
+	char *results = NULL;
+	int ret;
+
+	imp_interrupted = 0;
+	if ((ret = imp_options(&im, argc, argv)) != 0)
+		return ret;
+	im.tty = isatty(STDERR_FILENO) == 1;
+	if (im.results_path == NULL)
+		im.results_path = results = tn_mem_printf("%s.results", im.file);
+	ret = imp_read(&im);
+	if (ret == 0 && im.dry_run)
+		ret = imp_dry_run(&im);
+	else if (ret == 0) {
+		if (im.resume)
+			imp_resume(&im);
+		ret = imp_run(&im);
+	}
+	imp_free(&im);
+	tn_mem_free(&results);
+	return ret;
+}
