@@ -72,7 +72,7 @@ struct tn_prov_kind_desc {
 	const struct tn_prov_field *fields;	/* NULL-name terminated; key first */
 };
 
-#define TN_PROV_LOCKS 64
+#define TN_PROV_LOCKS 256
 
 struct tn_prov {
 	struct tn_dir *dir;
@@ -111,7 +111,7 @@ struct tn_prov_op {
 	bool write_sent;	/* a write went out on this connection */
 	bool broken;		/* the connection is unusable */
 	char *broken_why;
-	pthread_mutex_t *lock;	/* the tenant lock held, or NULL */
+	pthread_mutex_t *lock;	/* the object lock held, or NULL */
 	int64_t now_ms;		/* wall clock at the start */
 };
 
@@ -133,7 +133,7 @@ void tn_prov_op_begin(struct tn_prov_op *op, struct tn_prov *p, const struct tn_
 enum tn_prov_status tn_prov_run(struct tn_prov_op *op,
 				enum tn_prov_status (*step)(struct tn_prov_op *op, void *arg),
 				void *arg);
-enum tn_prov_status tn_prov_lock_tenant(struct tn_prov_op *op, const char *tenant);
+enum tn_prov_status tn_prov_lock_key(struct tn_prov_op *op, const char *key);
 /* The normalised key of op's kind, or TN_PROV_BAD_INPUT naming it. */
 enum tn_prov_status tn_prov_normalize_key(struct tn_prov_op *op, const char *key,
 					  char **out_r);
@@ -158,6 +158,12 @@ int tn_prov_search(struct tn_prov_op *op, const char *base, int scope, const cha
  * with ldap_memfree). */
 int tn_prov_write(struct tn_prov_op *op, int what, const char *dn, LDAPMod **mods,
 		  const char *assert_csn, char **diag_r);
+/* Modify dn (no assertion) and read attrs of the entry as the change
+ * left it (post-read control, RFC 4527, which slapd applies in the
+ * same operation): *after_r maps each attribute present to its first
+ * value, a string. Returns the LDAP result code. */
+int tn_prov_modify_read(struct tn_prov_op *op, const char *dn, LDAPMod **mods,
+			char **attrs, json_t **after_r, char **diag_r);
 #define TN_PROV_WRITE_ADD 1
 #define TN_PROV_WRITE_MODIFY 2
 #define TN_PROV_WRITE_DELETE 3

@@ -127,7 +127,8 @@ static int tn_prov_send(struct tn_prov_op *op, int what, const char *dn, LDAPMod
 	}
 }
 
-static int tn_prov_wait(struct tn_prov_op *op, int msgid, char **diag_r)
+static int tn_prov_wait_ctrls(struct tn_prov_op *op, int msgid, char **diag_r,
+			      LDAPControl ***ctrls_r)
 {
 	struct timeval tv = tn_prov_tv(op);
 	LDAPMessage *msg = NULL;
@@ -142,8 +143,77 @@ static int tn_prov_wait(struct tn_prov_op *op, int msgid, char **diag_r)
 		ldap_get_option(op->ld, LDAP_OPT_RESULT_CODE, &err);
 		return err != LDAP_SUCCESS ? err : LDAP_SERVER_DOWN;
 	}
-	rc = ldap_parse_result(op->ld, msg, &err, NULL, diag_r, NULL, NULL, 1);
+	rc = ldap_parse_result(op->ld, msg, &err, NULL, diag_r, NULL, ctrls_r, 1);
 	return rc == LDAP_SUCCESS ? err : rc;
+}
+
+static int tn_prov_wait(struct tn_prov_op *op, int msgid, char **diag_r)
+{
+	return tn_prov_wait_ctrls(op, msgid, diag_r, NULL);
+}
+
+/* The post-read control's entry (RFC 4527: a SearchResultEntry) as
+ * attribute -> first value. */
+static json_t *tn_prov_postread_values(LDAPControl **ctrls)
+{
+	LDAPControl *c = ldap_control_find(LDAP_CONTROL_POST_READ, ctrls, NULL);
+	BerElement *ber;
+	struct berval bv;
+	json_t *out;
+
+	if (c == NULL || (ber = ber_init(&c->ldctl_value)) == NULL)
+		return NULL;
+	out = json_object();
+	if (ber_scanf(ber, "{m{" /*}}*/, &bv) != LBER_ERROR) {
+		while (ber_scanf(ber, "{m" /*}*/, &bv) != LBER_ERROR) {
+			BerVarray vals = NULL;
+			char *name;
+
+			if (ber_scanf(ber, "[W]", &vals) == LBER_ERROR || vals == NULL)
+				break;
+			name = tn_mem_strndup(bv.bv_val, bv.bv_len);
+			if (vals[0].bv_val != NULL)
+				json_object_set_new(out, name, json_stringn(vals[0].bv_val,
+									    vals[0].bv_len));
+			tn_mem_free(&name);
+			ber_bvarray_free(vals);
+		}
+	}
+	ber_free(ber, 1);
+	return out;
+}
+
+int tn_prov_modify_read(struct tn_prov_op *op, const char *dn, LDAPMod **mods,
+			char **attrs, json_t **after_r, char **diag_r)
+{
+	LDAPControl *ctrl = NULL, *ctrls[2] = { NULL, NULL }, **got = NULL;
+	BerElement *ber = ber_alloc_t(LBER_USE_DER);
+	struct berval value = { 0, NULL };
+	int rc, msgid = -1;
+
+	*diag_r = NULL;
+	*after_r = NULL;
+	if (ber == NULL)
+		return LDAP_NO_MEMORY;
+	if (ber_printf(ber, "{v}", attrs) == -1 || ber_flatten2(ber, &value, 0) == -1) {
+		ber_free(ber, 1);
+		return LDAP_ENCODING_ERROR;
+	}
+	rc = ldap_control_create(LDAP_CONTROL_POST_READ, 1, &value, 1, &ctrl);
+	ber_free(ber, 1);
+	if (rc != LDAP_SUCCESS)
+		return rc;
+	ctrls[0] = ctrl;
+	rc = tn_prov_send(op, TN_PROV_WRITE_MODIFY, dn, mods, ctrls, &msgid);
+	ldap_control_free(ctrl);
+	if (rc != LDAP_SUCCESS)
+		return rc;
+	op->write_sent = true;
+	rc = tn_prov_wait_ctrls(op, msgid, diag_r, &got);
+	if (rc == LDAP_SUCCESS && (*after_r = tn_prov_postread_values(got)) == NULL)
+		rc = LDAP_CONTROL_NOT_FOUND;
+	ldap_controls_free(got);
+	return rc;
 }
 
 int tn_prov_write(struct tn_prov_op *op, int what, const char *dn, LDAPMod **mods,

@@ -23,6 +23,13 @@
 #include "tn-prov-input.h"
 #include "tn-prov-int.h"
 
+struct tn_prov_usage {
+	int64_t count;		/* live mailboxes */
+	int64_t explicit_bytes;	/* sum of their own non-zero quotas */
+	int64_t default_count;	/* without a quota of their own */
+	int64_t unlimited_count; /* own quota 0 */
+};
+
 /* What a write step works with. */
 struct tn_prov_wr {
 	json_t *norm;			/* create/modify: validated input */
@@ -34,6 +41,7 @@ struct tn_prov_wr {
 	struct tn_prov_entry *now;	/* after */
 	struct tn_prov_mods mods;	/* the write */
 	json_t *changes;		/* modify: events.md "changes" */
+	struct tn_prov_usage share;	/* taken from the tenant's plan counters */
 };
 
 /* --- input -------------------------------------------------------------------- */
@@ -278,12 +286,36 @@ static enum tn_prov_status tn_prov_live_domain(struct tn_prov_op *op, const char
 
 /* --- plan limits ------------------------------------------------------------------------- */
 
+/*
+ * A tenant entry carries its plan counters (docs/provisioning.md "Plan
+ * counters"): its live (not deleted) mailboxes, the sum of their own
+ * non-zero quotas, how many have no quota of their own (they take the
+ * tenant's default) and how many have their own quota 0 (unlimited).
+ * Writes that change them change the counters first with an LDAP
+ * increment (atomic in slapd, whichever node writes) and read the
+ * result in the same operation (post-read control), so two writers
+ * racing for the last place cannot both get it; a write that then
+ * fails gives its share back. The limits are checked on the counters,
+ * not by counting the tenant's mailboxes, so a create costs the same
+ * with 10 or 1,000,000 mailboxes.
+ */
+
 struct tn_prov_plan {
 	int64_t storage, mailbox_default, max_mailboxes;
 	bool overcommit;
-	int64_t count, sum;	/* live mailboxes, their effective quotas */
-	bool unlimited;		/* one of them has an unlimited quota */
 };
+
+static char *tn_prov_counter_attrs[] = {
+	"tnMailboxCount", "tnQuotaExplicitBytes", "tnQuotaDefaultCount",
+	"tnQuotaUnlimitedCount", NULL
+};
+
+static int64_t *tn_prov_usage_field(struct tn_prov_usage *u, size_t i)
+{
+	int64_t *f[] = { &u->count, &u->explicit_bytes, &u->default_count, &u->unlimited_count };
+
+	return f[i];
+}
 
 static int64_t tn_prov_int(json_t *obj, const char *name)
 {
@@ -299,57 +331,117 @@ static void tn_prov_plan_of(json_t *tenant, struct tn_prov_plan *plan)
 	plan->overcommit = json_is_true(json_object_get(tenant, "overcommit"));
 }
 
-static void tn_prov_plan_add(struct tn_prov_plan *plan, json_t *quota)
+/* The share of one live mailbox whose own quota is quota (an integer,
+ * or null / NULL: none of its own), times sign. */
+static void tn_prov_usage_of(json_t *quota, int sign, struct tn_prov_usage *u)
 {
-	int64_t q = json_is_integer(quota) ? json_integer_value(quota) : plan->mailbox_default;
-
-	plan->count++;
-	if (q == 0)
-		plan->unlimited = true;
-	plan->sum += q;
+	memset(u, 0, sizeof(*u));
+	u->count = sign;
+	if (!json_is_integer(quota))
+		u->default_count = sign;
+	else if (json_integer_value(quota) == 0)
+		u->unlimited_count = sign;
+	else
+		u->explicit_bytes = sign * json_integer_value(quota);
 }
 
-static void tn_prov_plan_entry(LDAP *ld, LDAPMessage *e, const char *skip,
-			       struct tn_prov_plan *plan)
+static void tn_prov_usage_add(struct tn_prov_usage *to, const struct tn_prov_usage *d, int sign)
 {
-	struct berval **st = ldap_get_values_len(ld, e, "tnStatus");
+	for (size_t i = 0; tn_prov_counter_attrs[i] != NULL; i++)
+		*tn_prov_usage_field(to, i) += sign * *tn_prov_usage_field((struct tn_prov_usage *)d, i);
+}
+
+static bool tn_prov_usage_zero(const struct tn_prov_usage *u)
+{
+	return u->count == 0 && u->explicit_bytes == 0 && u->default_count == 0 &&
+		u->unlimited_count == 0;
+}
+
+/* Does d take anything (more mailboxes, bytes, unlimited ones)? */
+static bool tn_prov_usage_grows(const struct tn_prov_usage *d)
+{
+	return d->count > 0 || d->explicit_bytes > 0 || d->default_count > 0 ||
+		d->unlimited_count > 0;
+}
+
+/* fields: the input fields at fault for the count and for the quotas */
+static enum tn_prov_status tn_prov_plan_check(struct tn_prov_op *op, const char *tenant,
+					      const struct tn_prov_plan *plan,
+					      const struct tn_prov_usage *u,
+					      const char *const fields[2])
+{
+	const char *field = fields[1];
+	int64_t sum;
+
+	if (plan->max_mailboxes > 0 && u->count > plan->max_mailboxes)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, fields[0],
+				    "the plan of tenant %s allows %lld mailboxes (%lld would exist)",
+				    tenant, (long long)plan->max_mailboxes, (long long)u->count);
+	if (plan->storage == 0 || plan->overcommit)
+		return TN_PROV_OK;
+	if (u->unlimited_count > 0 || (plan->mailbox_default == 0 && u->default_count > 0))
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, field,
+				    "tenant %s has %lld bytes of storage and no overcommit: "
+				    "no mailbox may have an unlimited quota", tenant,
+				    (long long)plan->storage);
+	sum = u->explicit_bytes + u->default_count * plan->mailbox_default;
+	if (sum > plan->storage)
+		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, field,
+				    "mailbox quotas of tenant %s would add up to %lld bytes, more "
+				    "than its storage of %lld (overcommit is off)", tenant,
+				    (long long)sum, (long long)plan->storage);
+	return TN_PROV_OK;
+}
+
+/* Add the share of entry e to u when it is a live mailbox. */
+static void tn_prov_usage_live(LDAP *ld, LDAPMessage *e, struct tn_prov_usage *u)
+{
+	struct berval **oc = ldap_get_values_len(ld, e, "objectClass");
+	struct berval **sv = ldap_get_values_len(ld, e, "tnStatus");
 	struct berval **q = ldap_get_values_len(ld, e, "tnQuotaBytes");
-	struct berval **mail = ldap_get_values_len(ld, e, "mail");
-	bool deleted = st != NULL && st[0] != NULL && st[0]->bv_len == 7 &&
-		strncasecmp(st[0]->bv_val, "deleted", 7) == 0;
-	bool skipped = skip != NULL && mail != NULL && mail[0] != NULL &&
-		mail[0]->bv_len == strlen(skip) &&
-		strncasecmp(mail[0]->bv_val, skip, mail[0]->bv_len) == 0;
+	bool deleted = sv != NULL && sv[0] != NULL && sv[0]->bv_len == 7 &&
+		strncasecmp(sv[0]->bv_val, "deleted", 7) == 0;
+	bool mailbox = oc == NULL;	/* not asked for: the search chose mailboxes */
+	struct tn_prov_usage one;
 	json_t *quota = NULL;
 
+	for (size_t i = 0; oc != NULL && oc[i] != NULL; i++) {
+		if (oc[i]->bv_len == 9 && strncasecmp(oc[i]->bv_val, "tnMailbox", 9) == 0)
+			mailbox = true;
+	}
 	if (q != NULL && q[0] != NULL) {
 		char *text = tn_mem_strndup(q[0]->bv_val, q[0]->bv_len);
 
 		quota = json_integer(strtoll(text, NULL, 10));
 		tn_mem_free(&text);
 	}
-	if (!deleted && !skipped)
-		tn_prov_plan_add(plan, quota);
+	if (mailbox && !deleted) {
+		tn_prov_usage_of(quota, 1, &one);
+		tn_prov_usage_add(u, &one, 1);
+	}
 	json_decref(quota);
-	ldap_value_free_len(st);
+	ldap_value_free_len(oc);
+	ldap_value_free_len(sv);
 	ldap_value_free_len(q);
-	ldap_value_free_len(mail);
 }
 
-/* Count the tenant's live mailboxes and their quotas, leaving out skip. */
-static enum tn_prov_status tn_prov_usage(struct tn_prov_op *op, const char *tenant,
-					 const char *skip, struct tn_prov_plan *plan)
+/* Count the tenant's live mailboxes and their quotas from the entries
+ * themselves (a tenant without counters yet, a check that failed on
+ * them, tn_prov_recount()). */
+static enum tn_prov_status tn_prov_usage_count(struct tn_prov_op *op, const char *tenant,
+					       struct tn_prov_usage *u)
 {
-	static char *attrs[] = { "mail", "tnQuotaBytes", "tnStatus", NULL };
+	static char *attrs[] = { "tnQuotaBytes", "tnStatus", NULL };
 	char *base = tn_prov_dn(op->p, NULL, "tnTenantId", tenant);
 	enum tn_prov_status st = TN_PROV_OK;
 	LDAPMessage *res = NULL;
 
+	memset(u, 0, sizeof(*u));
 	if (tn_prov_search(op, base, LDAP_SCOPE_ONELEVEL, "(objectClass=tnMailbox)", attrs,
 			   &res, &st) == 0) {
 		for (LDAPMessage *e = ldap_first_entry(op->ld, res); e != NULL;
 		     e = ldap_next_entry(op->ld, e))
-			tn_prov_plan_entry(op->ld, e, skip, plan);
+			tn_prov_usage_live(op->ld, e, u);
 	}
 	if (res != NULL)
 		ldap_msgfree(res);
@@ -357,48 +449,183 @@ static enum tn_prov_status tn_prov_usage(struct tn_prov_op *op, const char *tena
 	return st;
 }
 
-/* fields: the input fields at fault for the count and for the quotas */
-static enum tn_prov_status tn_prov_plan_check(struct tn_prov_op *op, const char *tenant,
-					      const struct tn_prov_plan *plan,
-					      const char *const fields[2])
+/* The counters as an entry holds them (raw: attribute -> [values]); -1
+ * when one is missing. */
+static int tn_prov_usage_from_raw(json_t *raw, struct tn_prov_usage *u)
 {
-	const char *field = fields[1];
+	for (size_t i = 0; tn_prov_counter_attrs[i] != NULL; i++) {
+		const char *v = json_string_value(json_array_get(
+			json_object_get(raw, tn_prov_counter_attrs[i]), 0));
 
-	if (plan->max_mailboxes > 0 && plan->count > plan->max_mailboxes)
-		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, fields[0],
-				    "the plan of tenant %s allows %lld mailboxes (%lld would exist)",
-				    tenant, (long long)plan->max_mailboxes, (long long)plan->count);
-	if (plan->storage == 0 || plan->overcommit)
-		return TN_PROV_OK;
-	if (plan->unlimited)
-		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, field,
-				    "tenant %s has %lld bytes of storage and no overcommit: "
-				    "no mailbox may have an unlimited quota", tenant,
-				    (long long)plan->storage);
-	if (plan->sum > plan->storage)
-		return tn_prov_fail(op, TN_PROV_UNPROCESSABLE, field,
-				    "mailbox quotas of tenant %s would add up to %lld bytes, more "
-				    "than its storage of %lld (overcommit is off)", tenant,
-				    (long long)plan->sum, (long long)plan->storage);
-	return TN_PROV_OK;
+		if (v == NULL)
+			return -1;
+		*tn_prov_usage_field(u, i) = strtoll(v, NULL, 10);
+	}
+	return 0;
 }
 
-/* The tenant's plan (tenant_obj) with its mailboxes but skip, and, when
- * add, one more of the given quota (null: the tenant's default). */
-static enum tn_prov_status tn_prov_plan_with(struct tn_prov_op *op, const char *tenant,
-					     json_t *tenant_obj, const char *skip, json_t *quota,
-					     bool add, const char *const fields[2])
+/* The same from a post-read (attribute -> value). */
+static int tn_prov_usage_from_raw_strings(json_t *after, struct tn_prov_usage *u)
 {
+	for (size_t i = 0; tn_prov_counter_attrs[i] != NULL; i++) {
+		const char *v = json_string_value(json_object_get(after, tn_prov_counter_attrs[i]));
+
+		if (v == NULL)
+			return -1;
+		*tn_prov_usage_field(u, i) = strtoll(v, NULL, 10);
+	}
+	return 0;
+}
+
+/* Set the counters of tenant to u: replace (all) or add (only where
+ * none are: a tenant made before the counters, or by hand). */
+static int tn_prov_usage_store(struct tn_prov_op *op, const char *tenant_dn,
+			       const struct tn_prov_usage *u, int how)
+{
+	struct tn_prov_mods mods = { NULL, 0 };
+	char *diag = NULL, num[32];
+	int rc;
+
+	for (size_t i = 0; tn_prov_counter_attrs[i] != NULL; i++) {
+		snprintf(num, sizeof(num), "%lld",
+			 (long long)*tn_prov_usage_field((struct tn_prov_usage *)u, i));
+		tn_prov_mods_add1(&mods, how, tn_prov_counter_attrs[i], num);
+	}
+	rc = tn_prov_write(op, TN_PROV_WRITE_MODIFY, tenant_dn, mods.mods, NULL, &diag);
+	ldap_memfree(diag);
+	tn_prov_mods_free(&mods);
+	return rc;
+}
+
+/* Add d to the counters of tenant; *after_r: the counters as this
+ * change left them. Counters missing: counted and set first. */
+static enum tn_prov_status tn_prov_usage_apply(struct tn_prov_op *op, const char *tenant,
+					       const struct tn_prov_usage *d,
+					       struct tn_prov_usage *after_r)
+{
+	char *dn = tn_prov_dn(op->p, NULL, "tnTenantId", tenant), *diag = NULL, num[32];
+	enum tn_prov_status st = TN_PROV_OK;
+	struct tn_prov_usage counted;
+	int rc = LDAP_SUCCESS;
+
+	for (int attempt = 0; attempt < 3; attempt++) {
+		struct tn_prov_mods mods = { NULL, 0 };
+		json_t *after = NULL;
+
+		for (size_t i = 0; tn_prov_counter_attrs[i] != NULL; i++) {
+			int64_t v = *tn_prov_usage_field((struct tn_prov_usage *)d, i);
+
+			if (v == 0 && i > 0)	/* the first always: the post-read */
+				continue;
+			snprintf(num, sizeof(num), "%lld", (long long)v);
+			tn_prov_mods_add1(&mods, LDAP_MOD_INCREMENT, tn_prov_counter_attrs[i], num);
+		}
+		rc = tn_prov_modify_read(op, dn, mods.mods, tn_prov_counter_attrs, &after, &diag);
+		tn_prov_mods_free(&mods);
+		if (rc == LDAP_SUCCESS) {
+			if (tn_prov_usage_from_raw_strings(after, after_r) < 0)
+				rc = LDAP_NO_SUCH_ATTRIBUTE;
+		}
+		json_decref(after);
+		if (rc != LDAP_NO_SUCH_ATTRIBUTE)
+			break;
+		/* a tenant without counters: count, add them (a racing writer
+		 * doing the same makes ours fail: then increment again) */
+		ldap_memfree(diag);
+		diag = NULL;
+		if ((st = tn_prov_usage_count(op, tenant, &counted)) != TN_PROV_OK)
+			break;
+		rc = tn_prov_usage_store(op, dn, &counted, LDAP_MOD_ADD);
+		if (rc != LDAP_SUCCESS && rc != LDAP_TYPE_OR_VALUE_EXISTS)
+			break;
+		tn_info("provisioning: tenant %s: plan counters set from its %lld mailboxes", tenant,
+			(long long)counted.count);
+		rc = LDAP_NO_SUCH_ATTRIBUTE;
+	}
+	if (st == TN_PROV_OK && rc != LDAP_SUCCESS)
+		st = tn_prov_ldap_fail(op, rc, "plan counters", diag);
+	ldap_memfree(diag);
+	tn_mem_free(&dn);
+	return st;
+}
+
+static bool tn_prov_plan_fits(const struct tn_prov_plan *plan, const struct tn_prov_usage *u)
+{
+	if (plan->max_mailboxes > 0 && u->count > plan->max_mailboxes)
+		return false;
+	if (plan->storage == 0 || plan->overcommit)
+		return true;
+	return u->unlimited_count == 0 && (plan->mailbox_default != 0 || u->default_count == 0) &&
+		u->explicit_bytes + u->default_count * plan->mailbox_default <= plan->storage;
+}
+
+/* Give d back to tenant's counters after the write it was taken for
+ * failed; the result of the operation is kept as it is. */
+static void tn_prov_release(struct tn_prov_op *op, const char *tenant,
+			    const struct tn_prov_usage *d)
+{
+	struct tn_prov_result *res = op->res;
+	enum tn_prov_status status = res->status;
+	char *message = res->message, *field = res->field;
+	struct tn_prov_usage neg = { 0 }, after;
+
+	if (tn_prov_usage_zero(d))
+		return;
+	res->message = res->field = NULL;
+	tn_prov_usage_add(&neg, d, -1);
+	if (tn_prov_usage_apply(op, tenant, &neg, &after) != TN_PROV_OK)
+		tn_error("provisioning: tenant %s: a failed write's share of the plan counters "
+			 "could not be given back (%s): they count %lld mailbox(es) too many "
+			 "until recounted (tnctl tenant recount %s)", tenant,
+			 res->message != NULL ? res->message : "?", (long long)d->count, tenant);
+	tn_mem_free(&res->message);
+	tn_mem_free(&res->field);
+	res->message = message;
+	res->field = field;
+	res->status = status;
+}
+
+/* Take d from tenant's counters; when d takes anything, the counters
+ * after it must fit the plan of tenant_obj, else it is given back and
+ * TN_PROV_UNPROCESSABLE names fields[0] (count) or fields[1] (quota).
+ *
+ * Counters are never corrected here: a count of the entries cannot see
+ * the shares other writers hold for entries not written yet, so setting
+ * the counters from it would let them past the limit. When the entries
+ * say there would be room, the refusal says so and names the remedy
+ * (tn_prov_recount(), with no writes in flight). */
+static enum tn_prov_status tn_prov_reserve(struct tn_prov_op *op, const char *tenant,
+					   json_t *tenant_obj, const struct tn_prov_usage *d,
+					   const char *const fields[2])
+{
+	struct tn_prov_usage after, counted;
 	struct tn_prov_plan plan;
 	enum tn_prov_status st;
+	char *message;
 
+	if (tn_prov_usage_zero(d))
+		return TN_PROV_OK;
 	tn_prov_plan_of(tenant_obj, &plan);
-	st = tn_prov_usage(op, tenant, skip, &plan);
-	if (st != TN_PROV_OK)
+	st = tn_prov_usage_apply(op, tenant, d, &after);
+	if (st != TN_PROV_OK || !tn_prov_usage_grows(d) || tn_prov_plan_fits(&plan, &after))
 		return st;
-	if (add)
-		tn_prov_plan_add(&plan, quota);
-	return tn_prov_plan_check(op, tenant, &plan, fields);
+	tn_prov_release(op, tenant, d);
+	st = tn_prov_plan_check(op, tenant, &plan, &after, fields);
+	if (tn_prov_usage_count(op, tenant, &counted) != TN_PROV_OK)
+		return st;	/* the refusal stands; the count was a courtesy */
+	tn_prov_usage_add(&counted, d, 1);
+	if (!tn_prov_plan_fits(&plan, &counted))
+		return st;
+	tn_info("provisioning: tenant %s: plan counters say %lld mailboxes, its entries %lld "
+		"(writes in flight, or counters off after a crash: tnctl tenant recount %s)",
+		tenant, (long long)(after.count - d->count), (long long)(counted.count - d->count),
+		tenant);
+	message = tn_mem_printf("%s (the directory holds %lld live mailboxes now: other "
+				"writes are in flight, or the plan counters are off and need a "
+				"recount)", op->res->message, (long long)(counted.count - d->count));
+	tn_mem_free(&op->res->message);
+	op->res->message = message;
+	return st;
 }
 
 static const char *const tn_prov_mailbox_fields_at_fault[2] = { NULL, "quota_bytes" };
@@ -550,14 +777,43 @@ static enum tn_prov_status tn_prov_write_back(struct tn_prov_op *op, struct tn_p
 	return st;
 }
 
-static void tn_prov_wr_clear(struct tn_prov_wr *w)
+/* Forget what a step read and wrote (the input stays). */
+static void tn_prov_wr_reset(struct tn_prov_wr *w)
 {
-	json_decref(w->norm);
 	json_decref(w->changes);
+	w->changes = NULL;
 	tn_mem_free(&w->tenant);
 	tn_prov_entry_free(&w->old);
 	tn_prov_entry_free(&w->now);
 	tn_prov_mods_free(&w->mods);
+	memset(&w->share, 0, sizeof(w->share));
+}
+
+static void tn_prov_wr_clear(struct tn_prov_wr *w)
+{
+	tn_prov_wr_reset(w);
+	json_decref(w->norm);
+	w->norm = NULL;
+}
+
+/* Run a read-modify-write step; without an If-Match from the caller, a
+ * change that another writer made between the read and the write (the
+ * entryCSN assertion failed) is no reason to refuse: read again. */
+static enum tn_prov_status tn_prov_run_rmw(struct tn_prov_op *op,
+					   enum tn_prov_status (*step)(struct tn_prov_op *op,
+								       void *arg),
+					   struct tn_prov_wr *w)
+{
+	enum tn_prov_status st;
+
+	for (unsigned tries = 0;; tries++) {
+		st = tn_prov_run(op, step, w);
+		if (st != TN_PROV_PRECONDITION || op->ctx->if_match != NULL ||
+		    op->res->changed || tries >= 8 || tn_time_left_ms(op->deadline) <= 0)
+			return st;
+		tn_prov_wr_reset(w);
+		tn_prov_result_clear(op->res);
+	}
 }
 
 /* --- create ------------------------------------------------------------------------------------- */
@@ -624,28 +880,9 @@ static void tn_prov_create_mods(struct tn_prov_op *op, struct tn_prov_wr *w)
 	v = json_object_get(w->norm, "status_reason");
 	if (json_is_string(v))
 		tn_prov_mods_add1(&w->mods, LDAP_MOD_ADD, "tnStatusReason", json_string_value(v));
+	for (size_t i = 0; op->kd->kind == TN_PROV_TENANT && tn_prov_counter_attrs[i] != NULL; i++)
+		tn_prov_mods_add1(&w->mods, LDAP_MOD_ADD, tn_prov_counter_attrs[i], "0");
 	tn_mem_free(&now);
-}
-
-/* After the add: a writer elsewhere may have taken the last place. */
-static enum tn_prov_status tn_prov_create_recheck(struct tn_prov_op *op, struct tn_prov_wr *w,
-						  struct tn_prov_entry *tenant)
-{
-	enum tn_prov_status st;
-	char *diag = NULL;
-
-	if (op->kd->kind != TN_PROV_MAILBOX)
-		return TN_PROV_OK;
-	st = tn_prov_plan_with(op, w->tenant, tenant->obj, NULL, NULL, false,
-			       tn_prov_mailbox_fields_at_fault);
-	if (st != TN_PROV_UNPROCESSABLE)
-		return st;
-	if (tn_prov_write(op, TN_PROV_WRITE_DELETE, w->now->dn, NULL, NULL, &diag) != LDAP_SUCCESS)
-		tn_error("provisioning: mailbox %s exceeds the plan of tenant %s and could not "
-			 "be removed again", w->key, w->tenant);
-	ldap_memfree(diag);
-	tn_prov_invalidate(op, op->kd->kind, w->key);
-	return st;
 }
 
 static enum tn_prov_status tn_prov_create_step(struct tn_prov_op *op, void *arg)
@@ -655,20 +892,25 @@ static enum tn_prov_status tn_prov_create_step(struct tn_prov_op *op, void *arg)
 	enum tn_prov_status st = tn_prov_create_owner(op, w, &tenant);
 	char *dn = NULL;
 
+	struct tn_prov_usage share;
+
 	if (st == TN_PROV_OK)
-		st = tn_prov_lock_tenant(op, w->tenant);
-	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX)
-		st = tn_prov_plan_with(op, w->tenant, tenant->obj, NULL,
-				       json_object_get(w->norm, "quota_bytes"), true,
-				       tn_prov_mailbox_fields_at_fault);
+		st = tn_prov_lock_key(op, w->key);
+	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX) {
+		tn_prov_usage_of(json_object_get(w->norm, "quota_bytes"), 1, &share);
+		st = tn_prov_reserve(op, w->tenant, tenant->obj, &share,
+				     tn_prov_mailbox_fields_at_fault);
+		if (st == TN_PROV_OK)
+			w->share = share;
+	}
 	if (st == TN_PROV_OK) {
 		dn = tn_prov_dn(op->p, op->kd->kind == TN_PROV_TENANT ? NULL : w->tenant,
 				op->kd->key_attr, w->key);
 		tn_prov_create_mods(op, w);
 		st = tn_prov_write_back(op, w, TN_PROV_WRITE_ADD, dn, NULL);
+		if (st != TN_PROV_OK && !op->broken)	/* refused, not lost */
+			tn_prov_release(op, w->tenant, &w->share);
 	}
-	if (st == TN_PROV_OK)
-		st = tn_prov_create_recheck(op, w, tenant);
 	if (st == TN_PROV_OK)
 		st = tn_prov_commit(op, w, op->kd->event_prefix == NULL ? NULL :
 				    op->kd->kind == TN_PROV_TENANT ? "tenant.created" :
@@ -676,6 +918,8 @@ static enum tn_prov_status tn_prov_create_step(struct tn_prov_op *op, void *arg)
 				    "mailbox.created",
 				    op->kd->event_prefix == NULL ? NULL :
 				    tn_prov_created_data(op, w->now->obj), true, TN_PROV_CREATED);
+	if (st == TN_PROV_EVENT_FAILED)
+		tn_prov_release(op, w->tenant, &w->share);
 	tn_prov_entry_free(&tenant);
 	tn_mem_free(&dn);
 	return st;
@@ -721,7 +965,7 @@ static enum tn_prov_status tn_prov_read_old(struct tn_prov_op *op, struct tn_pro
 	    (w->old->etag == NULL || strcmp(op->ctx->if_match, w->old->etag) != 0))
 		return tn_prov_fail(op, TN_PROV_PRECONDITION, NULL,
 				    "the %s changed meanwhile (ETag does not match)", op->kd->name);
-	return tn_prov_lock_tenant(op, w->tenant);
+	return tn_prov_lock_key(op, w->key);
 }
 
 /* The modifications and events.md "changes" of w->norm against w->old. */
@@ -749,20 +993,28 @@ static bool tn_prov_changed(const struct tn_prov_wr *w, const char *name)
 	return json_object_get(w->changes, name) != NULL;
 }
 
-/* Plan limits a modify may break. */
+/* Plan limits a modify may break: a live mailbox's new quota takes its
+ * difference from the counters (w->share); a tenant's new plan must fit
+ * the counters as they are. */
 static enum tn_prov_status tn_prov_modify_plan(struct tn_prov_op *op, struct tn_prov_wr *w)
 {
 	struct tn_prov_entry *tenant = NULL;
 	enum tn_prov_status st = TN_PROV_OK;
-	json_t *plan;
+	struct tn_prov_usage d, old_share, u;
+	struct tn_prov_plan plan;
+	json_t *obj;
 
 	if (op->kd->kind == TN_PROV_MAILBOX && tn_prov_changed(w, "quota_bytes") &&
 	    w->old->status != TN_STATUS_DELETED) {
 		st = tn_prov_fetch_kind(op, TN_PROV_TENANT, w->tenant, &tenant);
+		tn_prov_usage_of(json_object_get(w->norm, "quota_bytes"), 1, &d);
+		tn_prov_usage_of(json_object_get(w->old->obj, "quota_bytes"), -1, &old_share);
+		tn_prov_usage_add(&d, &old_share, 1);
 		if (st == TN_PROV_OK)
-			st = tn_prov_plan_with(op, w->tenant, tenant->obj, w->key,
-					       json_object_get(w->norm, "quota_bytes"), true,
-					       tn_prov_mailbox_fields_at_fault);
+			st = tn_prov_reserve(op, w->tenant, tenant->obj, &d,
+					     tn_prov_mailbox_fields_at_fault);
+		if (st == TN_PROV_OK)
+			w->share = d;
 	} else if (op->kd->kind == TN_PROV_TENANT &&
 		   (tn_prov_changed(w, "storage_quota_bytes") ||
 		    tn_prov_changed(w, "mailbox_quota_bytes") ||
@@ -772,10 +1024,14 @@ static enum tn_prov_status tn_prov_modify_plan(struct tn_prov_op *op, struct tn_
 			tn_prov_changed(w, "mailbox_quota_bytes") ? "mailbox_quota_bytes" :
 			"overcommit" };
 
-		plan = json_deep_copy(w->old->obj);
-		json_object_update(plan, w->norm);
-		st = tn_prov_plan_with(op, w->tenant, plan, NULL, NULL, false, fields);
-		json_decref(plan);
+		obj = json_deep_copy(w->old->obj);
+		json_object_update(obj, w->norm);
+		tn_prov_plan_of(obj, &plan);
+		json_decref(obj);
+		if (tn_prov_usage_from_raw(w->old->raw, &u) < 0)
+			st = tn_prov_usage_count(op, w->tenant, &u);
+		if (st == TN_PROV_OK && !tn_prov_plan_fits(&plan, &u))
+			st = tn_prov_plan_check(op, w->tenant, &plan, &u, fields);
 	}
 	tn_prov_entry_free(&tenant);
 	return st;
@@ -796,8 +1052,11 @@ static enum tn_prov_status tn_prov_modify_step(struct tn_prov_op *op, void *arg)
 		return TN_PROV_OK;
 	}
 	st = tn_prov_modify_plan(op, w);
-	if (st == TN_PROV_OK)
+	if (st == TN_PROV_OK) {
 		st = tn_prov_write_back(op, w, TN_PROV_WRITE_MODIFY, w->old->dn, w->old->etag);
+		if (st != TN_PROV_OK && !op->broken)	/* refused, not lost */
+			tn_prov_release(op, w->tenant, &w->share);
+	}
 	if (st != TN_PROV_OK)
 		return st;
 	if (op->kd->event_prefix == NULL || json_object_size(w->changes) == 0)
@@ -805,7 +1064,10 @@ static enum tn_prov_status tn_prov_modify_step(struct tn_prov_op *op, void *arg)
 	snprintf(type, sizeof(type), "%s.updated", op->kd->event_prefix);
 	data = tn_prov_event_data(op, w->key);
 	json_object_set(data, "changes", w->changes);
-	return tn_prov_commit(op, w, type, data, false, TN_PROV_OK);
+	st = tn_prov_commit(op, w, type, data, false, TN_PROV_OK);
+	if (st == TN_PROV_EVENT_FAILED)
+		tn_prov_release(op, w->tenant, &w->share);
+	return st;
 }
 
 enum tn_prov_status tn_prov_modify(struct tn_prov *p, const struct tn_prov_ctx *ctx,
@@ -823,7 +1085,7 @@ enum tn_prov_status tn_prov_modify(struct tn_prov *p, const struct tn_prov_ctx *
 		st = tn_prov_parse(&op, changes, TN_PF_MODIFY, norm, &w.norm);
 	if (st == TN_PROV_OK) {
 		w.key = norm;
-		st = tn_prov_run(&op, tn_prov_modify_step, &w);
+		st = tn_prov_run_rmw(&op, tn_prov_modify_step, &w);
 	}
 	res->status = st;
 	tn_prov_wr_clear(&w);
@@ -852,10 +1114,15 @@ static enum tn_prov_status tn_prov_restore_check(struct tn_prov_op *op, struct t
 		st = tn_prov_live_domain(op, w->key, &dom);
 	if (st == TN_PROV_OK && op->kd->kind != TN_PROV_TENANT)
 		st = tn_prov_live_tenant(op, w->tenant, &tenant);
-	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX)
-		st = tn_prov_plan_with(op, w->tenant, tenant->obj, w->key,
-				       json_object_get(w->old->obj, "quota_bytes"), true,
-				       (const char *const[2]){ "status", "status" });
+	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX) {
+		struct tn_prov_usage share;
+
+		tn_prov_usage_of(json_object_get(w->old->obj, "quota_bytes"), 1, &share);
+		st = tn_prov_reserve(op, w->tenant, tenant->obj, &share,
+				     (const char *const[2]){ "status", "status" });
+		if (st == TN_PROV_OK)
+			w->share = share;
+	}
 	tn_prov_entry_free(&tenant);
 	tn_prov_entry_free(&dom);
 	return st;
@@ -899,6 +1166,7 @@ static json_t *tn_prov_status_data(struct tn_prov_op *op, struct tn_prov_wr *w)
 static enum tn_prov_status tn_prov_status_step(struct tn_prov_op *op, void *arg)
 {
 	static const char *const verbs[] = { "resumed", "suspended", "deleted" };
+	struct tn_prov_usage gone = { 0 };
 	struct tn_prov_wr *w = arg;
 	enum tn_prov_status st = tn_prov_read_old(op, w);
 	char *now, type[64];
@@ -918,12 +1186,25 @@ static enum tn_prov_status tn_prov_status_step(struct tn_prov_op *op, void *arg)
 	tn_prov_mods_add1(&w->mods, LDAP_MOD_REPLACE, "tnStatusTime", now);
 	tn_mem_free(&now);
 	st = tn_prov_write_back(op, w, TN_PROV_WRITE_MODIFY, w->old->dn, w->old->etag);
-	if (st != TN_PROV_OK)
+	if (st != TN_PROV_OK) {
+		if (!op->broken)	/* refused, not lost */
+			tn_prov_release(op, w->tenant, &w->share);
 		return st;
-	if (op->kd->event_prefix == NULL)
-		return tn_prov_commit(op, w, NULL, NULL, false, TN_PROV_OK);
-	snprintf(type, sizeof(type), "%s.%s", op->kd->event_prefix, verbs[w->to]);
-	return tn_prov_commit(op, w, type, tn_prov_status_data(op, w), false, TN_PROV_OK);
+	}
+	/* a mailbox deleted: its share goes back once the delete stands */
+	if (op->kd->kind == TN_PROV_MAILBOX && w->to == TN_STATUS_DELETED)
+		tn_prov_usage_of(json_object_get(w->old->obj, "quota_bytes"), 1, &gone);
+	if (op->kd->event_prefix == NULL) {
+		st = tn_prov_commit(op, w, NULL, NULL, false, TN_PROV_OK);
+	} else {
+		snprintf(type, sizeof(type), "%s.%s", op->kd->event_prefix, verbs[w->to]);
+		st = tn_prov_commit(op, w, type, tn_prov_status_data(op, w), false, TN_PROV_OK);
+	}
+	if (st == TN_PROV_EVENT_FAILED)
+		tn_prov_release(op, w->tenant, &w->share);
+	else
+		tn_prov_release(op, w->tenant, &gone);
+	return st;
 }
 
 enum tn_prov_status tn_prov_set_status(struct tn_prov *p, const struct tn_prov_ctx *ctx,
@@ -944,7 +1225,7 @@ enum tn_prov_status tn_prov_set_status(struct tn_prov *p, const struct tn_prov_c
 		st = tn_prov_fail(&op, TN_PROV_BAD_INPUT, "reason", "reason: %s", why);
 	if (st == TN_PROV_OK) {
 		w.key = norm;
-		st = tn_prov_run(&op, tn_prov_status_step, &w);
+		st = tn_prov_run_rmw(&op, tn_prov_status_step, &w);
 	}
 	res->status = st;
 	tn_prov_wr_clear(&w);
@@ -958,9 +1239,11 @@ enum tn_prov_status tn_prov_set_status(struct tn_prov *p, const struct tn_prov_c
 static enum tn_prov_status tn_prov_purge_children(struct tn_prov_op *op, struct tn_prov_wr *w,
 						  const char *domain)
 {
-	static char *attrs[] = { "objectClass", "mail", "tnDomain", NULL };
+	static char *attrs[] = { "objectClass", "mail", "tnDomain", "tnStatus", "tnQuotaBytes",
+				 NULL };
 	char *base = tn_prov_dn(op->p, NULL, "tnTenantId", w->tenant), *diag = NULL;
 	enum tn_prov_status st = TN_PROV_OK;
+	struct tn_prov_usage live = { 0 };
 	LDAPMessage *res = NULL;
 	int rc = LDAP_SUCCESS;
 
@@ -980,6 +1263,8 @@ static enum tn_prov_status tn_prov_purge_children(struct tn_prov_op *op, struct 
 				char *dn = ldap_get_dn(op->ld, e);
 
 				rc = tn_prov_write(op, TN_PROV_WRITE_DELETE, dn, NULL, NULL, &diag);
+				if (rc == LDAP_SUCCESS && domain != NULL)
+					tn_prov_usage_live(op->ld, e, &live);
 				if (rc == LDAP_SUCCESS || rc == LDAP_NO_SUCH_OBJECT) {
 					rc = LDAP_SUCCESS;
 					tn_prov_invalidate(op, m != NULL ? TN_PROV_MAILBOX :
@@ -995,6 +1280,9 @@ static enum tn_prov_status tn_prov_purge_children(struct tn_prov_op *op, struct 
 		if (rc != LDAP_SUCCESS)
 			st = tn_prov_ldap_fail(op, rc, "purge", diag);
 	}
+	/* a domain's live mailboxes purged with it: their shares go back */
+	if (!op->broken)
+		tn_prov_release(op, w->tenant, &live);
 	ldap_memfree(diag);
 	if (res != NULL)
 		ldap_msgfree(res);
@@ -1045,6 +1333,55 @@ enum tn_prov_status tn_prov_purge(struct tn_prov *p, const struct tn_prov_ctx *c
 	if (st == TN_PROV_OK) {
 		w.key = norm;
 		st = tn_prov_run(&op, tn_prov_purge_step, &w);
+	}
+	res->status = st;
+	tn_prov_wr_clear(&w);
+	tn_mem_free(&norm);
+	return st;
+}
+
+/* --- recount ---------------------------------------------------------------------------------------------- */
+
+static enum tn_prov_status tn_prov_recount_step(struct tn_prov_op *op, void *arg)
+{
+	struct tn_prov_wr *w = arg;
+	enum tn_prov_status st = tn_prov_read_old(op, w);
+	struct tn_prov_usage counted, had;
+	int rc;
+
+	if (st == TN_PROV_OK)
+		st = tn_prov_usage_count(op, w->key, &counted);
+	if (st != TN_PROV_OK)
+		return st;
+	rc = tn_prov_usage_store(op, w->old->dn, &counted, LDAP_MOD_REPLACE);
+	if (rc != LDAP_SUCCESS)
+		return tn_prov_ldap_fail(op, rc, "plan counters", NULL);
+	if (tn_prov_usage_from_raw(w->old->raw, &had) < 0 ||
+	    memcmp(&had, &counted, sizeof(had)) != 0)
+		tn_warning("provisioning: tenant %s: plan counters recounted: %lld mailboxes "
+			   "(they said %lld)", w->key, (long long)counted.count,
+			   tn_prov_usage_from_raw(w->old->raw, &had) < 0 ? -1LL :
+			   (long long)had.count);
+	op->res->changed = true;
+	st = tn_prov_fetch_dn(op, w->old->dn, &w->now);
+	if (st == TN_PROV_OK)
+		tn_prov_set_object(op, w->now);
+	return st;
+}
+
+enum tn_prov_status tn_prov_recount(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+				    const char *tenant, struct tn_prov_result *res)
+{
+	struct tn_prov_wr w = { 0 };
+	struct tn_prov_op op;
+	enum tn_prov_status st;
+	char *norm = NULL;
+
+	tn_prov_op_begin(&op, p, ctx, TN_PROV_TENANT, res);
+	st = tn_prov_normalize_key(&op, tenant, &norm);
+	if (st == TN_PROV_OK) {
+		w.key = norm;
+		st = tn_prov_run(&op, tn_prov_recount_step, &w);
 	}
 	res->status = st;
 	tn_prov_wr_clear(&w);

@@ -80,6 +80,11 @@ static const struct tn_prov_field tn_prov_tenant_fields[] = {
 	{ "tenant_send_rate_per_hour", "tnTenantSendRate", TN_PF_COUNT, C | M | E | O | Z, 0 },
 	{ "overcommit", "tnOvercommit", TN_PF_BOOL, C | M | E | O | Z, 0 },
 	{ "pool", "tnMailPool", TN_PF_NAME, C | M | E | O, 0 },
+	/* the plan counters (tn-prov-write.c): read only */
+	{ "mailbox_count", "tnMailboxCount", TN_PF_COUNT, O | Z, 0 },
+	{ "quota_explicit_bytes", "tnQuotaExplicitBytes", TN_PF_COUNT, O | Z, 0 },
+	{ "quota_default_count", "tnQuotaDefaultCount", TN_PF_COUNT, O | Z, 0 },
+	{ "quota_unlimited_count", "tnQuotaUnlimitedCount", TN_PF_COUNT, O | Z, 0 },
 	{ NULL, NULL, 0, 0, 0 }
 };
 
@@ -367,21 +372,22 @@ static void tn_prov_op_init(struct tn_prov_op *op, struct tn_prov *p,
 	op->now_ms = tn_prov_wall_ms();
 }
 
-/* Serialise this process's writes of one tenant (plan limits are read
- * and written without another writer in between). */
-enum tn_prov_status tn_prov_lock_tenant(struct tn_prov_op *op, const char *tenant)
+/* Serialise this process's writes of one object (its events are
+ * recorded in the order of its writes). Plan limits need no lock: the
+ * tenant's counters are changed atomically by slapd (tn-prov-write.c). */
+enum tn_prov_status tn_prov_lock_key(struct tn_prov_op *op, const char *key)
 {
 	unsigned h = 5381;
 	struct timespec ts;
 
 	if (op->lock != NULL)
 		return TN_PROV_OK;
-	for (const char *s = tenant; *s != '\0'; s++)
+	for (const char *s = key; *s != '\0'; s++)
 		h = h * 33 + (unsigned char)*s;
 	tn_time_deadline_timespec(op->deadline, &ts);
 	if (pthread_mutex_timedlock(&op->p->locks[h % TN_PROV_LOCKS], &ts) != 0)
 		return tn_prov_fail(op, TN_PROV_TEMPFAIL, NULL,
-				    "timed out waiting for another change of tenant %s", tenant);
+				    "timed out waiting for another change of %s", key);
 	op->lock = &op->p->locks[h % TN_PROV_LOCKS];
 	return TN_PROV_OK;
 }

@@ -50,10 +50,14 @@
  *	Dovecot 2.3 on Debian 12 verifies). Neither is ever read back.
  *
  *	Thread-safe: one struct tn_prov serves all threads of a process.
- *	Writes that concern one tenant are serialised inside the process
- *	(plan limits are checked and written without another writer of
- *	this process in between); a mailbox create recounts after its write
- *	and undoes itself when a writer elsewhere took the last place.
+ *	Writes of one object are serialised inside the process, so its
+ *	events are recorded in the order of its writes. Plan limits hold
+ *	across processes and nodes without a lock: a tenant entry carries
+ *	counters of its live mailboxes and their quotas, which a write
+ *	changes first with an atomic LDAP increment, reading the result in
+ *	the same operation (post-read control, RFC 4527); two writers
+ *	racing for the last place cannot both get it, and a write that
+ *	fails gives its share back. tn_prov_recount() recounts.
  *
  *	Keys, reasons and ETags are C strings: a caller that decodes them
  *	(from a URL, say) refuses an embedded NUL itself. JSON input may
@@ -174,6 +178,14 @@ enum tn_prov_status tn_prov_set_status(struct tn_prov *p, const struct tn_prov_c
 enum tn_prov_status tn_prov_purge(struct tn_prov *p, const struct tn_prov_ctx *ctx,
 				  enum tn_prov_kind kind, const char *key,
 				  struct tn_prov_result *res);
+
+/* Count a tenant's live mailboxes and their quotas and set its plan
+ * counters from the count (they drift only when a writer died between
+ * taking its share and its write, and correct themselves when a limit
+ * seems reached; docs/provisioning.md "Plan counters"). res.object: the
+ * tenant. No event. */
+enum tn_prov_status tn_prov_recount(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+				    const char *tenant, struct tn_prov_result *res);
 
 void tn_prov_result_clear(struct tn_prov_result *res);
 /* {"status","http","field","message","object","items","next_cursor",

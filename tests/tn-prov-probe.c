@@ -13,7 +13,7 @@
  *	line from stdin (one process, one connection pool) until EOF.
  *
  *	A request:
- *	    {"op": "create|get|list|modify|suspend|resume|delete|purge",
+ *	    {"op": "create|get|list|modify|suspend|resume|delete|purge|recount",
  *	     "kind": "tenant|domain|mailbox|alias",
  *	     "key": "...",            get, modify, status and purge
  *	     "data": {...},           create, modify
@@ -108,6 +108,8 @@ static int probe_call(struct probe *pr, json_t *req, struct tn_prov_result *res)
 		tn_prov_modify(pr->prov, &ctx, kind, key, json_object_get(req, "data"), res);
 	else if (strcmp(op, "purge") == 0)
 		tn_prov_purge(pr->prov, &ctx, kind, key, res);
+	else if (strcmp(op, "recount") == 0)
+		tn_prov_recount(pr->prov, &ctx, key, res);
 	else if (strcmp(op, "list") == 0) {
 		probe_query(req, &q);
 		tn_prov_list(pr->prov, &ctx, kind, &q, res);

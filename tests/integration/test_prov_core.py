@@ -525,6 +525,121 @@ def test_quota_sum_against_storage_unless_overcommit(stack, prov):
     assert (r["status"], r["field"]) == ("unprocessable", "overcommit"), r
 
 
+# --- plan counters ----------------------------------------------------------
+
+COUNTERS = ("mailbox_count", "quota_explicit_bytes", "quota_default_count",
+            "quota_unlimited_count")
+
+
+def counters(prov, tenant):
+    t = ok(prov.get("tenant", tenant))["object"]
+    return tuple(t[c] for c in COUNTERS)
+
+
+def test_plan_counters_follow_every_change(stack, prov):
+    make_tenant(prov, "cnt", storage_quota_bytes=10000, mailbox_quota_bytes=1000,
+                max_mailboxes=5)
+    assert counters(prov, "cnt") == (0, 0, 0, 0)
+    ok(prov.create("mailbox", {"address": "a@cnt.example"}), "created")
+    ok(prov.create("mailbox", {"address": "b@cnt.example", "quota_bytes": 2000}),
+       "created")
+    assert counters(prov, "cnt") == (2, 2000, 1, 0)
+    ok(prov.modify("mailbox", "b@cnt.example", {"quota_bytes": 3000}))
+    assert counters(prov, "cnt") == (2, 3000, 1, 0)
+    ok(prov.modify("mailbox", "a@cnt.example", {"quota_bytes": 500}))
+    assert counters(prov, "cnt") == (2, 3500, 0, 0)
+    ok(prov.modify("mailbox", "a@cnt.example", {"quota_bytes": None}))
+    assert counters(prov, "cnt") == (2, 3000, 1, 0)
+    ok(prov.status("suspend", "mailbox", "a@cnt.example"))   # still counts
+    assert counters(prov, "cnt") == (2, 3000, 1, 0)
+    ok(prov.status("delete", "mailbox", "a@cnt.example"))
+    assert counters(prov, "cnt") == (1, 3000, 0, 0)
+    ok(prov.status("resume", "mailbox", "a@cnt.example"))    # restore
+    assert counters(prov, "cnt") == (2, 3000, 1, 0)
+    # a refused create or modify takes nothing
+    r = prov.create("mailbox", {"address": "big@cnt.example", "quota_bytes": 7000})
+    assert r["status"] == "unprocessable", r
+    r = prov.modify("mailbox", "b@cnt.example", {"quota_bytes": 9001})
+    assert r["status"] == "unprocessable", r
+    assert counters(prov, "cnt") == (2, 3000, 1, 0)
+    # a second domain's mailboxes leave with the domain's purge
+    ok(prov.create("domain", {"domain": "two.cnt.example", "tenant": "cnt"}), "created")
+    ok(prov.create("mailbox", {"address": "x@two.cnt.example", "quota_bytes": 100}),
+       "created")
+    ok(prov.create("mailbox", {"address": "y@two.cnt.example"}), "created")
+    ok(prov.status("delete", "mailbox", "y@two.cnt.example"))
+    assert counters(prov, "cnt") == (3, 3100, 1, 0)
+    ok(prov.status("delete", "domain", "two.cnt.example"))
+    assert counters(prov, "cnt") == (3, 3100, 1, 0)      # deleted, not gone
+    r = prov.one("purge", "domain", key="two.cnt.example",
+                 overrides={"prov_purge_grace": "0"})
+    ok(r)
+    assert counters(prov, "cnt") == (2, 3000, 1, 0)
+    # the counters are what a count of the entries says
+    before = counters(prov, "cnt")
+    r = ok(prov.one("recount", "tenant", key="cnt"))
+    assert tuple(r["object"][c] for c in COUNTERS) == before
+    # and nobody sets them through the API
+    r = prov.modify("tenant", "cnt", {"mailbox_count": 0})
+    assert (r["status"], r["field"]) == ("bad_input", "mailbox_count"), r
+
+
+def test_plan_counters_made_for_a_tenant_without_them(stack, prov):
+    make_tenant(prov, "legacy", max_mailboxes=3)
+    ok(prov.create("mailbox", {"address": "a@legacy.example", "quota_bytes": 10}),
+       "created")
+    dn = "tnTenantId=legacy," + TENANTS
+    stack.slapd.modify("dn: %s\nchangetype: modify\n%s" % (dn, "-\n".join(
+        "delete: %s\n" % a for a in ("tnMailboxCount", "tnQuotaExplicitBytes",
+                                     "tnQuotaDefaultCount", "tnQuotaUnlimitedCount"))))
+    assert ldap_entry(stack, dn).get("tnMailboxCount") is None
+    ok(prov.create("mailbox", {"address": "b@legacy.example"}), "created")
+    assert counters(prov, "legacy") == (2, 10, 1, 0)
+    e = ldap_entry(stack, dn)
+    assert e.first("tnMailboxCount") == "2"
+
+
+def test_drifted_counters_refuse_until_recounted(stack, prov):
+    make_tenant(prov, "drift", max_mailboxes=2)
+    ok(prov.create("mailbox", {"address": "a@drift.example"}), "created")
+    dn = "tnTenantId=drift," + TENANTS
+    # a writer that died after taking its share: the counter says 2
+    stack.slapd.modify("dn: %s\nchangetype: modify\nreplace: tnMailboxCount\n"
+                       "tnMailboxCount: 2\n" % dn)
+    r = prov.create("mailbox", {"address": "b@drift.example"})
+    assert r["status"] == "unprocessable", r
+    assert "holds 1 live mailboxes now" in r["message"] and "recount" in r["message"], r
+    assert counters(prov, "drift")[0] == 2            # refused, nothing taken
+    r = ok(prov.one("recount", "tenant", key="drift"))
+    assert r["object"]["mailbox_count"] == 1
+    ok(prov.create("mailbox", {"address": "b@drift.example"}), "created")
+    r = prov.create("mailbox", {"address": "c@drift.example"})
+    assert r["status"] == "unprocessable" and "allows 2 mailboxes" in r["message"], r
+    assert "holds" not in r["message"], r
+    assert counters(prov, "drift")[0] == 2
+
+
+def test_the_last_place_goes_to_one_process(stack, prov):
+    """30 processes (30 connection pools, as 30 nodes would have) create
+    30 mailboxes at once in a tenant that allows 10: exactly 10 exist."""
+    make_tenant(prov, "lastplace", max_mailboxes=10)
+    procs = [subprocess.Popen(prov.cmd() + [json.dumps(
+        {"op": "create", "kind": "mailbox", "data": {"address": "m%02d@lastplace.example" % i}})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=prov.env())
+        for i in range(30)]
+    got = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        got.append(json.loads(out)["status"])
+    assert got.count("created") == 10, got
+    assert set(got) == {"created", "unprocessable"}, got
+    found = stack.slapd.search("(objectClass=tnMailbox)", base="tnTenantId=lastplace," + TENANTS,
+                               attrs=("mail",))
+    assert len(found) == 10
+    assert counters(prov, "lastplace") == (10, 0, 10, 0)
+
+
 # --- input, injection -------------------------------------------------------
 
 HOSTILE_TEXT = ["*", "*)(objectClass=*", "a)(|(mail=*", "back\\slash",
