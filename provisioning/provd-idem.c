@@ -149,9 +149,11 @@ static void provd_idem_finish(struct provd *pd, struct tn_idem_slot *slot,
 }
 
 /* The stored reply again. */
-static void provd_idem_replay(struct provd *pd, char *payload, size_t len,
+static void provd_idem_replay(struct provd *pd, const char *url, char *payload, size_t len,
 			      struct provd_reply *rp)
 {
+	char safe[TN_LOG_VALUE_MAX];
+
 	if (provd_idem_decode(payload, len, rp) < 0) {
 		tn_error("Idempotency-Key: a stored reply that cannot be read");
 		provd_reply_error(rp, 500, "internal", "the stored reply cannot be read", NULL);
@@ -159,6 +161,8 @@ static void provd_idem_replay(struct provd *pd, char *payload, size_t len,
 	}
 	rp->replayed = true;
 	provd_count_extra(pd, &pd->replays);
+	tn_info("POST %s: Idempotency-Key repeated, the stored %u replayed",
+		tn_log_sanitize(safe, sizeof(safe), url, strlen(url)), rp->status);
 }
 
 static void provd_idem_refuse(struct provd *pd, enum tn_idem_state state, const char *error,
@@ -212,7 +216,7 @@ void provd_idem_route(struct provd *pd, struct MHD_Connection *conn, const char 
 		provd_route(pd, conn, url, method, who, rq, rp);
 		provd_idem_finish(pd, &slot, rp);
 	} else if (state == TN_IDEM_DONE) {
-		provd_idem_replay(pd, payload, len, rp);
+		provd_idem_replay(pd, url, payload, len, rp);
 	} else {
 		provd_idem_refuse(pd, state, error, rp);
 	}
