@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sysexits.h>
 
@@ -226,6 +227,7 @@ void tnctl_api_req_reset(struct tnctl_api_req *rq)
 	rq->http = 0;
 	rq->fail = TNCTL_API_ANSWERED;
 	rq->retry_after = 0;
+	rq->replayed = false;
 	rq->error[0] = '\0';
 	rq->too_big = false;
 }
@@ -394,6 +396,8 @@ static void tnctl_api_answer_headers(struct tnctl_api_req *rq, CURL *e)
 	}
 	if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
 		rq->retry_after = strtol(h->value, NULL, 10);
+	if (curl_easy_header(e, "Idempotent-Replayed", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+		rq->replayed = strcasecmp(h->value, "true") == 0;
 }
 
 static struct tnctl_api_req *tnctl_api_finish(struct tnctl_api *api, CURL *e, CURLcode rc)

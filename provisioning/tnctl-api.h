@@ -70,6 +70,7 @@ struct tnctl_api_req {
 	size_t resp_len;
 	char *etag;		/* ETag without quotes, or NULL */
 	long retry_after;	/* seconds, 0 when absent */
+	bool replayed;		/* Idempotent-Replayed: true (a stored answer) */
 	char error[256];	/* no answer: why */
 	/* private */
 	void *easy;

@@ -23,7 +23,8 @@
  *	Every create carries Idempotency-Key "<sha256 of FILE, 32 hex>-
  *	<line>". A 409 is checked with a GET: the object of that kind
  *	under the tenant the line names (any, when it names none) is
- *	"exists". 503/429 are tried again after Retry-After (at most 5
+ *	"exists", and so is a create answered from the server's
+ *	Idempotency-Key store (an earlier run's). 503/429 are tried again after Retry-After (at most 5
  *	times); no connection or a timeout 3 times, then the import stops
  *	("unreachable": rerun with --resume).
  *
@@ -695,7 +696,8 @@ static void imp_answer(struct imp *im, struct imp_slot *s)
 	} else if (s->checking) {
 		imp_checked(im, s);
 	} else if (http == 200 || http == 201) {
-		imp_done(im, s, IMP_CREATED, http, NULL);	/* or replayed */
+		/* a replayed answer: an earlier run created it */
+		imp_done(im, s, s->rq.replayed ? IMP_EXISTS : IMP_CREATED, http, NULL);
 	} else if (http == 409) {
 		imp_check(im, s);
 	} else {

@@ -507,6 +507,7 @@ static int tnctl_prov_fail(const struct tnctl_prov_run *r, const struct tnctl_ap
 static int tnctl_prov_send(struct tnctl_prov_run *r, const char *method, const char *path,
 			   const char *body)
 {
+	char buf[TN_LOG_VALUE_MAX];
 	struct tnctl_api_req rq;
 	json_t *obj;
 	int ret;
@@ -524,7 +525,8 @@ static int tnctl_prov_send(struct tnctl_prov_run *r, const char *method, const c
 	else if (json_is_object(obj))
 		tnctl_prov_print_object(obj);
 	else if (!r->json && rq.http == 204)
-		printf("%s %s: %s done\n", r->k->name, r->key, r->verb);
+		printf("%s %s %s\n", r->k->name, tnctl_safe(buf, r->key),
+		       strcmp(r->verb, "purge") == 0 ? "purged" : "deleted");
 	json_decref(obj);
 	tnctl_api_req_clear(&rq);
 	return 0;

@@ -1,0 +1,433 @@
+"""tnctl's provisioning commands and bulk import, through tn-provisiond's
+REST API, against real slapd and Redis (tnharness.Stack) and a real
+daemon (tnprovd.Provd): one stack and one daemon for the module; the
+daemon keeps deleted objects 2 seconds (prov_purge_grace) so that restore
+and purge can both be seen.
+
+Checked: each resource's lifecycle through tnctl (create, get, list,
+update with --if-match, suspend, resume, delete, restore, purge) in table
+and --json output; the exit statuses (1 for 404, 65 for 400, 3 for 409
+and 412, 77 for 401 and 403, 75 when the daemon is stopped, 64 usage);
+passwords from a file and standard input, never echoed; import from CSV
+(quoted commas, quotes, line breaks) and NDJSON, kinds mixed and out of
+order, invalid lines in the results file with their line numbers while
+the rest is created; an import killed with SIGKILL and resumed gives the
+same directory as an uninterrupted one (into a second tenant); --dry-run
+writes nothing; progress on a pipe is plain lines; an import against a
+stopped daemon exits 75 and asks for --resume.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+import tnharness as th
+from tnprobe import binary
+from tnprovd import ACME, ADMIN, Provd
+
+GRACE = 2.0
+
+
+@pytest.fixture(scope="module")
+def provd(stack, tmp_path_factory):
+    p = Provd(stack, tmp_path_factory.mktemp("provd"),
+              overrides={"prov_purge_grace": "%ds" % GRACE, "provd_max_body": "64k"})
+    yield p
+    p.stop()
+
+
+def tnctl_cmd(provd, *args, port=None):
+    return [binary("provisioning/tnctl"), "-c", provd.stack.conf,
+            "-o", "tnctl_api_url=http://127.0.0.1:%d" % (port or provd.port)] + list(args)
+
+
+def run(provd, *args, token=ADMIN, stdin=None, port=None, timeout=120, cwd=None):
+    env = dict(os.environ, TNCTL_API_TOKEN=token)
+    r = subprocess.run(tnctl_cmd(provd, *args, port=port), capture_output=True, text=True,
+                       input=stdin, env=env, timeout=timeout, cwd=cwd,
+                       stdin=None if stdin is not None else subprocess.DEVNULL)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
+    return r
+
+
+def ok(provd, *args, **kw):
+    r = run(provd, *args, **kw)
+    assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def as_json(provd, *args, **kw):
+    return json.loads(ok(provd, *(args + ("--json",)), **kw).stdout)
+
+
+def kv(text):
+    """{field: value} of get's "field: value" lines."""
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        out[name] = value.strip()
+    return out
+
+
+def table(text):
+    """[{COLUMN: cell}] of list's table (cells hold no two blanks)."""
+    lines = text.splitlines()
+    head = re.split(r"\s{2,}", lines[0].strip())
+    return [dict(zip(head, re.split(r"\s{2,}", l.strip()))) for l in lines[1:]]
+
+
+# --- one object at a time -------------------------------------------------------
+
+def test_tenant_lifecycle(provd):
+    r = ok(provd, "tenant", "create", "cli1", "--name", "CLI, One", "--plan", "gold",
+           "--storage-quota", "10G", "--max-mailboxes", "50", "--overcommit", "no")
+    got = kv(r.stdout)
+    assert got["id"] == "cli1" and got["name"] == "CLI, One" and got["status"] == "active"
+    assert got["storage_quota_bytes"].startswith("10737418240 (10.0 GiB)"), got
+    assert got["max_mailboxes"] == "50" and got["overcommit"] == "no"
+
+    j = as_json(provd, "tenant", "get", "cli1")
+    assert j == provd.request("GET", "/v1/tenants/cli1").json
+    assert kv(ok(provd, "tenant", "get", "cli1").stdout)["etag"] == j["etag"]
+
+    rows = table(ok(provd, "tenant", "list").stdout)
+    row = [x for x in rows if x["ID"] == "cli1"]
+    assert row and row[0]["STATUS"] == "active" and row[0]["PLAN"] == "gold", rows
+    assert row[0]["STORAGE_QUOTA"] == "10 GiB" and row[0]["NAME"] == "CLI, One"
+    assert "cli1" in [t["id"] for t in as_json(provd, "tenant", "list")["items"]]
+    # one page, then the next one with its cursor
+    page = as_json(provd, "tenant", "list", "--limit", "1")
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    page2 = as_json(provd, "tenant", "list", "--limit", "1", "--cursor", page["next_cursor"])
+    assert page2["items"][0]["id"] != page["items"][0]["id"]
+
+    # update with --if-match; the old ETag is then stale (3)
+    etag = j["etag"]
+    new = as_json(provd, "tenant", "update", "cli1", "--if-match", etag,
+                  "--description", "first", "--set", "send_rate_per_hour=100")
+    assert new["description"] == "first" and new["send_rate_per_hour"] == 100
+    r = run(provd, "tenant", "update", "cli1", "--if-match", etag, "--plan", "x")
+    assert r.returncode == 3 and "412 precondition_failed" in r.stderr, r.stderr
+    # an empty value removes a field
+    assert as_json(provd, "tenant", "update", "cli1", "--description", "")["description"] \
+        is None
+
+    r = ok(provd, "tenant", "suspend", "cli1", "--reason", "unpaid")
+    assert kv(r.stdout)["status"] == "suspended" and kv(r.stdout)["status_reason"] == "unpaid"
+    rows = table(ok(provd, "tenant", "list", "--status", "suspended").stdout)
+    assert "cli1" in [x["ID"] for x in rows]
+    assert as_json(provd, "tenant", "resume", "cli1")["status"] == "active"
+
+    r = ok(provd, "tenant", "delete", "cli1")
+    assert r.stdout.strip() == "tenant cli1 deleted"
+    assert as_json(provd, "tenant", "get", "cli1")["status"] == "deleted"
+    assert as_json(provd, "tenant", "restore", "cli1")["status"] == "active"
+    ok(provd, "tenant", "delete", "cli1")
+    time.sleep(GRACE + 0.5)
+    assert ok(provd, "tenant", "purge", "cli1").stdout.strip() == "tenant cli1 purged"
+    r = run(provd, "tenant", "get", "cli1")
+    assert r.returncode == 1 and "404 not_found" in r.stderr, r.stderr
+
+
+def test_domain_mailbox_alias(provd, tmp_path):
+    ok(provd, "tenant", "create", "cli2")
+    d = as_json(provd, "domain", "create", "cli2.example", "--tenant", "cli2",
+                "--description", "main")
+    assert d["domain"] == "cli2.example" and d["tenant"] == "cli2"
+    rows = table(ok(provd, "domain", "list", "--tenant", "cli2").stdout)
+    assert rows == [{"DOMAIN": "cli2.example", "TENANT": "cli2", "STATUS": "active",
+                     "DESCRIPTION": "main"}], rows
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-Passw0rd\n")
+    os.chmod(str(pw), 0o600)
+    r = ok(provd, "mailbox", "create", "ann@cli2.example", "--password-file", str(pw),
+           "--quota", "1G", "--host", "store1.example:24", "--name", "Ann")
+    assert "s3cret" not in r.stdout + r.stderr
+    got = kv(r.stdout)
+    assert got["quota_bytes"].startswith("1073741824") and got["host"] == "store1.example:24"
+    entry = provd.stack.slapd.search("(mail=ann@cli2.example)", attrs=["userPassword"])
+    assert entry and entry[0].first("userPassword", "").startswith("{SHA512-CRYPT}$6$"), entry
+    # a password from standard input
+    r = ok(provd, "mailbox", "create", "bob@cli2.example", "--password-file", "-",
+           stdin="another-Passw0rd\n")
+    assert "another" not in r.stdout + r.stderr
+    # never from the command line
+    r = run(provd, "mailbox", "create", "eve@cli2.example", "--set", "password=x")
+    assert r.returncode == 65 and "password" in r.stderr
+    r = run(provd, "mailbox", "create", "eve@cli2.example", "--password", "x")
+    assert r.returncode == 64, r.stderr
+
+    rows = table(ok(provd, "mailbox", "list", "--tenant", "cli2").stdout)
+    assert [(x["ADDRESS"], x["QUOTA"], x["HOST"]) for x in rows] == \
+        [("ann@cli2.example", "1 GiB", "store1.example:24"), ("bob@cli2.example", "-", "-")]
+    m = as_json(provd, "mailbox", "update", "ann@cli2.example", "--quota", "inherit",
+                "--send-rate", "20")
+    assert m["quota_bytes"] is None and m["send_rate_per_hour"] == 20
+
+    a = as_json(provd, "alias", "create", "team@cli2.example", "--target", "ann@cli2.example",
+                "--target", "bob@cli2.example,x@elsewhere.example")
+    assert a["targets"] == ["ann@cli2.example", "bob@cli2.example", "x@elsewhere.example"]
+    rows = table(ok(provd, "alias", "list", "--domain", "cli2.example").stdout)
+    assert rows[0]["TARGETS"] == "ann@cli2.example, bob@cli2.example, x@elsewhere.example"
+    a = as_json(provd, "alias", "update", "team@cli2.example", "--target", "ann@cli2.example")
+    assert a["targets"] == ["ann@cli2.example"]
+
+    for kind, key in (("alias", "team@cli2.example"), ("mailbox", "bob@cli2.example"),
+                      ("domain", "cli2.example")):
+        assert as_json(provd, kind, "suspend", key, "--reason", "test")["status"] == \
+            "suspended"
+        assert as_json(provd, kind, "resume", key)["status"] == "active"
+    ok(provd, "mailbox", "delete", "bob@cli2.example")
+    rows = as_json(provd, "mailbox", "list", "--tenant", "cli2", "--status", "deleted")
+    assert [x["address"] for x in rows["items"]] == ["bob@cli2.example"]
+    assert as_json(provd, "mailbox", "restore", "bob@cli2.example")["status"] == "active"
+    # a whole body from a file, amended by an option
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"name": "Carl", "quota_bytes": 1048576}))
+    c = as_json(provd, "mailbox", "create", "carl@cli2.example", "--body", str(body),
+                "--name", "Carl C.")
+    assert c["name"] == "Carl C." and c["quota_bytes"] == 1048576
+
+
+def test_exit_statuses(provd, workdir):
+    r = run(provd, "mailbox", "get", "nobody@acme.example")
+    assert r.returncode == 1 and "404" in r.stderr
+    r = run(provd, "tenant", "create", "Not Valid")
+    assert r.returncode == 65 and "(field: id)" in r.stderr, r.stderr
+    r = run(provd, "mailbox", "create", "x@acme.example", "--quota", "lots")
+    assert r.returncode == 65 and "--quota" in r.stderr
+    r = run(provd, "tenant", "create", "acme")
+    assert r.returncode == 3 and "409 conflict" in r.stderr, r.stderr
+    r = run(provd, "tenant", "get", "acme", token="wrong-token")
+    assert r.returncode == 77 and "401" in r.stderr
+    r = run(provd, "tenant", "create", "acme-two", token=ACME)
+    assert r.returncode == 77 and "403" in r.stderr
+    # a tenant's token sees its own tenant only
+    assert [t["id"] for t in as_json(provd, "tenant", "list", token=ACME)["items"]] == ["acme"]
+    for args in (("tenant",), ("tenant", "explode"), ("tenant", "get"),
+                 ("tenant", "get", "a", "b"), ("tenant", "list", "--nope"),
+                 ("import",), ("mailbox", "create", "a@b.example", "--password-prompt",
+                               "--password-file", "x")):
+        assert run(provd, *args).returncode == 64, args
+    r = run(provd, "tenant", "get", "acme", token="")
+    env_token_missing = r.returncode
+    assert env_token_missing == 78 and "token" in r.stderr, r.stderr
+
+    # the daemon stopped: 75
+    down = Provd(provd.stack, workdir)
+    down.stop()
+    r = run(provd, "tenant", "get", "acme", port=down.port)
+    assert r.returncode == 75 and "no answer" in r.stderr, r.stderr
+
+
+# --- import -----------------------------------------------------------------------
+
+def results(path):
+    recs = [json.loads(line) for line in open(path)]
+    return {r["line"]: r for r in recs if "line" in r}
+
+
+def test_import_csv(provd, tmp_path):
+    csv = tmp_path / "in.csv"
+    # kinds out of order: the domain and tenant come after their mailboxes
+    csv.write_text(
+        'kind,id,domain,tenant,address,name,quota_bytes,targets,overcommit\r\n'   # 1
+        'mailbox,,,,ann@imc.example,"Ann, the ""first""",1M,,\r\n'               # 2
+        'mailbox,,,,bob@imc.example,Bob,,,\r\n'                                 # 3
+        'mailbox,,,,"cy@imc.example","Cy\r\nwith a line break",,,\r\n'           # 4-5
+        'mailbox,,,,dee@imc.example,Dee,lots,,\r\n'                             # 6
+        'alias,,,,all@imc.example,,,"ann@imc.example, bob@imc.example",\r\n'     # 7
+        '\r\n'                                                                  # 8
+        'domain,,imc.example,imc,,,,,\r\n'                                      # 9
+        'tenant,imc,,,,"IMC, Inc.",,,yes\r\n'                                   # 10
+        'mailbox,,,,eve@imc.example,Eve,,,,extra\r\n'                           # 11
+        'mailbox,,,,"fay@imc.example" x,Fay,,,\r\n'                             # 12
+        'mailbox,,,,gus@imc.example,Gus,2k,,\r\n')                              # 13
+    r = run(provd, "import", str(csv))
+    assert r.returncode == 65, (r.stdout, r.stderr)
+    assert "created" in r.stdout and "4 invalid" in r.stdout, r.stdout
+    res = results(str(csv) + ".results")
+    assert {n: x["status"] for n, x in res.items()} == {
+        2: "created", 3: "created", 4: "invalid", 6: "invalid", 7: "created",
+        9: "created", 10: "created", 11: "invalid", 12: "invalid", 13: "created"}, res
+    assert res[4]["field"] == "name" and "control" in res[4]["error"]
+    assert res[6]["field"] == "quota_bytes"
+    assert "header" in res[11]["error"] and "quote" in res[12]["error"]
+    assert res[2] == {"line": 2, "kind": "mailbox", "key": "ann@imc.example",
+                      "status": "created", "http": 201}
+
+    t = provd.request("GET", "/v1/tenants/imc").json
+    assert t["name"] == "IMC, Inc." and t["overcommit"] is True
+    m = provd.request("GET", "/v1/mailboxes/ann@imc.example").json
+    assert m["name"] == 'Ann, the "first"' and m["quota_bytes"] == 1048576
+    assert m["tenant"] == "imc"
+    assert provd.request("GET", "/v1/mailboxes/gus@imc.example").json["quota_bytes"] == 2048
+    assert provd.request("GET", "/v1/aliases/all@imc.example").json["targets"] == \
+        ["ann@imc.example", "bob@imc.example"]
+    assert provd.request("GET", "/v1/mailboxes/cy@imc.example").status == 404
+
+    # the same file again: everything there already ("exists"), the
+    # invalid lines still invalid
+    r = run(provd, "import", str(csv), "--parallel", "3")
+    assert r.returncode == 65 and "0 created, 6 exists" in r.stdout, r.stdout
+
+
+def test_import_ndjson_and_dry_run(provd, tmp_path):
+    lines = [
+        {"kind": "mailbox", "address": "a1@imn.example", "send_rate_per_hour": 10},
+        {"kind": "alias", "address": "al@imn.example", "targets": ["a1@imn.example"]},
+        {"kind": "domain", "domain": "imn.example", "tenant": "imn"},
+        {"kind": "tenant", "id": "imn", "max_mailboxes": 5},
+        {"kind": "mailbox", "address": "a2@imn.example", "flavour": "vanilla"},
+        {"kind": "planet", "id": "mars"},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\n\n{not json\n" + \
+        json.dumps({"kind": "mailbox", "address": "a3@imn.example"}) + "\n"
+    path = tmp_path / "in.ndjson"
+    path.write_text(text)
+
+    r = run(provd, "import", "--dry-run", str(path))
+    assert r.returncode == 65, r.stderr
+    assert "would create 1 tenant, 1 domain, 2 mailbox, 1 alias; 3 invalid" in r.stdout, \
+        r.stdout
+    assert "in.ndjson:5:" in r.stderr and "flavour" in r.stderr
+    assert not os.path.exists(str(path) + ".results")
+    assert provd.request("GET", "/v1/tenants/imn").status == 404
+
+    out = tmp_path / "out.ndjson"
+    r = run(provd, "import", "--results", str(out), str(path))
+    assert r.returncode == 65 and "5 created" in r.stdout, (r.stdout, r.stderr)
+    res = results(str(out))
+    assert sorted(n for n, x in res.items() if x["status"] == "invalid") == [5, 6, 8]
+    assert res[6]["field"] == "kind" and "malformed JSON" in res[8]["error"]
+    got = [m["address"] for m in
+           provd.request("GET", "/v1/mailboxes?tenant=imn").json["items"]]
+    assert got == ["a1@imn.example", "a3@imn.example"]
+
+    # --kind: lines of another kind are invalid; a file of one kind needs
+    # no kind member
+    one = tmp_path / "one.ndjson"
+    one.write_text(json.dumps({"address": "a4@imn.example"}) + "\n" +
+                   json.dumps({"kind": "alias", "address": "x@imn.example",
+                               "targets": ["a1@imn.example"]}) + "\n")
+    r = run(provd, "import", "--kind", "mailbox", str(one))
+    assert r.returncode == 65
+    res = results(str(one) + ".results")
+    assert res[1]["status"] == "created" and res[2]["status"] == "invalid"
+
+
+def make_bulk(path, tenant, n):
+    rows = ["kind,id,domain,tenant,address,name,quota_bytes,targets"]
+    rows.append("tenant,%s,,,,Bulk %s,," % (tenant, tenant))
+    rows.append("domain,,%s.example,%s,,,," % (tenant, tenant))
+    for i in range(n):
+        rows.append('mailbox,,,,u%04d@%s.example,"User %d, bulk",%d,' %
+                    (i, tenant, i, 1048576 * (1 + i % 3)))
+    for i in range(5):
+        rows.append('alias,,,,list%d@%s.example,,,"u%04d@%s.example u%04d@%s.example"' %
+                    (i, tenant, i, tenant, i + 1, tenant))
+    with open(str(path), "w") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def directory_of(provd, tenant):
+    """The tenant's objects with the tenant's name taken out and without
+    etags and times, for comparing two tenants."""
+    def norm(items):
+        out = []
+        for o in items:
+            o = {k: v for k, v in o.items()
+                 if k not in ("etag", "status_time", "purge_after")}
+            out.append(json.loads(json.dumps(o).replace(tenant, "T")))
+        return out
+    got = {}
+    for kind in ("domain", "mailbox", "alias"):
+        got[kind] = norm(as_json(provd, kind, "list", "--tenant", tenant)["items"])
+    got["tenant"] = norm([as_json(provd, "tenant", "get", tenant)])
+    return got
+
+
+def test_import_killed_and_resumed(provd, tmp_path):
+    n = 400
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    make_bulk(a, "bka", n)
+    make_bulk(b, "bkb", n)
+    env = dict(os.environ, TNCTL_API_TOKEN=ADMIN)
+    proc = subprocess.Popen(tnctl_cmd(provd, "import", "--parallel", "4", str(a)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 60
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(str(a) + ".results"):
+            done = sum(1 for _ in open(str(a) + ".results"))
+            if done >= 60:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert done >= 60 and proc.returncode == -signal.SIGKILL
+    res = results(str(a) + ".results")
+    assert 0 < len(res) < n + 7, len(res)
+
+    r = ok(provd, "import", "--resume", "--parallel", "4", str(a))
+    m = re.search(r"(\d+) created, (\d+) exists, 0 failed, 0 invalid, (\d+) done before",
+                  r.stdout)
+    assert m and int(m.group(3)) == len(res), r.stdout
+    assert int(m.group(1)) + int(m.group(2)) + int(m.group(3)) == n + 7
+    final = results(str(a) + ".results")
+    assert len(final) == n + 7 and \
+        {x["status"] for x in final.values()} <= {"created", "exists"}
+
+    ok(provd, "import", str(b))
+    da, db = directory_of(provd, "bka"), directory_of(provd, "bkb")
+    assert len(da["mailbox"]) == n and len(da["alias"]) == 5
+    assert da == db
+
+    # a second resume has nothing left to do
+    r = ok(provd, "import", "--resume", str(a))
+    assert "0 created, 0 exists, 0 failed, 0 invalid, %d done before" % (n + 7) in r.stdout
+
+
+def test_import_progress_lines_and_summary(provd, tmp_path):
+    path = tmp_path / "p.csv"
+    make_bulk(path, "prg", 50)
+    r = ok(provd, "import", "--progress", str(path))
+    assert "\r" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "import: 57 lines to create (0 done before, 0 invalid), 8 in parallel"
+    assert all(re.match(r"^import: \d+/57 lines \(\d+%\), \d+/s, ETA \d+s$", l)
+               for l in lines[1:]), lines
+    assert lines[-1].startswith("import: 57/57 lines (100%)")
+    assert re.match(r"^import .*: 57 created, 0 exists, 0 failed, 0 invalid, 0 done before, "
+                    r"0 not tried; [\d.]+s, \d+ lines/s$", r.stdout), r.stdout
+    path2 = tmp_path / "q.csv"
+    make_bulk(path2, "prh", 3)
+    r = ok(provd, "import", "--no-progress", str(path2))
+    assert r.stderr == ""
+
+
+def test_import_server_down_then_resume(provd, workdir):
+    path = os.path.join(str(workdir), "d.csv")
+    make_bulk(path, "dwn", 20)
+    down = Provd(provd.stack, os.path.join(str(workdir), "down"))
+    down.stop()
+    r = run(provd, "import", path, port=down.port)
+    assert r.returncode == 75, (r.stdout, r.stderr)
+    assert "--resume" in r.stderr and "no answer" in r.stderr
+    assert "not tried" in r.stdout
+    assert provd.request("GET", "/v1/tenants/dwn").status == 404
+    r = ok(provd, "import", "--resume", path)
+    assert "27 created" in r.stdout, r.stdout
+
+    # a refused token stops the import at once: 77
+    path2 = os.path.join(str(workdir), "e.csv")
+    make_bulk(path2, "dwe", 20)
+    r = run(provd, "import", path2, token="wrong-token")
+    assert r.returncode == 77 and "401" in r.stderr, r.stderr
+    assert len(results(path2 + ".results")) <= 8
