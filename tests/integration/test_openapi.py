@@ -935,10 +935,17 @@ def test_rate_limit_is_429_with_retry_after(stack, tmp_path):
     p = Provd(stack, tmp_path, overrides={"provd_rate_limit": "1", "provd_rate_burst": "2"})
     try:
         limited = Api(p)
-        statuses = [limited.call("GET", "/v1/tenants/{id}", params={"id": "oa"}).status
-                    for _ in range(4)]
-        assert statuses[:2] == [200, 200] and 429 in statuses, statuses
-        r = limited.call("POST", "/v1/tenants", body={"id": "oarate"}, expect=429)
+
+        def until_429(method, template, **kw):
+            statuses = []
+            while 429 not in statuses and len(statuses) < 20:
+                r = limited.call(method, template, **kw)
+                statuses.append(r.status)
+            assert statuses[-1] == 429, statuses
+            return statuses, r
+        statuses, r = until_429("GET", "/v1/tenants/{id}", params={"id": "oa"})
+        assert statuses[:2] == [200, 200], statuses
+        statuses, r = until_429("POST", "/v1/tenants", body={"id": "oarate"})
         assert r.json["error"]["code"] == "rate_limited" and int(r.getheader("Retry-After")) >= 1
         # per token: acme's bucket is its own
         limited.call("GET", "/v1/tenants/{id}", params={"id": "acme"}, token=ACME, expect=200)
