@@ -568,8 +568,12 @@ static void imp_progress(struct imp *im, bool last)
 	for (size_t i = 0; i < 30; i++)
 		bar[i] = i < pct * 30 / 100 ? '#' : '.';
 	bar[30] = '\0';
-	fprintf(stderr, "\r[%s] %zu/%zu %3u%% %6.0f/s ETA %d:%02d ", bar, im->done, im->total,
-		pct, rate, (int)eta / 60, (int)eta % 60);
+	if (im->done == 0)
+		fprintf(stderr, "\r[%s] %zu/%zu %3u%% %6s/s ETA --:-- ", bar, im->done,
+			im->total, pct, "-");
+	else
+		fprintf(stderr, "\r[%s] %zu/%zu %3u%% %6.0f/s ETA %d:%02d ", bar, im->done,
+			im->total, pct, rate, (int)eta / 60, (int)eta % 60);
 	if (last)
 		fprintf(stderr, "\n");
 }
