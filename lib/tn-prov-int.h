@@ -73,6 +73,17 @@ struct tn_prov_kind_desc {
 };
 
 #define TN_PROV_LOCKS 256
+#define TN_PROV_COMBINERS 64
+
+/* Shares of plan counters taken at the same time for one tenant are
+ * combined into one LDAP increment (tn-prov-write.c). */
+struct tn_prov_share_req;
+struct tn_prov_combiner {
+	pthread_mutex_t mutex;
+	pthread_cond_t cond;
+	struct tn_prov_share_req *head;	/* waiting for a leader */
+	bool busy;			/* a leader is writing */
+};
 
 struct tn_prov {
 	struct tn_dir *dir;
@@ -86,6 +97,7 @@ struct tn_prov {
 	unsigned list_max;
 	unsigned alias_max;
 	pthread_mutex_t locks[TN_PROV_LOCKS];
+	struct tn_prov_combiner comb[TN_PROV_COMBINERS];
 };
 
 /* One directory entry of ours, as read. */

@@ -585,6 +585,141 @@ static void tn_prov_release(struct tn_prov_op *op, const char *tenant,
 	res->status = status;
 }
 
+/*
+ * Combining shares. Creates of one tenant that arrive together (a bulk
+ * import sends many at once) would each cost slapd a write of the
+ * tenant entry, and slapd commits writes one at a time: the counters
+ * would halve the import's speed. So a writer queues its share; the
+ * first one in (the leader) takes every share queued for that tenant,
+ * sends their sum as one increment, and gives each share its place in
+ * order: share i fits when the counters before the batch plus the
+ * shares accepted before it plus its own fit its plan, exactly as if
+ * they had been sent one by one in that order. Refused shares are given
+ * back in one decrement. Meanwhile the next writers queue up behind.
+ */
+struct tn_prov_share_req {
+	struct tn_prov_share_req *next;
+	const char *tenant;
+	struct tn_prov_usage d;
+	struct tn_prov_plan plan;
+	bool taken;			/* in a leader's batch */
+	bool done;
+	enum tn_prov_status st;		/* OK, UNPROCESSABLE (refused), or the batch's failure */
+	struct tn_prov_usage after;	/* refused: the counters it would have made */
+	char *message;			/* the batch's failure, for the others */
+};
+
+static struct tn_prov_combiner *tn_prov_combiner_of(struct tn_prov *p, const char *tenant)
+{
+	unsigned h = 5381;
+
+	for (const char *s = tenant; *s != '\0'; s++)
+		h = h * 33 + (unsigned char)*s;
+	return &p->comb[h % TN_PROV_COMBINERS];
+}
+
+/* The leader's work: one increment for the batch, then the verdicts. */
+static void tn_prov_share_batch(struct tn_prov_op *op, struct tn_prov_share_req *batch,
+				const struct tn_prov_share_req *leader)
+{
+	struct tn_prov_usage sum = { 0 }, after, base, cur, refused = { 0 };
+	const char *tenant = batch->tenant;
+	enum tn_prov_status st;
+
+	for (struct tn_prov_share_req *r = batch; r != NULL; r = r->next)
+		tn_prov_usage_add(&sum, &r->d, 1);
+	st = tn_prov_usage_apply(op, tenant, &sum, &after);
+	if (st != TN_PROV_OK) {
+		for (struct tn_prov_share_req *r = batch; r != NULL; r = r->next) {
+			r->st = st;
+			if (r != leader)	/* the leader's own is in op->res */
+				r->message = tn_mem_strdup(op->res->message != NULL ?
+							   op->res->message : "plan counters");
+		}
+		return;
+	}
+	base = after;
+	tn_prov_usage_add(&base, &sum, -1);
+	for (struct tn_prov_share_req *r = batch; r != NULL; r = r->next) {
+		cur = base;
+		tn_prov_usage_add(&cur, &r->d, 1);
+		if (!tn_prov_usage_grows(&r->d) || tn_prov_plan_fits(&r->plan, &cur)) {
+			r->st = TN_PROV_OK;
+			base = cur;
+		} else {
+			r->st = TN_PROV_UNPROCESSABLE;
+			r->after = cur;
+			tn_prov_usage_add(&refused, &r->d, 1);
+		}
+	}
+	tn_prov_release(op, tenant, &refused);
+}
+
+/* Take req->d from the counters of req->tenant, combined with the
+ * shares other threads take at the same time. */
+static enum tn_prov_status tn_prov_share_take(struct tn_prov_op *op,
+					      struct tn_prov_share_req *req)
+{
+	struct tn_prov_combiner *c = tn_prov_combiner_of(op->p, req->tenant);
+	struct tn_prov_share_req **pp, *batch, **btail;
+	struct timespec ts;
+
+	tn_time_deadline_timespec(op->deadline, &ts);
+	pthread_mutex_lock(&c->mutex);
+	for (pp = &c->head; *pp != NULL; pp = &(*pp)->next)
+		;
+	*pp = req;
+	while (!req->done) {
+		if (!req->taken && !c->busy) {
+			/* lead: every queued share of this tenant, in order */
+			batch = NULL;
+			btail = &batch;
+			for (pp = &c->head; *pp != NULL;) {
+				struct tn_prov_share_req *r = *pp;
+
+				if (strcmp(r->tenant, req->tenant) == 0) {
+					*pp = r->next;
+					r->next = NULL;
+					r->taken = true;
+					*btail = r;
+					btail = &r->next;
+				} else {
+					pp = &r->next;
+				}
+			}
+			c->busy = true;
+			pthread_mutex_unlock(&c->mutex);
+			tn_prov_share_batch(op, batch, req);
+			pthread_mutex_lock(&c->mutex);
+			for (struct tn_prov_share_req *r = batch; r != NULL; r = r->next)
+				r->done = true;
+			c->busy = false;
+			pthread_cond_broadcast(&c->cond);
+			break;
+		}
+		if (req->taken) {	/* a leader has it: bounded by its LDAP timeouts */
+			pthread_cond_wait(&c->cond, &c->mutex);
+			continue;
+		}
+		if (pthread_cond_timedwait(&c->cond, &c->mutex, &ts) != 0 && !req->taken &&
+		    !req->done) {
+			/* our deadline passed before a leader took us */
+			for (pp = &c->head; *pp != req; pp = &(*pp)->next)
+				;
+			*pp = req->next;
+			pthread_mutex_unlock(&c->mutex);
+			return tn_prov_fail(op, TN_PROV_TEMPFAIL, NULL, "timed out waiting for "
+					    "the plan counters of tenant %s", req->tenant);
+		}
+	}
+	pthread_mutex_unlock(&c->mutex);
+	if (req->message != NULL) {
+		tn_prov_fail(op, req->st, NULL, "%s", req->message);
+		tn_mem_free(&req->message);
+	}
+	return req->st;
+}
+
 /* Take d from tenant's counters; when d takes anything, the counters
  * after it must fit the plan of tenant_obj, else it is given back and
  * TN_PROV_UNPROCESSABLE names fields[0] (count) or fields[1] (quota).
@@ -598,28 +733,27 @@ static enum tn_prov_status tn_prov_reserve(struct tn_prov_op *op, const char *te
 					   json_t *tenant_obj, const struct tn_prov_usage *d,
 					   const char *const fields[2])
 {
-	struct tn_prov_usage after, counted;
-	struct tn_prov_plan plan;
+	struct tn_prov_share_req req = { .tenant = tenant, .d = *d };
+	struct tn_prov_usage counted;
 	enum tn_prov_status st;
 	char *message;
 
 	if (tn_prov_usage_zero(d))
 		return TN_PROV_OK;
-	tn_prov_plan_of(tenant_obj, &plan);
-	st = tn_prov_usage_apply(op, tenant, d, &after);
-	if (st != TN_PROV_OK || !tn_prov_usage_grows(d) || tn_prov_plan_fits(&plan, &after))
+	tn_prov_plan_of(tenant_obj, &req.plan);
+	st = tn_prov_share_take(op, &req);
+	if (st != TN_PROV_UNPROCESSABLE)
 		return st;
-	tn_prov_release(op, tenant, d);
-	st = tn_prov_plan_check(op, tenant, &plan, &after, fields);
+	st = tn_prov_plan_check(op, tenant, &req.plan, &req.after, fields);
 	if (tn_prov_usage_count(op, tenant, &counted) != TN_PROV_OK)
 		return st;	/* the refusal stands; the count was a courtesy */
 	tn_prov_usage_add(&counted, d, 1);
-	if (!tn_prov_plan_fits(&plan, &counted))
+	if (!tn_prov_plan_fits(&req.plan, &counted))
 		return st;
 	tn_info("provisioning: tenant %s: plan counters say %lld mailboxes, its entries %lld "
 		"(writes in flight, or counters off after a crash: tnctl tenant recount %s)",
-		tenant, (long long)(after.count - d->count), (long long)(counted.count - d->count),
-		tenant);
+		tenant, (long long)(req.after.count - d->count),
+		(long long)(counted.count - d->count), tenant);
 	message = tn_mem_printf("%s (the directory holds %lld live mailboxes now: other "
 				"writes are in flight, or the plan counters are off and need a "
 				"recount)", op->res->message, (long long)(counted.count - d->count));

@@ -306,6 +306,10 @@ struct tn_prov *tn_prov_create(const struct tn_conf *conf, struct tn_lookup *loo
 	p->alias_max = (unsigned)tn_conf_int(conf, "prov_alias_max_targets");
 	for (size_t i = 0; i < TN_PROV_LOCKS; i++)
 		pthread_mutex_init(&p->locks[i], NULL);
+	for (size_t i = 0; i < TN_PROV_COMBINERS; i++) {
+		pthread_mutex_init(&p->comb[i].mutex, NULL);
+		pthread_cond_init(&p->comb[i].cond, NULL);
+	}
 	return p;
 }
 
@@ -319,6 +323,10 @@ void tn_prov_destroy(struct tn_prov **pp)
 	tn_mem_free(&p->tenants_dn);
 	for (size_t i = 0; i < TN_PROV_LOCKS; i++)
 		pthread_mutex_destroy(&p->locks[i]);
+	for (size_t i = 0; i < TN_PROV_COMBINERS; i++) {
+		pthread_mutex_destroy(&p->comb[i].mutex);
+		pthread_cond_destroy(&p->comb[i].cond);
+	}
 	tn_mem_free(pp);
 }
 
