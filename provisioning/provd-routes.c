@@ -7,6 +7,7 @@
  *	/v1/<coll>			GET list, POST create
  *	/v1/<coll>/<key>		GET, PATCH (If-Match), DELETE (soft)
  *	/v1/<coll>/<key>/<action>	POST suspend | resume | restore | purge
+ *	/v1/tenants/<id>/recount	POST: plan counters from a count
  *	<coll>: tenants, domains, mailboxes, aliases. Each request is one
  *	call of the core (resume and restore read the object first); the
  *	answer is a struct provd_reply.
@@ -388,6 +389,29 @@ static void provd_purge(struct provd_call *c)
 	tn_prov_result_clear(&res);
 }
 
+/* tenants only; body: empty or {} */
+static void provd_recount(struct provd_call *c)
+{
+	struct tn_prov_result res = { 0 };
+	json_t *in;
+
+	if (c->kind != TN_PROV_TENANT) {
+		provd_reply_error(c->rp, 404, "not_found", "no such route", NULL);
+		return;
+	}
+	if ((in = provd_body(c, true)) == NULL)
+		return;
+	if (json_object_size(in) != 0) {
+		provd_reply_error(c->rp, 400, "bad_input", "recount takes no fields (body {})",
+				  json_object_iter_key(json_object_iter(in)));
+	} else {
+		tn_prov_recount(c->pd->prov, c->ctx, c->key, &res);
+		provd_result(c, &res, false);
+	}
+	json_decref(in);
+	tn_prov_result_clear(&res);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(struct provd_call *c);
@@ -396,6 +420,7 @@ static const struct {
 	{ "resume", provd_resume },
 	{ "restore", provd_restore },
 	{ "purge", provd_purge },
+	{ "recount", provd_recount },
 };
 
 static void provd_action(struct provd_call *c, const char *action)

@@ -83,6 +83,7 @@ for _c in COLLECTIONS:
     KNOWN_ROUTES |= {("GET", "/v1/" + _c), ("POST", "/v1/" + _c), ("GET", _item),
                      ("PATCH", _item), ("DELETE", _item), ("POST", _item + "/suspend"),
                      ("POST", _item + "/resume")}
+KNOWN_ROUTES.add(("POST", "/v1/tenants/{id}/recount"))
 
 # Documented, being added to the server: exercised as soon as a probe
 # finds them served, reported as pending until then.
@@ -1027,6 +1028,23 @@ def test_directory_frozen_is_503_with_retry_after(api, stack):
     while api.provd.request("GET", "/v1/tenants/oafrz").status != 200:
         assert time.monotonic() < deadline, "no recovery after the thaw"
         time.sleep(0.1)
+
+
+def test_recount(api):
+    api.call("POST", "/v1/tenants", body={"id": "oarecount", "max_mailboxes": 5},
+             expect=201)
+    r = api.call("POST", "/v1/tenants/{id}/recount", params={"id": "oarecount"},
+                 expect=200)
+    assert r.json["id"] == "oarecount" and r.json["mailbox_count"] == 0
+    api.call("POST", "/v1/tenants/{id}/recount", params={"id": "oarecount"}, body={},
+             expect=200)
+    err = api.call("POST", "/v1/tenants/{id}/recount", params={"id": "oarecount"},
+                   body={"all": True}, expect=400)
+    assert err.json["error"]["field"] == "all"
+    api.call("POST", "/v1/tenants/{id}/recount", params={"id": "nosuchtenant"},
+             expect=404)
+    api.call("POST", "/v1/tenants/{id}/recount", params={"id": "oarecount"},
+             token=None, expect=401)
 
 
 # --- (c) coverage: last ------------------------------------------------------------------------
