@@ -12,10 +12,12 @@
  *	tnctl KIND restore KEY [--json]
  *	tnctl KIND delete KEY [--if-match ETAG]
  *	tnctl KIND purge KEY
+ *	tnctl tenant recount ID [--json]
  * DESCRIPTION
  *	Each verb is one request of tn-provisiond's REST API (tnctl-api.h),
  *	except list, which follows next_cursor to the last page unless
- *	--limit asks for one page. Field options (tnctl-fields.c) map onto
+ *	--limit asks for one page. recount (tenants only) sets a tenant's
+ *	plan counters from a count of its mailboxes. Field options (tnctl-fields.c) map onto
  *	the resource's JSON fields; --set name=value sets any field, its
  *	value read as JSON when it is JSON (else as a string); --body takes
  *	a whole JSON object, which the options then amend.
@@ -54,7 +56,8 @@
 #define V_RESTORE	0x040
 #define V_DELETE	0x080
 #define V_PURGE		0x100
-#define V_ALL		0x1ff
+#define V_RECOUNT	0x200	/* tenants only */
+#define V_ALL		0x3ff
 
 #define OPT_FIELD	1000	/* + the field's index */
 #define TNCTL_BODY_MAX (16 * 1024 * 1024)
@@ -212,7 +215,8 @@ static char *tnctl_prov_password_prompt(const char **why_r)
 static unsigned tnctl_prov_verb_bit(const char *verb)
 {
 	static const char *const verbs[] = { "create", "get", "list", "update", "suspend",
-					     "resume", "restore", "delete", "purge" };
+					     "resume", "restore", "delete", "purge",
+					     "recount" };
 
 	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
 		if (strcmp(verb, verbs[i]) == 0)
@@ -640,6 +644,16 @@ static int tnctl_prov_purge(struct tnctl_prov_run *r)
 	return ret;
 }
 
+/* tenants only: POST .../recount with {} */
+static int tnctl_prov_recount(struct tnctl_prov_run *r)
+{
+	char *path = tnctl_prov_path(r, "recount");
+	int ret = tnctl_prov_send(r, "POST", path, "{}");
+
+	tn_mem_free(&path);
+	return ret;
+}
+
 static void tnctl_prov_query_arg(char **q, const char *name, const char *value)
 {
 	char *v, *nq;
@@ -725,7 +739,7 @@ static const struct {
 	{ "list", tnctl_prov_list }, { "update", tnctl_prov_update },
 	{ "suspend", tnctl_prov_action }, { "resume", tnctl_prov_action },
 	{ "restore", tnctl_prov_action }, { "delete", tnctl_prov_delete },
-	{ "purge", tnctl_prov_purge },
+	{ "purge", tnctl_prov_purge }, { "recount", tnctl_prov_recount },
 };
 
 static int tnctl_prov_verb_usage(const struct tnctl_kind *k)
@@ -744,6 +758,8 @@ static int tnctl_prov_verb_usage(const struct tnctl_kind *k)
 	fprintf(stderr, "       tnctl %s restore %s [--json]\n", k->name, key);
 	fprintf(stderr, "       tnctl %s delete %s [--if-match ETAG]\n", k->name, key);
 	fprintf(stderr, "       tnctl %s purge %s\n", k->name, key);
+	if (k == &tnctl_kinds[0])
+		fprintf(stderr, "       tnctl tenant recount %s [--json]\n", key);
 	fprintf(stderr, "options of create and update:");
 	for (const struct tnctl_field *f = k->fields; f->name != NULL; f++) {
 		if (f->option != NULL)
@@ -768,6 +784,11 @@ int tnctl_prov_kind(struct tnctl *ctl, int argc, char **argv)
 	}
 	if (r.k == NULL || argc < 2 || i == n)
 		return tnctl_prov_verb_usage(r.k != NULL ? r.k : &tnctl_kinds[0]);
+	if (tnctl_prov_verbs[i].run == tnctl_prov_recount && r.k != &tnctl_kinds[0]) {
+		fprintf(stderr, "tnctl: %s recount: tenants only (tnctl tenant recount ID)\n",
+			r.k->name);
+		return tnctl_prov_verb_usage(r.k);
+	}
 	r.verb = tnctl_prov_verbs[i].name;
 	verb = tnctl_prov_verb_bit(r.verb);
 	r.fields = json_object();

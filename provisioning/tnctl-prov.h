@@ -12,7 +12,8 @@
  *	                (the core's rules, through tn-prov-input.h).
  *	tnctl-csv.c     an RFC 4180 record reader over a buffer.
  *	tnctl-prov.c    tenant|domain|mailbox|alias create, get, list,
- *	                update, suspend, resume, restore, delete, purge.
+ *	                update, suspend, resume, restore, delete, purge;
+ *	                tenant recount.
  *	tnctl-import.c  import: many creates from CSV or NDJSON, in
  *	                parallel, resumable.
  *	No file here exits or prints outside its command's run().
@@ -116,6 +117,8 @@ void tnctl_csv_record_clear(struct tnctl_csv_record *rec);
 int tnctl_prov_kind(struct tnctl *ctl, int argc, char **argv);
 #define TNCTL_PROV_USAGE(kind, key) \
 	kind " create|get|list|update|suspend|resume|restore|delete|purge " key " [options]"
+#define TNCTL_PROV_TENANT_USAGE \
+	"tenant create|get|list|update|suspend|resume|restore|delete|purge|recount [ID] [options]"
 /* tnctl import ... FILE */
 int tnctl_import(struct tnctl *ctl, int argc, char **argv);
 #define TNCTL_IMPORT_USAGE \

@@ -20,7 +20,7 @@
  *		repair tn-hookd's spool, check a captured webhook's
  *		signature (tnctl-events.c, tnctl-verify.c, docs/hookd.md).
  *	tenant|domain|mailbox|alias create|get|list|update|suspend|resume|
- *	restore|delete|purge ...
+ *	restore|delete|purge ...; tenant recount ID
  *		Provisioning through tn-provisiond's REST API (tnctl-prov.c,
  *		tnctl-api.c).
  *	import [options] FILE
@@ -320,7 +320,7 @@ static const struct tnctl_command tnctl_commands[] = {
 	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME", NULL },
 	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T", NULL },
 	{ "events", NULL, NULL, tnctl_events_commands },
-	{ "tenant", tnctl_prov_kind, TNCTL_PROV_USAGE("tenant", "[ID]"), NULL },
+	{ "tenant", tnctl_prov_kind, TNCTL_PROV_TENANT_USAGE, NULL },
 	{ "domain", tnctl_prov_kind, TNCTL_PROV_USAGE("domain", "[DOMAIN]"), NULL },
 	{ "mailbox", tnctl_prov_kind, TNCTL_PROV_USAGE("mailbox", "[ADDRESS]"), NULL },
 	{ "alias", tnctl_prov_kind, TNCTL_PROV_USAGE("alias", "[ADDRESS]"), NULL },

@@ -6,8 +6,9 @@ and purge can both be seen.
 
 Checked: each resource's lifecycle through tnctl (create, get, list,
 update with --if-match, suspend, resume, delete, restore, purge) in table
-and --json output; the exit statuses (1 for 404, 65 for 400, 3 for 409
-and 412, 77 for 401 and 403, 75 when the daemon is stopped, 64 usage);
+and --json output; tenant recount resets drifted plan counters; the exit
+statuses (1 for 404, 65 for 400, 3 for 409 and 412, 77 for 401 and 403,
+75 when the daemon is stopped, 64 usage);
 passwords from a file and standard input, never echoed; import from CSV
 (quoted commas, quotes, line breaks) and NDJSON, kinds mixed and out of
 order, invalid lines in the results file with their line numbers while
@@ -193,6 +194,29 @@ def test_domain_mailbox_alias(provd, tmp_path):
     c = as_json(provd, "mailbox", "create", "carl@cli2.example", "--body", str(body),
                 "--name", "Carl C.")
     assert c["name"] == "Carl C." and c["quota_bytes"] == 1048576
+
+
+def test_tenant_recount(provd):
+    ok(provd, "tenant", "create", "cnt1", "--max-mailboxes", "5")
+    ok(provd, "domain", "create", "cnt1.example", "--tenant", "cnt1")
+    ok(provd, "mailbox", "create", "a@cnt1.example", "--quota", "1k")
+    ok(provd, "mailbox", "create", "b@cnt1.example")
+    # a writer that died after taking its share: the counter says 4
+    provd.stack.slapd.modify("dn: tnTenantId=cnt1,%s\nchangetype: modify\n"
+                             "replace: tnMailboxCount\ntnMailboxCount: 4\n" % th.TENANTS)
+    assert as_json(provd, "tenant", "get", "cnt1")["mailbox_count"] == 4
+    t = as_json(provd, "tenant", "recount", "cnt1")
+    assert t["id"] == "cnt1" and t["mailbox_count"] == 2, t
+    assert (t["quota_explicit_bytes"], t["quota_default_count"]) == (1024, 1), t
+    got = kv(ok(provd, "tenant", "recount", "cnt1").stdout)
+    assert got["id"] == "cnt1" and got["mailbox_count"] == "2", got
+    # tenants only; 404 for a tenant that is not there
+    r = run(provd, "mailbox", "recount", "a@cnt1.example")
+    assert r.returncode == 64 and "tnctl tenant recount" in r.stderr, r.stderr
+    r = run(provd, "tenant", "recount", "nosuchtenant")
+    assert r.returncode == 1 and "404" in r.stderr, r.stderr
+    assert run(provd, "tenant", "recount").returncode == 64
+    assert run(provd, "tenant", "recount", "cnt1", "--reason", "x").returncode == 64
 
 
 def test_exit_statuses(provd, workdir):
