@@ -69,8 +69,12 @@ enum tn_prov_status tn_prov_ldap_fail(struct tn_prov_op *op, int rc, const char 
 	switch (rc) {
 	case LDAP_ALREADY_EXISTS:
 	case LDAP_CONSTRAINT_VIOLATION:
+		/* slapo-unique's text shows its search filter: for the log only */
+		tn_debug("provisioning: %s: %s: %s%s%s", uri, what, ldap_err2string(rc),
+			 d != NULL ? ": " : "", d != NULL ? d : "");
 		return tn_prov_fail(op, TN_PROV_CONFLICT, op->kd->fields[0].name,
-				    "already exists%s%s", d != NULL ? ": " : "", d != NULL ? d : "");
+				    "%s: already exists (here or under another tenant)",
+				    op->kd->fields[0].name);
 	case LDAP_ASSERTION_FAILED:
 		return tn_prov_fail(op, TN_PROV_PRECONDITION, NULL,
 				    "the object changed meanwhile (ETag does not match)");
