@@ -1,0 +1,176 @@
+"""The README's first command, scripts/sandbox, end to end.
+
+Runs the script as a new ISP admin would (with TN_SANDBOX_NO_BUILD=1: the
+binaries of TN_BUILD_DIR, no scripts/deps, no build) in a directory of
+its own, reads its whole output, and always runs "scripts/sandbox stop"
+afterwards. What it holds the sandbox to:
+
+  * the lookups of the example directory and the three emitted billing
+    events delivered to the example receiver;
+  * the provisioning scenario through tn-provisiond with tnctl: tenant
+    initrode, its domain, mailboxes and aliases created, the lookup seeing
+    the new mailbox, the tenant's suspension cascading, the tenant
+    token's 404 for acme's mailbox, the CSV import;
+  * initrode's events, as the receiver stored them, numbered 1..N without
+    a gap, of the expected types;
+  * the tokens: digests only in the tokens file, the clear tokens in files
+    of mode 0600;
+  * "stop" stops every process the sandbox started.
+"""
+
+import hashlib
+import os
+import re
+import sqlite3
+import stat
+import subprocess
+
+import tnharness
+from conftest import require_prerequisites
+from tnprobe import ROOT, binary
+
+SCRIPT = os.path.join(ROOT, "scripts", "sandbox")
+
+
+def _sandbox(d, *args, timeout=60):
+    env = dict(os.environ)
+    env.update({"TN_SANDBOX_DIR": str(d), "TN_SANDBOX_NO_BUILD": "1",
+                "TN_BUILD_DIR": os.path.dirname(os.path.dirname(
+                    binary("provisioning/tnctl")))})
+    return subprocess.run(["sh", SCRIPT] + list(args), env=env, timeout=timeout,
+                          capture_output=True, text=True, errors="replace")
+
+
+def _pids(d):
+    pids = {}
+    for name in ("tn-provisiond", "tn-hookd", "receiver"):
+        with open(os.path.join(str(d), name + ".pid")) as f:
+            pids[name] = int(f.read())
+    for name, pid in tnharness._read_pids(str(d)):
+        pids[name] = pid
+    return pids
+
+
+def _section(out, start, end=None):
+    """The output from the line containing start to the one containing end."""
+    i = out.index(start)
+    return out[i:out.index(end, i)] if end else out[i:]
+
+
+def test_sandbox(tmp_path):
+    require_prerequisites()
+    d = tmp_path / "sbx"
+    pids = {}
+    try:
+        r = _sandbox(d)
+        if os.path.exists(os.path.join(str(d), "tn-provisiond.pid")):
+            pids = _pids(d)
+        out = r.stdout
+        assert r.returncode == 0, out + r.stderr
+        assert r.stderr == "", r.stderr
+        _check_lookups_and_hook(out)
+        _check_provisioning(out)
+        _check_events(d, out)
+        _check_tokens(d)
+        _check_by_hand(d, out)
+    finally:
+        s = _sandbox(d, "stop")
+    assert s.returncode == 0, s.stdout + s.stderr
+    assert "sandbox stopped" in s.stdout
+    for name, pid in pids.items():
+        assert not tnharness.pid_alive(pid), "%s (pid %d) still runs" % (name, pid)
+
+
+def _check_lookups_and_hook(out):
+    assert "$ tnctl lookup alice@acme.example\n" in out
+    assert "usage:             5242880 bytes in 42 messages (OVER QUOTA)" in out
+    assert "status:            suspended (tenant: non-payment)" in out
+    assert "nobody@acme.example: not found (no such address)\n(exit status 1)" in out
+    hook = _section(out, "== billing hook", "== provisioning")
+    assert hook.count(" INFO processed ") == 3, hook
+    assert "3 delivered, 0 retry, 0 dead" in hook
+
+
+def _check_provisioning(out):
+    prov = _section(out, "== provisioning")
+    # every step shows its command, and none but the refusal failed
+    for cmd in ("$ tnctl tenant create initrode ", "$ tnctl domain create initrode.example",
+                "$ tnctl mailbox create michael@initrode.example ",
+                "$ tnctl mailbox create samir@initrode.example ",
+                "$ tnctl alias create info@initrode.example ",
+                "$ tnctl mailbox list --tenant initrode", "$ tnctl tenant suspend initrode",
+                "$ tnctl tenant resume initrode", "$ tnctl import "):
+        assert cmd in prov, cmd
+    assert prov.count("(exit status") == 1, prov
+    assert "tnctl: " not in prov.replace(
+        "tnctl: mailbox get alice@acme.example: 404", ""), prov
+    # the table, with the password mailbox and the one with a quota
+    table = _section(prov, "$ tnctl mailbox list --tenant initrode", "\n\n")
+    assert re.search(r"michael@initrode\.example +initrode +active", table), table
+    assert re.search(r"samir@initrode\.example +initrode +active +2 GiB", table), table
+    # the lookup sees the new mailbox at once, with the tenant's default quota
+    look = _section(prov, "$ tnctl lookup michael@initrode.example", "\n\n")
+    assert "quota:             1.0 GiB (tenant)" in look, look
+    # suspension cascades to the mailboxes, resuming undoes it
+    assert "status:            suspended (tenant: unpaid invoice)" in prov
+    resumed = _section(prov, "$ tnctl tenant resume initrode")
+    assert "status:            active" in resumed
+    # the tenant token: its own tenant only, 404 (exit 1) for acme's mailbox
+    refusal = _section(prov, "tnctl mailbox get alice@acme.example\n", "\n\n")
+    assert "404 not_found" in refusal and "(exit status 1)" in refusal, refusal
+    own = _section(prov, "initrode.token) tnctl mailbox list\n", "\n\n")
+    assert "acme.example" not in own and "michael@initrode.example" in own, own
+    # the import: 4 lines with progress, all created, then the aliases
+    imp = _section(prov, "$ tnctl import ", "\n\n")
+    assert re.search(r"^import: 4 lines to create", imp, re.M), imp
+    assert ": 4 created, 0 exists, 0 failed, 0 invalid" in imp, imp
+    assert "sales@initrode.example  initrode  active  bill@initrode.example, " \
+        "peter@initrode.example" in prov
+
+
+def _check_events(d, out):
+    ev = _section(out, "# the events of these changes", "The sandbox is running")
+    rows = re.findall(r"^    (\d+) +([a-z]+\.[a-z]+) +(\S+)", ev, re.M)
+    assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)), ev
+    types = [(t, o) for _, t, o in rows]
+    assert types[:6] == [("tenant.created", "initrode"), ("domain.created", "initrode.example"),
+                         ("mailbox.created", "michael@initrode.example"),
+                         ("mailbox.created", "samir@initrode.example"),
+                         ("tenant.suspended", "initrode"), ("tenant.resumed", "initrode")], ev
+    # the import's creates run in parallel: any order
+    assert sorted(types[6:]) == [("mailbox.created", "%s@initrode.example" % n)
+                                 for n in ("bill", "milton", "peter")], ev
+    assert "9 events of tenant initrode, sequence 1 to 9" in ev
+    # what was shown is what the receiver stored: verified, one each
+    db = sqlite3.connect(os.path.join(str(d), "receiver.sqlite3"))
+    stored = db.execute("SELECT sequence, type FROM events WHERE tenant = 'initrode'"
+                        " ORDER BY sequence").fetchall()
+    db.close()
+    assert stored == [(int(s), t) for s, t, _ in rows]
+
+
+def _check_tokens(d):
+    d = str(d)
+    digests = open(os.path.join(d, "provd-tokens")).read()
+    for name, role in (("admin.token", "admin"), ("initrode.token", "tenant:initrode")):
+        path = os.path.join(d, name)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, name
+        token = open(path).read().strip()
+        assert re.fullmatch(r"[0-9a-f]{48}", token), name
+        assert token not in digests
+        assert "%s %s\n" % (hashlib.sha256(token.encode()).hexdigest(), role) in digests
+    assert stat.S_IMODE(os.stat(os.path.join(d, "michael.pw")).st_mode) == 0o600
+
+
+def _check_by_hand(d, out):
+    tail = _section(out, "The sandbox is running")
+    m = re.search(r"tn-provisiond, the REST API, on (http://127\.0\.0\.1:\d+)", tail)
+    assert m, tail
+    assert "admin token:           %s/admin.token" % d in tail
+    assert "curl -H \"Authorization: Bearer $(cat %s/admin.token)\" '%s/v1/mailboxes" \
+        % (d, m.group(1)) in tail
+    # the curl command shown works
+    line = [x for x in tail.splitlines() if x.strip().startswith("curl ")][0]
+    r = subprocess.run(["sh", "-c", line.strip() + " -sf"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0 and '"address":"michael@initrode.example"' in r.stdout, r
