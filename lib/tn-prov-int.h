@@ -124,6 +124,7 @@ struct tn_prov_op {
 	bool broken;		/* the connection is unusable */
 	char *broken_why;
 	pthread_mutex_t *lock;	/* the object lock held, or NULL */
+	struct tn_prov_bcache *bcache;	/* a batch's owners read so far, or NULL */
 	int64_t now_ms;		/* wall clock at the start */
 };
 
@@ -192,6 +193,7 @@ struct tn_prov_entry *tn_prov_entry_from(struct tn_prov_op *op,
 					 const struct tn_prov_kind_desc *kd,
 					 LDAPMessage *e, const char **why_r);
 void tn_prov_entry_free(struct tn_prov_entry **ent);
+struct tn_prov_entry *tn_prov_entry_dup(const struct tn_prov_entry *ent);
 char **tn_prov_entry_attrs(const struct tn_prov_kind_desc *kd);
 
 void tn_prov_mods_add(struct tn_prov_mods *m, int op, const char *attr, char **values);

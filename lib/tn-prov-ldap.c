@@ -441,6 +441,21 @@ struct tn_prov_entry *tn_prov_entry_from(struct tn_prov_op *op,
 	return ent;
 }
 
+struct tn_prov_entry *tn_prov_entry_dup(const struct tn_prov_entry *ent)
+{
+	struct tn_prov_entry *d = tn_mem_calloc(1, sizeof(*d));
+
+	d->dn = tn_mem_strdup(ent->dn);
+	d->tenant = ent->tenant != NULL ? tn_mem_strdup(ent->tenant) : NULL;
+	d->key = ent->key != NULL ? tn_mem_strdup(ent->key) : NULL;
+	d->etag = ent->etag != NULL ? tn_mem_strdup(ent->etag) : NULL;
+	d->status = ent->status;
+	d->status_ms = ent->status_ms;
+	d->obj = json_incref(ent->obj);
+	d->raw = json_incref(ent->raw);
+	return d;
+}
+
 void tn_prov_entry_free(struct tn_prov_entry **entp)
 {
 	struct tn_prov_entry *ent = *entp;

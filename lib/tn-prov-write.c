@@ -237,15 +237,50 @@ static enum tn_prov_status tn_prov_required(struct tn_prov_op *op, json_t *norm)
 
 /* --- reading other objects ----------------------------------------------------------- */
 
+/* The owners (tenants, domains) a batch of creates has read: each is
+ * read once per batch. */
+struct tn_prov_bcache {
+	size_t n;
+	struct {
+		enum tn_prov_kind kind;
+		char *key;
+		struct tn_prov_entry *ent;
+	} *v;
+};
+
+static void tn_prov_bcache_clear(struct tn_prov_bcache *bc)
+{
+	for (size_t i = 0; i < bc->n; i++) {
+		tn_mem_free(&bc->v[i].key);
+		tn_prov_entry_free(&bc->v[i].ent);
+	}
+	tn_mem_free(&bc->v);
+	bc->n = 0;
+}
+
 static enum tn_prov_status tn_prov_fetch_kind(struct tn_prov_op *op, enum tn_prov_kind kind,
 					      const char *key, struct tn_prov_entry **ent_r)
 {
 	const struct tn_prov_kind_desc *kd = op->kd;
+	struct tn_prov_bcache *bc = op->bcache;
 	enum tn_prov_status st;
 
+	for (size_t i = 0; bc != NULL && i < bc->n; i++) {
+		if (bc->v[i].kind == kind && strcmp(bc->v[i].key, key) == 0) {
+			*ent_r = tn_prov_entry_dup(bc->v[i].ent);
+			return TN_PROV_OK;
+		}
+	}
 	op->kd = tn_prov_kind_desc(kind);
 	st = tn_prov_fetch(op, key, ent_r);
 	op->kd = kd;
+	if (st == TN_PROV_OK && bc != NULL) {
+		bc->v = tn_mem_realloc(bc->v, (bc->n + 1) * sizeof(bc->v[0]));
+		bc->v[bc->n].kind = kind;
+		bc->v[bc->n].key = tn_mem_strdup(key);
+		bc->v[bc->n].ent = tn_prov_entry_dup(*ent_r);
+		bc->n++;
+	}
 	return st;
 }
 
@@ -1083,6 +1118,410 @@ enum tn_prov_status tn_prov_create_object(struct tn_prov *p, const struct tn_pro
 	res->status = st;
 	tn_prov_wr_clear(&w);
 	tn_mem_free(&self);
+	return st;
+}
+
+/* --- create, a batch at a time ----------------------------------------------------------- */
+
+/*
+ * tn_prov_create_batch(): the creates of a batch share what single
+ * creates each pay for: the reads of their owners (once per batch), the
+ * plan counters (one increment per tenant, verdicts in item order as
+ * tn_prov_share_batch() gives them), one connection, and the events
+ * (appended together so that the outbox commits them in few groups).
+ * Each item still gets its own LDAP add, checks and result, exactly as
+ * that many tn_prov_create_object() calls in item order would.
+ */
+struct tn_prov_batch {
+	size_t n;
+	struct tn_prov_wr *w;
+	struct tn_prov_result *res;
+	bool *todo;		/* passed the input checks: to be written */
+};
+
+static void tn_prov_batch_not_attempted(struct tn_prov_batch *b, size_t from,
+					const struct tn_prov_result *why)
+{
+	for (size_t j = from; j < b->n; j++) {
+		if (!b->todo[j])
+			continue;
+		b->todo[j] = false;
+		tn_prov_result_clear(&b->res[j]);
+		b->res[j].status = why->status;
+		b->res[j].message = tn_mem_printf("not attempted: %s",
+						  why->message != NULL ? why->message : "?");
+	}
+}
+
+/* Events of the created items, appended from several threads at once so
+ * that the outbox commits them in groups. */
+struct tn_prov_evjob {
+	struct tn_outbox *ob;
+	const char *type, *tenant;
+	json_t *data;
+	char id[TN_OUTBOX_ID_SIZE];
+	uint64_t seq;
+	int ret;
+	char *error;
+};
+
+struct tn_prov_evslice {
+	struct tn_prov_evjob *jobs;
+	size_t n, first, step;
+};
+
+static void *tn_prov_ev_thread(void *arg)
+{
+	struct tn_prov_evslice *sl = arg;
+	const char *error = NULL;
+
+	for (size_t i = sl->first; i < sl->n; i += sl->step) {
+		struct tn_prov_evjob *j = &sl->jobs[i];
+
+		j->ret = tn_outbox_append(j->ob, j->type, j->tenant, j->data, j->id, &j->seq,
+					  &error);
+		if (j->ret < 0)
+			j->error = tn_mem_strdup(error != NULL ? error : "?");
+	}
+	return NULL;
+}
+
+#define TN_PROV_EV_THREADS 16
+
+static void tn_prov_append_events(struct tn_prov_evjob *jobs, size_t n)
+{
+	struct tn_prov_evslice sl[TN_PROV_EV_THREADS];
+	pthread_t th[TN_PROV_EV_THREADS];
+	size_t t = n < TN_PROV_EV_THREADS ? n : TN_PROV_EV_THREADS;
+	bool started[TN_PROV_EV_THREADS] = { false };
+
+	for (size_t i = 0; i < t; i++) {
+		sl[i] = (struct tn_prov_evslice){ jobs, n, i, t };
+		started[i] = i > 0 && pthread_create(&th[i], NULL, tn_prov_ev_thread, &sl[i]) == 0;
+	}
+	for (size_t i = 0; i < t; i++) {	/* what no thread took: this one */
+		if (!started[i])
+			tn_prov_ev_thread(&sl[i]);
+	}
+	for (size_t i = 1; i < t; i++) {
+		if (started[i])
+			pthread_join(th[i], NULL);
+	}
+}
+
+/* After the adds: invalidate, record the events, undo what has none. */
+static void tn_prov_batch_commit(struct tn_prov_op *op, struct tn_prov_batch *b,
+				 const bool *added)
+{
+	const char *type = op->kd->kind == TN_PROV_TENANT ? "tenant.created" :
+		op->kd->kind == TN_PROV_DOMAIN ? "domain.created" : "mailbox.created";
+	struct tn_prov_evjob *jobs = tn_mem_calloc(b->n, sizeof(*jobs));
+	size_t nj = 0, *of = tn_mem_calloc(b->n, sizeof(*of));
+
+	for (size_t i = 0; i < b->n; i++) {
+		if (!added[i])
+			continue;
+		op->res = &b->res[i];
+		op->res->changed = true;
+		tn_prov_set_object(op, b->w[i].now);
+		tn_prov_invalidate(op, op->kd->kind, b->w[i].key);
+		if (op->kd->event_prefix == NULL) {
+			op->res->status = TN_PROV_CREATED;
+			continue;
+		}
+		jobs[nj] = (struct tn_prov_evjob){ .ob = op->p->outbox, .type = type,
+						   .tenant = b->w[i].tenant,
+						   .data = tn_prov_created_data(op, b->w[i].now->obj) };
+		json_object_set_new(jobs[nj].data, "actor", tn_prov_actor(op));
+		of[nj++] = i;
+	}
+	tn_prov_append_events(jobs, nj);
+	for (size_t k = 0; k < nj; k++) {
+		struct tn_prov_wr *w = &b->w[of[k]];
+
+		op->res = &b->res[of[k]];
+		json_decref(jobs[k].data);
+		if (jobs[k].ret == 0) {
+			op->res->event_id = tn_mem_strdup(jobs[k].id);
+			op->res->event_sequence = jobs[k].seq;
+			op->res->status = TN_PROV_CREATED;
+			continue;
+		}
+		tn_error("provisioning: %s %s: event %s not recorded: %s", op->kd->name, w->key,
+			 type, jobs[k].error);
+		op->res->changed = false;
+		if (tn_prov_undo(op, w, true) == 0) {
+			tn_prov_invalidate(op, op->kd->kind, w->key);
+			json_decref(op->res->object);
+			op->res->object = NULL;
+			tn_mem_free(&op->res->etag);
+			tn_prov_release(op, w->tenant, &w->share);
+			tn_prov_fail(op, TN_PROV_EVENT_FAILED, NULL, "the event could not be "
+				     "recorded (%s): the change was undone, try again", jobs[k].error);
+		} else {
+			op->res->changed = true;
+			tn_prov_fail(op, TN_PROV_EVENT_LOST, NULL, "the change was made but its "
+				     "event could not be recorded (%s) nor the change undone",
+				     jobs[k].error);
+		}
+		tn_mem_free(&jobs[k].error);
+	}
+	tn_mem_free(&jobs);
+	tn_mem_free(&of);
+}
+
+static void tn_prov_batch_exists(struct tn_prov_op *op, struct tn_prov_batch *b, size_t i)
+{
+	op->res = &b->res[i];
+	tn_prov_fail(op, TN_PROV_CONFLICT, op->kd->fields[0].name,
+		     "%s: already exists (here or under another tenant)", op->kd->fields[0].name);
+	b->todo[i] = false;
+}
+
+/* Keys that exist already, or twice in the batch: 409 before anything
+ * is taken from the plan (a duplicate must not hold a place that a later
+ * item of the batch could have had, as it would not in single creates).
+ * One search per 100 keys; a key created meanwhile by someone else is
+ * still refused by its add. 0, or -1 when the directory failed (st_r). */
+static int tn_prov_batch_dups(struct tn_prov_op *op, struct tn_prov_batch *b,
+			      enum tn_prov_status *st_r)
+{
+	const char *attr = op->kd->key_attr;
+	char *attrs[] = { (char *)attr, NULL };
+
+	for (size_t i = 0; i < b->n; i++) {
+		for (size_t j = 0; b->todo[i] && j < i; j++) {
+			if (b->w[j].key != NULL && strcmp(b->w[j].key, b->w[i].key) == 0 &&
+			    b->res[j].status != TN_PROV_BAD_INPUT)
+				tn_prov_batch_exists(op, b, i);
+		}
+	}
+	for (size_t from = 0; from < b->n; from += 100) {
+		size_t to = from + 100 < b->n ? from + 100 : b->n, len = 0;
+		char *filter = tn_mem_strdup("(|"), *piece;
+		LDAPMessage *res = NULL;
+		bool any = false;
+
+		for (size_t i = from; i < to; i++) {
+			char *v;
+
+			if (!b->todo[i])
+				continue;
+			v = tn_escape_filter_value(b->w[i].key, strlen(b->w[i].key));
+			piece = tn_mem_printf("%s(%s=%s)", filter, attr, v);
+			tn_mem_free(&filter);
+			tn_mem_free(&v);
+			filter = piece;
+			any = true;
+		}
+		piece = tn_mem_printf("%s)", filter);
+		tn_mem_free(&filter);
+		filter = piece;
+		(void)len;
+		if (any && tn_prov_search(op, op->p->tenants_dn, LDAP_SCOPE_SUBTREE, filter, attrs,
+					  &res, st_r) < 0) {
+			tn_mem_free(&filter);
+			return -1;
+		}
+		for (LDAPMessage *e = any ? ldap_first_entry(op->ld, res) : NULL; e != NULL;
+		     e = ldap_next_entry(op->ld, e)) {
+			struct berval **v = ldap_get_values_len(op->ld, e, attr);
+
+			for (size_t i = from; v != NULL && v[0] != NULL && i < to; i++) {
+				if (b->todo[i] && strlen(b->w[i].key) == v[0]->bv_len &&
+				    strncasecmp(b->w[i].key, v[0]->bv_val, v[0]->bv_len) == 0)
+					tn_prov_batch_exists(op, b, i);
+			}
+			ldap_value_free_len(v);
+		}
+		if (res != NULL)
+			ldap_msgfree(res);
+		tn_mem_free(&filter);
+	}
+	return 0;
+}
+
+/* The plan counters of the batch's mailboxes: one increment per tenant. */
+static void tn_prov_batch_shares(struct tn_prov_op *op, struct tn_prov_batch *b,
+				 struct tn_prov_entry **tenants)
+{
+	struct tn_prov_share_req *reqs = tn_mem_calloc(b->n, sizeof(*reqs));
+	struct tn_prov_result scratch = { 0 };
+	bool *grouped = tn_mem_calloc(b->n, sizeof(*grouped));
+
+	for (size_t i = 0; i < b->n; i++) {
+		if (!b->todo[i])
+			continue;
+		reqs[i].tenant = b->w[i].tenant;
+		tn_prov_usage_of(json_object_get(b->w[i].norm, "quota_bytes"), 1, &reqs[i].d);
+		tn_prov_plan_of(tenants[i]->obj, &reqs[i].plan);
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		struct tn_prov_share_req *head = NULL, **tail = &head;
+
+		if (!b->todo[i] || grouped[i])
+			continue;
+		for (size_t j = i; j < b->n; j++) {	/* this tenant's, in order */
+			if (b->todo[j] && !grouped[j] && strcmp(b->w[j].tenant, b->w[i].tenant) == 0) {
+				grouped[j] = true;
+				*tail = &reqs[j];
+				tail = &reqs[j].next;
+			}
+		}
+		op->res = &scratch;
+		tn_prov_share_batch(op, head, NULL);
+		for (size_t j = i; j < b->n; j++) {
+			struct tn_prov_share_req *r = &reqs[j];
+
+			if (!b->todo[j] || strcmp(b->w[j].tenant, b->w[i].tenant) != 0 ||
+			    r->tenant == NULL)
+				continue;
+			op->res = &b->res[j];
+			if (r->st == TN_PROV_OK) {
+				b->w[j].share = r->d;
+			} else {
+				if (r->st == TN_PROV_UNPROCESSABLE)
+					tn_prov_plan_check(op, r->tenant, &r->plan, &r->after,
+							   tn_prov_mailbox_fields_at_fault);
+				else
+					tn_prov_fail(op, r->st, NULL, "%s", r->message != NULL ?
+						     r->message : "plan counters");
+				b->todo[j] = false;
+			}
+			tn_mem_free(&r->message);
+			r->tenant = NULL;	/* settled */
+		}
+		tn_prov_result_clear(&scratch);
+	}
+	tn_mem_free(&reqs);
+	tn_mem_free(&grouped);
+}
+
+static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
+{
+	struct tn_prov_batch *b = arg;
+	struct tn_prov_result *outer = op->res;
+	struct tn_prov_entry **tenants = tn_mem_calloc(b->n, sizeof(*tenants));
+	bool *added = tn_mem_calloc(b->n, sizeof(*added));
+	struct tn_prov_bcache bc = { 0, NULL };
+	enum tn_prov_status st = TN_PROV_OK;
+	char *dn, *why = NULL;
+
+	op->bcache = &bc;
+	/* 1. owners, each read once; nothing is written yet, so a lost
+	 * connection leaves every item to do (the runner may start again) */
+	for (size_t i = 0; i < b->n && st == TN_PROV_OK; i++) {
+		if (!b->todo[i])
+			continue;
+		op->res = &b->res[i];
+		tn_prov_result_clear(op->res);
+		tn_mem_free(&b->w[i].tenant);
+		if (tn_prov_create_owner(op, &b->w[i], &tenants[i]) == TN_PROV_OK)
+			continue;
+		if (op->broken) {
+			st = b->res[i].status;
+			why = tn_mem_strdup(b->res[i].message != NULL ? b->res[i].message : "?");
+		} else {
+			b->todo[i] = false;
+		}
+	}
+	/* 2. duplicates, then the plan counters of the mailboxes */
+	if (st == TN_PROV_OK && op->kd->kind != TN_PROV_TENANT) {
+		op->res = outer;
+		if (tn_prov_batch_dups(op, b, &st) < 0) {
+			why = tn_mem_strdup(outer->message != NULL ? outer->message : "?");
+			tn_prov_result_clear(outer);
+		}
+	}
+	if (st == TN_PROV_OK && op->kd->kind == TN_PROV_MAILBOX)
+		tn_prov_batch_shares(op, b, tenants);
+	/* 3. one add each, in order */
+	for (size_t i = 0; i < b->n && st == TN_PROV_OK; i++) {
+		if (!b->todo[i] || op->broken)
+			continue;
+		op->res = &b->res[i];
+		dn = tn_prov_dn(op->p, op->kd->kind == TN_PROV_TENANT ? NULL : b->w[i].tenant,
+				op->kd->key_attr, b->w[i].key);
+		tn_prov_create_mods(op, &b->w[i]);
+		if (tn_prov_write_back(op, &b->w[i], TN_PROV_WRITE_ADD, dn, NULL) == TN_PROV_OK) {
+			added[i] = true;
+		} else if (!op->broken) {	/* refused, not lost */
+			tn_prov_release(op, b->w[i].tenant, &b->w[i].share);
+		} else {
+			st = b->res[i].status;
+			why = tn_mem_strdup(b->res[i].message != NULL ? b->res[i].message : "?");
+			tn_prov_batch_not_attempted(b, i + 1, &b->res[i]);
+			tn_warning("provisioning: a batch of %s creates was cut short (%s): the "
+				   "plan counters may count the items not attempted until "
+				   "recounted", op->kd->name, why);
+		}
+		b->todo[i] = false;
+		tn_mem_free(&dn);
+	}
+	/* 4. invalidation and events of what was added */
+	tn_prov_batch_commit(op, b, added);
+	op->res = outer;
+	op->bcache = NULL;
+	tn_prov_bcache_clear(&bc);
+	for (size_t i = 0; i < b->n; i++)
+		tn_prov_entry_free(&tenants[i]);
+	tn_mem_free(&tenants);
+	tn_mem_free(&added);
+	if (st != TN_PROV_OK)
+		tn_prov_fail(op, st, NULL, "%s", why);
+	tn_mem_free(&why);
+	return st;
+}
+
+enum tn_prov_status tn_prov_create_batch(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+					 enum tn_prov_kind kind, json_t *const *items, size_t n,
+					 struct tn_prov_result *res_v)
+{
+	struct tn_prov_batch b = { n, tn_mem_calloc(n, sizeof(*b.w)), res_v,
+				   tn_mem_calloc(n, sizeof(bool)) };
+	struct tn_prov_result outer = { 0 };
+	struct tn_prov_op op;
+	enum tn_prov_status st;
+	const char *key, *why;
+	char *self;
+
+	tn_prov_op_begin(&op, p, ctx, kind, &outer);
+	for (size_t i = 0; i < n; i++) {
+		memset(&res_v[i], 0, sizeof(res_v[i]));
+		op.res = &res_v[i];
+		self = NULL;
+		key = json_string_value(json_object_get(items[i], op.kd->fields[0].name));
+		if (key != NULL && tn_prov_input_address(key, &self, &why) < 0)
+			self = NULL;
+		st = tn_prov_parse(&op, items[i], TN_PF_CREATE, self, &b.w[i].norm);
+		if (st == TN_PROV_OK)
+			st = tn_prov_required(&op, b.w[i].norm);
+		if (st == TN_PROV_OK) {
+			b.w[i].key = json_string_value(json_object_get(b.w[i].norm,
+								      op.kd->fields[0].name));
+			b.todo[i] = true;
+		}
+		res_v[i].status = st;
+		tn_mem_free(&self);
+	}
+	op.res = &outer;
+	st = tn_prov_run(&op, tn_prov_batch_step, &b);
+	if (st != TN_PROV_OK) {
+		/* the run never got a connection, or the step was cut short */
+		for (size_t i = 0; i < n; i++) {
+			if (b.todo[i]) {
+				tn_prov_result_clear(&res_v[i]);
+				res_v[i].status = st;
+				res_v[i].message = tn_mem_printf("not attempted: %s", outer.message != NULL ?
+								 outer.message : "?");
+			}
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		tn_prov_wr_clear(&b.w[i]);
+	tn_mem_free(&b.w);
+	tn_mem_free(&b.todo);
+	tn_prov_result_clear(&outer);
 	return st;
 }
 

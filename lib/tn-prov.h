@@ -158,6 +158,16 @@ void tn_prov_destroy(struct tn_prov **p);
 enum tn_prov_status tn_prov_create_object(struct tn_prov *p, const struct tn_prov_ctx *ctx,
 					  enum tn_prov_kind kind, json_t *in,
 					  struct tn_prov_result *res);
+/* n creates of kind (items: create bodies), with the effect of that many
+ * tn_prov_create_object() calls in item order, each with its result in
+ * res_v[i] (the call zeroes them; clear each), sharing the reads of
+ * owners, the plan counters' increment and the events' commits. Returns
+ * TN_PROV_OK when every item has its own result; else the reason the
+ * batch stopped (the directory went away): items not attempted carry it
+ * ("not attempted: ..."), items done before keep theirs. */
+enum tn_prov_status tn_prov_create_batch(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+					 enum tn_prov_kind kind, json_t *const *items, size_t n,
+					 struct tn_prov_result *res_v);
 enum tn_prov_status tn_prov_get(struct tn_prov *p, const struct tn_prov_ctx *ctx,
 				enum tn_prov_kind kind, const char *key,
 				struct tn_prov_result *res);

@@ -8,6 +8,8 @@
  *	/v1/<coll>/<key>		GET, PATCH (If-Match), DELETE (soft)
  *	/v1/<coll>/<key>/<action>	POST suspend | resume | restore | purge
  *	/v1/tenants/<id>/recount	POST: plan counters from a count
+ *	/v1/batch/<coll>		POST {"items": [create bodies]}: 200
+ *					{"results": [one per item]}
  *	<coll>: tenants, domains, mailboxes, aliases. Each request is one
  *	call of the core (resume and restore read the object first); the
  *	answer is a struct provd_reply.
@@ -233,6 +235,90 @@ static void provd_collection(struct provd_call *c)
 	provd_result(c, &res, false);
 	json_decref(in);
 	tn_prov_result_clear(&res);
+}
+
+/* POST /v1/batch/<coll> {"items": [...]}: 200 {"results": [...]}, one
+ * per item in order: {"status": 201, "object", "etag"} or {"status",
+ * "error": {...}} as a single create would answer. */
+static void provd_batch(struct provd_call *c)
+{
+	struct tn_prov_result *res;
+	json_t *in = provd_body(c, false), *items, *results, **v;
+	const char *name, *bad = NULL;
+	enum tn_prov_status st;
+	bool written = false;
+	size_t n;
+	json_t *m;
+
+	if (in == NULL)
+		return;
+	items = json_object_get(in, "items");
+	json_object_foreach(in, name, m) {
+		if (strcmp(name, "items") != 0)
+			bad = name;
+	}
+	n = json_array_size(items);
+	if (bad != NULL) {
+		provd_reply_error(c->rp, 400, "bad_input", "unknown field of a batch (only "
+				  "\"items\" is allowed)", bad);
+	} else if (!json_is_array(items) || n == 0 || n > c->pd->batch_max) {
+		char msg[120];
+
+		snprintf(msg, sizeof(msg), "items: must be an array of 1 to %zu create bodies",
+			 c->pd->batch_max);
+		provd_reply_error(c->rp, 400, "bad_input", msg, "items");
+	} else {
+		res = tn_mem_calloc(n, sizeof(*res));
+		v = tn_mem_calloc(n, sizeof(*v));
+		for (size_t i = 0; i < n; i++)
+			v[i] = json_array_get(items, i);
+		st = tn_prov_create_batch(c->pd->prov, c->ctx, c->kind, v, n, res);
+		for (size_t i = 0; i < n; i++)
+			written = written || res[i].changed;
+		if (st != TN_PROV_OK && !written) {	/* nothing written: say so once */
+			const char *why = NULL;
+
+			for (size_t i = 0; i < n && why == NULL; i++) {
+				if (res[i].status == st)
+					why = res[i].message;
+			}
+			provd_reply_error(c->rp, (unsigned)tn_prov_status_http(st),
+					  tn_prov_status_name(st), why, NULL);
+			for (size_t i = 0; i < n; i++)
+				tn_prov_result_clear(&res[i]);
+			tn_mem_free(&res);
+			tn_mem_free(&v);
+			json_decref(in);
+			return;
+		}
+		results = json_array();
+		for (size_t i = 0; i < n; i++) {
+			unsigned status = (unsigned)tn_prov_status_http(res[i].status);
+			json_t *r;
+
+			if (status >= 400) {
+				r = json_pack("{s:i,s:s,s:s}", "status", (int)status, "code",
+					      tn_prov_status_name(res[i].status), "message",
+					      res[i].message != NULL ? res[i].message :
+					      tn_prov_status_name(res[i].status));
+				if (res[i].field != NULL)
+					json_object_set_new(r, "field", json_string(res[i].field));
+				r = json_pack("{s:i,s:o}", "status", (int)status, "error", r);
+			} else {
+				r = json_pack("{s:i,s:O}", "status", (int)status, "object",
+					      res[i].object != NULL ? res[i].object : json_null());
+				if (res[i].etag != NULL)
+					json_object_set_new(r, "etag", json_sprintf("\"%s\"",
+										    res[i].etag));
+			}
+			json_array_append_new(results, r);
+			tn_prov_result_clear(&res[i]);
+		}
+		provd_reply_json(c->rp, 200, json_pack("{s:o}", "results", results));
+		tn_mem_free(&res);
+		tn_mem_free(&v);
+	}
+	json_decref(in);
 }
 
 static void provd_item(struct provd_call *c)
@@ -516,6 +602,12 @@ void provd_route(struct provd *pd, struct MHD_Connection *conn, const char *url,
 	char *if_match;
 	size_t i;
 
+	bool batch = coll != NULL && strcmp(coll, "batch") == 0 && key != NULL && action == NULL;
+
+	if (batch) {		/* /v1/batch/<coll> */
+		coll = key;
+		key = NULL;
+	}
 	for (i = 0; coll != NULL && i < PROVD_NCOLL; i++) {
 		if (strcmp(coll, provd_collections[i].path) == 0)
 			break;
@@ -531,8 +623,12 @@ void provd_route(struct provd *pd, struct MHD_Connection *conn, const char *url,
 	ctx.deadline = tn_time_now_ms() + pd->prov_timeout;	/* all calls of the request */
 	if_match = provd_if_match(conn);
 	ctx.if_match = if_match;
-	provd_log_request(method, coll, key, action, who);
-	if (key == NULL)
+	provd_log_request(method, coll, key, batch ? "batch" : action, who);
+	if (batch && strcmp(method, "POST") != 0)
+		provd_not_allowed(rp, "POST");
+	else if (batch)
+		provd_batch(&c);
+	else if (key == NULL)
 		provd_collection(&c);
 	else if (action == NULL)
 		provd_item(&c);

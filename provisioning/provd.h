@@ -79,6 +79,7 @@ struct provd {
 	pthread_mutex_t rlock;		/* the tokens' buckets */
 	double rate, burst;		/* requests/s; 0: no limit */
 	size_t max_body;
+	size_t batch_max;		/* items of one POST /v1/batch/<coll> */
 	tn_msec_t prov_timeout;		/* one request's deadline, all its core calls */
 	tn_msec_t idem_ttl, idem_running_ttl;
 	bool metrics;

@@ -92,6 +92,8 @@ static const struct tn_conf_param tn_provd_params[] = {
 	  "PEM certificate chain for HTTPS (empty: plain HTTP)" },
 	{ "provd_tls_key_file", TN_CONF_STR, "", 0, 0, NULL,
 	  "PEM private key for HTTPS (empty: plain HTTP)" },
+	{ "provd_batch_max", TN_CONF_INT, "500", 1, 10000, NULL,
+	  "most items in one POST /v1/batch/<collection>" },
 	TN_CONF_END
 };
 
@@ -487,6 +489,7 @@ static int provd_configure(struct provd *pd, int argc, char **argv, bool *check_
 	if (ret != 0)
 		return ret;
 	pd->max_body = (size_t)tn_conf_size(pd->conf, "provd_max_body");
+	pd->batch_max = (size_t)tn_conf_int(pd->conf, "provd_batch_max");
 	pd->metrics = tn_conf_bool(pd->conf, "provd_metrics");
 	pd->idem_ttl = tn_conf_time_ms(pd->conf, "provd_idempotency_ttl");
 	pd->prov_timeout = tn_conf_time_ms(pd->conf, "prov_timeout");
