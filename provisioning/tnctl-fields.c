@@ -133,6 +133,28 @@ bool tnctl_field_known(const char *name)
 	return false;
 }
 
+/* A key-like string of type t in its normal form, or NULL (*why_r). */
+static char *tnctl_norm(enum tnctl_ftype t, const char *s, const char **why_r)
+{
+	char *norm = NULL;
+	int ret;
+
+	if (t == TNCTL_F_ID || t == TNCTL_F_TENANT)
+		ret = tn_prov_input_tenant_id(s, &norm, why_r);
+	else if (t == TNCTL_F_DOMAIN)
+		ret = tn_prov_input_domain(s, &norm, why_r);
+	else
+		ret = tn_prov_input_address(s, &norm, why_r);
+	if (ret < 0)
+		tn_mem_free(&norm);
+	return norm;
+}
+
+char *tnctl_key_norm(const struct tnctl_kind *k, const char *key, const char **why_r)
+{
+	return tnctl_norm(k->fields[0].type, key, why_r);
+}
+
 /* --- text to JSON --------------------------------------------------------------- */
 
 static json_t *tnctl_count_value(const struct tnctl_field *f, const char *text,
@@ -236,13 +258,10 @@ static int tnctl_check_string(const struct tnctl_field *f, json_t *v, const char
 	switch (f->type) {
 	case TNCTL_F_ID:
 	case TNCTL_F_TENANT:
-		ret = tn_prov_input_tenant_id(s, &norm, why_r);
-		break;
 	case TNCTL_F_DOMAIN:
-		ret = tn_prov_input_domain(s, &norm, why_r);
-		break;
 	case TNCTL_F_ADDRESS:
-		ret = tn_prov_input_address(s, &norm, why_r);
+		norm = tnctl_norm(f->type, s, why_r);
+		ret = norm != NULL ? 0 : -1;
 		break;
 	case TNCTL_F_NAME:
 		return tn_prov_input_name(s, why_r);

@@ -18,7 +18,8 @@
  *	Order: kinds in dependency order (tenants, domains, mailboxes,
  *	aliases), each kind in file order, with a barrier between kinds;
  *	within a kind up to --parallel (8) creates in flight on reused
- *	connections (one libcurl multi handle, tnctl-api.c).
+ *	connections (one libcurl multi handle, tnctl-api.c; the runner and
+ *	its retries are tnctl-bulk.c's, shared with sync).
  *
  *	Every create carries Idempotency-Key "<sha256 of FILE, 32 hex>-
  *	<line>". A 409 is checked with a GET: the object of that kind
@@ -44,15 +45,12 @@
 
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <openssl/sha.h>
 
 #include "tn-log.h"
 #include "tn-mem.h"
@@ -62,9 +60,6 @@
 
 #define IMP_FILE_MAX ((size_t)4 << 30)
 #define IMP_PARALLEL_MAX 256
-#define IMP_RETRY_BUSY 5	/* 503, 409 idempotency_in_progress */
-#define IMP_RETRY_LIMITED 1000	/* 429: the server's rate limit paces us */
-#define IMP_RETRY_NET 3		/* no connection, timeout */
 #define IMP_SHOW_INVALID 10	/* invalid lines shown on stderr */
 #define IMP_TTY_TICK_MS 200
 #define IMP_PLAIN_TICK_MS 2000
@@ -84,16 +79,8 @@ struct imp_line {
 	char *body;		/* the create's JSON */
 	char *error;		/* invalid: why */
 	const char *field;
-};
-
-struct imp_slot {
-	struct tnctl_api_req rq;
-	struct imp_line *l;	/* NULL: free */
-	bool in_flight;
 	bool checking;		/* the GET after a 409 */
 	char *conflict;		/* the 409's description */
-	unsigned busy_tries, net_tries, limited_tries;
-	tn_msec_t not_before;
 };
 
 struct imp {
@@ -109,24 +96,13 @@ struct imp {
 	size_t nlines, cap;
 	FILE *results;
 	struct tnctl_api *api;
-	struct imp_slot *slots;
+	struct tnctl_bulk bulk;
 	size_t counts[6];	/* by enum imp_status */
 	size_t total, done;	/* lines to send this run, and finished */
 	size_t shown_invalid;
 	tn_msec_t start, last_tick;
 	bool tty;
-	bool unreachable, refused;
-	char *stop_reason;
 };
-
-static volatile sig_atomic_t imp_interrupted;
-
-static void imp_on_sigint(int sig)
-{
-	(void)sig;
-	imp_interrupted = 1;
-	signal(SIGINT, SIG_DFL);	/* a second ^C ends tnctl at once */
-}
 
 /* --- lines ----------------------------------------------------------------------- */
 
@@ -206,8 +182,10 @@ static int imp_kind_of(struct imp *im, struct imp_line *l, const char *name)
 
 /* --- NDJSON ------------------------------------------------------------------------ */
 
-static void imp_ndjson_line(struct imp *im, unsigned lineno, const char *s, size_t len)
+/* tnctl_bulk_line_fn */
+static void imp_ndjson_line(void *ctx, unsigned lineno, const char *s, size_t len)
 {
+	struct imp *im = ctx;
 	struct imp_line *l;
 	json_error_t jerr;
 	json_t *obj, *kind;
@@ -232,19 +210,6 @@ static void imp_ndjson_line(struct imp *im, unsigned lineno, const char *s, size
 		imp_kind_of(im, l, json_string_value(kind));
 	json_object_del(obj, "kind");
 	imp_finish_line(l, obj);
-}
-
-static void imp_ndjson(struct imp *im, const char *buf, size_t len)
-{
-	unsigned lineno = 1;
-
-	for (const char *p = buf, *end = buf + len; p < end; lineno++) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t n = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
-
-		imp_ndjson_line(im, lineno, p, n);
-		p += n + 1;
-	}
 }
 
 /* --- CSV ----------------------------------------------------------------------------- */
@@ -340,67 +305,27 @@ static int imp_csv(struct imp *im, const char *buf, size_t len)
 
 /* --- reading the file ------------------------------------------------------------------ */
 
-static void imp_sha256(struct imp *im, const char *buf, size_t len)
-{
-	unsigned char d[SHA256_DIGEST_LENGTH];
-
-	SHA256((const unsigned char *)buf, len, d);
-	for (size_t i = 0; i < sizeof(d); i++)
-		snprintf(im->sha + 2 * i, 3, "%02x", d[i]);
-}
-
-static const char *imp_guess_format(const char *file, const char *buf, size_t len)
-{
-	size_t n = strlen(file);
-
-	if (n > 4 && strcmp(file + n - 4, ".csv") == 0)
-		return "csv";
-	if ((n > 7 && strcmp(file + n - 7, ".ndjson") == 0) ||
-	    (n > 6 && strcmp(file + n - 6, ".jsonl") == 0) ||
-	    (n > 5 && strcmp(file + n - 5, ".json") == 0))
-		return "ndjson";
-	for (size_t i = 0; i < len; i++) {
-		if (buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\r' && buf[i] != '\n')
-			return buf[i] == '{' ? "ndjson" : "csv";
-	}
-	return "csv";
-}
-
 static int imp_read(struct imp *im)
 {
-	FILE *f = strcmp(im->file, "-") == 0 ? stdin : fopen(im->file, "re");
+	const char *why = NULL;
 	char *buf = NULL;
-	size_t len = 0, cap = 0, n;
+	size_t len = 0;
 	int ret = 0;
 
-	if (f == NULL) {
-		fprintf(stderr, "tnctl: %s: %s\n", im->file, strerror(errno));
+	if (tnctl_bulk_read(im->file, IMP_FILE_MAX, &buf, &len, &why) < 0) {
+		fprintf(stderr, "tnctl: %s: %s\n", im->file, why);
 		return EX_NOINPUT;
 	}
-	do {
-		if (len + 65536 + 1 > cap) {
-			cap = cap == 0 ? 1 << 20 : 2 * cap;
-			buf = tn_mem_realloc(buf, cap);
-		}
-		n = fread(buf + len, 1, cap - len - 1, f);
-		len += n;
-	} while (n > 0 && len <= IMP_FILE_MAX);
-	if (ferror(f) || len > IMP_FILE_MAX) {
-		fprintf(stderr, "tnctl: %s: %s\n", im->file, len > IMP_FILE_MAX ? "too large" :
-			strerror(errno));
-		ret = EX_NOINPUT;
-	}
-	if (f != stdin)
-		fclose(f);
-	if (ret == 0) {
-		buf[len] = '\0';
-		imp_sha256(im, buf, len);
-		if (im->format == NULL)
-			im->format = imp_guess_format(im->file, buf, len);
-		if (strcmp(im->format, "csv") == 0)
-			ret = imp_csv(im, buf, len) < 0 ? EX_DATAERR : 0;
-		else
-			imp_ndjson(im, buf, len);
+	tnctl_bulk_sha256(buf, len, im->sha);
+	if (im->format == NULL)
+		im->format = tnctl_bulk_format(im->file, buf, len);
+	if (strcmp(im->format, "csv") == 0) {
+		ret = imp_csv(im, buf, len) < 0 ? EX_DATAERR : 0;
+	} else if (strcmp(im->format, "ndjson") == 0) {
+		tnctl_bulk_lines(buf, len, imp_ndjson_line, im);
+	} else {
+		fprintf(stderr, "tnctl: %s: LDIF is read by sync, not import\n", im->file);
+		ret = EX_DATAERR;
 	}
 	tn_mem_free(&buf);
 	return ret;
@@ -580,11 +505,9 @@ static void imp_progress(struct imp *im, bool last)
 
 /* --- sending ------------------------------------------------------------------------------ */
 
-static void imp_done(struct imp *im, struct imp_slot *s, enum imp_status st, long http,
+static void imp_done(struct imp *im, struct imp_line *l, enum imp_status st, long http,
 		     char *error)
 {
-	struct imp_line *l = s->l;
-
 	l->status = st;
 	if (error != NULL) {
 		tn_mem_free(&l->error);
@@ -595,173 +518,97 @@ static void imp_done(struct imp *im, struct imp_slot *s, enum imp_status st, lon
 	im->counts[st]++;
 	im->done++;
 	imp_record(im, l, http);
-	tnctl_api_req_clear(&s->rq);
-	tn_mem_free(&s->conflict);
-	s->l = NULL;
-	s->in_flight = false;
+	tn_mem_free(&l->conflict);
 	imp_progress(im, false);
 }
 
-static void imp_start(struct imp *im, struct imp_slot *s)
+/* tnctl_bulk_send_fn: the line's create */
+static void imp_send(void *ctx, void *item, struct tnctl_api_req *rq)
 {
-	if (tnctl_api_start(im->api, &s->rq) < 0) {
-		imp_done(im, s, IMP_FAILED, 0, tn_mem_strdup(s->rq.error));
-		return;
-	}
-	s->in_flight = true;
-}
-
-static void imp_send(struct imp *im, struct imp_slot *s, struct imp_line *l)
-{
+	struct imp *im = ctx;
+	struct imp_line *l = item;
 	char *path = tn_mem_printf("/v1/%s", tnctl_kinds[l->kind].coll);
 	char *idem = tn_mem_printf("%.32s-%u", im->sha, l->line);
 
-	memset(s, 0, sizeof(*s));
-	s->l = l;
-	tnctl_api_req_init(&s->rq, "POST", path, l->body, NULL, idem);
-	s->rq.data = s;
+	tnctl_api_req_init(rq, "POST", path, l->body, NULL, idem);
 	tn_mem_free(&path);
 	tn_mem_free(&idem);
-	imp_start(im, s);
 }
 
 /* After a 409: is it this line's object? */
-static void imp_check(struct imp *im, struct imp_slot *s)
+static void imp_check(struct imp_line *l, struct tnctl_api_req *rq)
 {
-	const struct tnctl_kind *k = &tnctl_kinds[s->l->kind];
-	char *key = tnctl_api_escape(s->l->key);
+	const struct tnctl_kind *k = &tnctl_kinds[l->kind];
+	char *key = tnctl_api_escape(l->key);
 	char *path = tn_mem_printf("/v1/%s/%s", k->coll, key);
 
-	s->conflict = tnctl_api_describe(&s->rq);
-	tnctl_api_req_clear(&s->rq);
-	tnctl_api_req_init(&s->rq, "GET", path, NULL, NULL, NULL);
-	s->rq.data = s;
-	s->checking = true;
+	l->conflict = tnctl_api_describe(rq);
+	tnctl_api_req_clear(rq);
+	tnctl_api_req_init(rq, "GET", path, NULL, NULL, NULL);
+	l->checking = true;
 	tn_mem_free(&key);
 	tn_mem_free(&path);
-	imp_start(im, s);
 }
 
-static void imp_checked(struct imp *im, struct imp_slot *s)
+static void imp_checked(struct imp *im, struct imp_line *l, struct tnctl_api_req *rq)
 {
-	json_t *obj = s->rq.http == 200 ? tnctl_api_json(&s->rq) : NULL;
-	const char *tenant = json_string_value(json_object_get(obj, s->l->kind == 0 ? "id" :
+	json_t *obj = rq->http == 200 ? tnctl_api_json(rq) : NULL;
+	const char *tenant = json_string_value(json_object_get(obj, l->kind == 0 ? "id" :
 							       "tenant"));
-	bool same = obj != NULL && (s->l->tenant == NULL ||
-				    (tenant != NULL && strcasecmp(tenant, s->l->tenant) == 0));
+	bool same = obj != NULL && (l->tenant == NULL ||
+				    (tenant != NULL && strcasecmp(tenant, l->tenant) == 0));
 
 	json_decref(obj);
 	if (same)
-		imp_done(im, s, IMP_EXISTS, 200, NULL);
+		imp_done(im, l, IMP_EXISTS, 200, NULL);
 	else
-		imp_done(im, s, IMP_FAILED, 409, tn_mem_printf(
-				 "%s%s", s->conflict, obj != NULL ? " (another tenant's)" : ""));
+		imp_done(im, l, IMP_FAILED, 409, tn_mem_printf(
+				 "%s%s", l->conflict, obj != NULL ? " (another tenant's)" : ""));
 }
 
-/* No answer, 503, 429, or the same key still running: again later, or
- * give up. */
-static void imp_retry(struct imp *im, struct imp_slot *s)
+/* tnctl_bulk_answer_fn */
+static bool imp_answer(void *ctx, void *item, struct tnctl_api_req *rq, const char *stopped)
 {
-	bool net = s->rq.http == 0, limited = s->rq.http == 429;
-	unsigned *tries = net ? &s->net_tries : limited ? &s->limited_tries : &s->busy_tries;
-	unsigned max = net ? IMP_RETRY_NET : limited ? IMP_RETRY_LIMITED : IMP_RETRY_BUSY;
-	long wait = s->rq.retry_after > 0 ? s->rq.retry_after * 1000 : 1000;
+	struct imp *im = ctx;
+	struct imp_line *l = item;
+	long http = rq->http;
 
-	if (++*tries < max && !imp_interrupted) {
-		s->in_flight = false;
-		s->not_before = tn_time_now_ms() + (wait > 10000 ? 10000 : wait);
-		return;
-	}
-	if (net && !im->unreachable) {
-		im->unreachable = true;
-		im->stop_reason = tnctl_api_describe(&s->rq);
-	}
-	imp_done(im, s, IMP_FAILED, s->rq.http, tnctl_api_describe(&s->rq));
-}
-
-/* 409 because the same Idempotency-Key is still running (the request
- * of a killed run): not a duplicate, wait for it. */
-static bool imp_in_progress(const struct imp_slot *s)
-{
-	char *code = s->rq.http == 409 ? tnctl_api_code(&s->rq) : NULL;
-	bool ret = code != NULL && strcmp(code, "idempotency_in_progress") == 0;
-
-	tn_mem_free(&code);
-	return ret;
-}
-
-static void imp_answer(struct imp *im, struct imp_slot *s)
-{
-	long http = s->rq.http;
-
-	s->in_flight = false;
-	if (http == 0 || http == 503 || http == 429 || imp_in_progress(s)) {
-		imp_retry(im, s);
-	} else if (s->checking) {
-		imp_checked(im, s);
+	if (stopped != NULL) {
+		imp_done(im, l, IMP_FAILED, 0, tn_mem_strdup(stopped));
+	} else if (http == 0 || http == 503 || http == 429) {
+		imp_done(im, l, IMP_FAILED, http, tnctl_api_describe(rq));
+	} else if (l->checking) {
+		imp_checked(im, l, rq);
 	} else if (http == 200 || http == 201) {
 		/* a replayed answer: an earlier run created it */
-		imp_done(im, s, s->rq.replayed ? IMP_EXISTS : IMP_CREATED, http, NULL);
+		imp_done(im, l, rq->replayed ? IMP_EXISTS : IMP_CREATED, http, NULL);
 	} else if (http == 409) {
-		imp_check(im, s);
+		imp_check(l, rq);
+		return true;
 	} else {
-		if (http == 401 && !im->refused) {
-			im->refused = true;
-			im->stop_reason = tnctl_api_describe(&s->rq);
-		}
-		s->l->field = NULL;
-		imp_done(im, s, http == 400 || http == 413 ? IMP_INVALID : IMP_FAILED, http,
-			 tnctl_api_describe(&s->rq));
+		l->field = NULL;
+		imp_done(im, l, http == 400 || http == 413 ? IMP_INVALID : IMP_FAILED, http,
+			 tnctl_api_describe(rq));
 	}
+	return false;
 }
 
-static bool imp_stopping(const struct imp *im)
+static void imp_tick(void *ctx)
 {
-	return imp_interrupted || im->unreachable || im->refused;
-}
-
-/* Start what can be started: retries whose time has come, then the
- * next lines of todo. The number of slots in use. */
-static size_t imp_fill(struct imp *im, struct imp_line **todo, size_t n, size_t *next)
-{
-	tn_msec_t now = tn_time_now_ms();
-	size_t busy = 0;
-
-	for (size_t i = 0; i < im->parallel; i++) {
-		struct imp_slot *s = &im->slots[i];
-
-		if (s->l != NULL && !s->in_flight && imp_stopping(im))
-			imp_done(im, s, IMP_FAILED, 0, tn_mem_strdup("not tried again: stopped"));
-		else if (s->l != NULL && !s->in_flight && now >= s->not_before)
-			imp_start(im, s);
-		while (s->l == NULL && !imp_stopping(im) && *next < n)
-			imp_send(im, s, todo[(*next)++]);
-		busy += s->l != NULL;
-	}
-	return busy;
+	imp_progress(ctx, false);
 }
 
 /* The lines of one kind, in file order, --parallel at a time. */
 static void imp_kind(struct imp *im, int kind)
 {
-	struct imp_line **todo = tn_mem_calloc(im->nlines + 1, sizeof(*todo));
-	struct tnctl_api_req *rq;
-	size_t n = 0, next = 0, busy;
+	void **todo = tn_mem_calloc(im->nlines + 1, sizeof(*todo));
+	size_t n = 0;
 
 	for (size_t i = 0; i < im->nlines; i++) {
 		if (im->lines[i].kind == kind && im->lines[i].status == IMP_TODO)
 			todo[n++] = &im->lines[i];
 	}
-	for (;;) {
-		busy = imp_fill(im, todo, n, &next);
-		if (busy == 0 && (next >= n || imp_stopping(im)))
-			break;
-		if (tnctl_api_in_flight(im->api) == 0)
-			usleep(20 * 1000);	/* only retries waiting for their time */
-		else if ((rq = tnctl_api_next(im->api, 100)) != NULL)
-			imp_answer(im, rq->data);
-		imp_progress(im, false);
-	}
+	tnctl_bulk_run(&im->bulk, todo, n);
 	tn_mem_free(&todo);
 }
 
@@ -877,13 +724,13 @@ static int imp_summary(struct imp *im)
 	       "%zu not tried; %.1fs, %.0f lines/s\n", im->file, im->counts[IMP_CREATED],
 	       im->counts[IMP_EXISTS], im->counts[IMP_FAILED], im->counts[IMP_INVALID],
 	       im->counts[IMP_SKIPPED], left, secs, secs > 0 ? (double)im->done / secs : 0.0);
-	if (im->refused) {
-		fprintf(stderr, "tnctl: import stopped: %s\n", im->stop_reason);
+	if (im->bulk.refused) {
+		fprintf(stderr, "tnctl: import stopped: %s\n", im->bulk.stop_reason);
 		return EX_NOPERM;
 	}
-	if (im->unreachable || imp_interrupted) {
+	if (im->bulk.unreachable || tnctl_bulk_interrupted()) {
 		fprintf(stderr, "tnctl: import stopped (%s): %zu lines not done; rerun with "
-			"--resume\n", im->unreachable ? im->stop_reason : "interrupted",
+			"--resume\n", im->bulk.unreachable ? im->bulk.stop_reason : "interrupted",
 			left + im->counts[IMP_FAILED]);
 		return EX_TEMPFAIL;
 	}
@@ -892,7 +739,6 @@ static int imp_summary(struct imp *im)
 
 static int imp_run(struct imp *im)
 {
-	struct sigaction sa;
 	int ret;
 
 	im->api = tnctl_api_create(im->ctl->conf, im->parallel);
@@ -902,19 +748,19 @@ static int imp_run(struct imp *im)
 	}
 	if ((ret = imp_open_results(im)) != 0)
 		return ret;
-	im->slots = tn_mem_calloc(im->parallel, sizeof(*im->slots));
+	im->bulk = (struct tnctl_bulk){ .api = im->api, .parallel = im->parallel,
+					.send = imp_send, .answer = imp_answer, .tick = imp_tick,
+					.ctx = im };
 	im->start = tn_time_now_ms();
 	imp_count_local(im);
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = imp_on_sigint;
-	sigaction(SIGINT, &sa, NULL);
+	tnctl_bulk_catch_sigint();
 	if (im->progress && !im->tty)
 		fprintf(stderr, "import: %zu lines to create (%zu done before, %zu invalid), "
 			"%u in parallel\n", im->total, im->counts[IMP_SKIPPED],
 			im->counts[IMP_INVALID], im->parallel);
-	for (int k = 0; k < TNCTL_NKINDS && !imp_stopping(im); k++)
+	for (int k = 0; k < TNCTL_NKINDS && !tnctl_bulk_stopping(&im->bulk); k++)
 		imp_kind(im, k);	/* a barrier between kinds */
-	signal(SIGINT, SIG_DFL);
+	tnctl_bulk_release_sigint();
 	return imp_summary(im);
 }
 
@@ -925,12 +771,12 @@ static void imp_free(struct imp *im)
 		tn_mem_free(&im->lines[i].tenant);
 		tn_mem_free(&im->lines[i].body);
 		tn_mem_free(&im->lines[i].error);
+		tn_mem_free(&im->lines[i].conflict);
 	}
 	tn_mem_free(&im->lines);
 	if (im->results != NULL)
 		fclose(im->results);
-	tn_mem_free(&im->slots);
-	tn_mem_free(&im->stop_reason);
+	tnctl_bulk_clear(&im->bulk);
 	tnctl_api_destroy(&im->api);
 }
 
@@ -940,7 +786,6 @@ int tnctl_import(struct tnctl *ctl, int argc, char **argv)
 	char *results = NULL;
 	int ret;
 
-	imp_interrupted = 0;
 	if ((ret = imp_options(&im, argc, argv)) != 0)
 		return ret;
 	im.tty = isatty(STDERR_FILENO) == 1;

@@ -97,36 +97,6 @@ static const struct {
 
 /* --- reading: files, passwords ------------------------------------------------------ */
 
-/* A whole file ("-": standard input), at most max bytes. */
-static char *tnctl_prov_slurp(const char *path, size_t max, size_t *len_r, const char **why_r)
-{
-	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "re");
-	char *buf = NULL;
-	size_t len = 0, n;
-
-	if (f == NULL) {
-		*why_r = strerror(errno);
-		return NULL;
-	}
-	buf = tn_mem_alloc(65536 + 1);
-	while ((n = fread(buf + len, 1, 65536, f)) > 0) {
-		len += n;
-		if (len > max)
-			break;
-		buf = tn_mem_realloc(buf, len + 65536 + 1);
-	}
-	if (ferror(f) || len > max) {
-		*why_r = len > max ? "too large" : strerror(errno);
-		tn_mem_free(&buf);
-	} else {
-		buf[len] = '\0';
-		*len_r = len;
-	}
-	if (f != stdin)
-		fclose(f);
-	return buf;
-}
-
 /* The first line of path ("-": standard input), without its line end. */
 static char *tnctl_prov_password_file(const char *path, const char **why_r)
 {
@@ -377,8 +347,7 @@ static bool tnctl_prov_is_bytes(const char *name)
 	return len > 6 && strcmp(name + len - 6, "_bytes") == 0;
 }
 
-/* A value for people (tn_mem_free); short: for a table cell. */
-static char *tnctl_prov_text(const char *name, json_t *v, bool short_form)
+char *tnctl_prov_text(const char *name, json_t *v, bool short_form)
 {
 	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
 	char buf[TN_LOG_VALUE_MAX], *out = NULL, *item;
@@ -546,8 +515,11 @@ static int tnctl_prov_body(struct tnctl_prov_run *r, char **text_r)
 
 	if (r->body_file != NULL) {
 		json_decref(body);
-		text = tnctl_prov_slurp(r->body_file, TNCTL_BODY_MAX, &len, &why);
-		body = text != NULL ? json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+		text = NULL;
+		if (tnctl_bulk_read(r->body_file, TNCTL_BODY_MAX, &text, &len, &why) == 0)
+			body = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+		else
+			body = NULL;
 		tn_mem_free(&text);
 		if (!json_is_object(body)) {
 			json_decref(body);
@@ -697,16 +669,18 @@ static json_t *tnctl_prov_page(struct tnctl_prov_run *r, long limit, const char 
 	return page;
 }
 
-static int tnctl_prov_list(struct tnctl_prov_run *r)
+/* The pages from r->cursor on (one with --limit, else all) into all:
+ * the last page, or NULL (*ret_r); the next cursor in *cursor_r. */
+static json_t *tnctl_prov_collect(struct tnctl_prov_run *r, json_t *all, char **cursor_r,
+				  int *ret_r)
 {
 	long page_size = (long)tn_conf_int(r->ctl->conf, "prov_list_max");
-	json_t *all = json_array(), *page = NULL;
 	char *cursor = r->cursor != NULL ? tn_mem_strdup(r->cursor) : NULL;
-	int ret = 0;
+	json_t *page = NULL;
 
 	do {
 		json_decref(page);
-		page = tnctl_prov_page(r, r->limit > 0 ? r->limit : page_size, cursor, &ret);
+		page = tnctl_prov_page(r, r->limit > 0 ? r->limit : page_size, cursor, ret_r);
 		tn_mem_free(&cursor);
 		if (page == NULL)
 			break;
@@ -715,6 +689,36 @@ static int tnctl_prov_list(struct tnctl_prov_run *r)
 			cursor = tn_mem_strdup(json_string_value(json_object_get(page,
 										 "next_cursor")));
 	} while (cursor != NULL && r->limit == 0);
+	*cursor_r = cursor;
+	return page;
+}
+
+json_t *tnctl_prov_list_all(struct tnctl *ctl, struct tnctl_api *api, const struct tnctl_kind *k,
+			    const char *tenant, const char *domain, int *ret_r)
+{
+	struct tnctl_prov_run r = { .ctl = ctl, .k = k, .verb = "list", .tenant = tenant,
+				    .domain = domain, .api = api };
+	json_t *all = json_array(), *page;
+	char *cursor = NULL;
+
+	*ret_r = 0;
+	page = tnctl_prov_collect(&r, all, &cursor, ret_r);
+	tn_mem_free(&cursor);
+	if (page == NULL) {
+		json_decref(all);
+		return NULL;
+	}
+	json_decref(page);
+	return all;
+}
+
+static int tnctl_prov_list(struct tnctl_prov_run *r)
+{
+	json_t *all = json_array(), *page;
+	char *cursor = NULL;
+	int ret = 0;
+
+	page = tnctl_prov_collect(r, all, &cursor, &ret);
 	if (page != NULL && r->json && r->limit > 0)
 		tnctl_prov_print_json(page);
 	else if (page != NULL && r->json) {

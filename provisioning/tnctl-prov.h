@@ -76,6 +76,10 @@ const struct tnctl_field *tnctl_field_find(const struct tnctl_kind *k, const cha
 /* Is name a field of any kind? */
 bool tnctl_field_known(const char *name);
 
+/* A key of kind k (id, domain, address) in its normal form (fresh:
+ * tn_mem_free), or NULL and *why_r when it is not one. */
+char *tnctl_key_norm(const struct tnctl_kind *k, const char *key, const char **why_r);
+
 /* text as the JSON value of field f: integers (with k/m/g/t for
  * bytes; "unlimited" is 0; "null"/"none"/"inherit" null), booleans
  * (yes/no, true/false, on/off, 1/0), targets (a JSON array, or
@@ -111,8 +115,93 @@ void tnctl_csv_init(struct tnctl_csv *c, const char *buf, size_t len);
 int tnctl_csv_next(struct tnctl_csv *c, struct tnctl_csv_record *rec, const char **why_r);
 void tnctl_csv_record_clear(struct tnctl_csv_record *rec);
 
+/* --- tnctl-ldif.c: LDIF (RFC 2849) content records --- */
+
+struct tnctl_ldif {
+	const char *p, *end;	/* what is left of the buffer */
+	unsigned line;		/* physical line of p, from 1 */
+};
+
+void tnctl_ldif_init(struct tnctl_ldif *l, const char *buf, size_t len);
+/* The next entry as a JSON object: "dn" and each attribute (its name
+ * in lower case, options dropped) → an array of its values (strings;
+ * "attr:: " base64 decoded). 1, 0 at the end, -1 for a malformed entry
+ * (*why_r; the reader goes on after it). *line_r: where it starts.
+ * Comments, folded lines (a leading space), "version:" and
+ * "changetype: add" are understood; other change records and "attr:<"
+ * URLs are malformed. */
+int tnctl_ldif_next(struct tnctl_ldif *l, json_t **entry_r, unsigned *line_r,
+		    const char **why_r);
+
+/* --- tnctl-bulk.c: what import and sync share --- */
+
+struct tnctl_api;
+struct tnctl_api_req;
+
+/* A whole file ("-": standard input) of at most max bytes,
+ * NUL-terminated, in *buf_r (tn_mem_free). 0, or -1 with *why_r. */
+int tnctl_bulk_read(const char *path, size_t max, char **buf_r, size_t *len_r,
+		    const char **why_r);
+
+/* SHA-256 of data in hex (64 digits and a NUL). */
+void tnctl_bulk_sha256(const void *data, size_t len, char hex[65]);
+/* fn for each line of buf (without its LF), numbered from 1. */
+typedef void tnctl_bulk_line_fn(void *ctx, unsigned line, const char *p, size_t len);
+void tnctl_bulk_lines(const char *buf, size_t len, tnctl_bulk_line_fn *fn, void *ctx);
+/* The format of an input file by its name (.csv, .ndjson, .jsonl,
+ * .json, .ldif), else by its first character ('{' ndjson; '#', "dn:",
+ * "version:" ldif): "csv", "ndjson" or "ldif". */
+const char *tnctl_bulk_format(const char *file, const char *buf, size_t len);
+
+/* Put item's first request into rq (tnctl_api_req_init). */
+typedef void tnctl_bulk_send_fn(void *ctx, void *item, struct tnctl_api_req *rq);
+/* The final answer of item's request in rq (after the runner's
+ * retries; http 0: none), or stopped: why it was given up without one.
+ * true after putting the item's next request into rq (clear, then
+ * tnctl_api_req_init); false: the item is finished. */
+typedef bool tnctl_bulk_answer_fn(void *ctx, void *item, struct tnctl_api_req *rq,
+				  const char *stopped);
+typedef void tnctl_bulk_tick_fn(void *ctx);
+
+struct tnctl_bulk_slot;
+
+struct tnctl_bulk {
+	/* the caller's */
+	struct tnctl_api *api;
+	unsigned parallel;		/* items in flight at once */
+	tnctl_bulk_send_fn *send;
+	tnctl_bulk_answer_fn *answer;
+	tnctl_bulk_tick_fn *tick;	/* NULL, or called while waiting */
+	void *ctx;
+	/* the outcome */
+	bool unreachable;		/* no answer after the retries */
+	bool refused;			/* 401 */
+	char *stop_reason;		/* the answer that stopped the run */
+	/* private */
+	struct tnctl_bulk_slot *slots;
+};
+
+/* items in their order, b->parallel at a time, until all are finished
+ * or the run stops (unreachable, refused, SIGINT): see tnctl-bulk.c. */
+void tnctl_bulk_run(struct tnctl_bulk *b, void **items, size_t n);
+bool tnctl_bulk_stopping(const struct tnctl_bulk *b);
+void tnctl_bulk_clear(struct tnctl_bulk *b);
+/* The first SIGINT stops the runs, a second one ends tnctl. */
+void tnctl_bulk_catch_sigint(void);
+void tnctl_bulk_release_sigint(void);
+bool tnctl_bulk_interrupted(void);
+
 /* --- tnctl-prov.c, tnctl-import.c --- */
 
+/* A value of field name for people: sizes of *_bytes fields in KiB, MiB,
+ * ...; "-" for none; untrusted text made safe (fresh: tn_mem_free).
+ * short_form: for a table cell. */
+char *tnctl_prov_text(const char *name, json_t *v, bool short_form);
+/* Every object of kind k (deleted ones too) under the filters (NULL:
+ * none), all pages: a JSON array, or NULL after a message on stderr with
+ * the exit status in *ret_r. */
+json_t *tnctl_prov_list_all(struct tnctl *ctl, struct tnctl_api *api, const struct tnctl_kind *k,
+			    const char *tenant, const char *domain, int *ret_r);
 /* tnctl tenant|domain|mailbox|alias VERB ...: argv[0] is the kind */
 int tnctl_prov_kind(struct tnctl *ctl, int argc, char **argv);
 #define TNCTL_PROV_USAGE(kind, key) \
@@ -121,6 +210,13 @@ int tnctl_prov_kind(struct tnctl *ctl, int argc, char **argv);
 	"tenant create|get|list|update|suspend|resume|restore|delete|purge|recount [ID] [options]"
 /* tnctl import ... FILE */
 int tnctl_import(struct tnctl *ctl, int argc, char **argv);
+/* tnctl sync ... FEED (tnctl-sync.c) */
+int tnctl_sync(struct tnctl *ctl, int argc, char **argv);
+#define TNCTL_SYNC_USAGE \
+	"sync --kind tenant|domain|mailbox|alias [--tenant T | --domain D]" \
+	" [--format csv|ndjson|ldif] [--map ATTR=FIELD]... [--fields F,...] [--apply] [--yes]" \
+	" [--suspend-missing|--ignore-missing|--allow-delete] [--update-passwords]" \
+	" [--max-changes N] [--parallel N] [--json] FEED"
 #define TNCTL_IMPORT_USAGE \
 	"import [--kind tenant|domain|mailbox|alias] [--format csv|ndjson] [--results FILE]" \
 	" [--resume] [--dry-run] [--parallel N] [--progress|--no-progress] FILE"
