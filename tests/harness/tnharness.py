@@ -675,7 +675,7 @@ class Stack:
     the over-quota example's usage; writes WORKDIR/tenantmail.conf.
     A context manager; stop() always stops everything."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, slapd_debug="stats,filter"):
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, exist_ok=True)
         self.slapd = None
@@ -685,7 +685,7 @@ class Stack:
         for sub in ("slapd", "redis"):
             shutil.rmtree(os.path.join(self.workdir, sub), ignore_errors=True)
         try:
-            self.slapd = Slapd(os.path.join(self.workdir, "slapd"))
+            self.slapd = Slapd(os.path.join(self.workdir, "slapd"), debug=slapd_debug)
             self.slapd.load_ldif(os.path.join(SCHEMA_DIR, "example-dit.ldif"))
             self.redis = Redis(os.path.join(self.workdir, "redis"))
             self.seed_redis()
