@@ -26,6 +26,10 @@
  *	import [options] FILE
  *		Many creates from CSV or NDJSON, in parallel, resumable
  *		(tnctl-import.c).
+ *	sync --kind K [scope] [options] FEED
+ *		Reconcile the directory with an upstream feed (CSV, NDJSON,
+ *		LDIF): the plan, then with --apply creates, updates,
+ *		suspends, resumes (tnctl-sync.c).
  *	config [-n | -d | -a | --doc]
  *		Print parameter settings: changed ones (-n, default), the
  *		defaults (-d), all effective values (-a), or the parameter
@@ -325,6 +329,7 @@ static const struct tnctl_command tnctl_commands[] = {
 	{ "mailbox", tnctl_prov_kind, TNCTL_PROV_USAGE("mailbox", "[ADDRESS]"), NULL },
 	{ "alias", tnctl_prov_kind, TNCTL_PROV_USAGE("alias", "[ADDRESS]"), NULL },
 	{ "import", tnctl_import, TNCTL_IMPORT_USAGE, NULL },
+	{ "sync", tnctl_sync, TNCTL_SYNC_USAGE, NULL },
 	{ "config", tnctl_config, "config [-n | -d | -a | --doc]", NULL },
 	{ NULL, NULL, NULL, NULL },
 };
