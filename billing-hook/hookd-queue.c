@@ -5,10 +5,12 @@
  *	in-memory index of one endpoint's queue
  * DESCRIPTION
  *	See hookd.h. A chained hash on the id (FNV-1a, doubled at load 1)
- *	and a binary min-heap on (next_ms, id).
+ *	and a binary min-heap on (next_ms, id); the segments in a second
+ *	chained hash on their id.
  *--*/
 #include "tn-build.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "hookd.h"
@@ -90,6 +92,63 @@ void hookd_queue_init(struct hookd_queue *q)
 	memset(q, 0, sizeof(*q));
 	q->nbuckets = 1024;
 	q->buckets = tn_mem_calloc(q->nbuckets, sizeof(*q->buckets));
+	q->nsbuckets = 256;
+	q->sbuckets = tn_mem_calloc(q->nsbuckets, sizeof(*q->sbuckets));
+}
+
+static void hookd_grow_segs(struct hookd_queue *q)
+{
+	size_t n = q->nsbuckets * 2;
+	struct hookd_seg **b = tn_mem_calloc(n, sizeof(*b));
+
+	for (size_t i = 0; i < q->nsbuckets; i++) {
+		struct hookd_seg *seg = q->sbuckets[i], *next;
+
+		for (; seg != NULL; seg = next) {
+			next = seg->hnext;
+			seg->hnext = b[hookd_hash(seg->id) & (n - 1)];
+			b[hookd_hash(seg->id) & (n - 1)] = seg;
+		}
+	}
+	tn_mem_free(&q->sbuckets);
+	q->sbuckets = b;
+	q->nsbuckets = n;
+}
+
+struct hookd_seg *hookd_queue_seg_find(const struct hookd_queue *q, const char *id)
+{
+	struct hookd_seg *seg = q->sbuckets[hookd_hash(id) & (q->nsbuckets - 1)];
+
+	while (seg != NULL && strcmp(seg->id, id) != 0)
+		seg = seg->hnext;
+	return seg;
+}
+
+struct hookd_seg *hookd_queue_seg_add(struct hookd_queue *q, const char *id)
+{
+	struct hookd_seg *seg;
+	size_t b;
+
+	if (q->nsegs >= q->nsbuckets)
+		hookd_grow_segs(q);
+	seg = tn_mem_calloc(1, sizeof(*seg));
+	memcpy(seg->id, id, sizeof(seg->id));
+	b = hookd_hash(seg->id) & (q->nsbuckets - 1);
+	seg->hnext = q->sbuckets[b];
+	q->sbuckets[b] = seg;
+	q->nsegs++;
+	return seg;
+}
+
+void hookd_queue_seg_remove(struct hookd_queue *q, struct hookd_seg *seg)
+{
+	struct hookd_seg **pp = &q->sbuckets[hookd_hash(seg->id) & (q->nsbuckets - 1)];
+
+	while (*pp != seg)
+		pp = &(*pp)->hnext;
+	*pp = seg->hnext;
+	q->nsegs--;
+	tn_mem_free(&seg);
 }
 
 void hookd_queue_free(struct hookd_queue *q)
@@ -102,7 +161,16 @@ void hookd_queue_free(struct hookd_queue *q)
 			tn_mem_free(&item);
 		}
 	}
+	for (size_t i = 0; i < q->nsbuckets; i++) {
+		struct hookd_seg *seg = q->sbuckets[i], *next;
+
+		for (; seg != NULL; seg = next) {
+			next = seg->hnext;
+			tn_mem_free(&seg);
+		}
+	}
 	tn_mem_free(&q->buckets);
+	tn_mem_free(&q->sbuckets);
 	tn_mem_free(&q->heap);
 	memset(q, 0, sizeof(*q));
 }
@@ -188,6 +256,10 @@ void hookd_item_name(const struct hookd_item *item, char buf[TN_HOOK_QNAME_SIZE]
 {
 	struct tn_hook_qname qn;
 
+	if (item->seg != NULL) {
+		snprintf(buf, TN_HOOK_QNAME_SIZE, "%s.json", item->seg->id);
+		return;
+	}
 	memcpy(qn.id, item->id, sizeof(qn.id));
 	qn.attempts = item->attempts;
 	qn.first_ms = item->first_ms;

@@ -35,6 +35,7 @@
 #include <sys/inotify.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <syslog.h>
 #include <sysexits.h>
 #include <time.h>
@@ -56,6 +57,8 @@
 
 #define HOOKD_FANOUT_BATCH 256
 #define HOOKD_BODY_MAX (TN_OUTBOX_EVENT_MAX + 1)
+/* A file read whole: a segment (one line per event) and a byte more. */
+#define HOOKD_FILE_MAX (TN_OUTBOX_SEGMENT_MAX + 1)
 #define HOOKD_RESP_KEEP 200
 #define HOOKD_STOP_GRACE_MS 5000
 #define HOOKD_NBUCKETS 12
@@ -105,6 +108,7 @@ struct hookd_ep {
  * (reference counted; one thread) and by the requests sending it. */
 struct hookd_ev {
 	unsigned refs;
+	char id[TN_HOOK_ID_SIZE];
 	int64_t sequence;
 	char type[TN_OUTBOX_TYPE_MAX + 1];
 	char tenant[TN_OUTBOX_TENANT_MAX + 1];
@@ -132,14 +136,20 @@ struct hookd_sock {
 	curl_socket_t fd;
 };
 
-/* A delivered event's file, removed by the reaper thread so that the
- * event loop never waits for the file system's unlink (bench/README.md:
- * a third of tn-hookd's time, and up to 74 ms each with discard). The
- * item stays in its queue's hash (out of the heap) until the file is
- * gone, so a rescan in between cannot send it again. */
+/* A delivered event's file, or a segment none of whose events is left
+ * in it, removed by the reaper thread so that the event loop never
+ * waits for the file system's unlink (bench/README.md: a third of
+ * tn-hookd's time, and up to 74 ms each with discard). The item (or
+ * segment) stays in its queue's hash until the file is gone, so a
+ * rescan in between cannot send it again. A segment some of whose
+ * events were written out as retry files is removed only after a
+ * syncfs(2), so that those files are on disk first. */
 struct hookd_reap {
 	struct hookd_ep *ep;
-	struct hookd_item *item;
+	struct hookd_item *item;	/* one of these two */
+	struct hookd_seg *seg;
+	bool sync;			/* syncfs before the unlink */
+	bool kept;			/* the sync failed: the file stays */
 	char path[PATH_MAX];
 	struct hookd_reap *next;
 };
@@ -178,7 +188,7 @@ struct hookd {
 	int64_t retry_initial_ms, retry_max_ms, retry_window_ms, retry_after_max_ms;
 	int64_t tmp_max_age_ms;
 	uint64_t log_max_size;
-	char *scratch;			/* HOOKD_BODY_MAX bytes for reading files */
+	char *scratch;			/* HOOKD_FILE_MAX bytes for reading files */
 	size_t cached_bytes;		/* bodies kept from fan-out until first attempt */
 	unsigned ticks;
 	struct hookd_metrics *metrics;
@@ -189,6 +199,8 @@ struct hookd {
 
 static void hookd_pump(struct hookd *hd);
 static void hookd_fanout_schedule(struct hookd *hd);
+static void hookd_seg_release(struct hookd *hd, struct hookd_ep *ep, struct hookd_seg *seg);
+static void hookd_seg_leave(struct hookd *hd, struct hookd_ep *ep, struct hookd_item *item);
 static void hookd_easy_flush(struct hookd_ep *ep);
 
 /* --- small helpers ---------------------------------------------------------------- */
@@ -263,8 +275,8 @@ static ssize_t hookd_read_path(const char *path, char *buf, size_t size)
 
 /* --- events ------------------------------------------------------------------------ */
 
-/* Check an event file's bytes; a new event with one reference, or NULL
- * with *why_r. */
+/* Check one event's bytes (a line of a segment); a new event with one
+ * reference, or NULL with *why_r. */
 static struct hookd_ev *hookd_ev_parse(const char *buf, size_t len, const char *id,
 				       const char **why_r)
 {
@@ -278,6 +290,7 @@ static struct hookd_ev *hookd_ev_parse(const char *buf, size_t len, const char *
 		len--;
 	ev = tn_mem_alloc(sizeof(*ev) + len + 1);
 	ev->refs = 1;
+	memcpy(ev->id, json_string_value(json_object_get(env, "id")), TN_HOOK_ID_SIZE);
 	ev->sequence = json_integer_value(json_object_get(env, "sequence"));
 	snprintf(ev->type, sizeof(ev->type), "%s", json_string_value(json_object_get(env, "type")));
 	snprintf(ev->tenant, sizeof(ev->tenant), "%s",
@@ -314,6 +327,149 @@ static void hookd_item_uncache(struct hookd *hd, struct hookd_item *item)
 	if (item->ev->refs == 1)
 		hd->cached_bytes -= item->ev->body_len;
 	hookd_ev_unref(&item->ev);
+}
+
+/* --- segments: files of events, one per line ---------------------------------------- */
+
+/* A line of a segment file that is not an event. */
+struct hookd_bad_line {
+	unsigned line;			/* from 1 */
+	const char *text;		/* in the buffer the file was read into */
+	size_t len;
+	const char *why;
+};
+
+/* A segment file's events in file order, and its bad lines. */
+struct hookd_lines {
+	struct hookd_ev **evs;		/* one reference each */
+	size_t n, cap;
+	struct hookd_bad_line *bad;
+	size_t nbad, badcap;
+	bool first_good;		/* line 1 is an event */
+};
+
+static void hookd_lines_free(struct hookd_lines *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		hookd_ev_unref(&l->evs[i]);
+	tn_mem_free(&l->evs);
+	tn_mem_free(&l->bad);
+	memset(l, 0, sizeof(*l));
+}
+
+static bool hookd_lines_has(const struct hookd_lines *l, const char *id)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		if (strcmp(l->evs[i]->id, id) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void hookd_lines_add(struct hookd_lines *l, struct hookd_ev *ev)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap == 0 ? 16 : l->cap * 2;
+		l->evs = tn_mem_realloc(l->evs, l->cap * sizeof(*l->evs));
+	}
+	l->evs[l->n++] = ev;
+}
+
+static void hookd_lines_bad(struct hookd_lines *l, unsigned line, const char *text,
+			    size_t len, const char *why)
+{
+	if (l->nbad == l->badcap) {
+		l->badcap = l->badcap == 0 ? 4 : l->badcap * 2;
+		l->bad = tn_mem_realloc(l->bad, l->badcap * sizeof(*l->bad));
+	}
+	l->bad[l->nbad++] = (struct hookd_bad_line){ line, text, len, why };
+}
+
+/* Split a file's bytes into its events and its bad lines (not an
+ * envelope, or an id seen on an earlier line). A last line without its
+ * newline counts as a line. */
+static void hookd_lines_parse(struct hookd_lines *l, const char *buf, size_t len)
+{
+	const char *p = buf, *end = buf + len;
+	unsigned line = 0;
+
+	memset(l, 0, sizeof(*l));
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+		struct hookd_ev *ev = NULL;
+		const char *why = "empty line";
+
+		line++;
+		if (n > 0)
+			ev = hookd_ev_parse(p, n, NULL, &why);
+		if (ev != NULL && hookd_lines_has(l, ev->id)) {
+			hookd_ev_unref(&ev);
+			why = "an id seen on an earlier line";
+		}
+		if (ev == NULL) {
+			hookd_lines_bad(l, line, p, n, why);
+		} else {
+			l->first_good |= line == 1;
+			hookd_lines_add(l, ev);
+		}
+		p += n + (nl != NULL);
+	}
+}
+
+/* The event of id in a segment file's bytes, or NULL with *why_r. Lines
+ * as the outbox writes them start with the id: only that one is parsed. */
+static struct hookd_ev *hookd_lines_find(const char *buf, size_t len, const char *id,
+					 const char **why_r)
+{
+	struct hookd_lines l;
+	struct hookd_ev *ev = NULL;
+
+	for (const char *p = buf, *end = buf + len, *nl; p < end; p = nl < end ? nl + 1 : end) {
+		size_t n;
+
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if (nl == NULL)
+			nl = end;
+		n = (size_t)(nl - p);
+		if (n > 7 + 36 && memcmp(p, "{\"id\":\"", 7) == 0 && memcmp(p + 7, id, 36) == 0)
+			return hookd_ev_parse(p, n, id, why_r);
+	}
+	/* written otherwise: parse every line */
+	hookd_lines_parse(&l, buf, len);
+	for (size_t i = 0; i < l.n && ev == NULL; i++) {
+		if (strcmp(l.evs[i]->id, id) == 0)
+			ev = hookd_ev_ref(l.evs[i]);
+	}
+	hookd_lines_free(&l);
+	*why_r = "no such event in the segment";
+	return ev;
+}
+
+/* Write an event's bytes and a newline as dir/name through a hidden
+ * temporary name in dir, so that name never shows a partial file (not
+ * synced). -1 with errno. */
+static int hookd_write_event_file(const char *dir, const char *name, const struct hookd_ev *ev)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	struct iovec iov[2] = { { (void *)ev->body, ev->body_len }, { (void *)"\n", 1 } };
+	ssize_t n;
+	int fd, err;
+
+	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, ev->id);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0660)) < 0)
+		return -1;
+	n = writev(fd, iov, 2);
+	err = n < 0 ? errno : EIO;
+	close(fd);
+	if (n == (ssize_t)ev->body_len + 1 && rename(tmp, path) == 0)
+		return 0;
+	if (n == (ssize_t)ev->body_len + 1)
+		err = errno;
+	unlink(tmp);
+	errno = err;
+	return -1;
 }
 
 /* --- delivery log ----------------------------------------------------------------- */
@@ -492,6 +648,90 @@ static unsigned hookd_active_endpoints(const struct hookd *hd)
 
 /* --- scanning --------------------------------------------------------------------- */
 
+/* A retry file left empty by a crash (written, renamed, not yet on disk)
+ * while its event's segment is still there: the segment's copy is used.
+ * True when the item was dropped for that. */
+static bool hookd_drop_empty_retry(struct hookd_ep *ep, int dfd, struct hookd_item *known)
+{
+	char name[TN_HOOK_QNAME_SIZE];
+	struct stat st;
+
+	if (known == NULL || known->seg != NULL || known->ev != NULL ||
+	    known->heap_index == HOOKD_NOT_IN_HEAP)
+		return false;
+	hookd_item_name(known, name);
+	if (fstatat(dfd, name, &st, 0) < 0 || st.st_size > 0 || unlinkat(dfd, name, 0) < 0)
+		return false;
+	tn_warning("endpoint %s: %s/%s is empty (a crash): its segment's copy is used",
+		   ep->conf.name, ep->qdir, name);
+	hookd_queue_remove(&ep->q, known);
+	return true;
+}
+
+/* Index a segment file of ep's queue: an item for each of its events the
+ * endpoint wants that is not known already (its retry file was found:
+ * that state wins), each keeping its event in memory until its first
+ * attempt while the budget allows. A segment left with no item goes at
+ * once. dfd: the queue directory at a scan, -1 at fan-out. */
+static void hookd_seg_index(struct hookd *hd, struct hookd_ep *ep, const char *seg_id,
+			    const struct hookd_lines *lines, int dfd)
+{
+	struct hookd_seg *seg;
+
+	if (hookd_queue_seg_find(&ep->q, seg_id) != NULL)
+		return;
+	seg = hookd_queue_seg_add(&ep->q, seg_id);
+	for (size_t i = 0; i < lines->n; i++) {
+		struct hookd_ev *ev = lines->evs[i];
+		struct tn_hook_qname qn = { .attempts = 0 };
+		struct hookd_item *item;
+
+		if (!tn_hook_endpoint_wants(&ep->conf, ev->type, ev->tenant))
+			continue;
+		memcpy(qn.id, ev->id, sizeof(qn.id));
+		if ((item = hookd_queue_add(&ep->q, &qn)) == NULL &&
+		    (dfd < 0 || !hookd_drop_empty_retry(ep, dfd, hookd_queue_find(&ep->q, qn.id)) ||
+		     (item = hookd_queue_add(&ep->q, &qn)) == NULL))
+			continue;
+		item->seg = seg;
+		seg->left++;
+		if (hd->cached_bytes + ev->body_len <= HOOKD_CACHE_MAX) {
+			if (ev->refs == 1)
+				hd->cached_bytes += ev->body_len;
+			item->ev = hookd_ev_ref(ev);
+		}
+	}
+	if (seg->left == 0)
+		hookd_seg_release(hd, ep, seg);
+}
+
+/* A segment found by a scan of ep's queue. True when it added items. */
+static bool hookd_scan_segment(struct hookd *hd, struct hookd_ep *ep, int dfd,
+			       const char *name, const char *seg_id)
+{
+	struct hookd_lines lines;
+	size_t before = ep->q.count;
+	ssize_t len;
+
+	if ((len = hookd_read_file(dfd, name, hd->scratch, HOOKD_FILE_MAX)) < 0) {
+		if (errno != ENOENT)
+			tn_error("endpoint %s: %s/%s: %s", ep->conf.name, ep->qdir, name,
+				 strerror(errno));
+		return false;
+	}
+	hookd_lines_parse(&lines, hd->scratch, (size_t)len);
+	for (size_t i = 0; i < lines.nbad; i++)
+		tn_warning("endpoint %s: %s/%s line %u: %s; skipped", ep->conf.name, ep->qdir,
+			   name, lines.bad[i].line, lines.bad[i].why);
+	hookd_seg_index(hd, ep, seg_id, &lines, dfd);
+	hookd_lines_free(&lines);
+	return ep->q.count > before;
+}
+
+/* Retry files first, so that an event also found in a segment (a crash
+ * before the segment was released) is known by its retry state; then
+ * the segments not known yet. Temporary files of ours are left-overs of
+ * a crash (they are renamed as soon as written). */
 static void hookd_scan_queue(struct hookd *hd, struct hookd_ep *ep)
 {
 	struct tn_hook_qname qn;
@@ -504,26 +744,27 @@ static void hookd_scan_queue(struct hookd *hd, struct hookd_ep *ep)
 		return;
 	}
 	while ((de = readdir(d)) != NULL) {
-		struct hookd_item *known;
+		size_t len = strlen(de->d_name);
 
-		if (tn_hook_qname_parse(de->d_name, &qn) < 0)
+		if (de->d_name[0] == '.' && len > 4 && strcmp(de->d_name + len - 4, ".tmp") == 0)
+			unlinkat(dirfd(d), de->d_name, 0);
+		if (tn_hook_qname_parse(de->d_name, &qn) < 0 || qn.attempts == 0 ||
+		    hookd_queue_find(&ep->q, qn.id) != NULL)
 			continue;
-		known = hookd_queue_find(&ep->q, qn.id);
-		if (known == NULL) {
-			hookd_queue_add(&ep->q, &qn);
-			added = true;
-		} else if (qn.attempts == 0 && known->attempts > 0) {
-			/* a fan-out repeated after a crash: the state we know wins */
-			if (unlinkat(dirfd(d), de->d_name, 0) == 0)
-				tn_debug("endpoint %s: dropped repeated %s", ep->conf.name,
-					 de->d_name);
-		}
+		hookd_queue_add(&ep->q, &qn);
+		added = true;
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL) {
+		if (tn_hook_qname_parse(de->d_name, &qn) < 0 || qn.attempts != 0 ||
+		    hookd_queue_seg_find(&ep->q, qn.id) != NULL)
+			continue;
+		added |= hookd_scan_segment(hd, ep, dirfd(d), de->d_name, qn.id);
 	}
 	closedir(d);
 	hookd_ep_check_disabled(ep);
 	if (added)
 		hookd_pump(hd);
-	(void)hd;
 }
 
 static void hookd_pending_add(struct hookd *hd, const char *name)
@@ -635,63 +876,138 @@ static void hookd_quarantine(struct hookd *hd, const char *name, const char *why
 	pthread_mutex_unlock(&hd->mlock);
 }
 
-/* Prepare one event's fan-out: *last_r is the last endpoint that wants
- * it (-1: none), which gets the file by rename later; every other one
- * that wants it gets a hard link now (linked[i]). 1: ready, *ev_r the
- * event; 0: leave it for a later try; -1: vanished or quarantined. */
-static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, bool *linked,
-			    int *last_r, struct hookd_ev **ev_r)
+/* A bad line of segment seg_id goes to bad/<seg_id>.line<N>, with a log
+ * line; the segment's other events are delivered. */
+static void hookd_quarantine_line(struct hookd *hd, const char *seg_id,
+				  const struct hookd_bad_line *b)
+{
+	char path[PATH_MAX];
+	struct iovec iov[2] = { { (void *)b->text, b->len }, { (void *)"\n", 1 } };
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s.line%u", hd->baddir, seg_id, b->line);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0660);
+	if (fd < 0 || writev(fd, iov, 2) != (ssize_t)b->len + 1) {
+		tn_error("cannot quarantine line %u of %s/%s.json to %s: %s", b->line,
+			 hd->newdir, seg_id, path, strerror(errno));
+	} else {
+		tn_warning("quarantined line %u of %s/%s.json to %s: %s (the file's other"
+			   " events are delivered)", b->line, hd->newdir, seg_id, path, b->why);
+		pthread_mutex_lock(&hd->mlock);
+		hd->quarantined++;
+		pthread_mutex_unlock(&hd->mlock);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Whether an active endpoint wants any of the events; counts those none
+ * wants. */
+static bool hookd_ep_wants_any(const struct hookd_ep *ep, const struct hookd_lines *lines)
+{
+	if (ep->removed)
+		return false;
+	for (size_t i = 0; i < lines->n; i++) {
+		if (tn_hook_endpoint_wants(&ep->conf, lines->evs[i]->type, lines->evs[i]->tenant))
+			return true;
+	}
+	return false;
+}
+
+static void hookd_count_unrouted(struct hookd *hd, const char *name,
+				 const struct hookd_lines *lines)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < lines->n; i++) {
+		bool wanted = false;
+
+		for (unsigned e = 0; e < hd->neps && !wanted; e++)
+			wanted = !hd->eps[e]->removed &&
+				 tn_hook_endpoint_wants(&hd->eps[e]->conf, lines->evs[i]->type,
+							lines->evs[i]->tenant);
+		if (!wanted)
+			tn_debug("%s: event %s (%s, tenant %s): no endpoint wants it", name,
+				 lines->evs[i]->id, lines->evs[i]->type, lines->evs[i]->tenant);
+		n += !wanted;
+	}
+	if (n == 0)
+		return;
+	pthread_mutex_lock(&hd->mlock);
+	hd->unrouted += n;
+	pthread_mutex_unlock(&hd->mlock);
+}
+
+/* Read and check a file of new/ into lines: 1 ready; 0 leave it for a
+ * later try; -1 vanished or quarantined as a whole (not one event in it,
+ * or its first line's id is not its name). Bad lines of a file that has
+ * events are quarantined one by one, now (they point into the buffer). */
+static int hookd_fanout_read(struct hookd *hd, int newfd, const char *name,
+			     struct hookd_lines *lines)
 {
 	struct tn_hook_qname qn;
-	struct hookd_ev *ev;
-	const char *why;
 	ssize_t len;
-	int last = -1;
 
 	if (tn_hook_qname_parse(name, &qn) < 0 || qn.attempts != 0) {
 		hookd_quarantine(hd, name, "not an event file name (<id>.json)");
 		return -1;
 	}
-	if ((len = hookd_read_file(newfd, name, hd->scratch, HOOKD_BODY_MAX)) < 0) {
+	if ((len = hookd_read_file(newfd, name, hd->scratch, HOOKD_FILE_MAX)) < 0) {
 		if (errno == ENOENT)
 			return -1;
 		if (errno == EFBIG) {
-			hookd_quarantine(hd, name, "larger than an event can be");
+			hookd_quarantine(hd, name, "larger than a segment can be");
 			return -1;
 		}
 		tn_error("%s/%s: %s", hd->newdir, name, strerror(errno));
 		return 0;
 	}
-	if ((ev = hookd_ev_parse(hd->scratch, (size_t)len, qn.id, &why)) == NULL) {
-		hookd_quarantine(hd, name, why);
+	hookd_lines_parse(lines, hd->scratch, (size_t)len);
+	if (lines->n == 0 || (lines->first_good && strcmp(lines->evs[0]->id, qn.id) != 0)) {
+		hookd_quarantine(hd, name, lines->n > 0 ? "id differs from the file name" :
+				 lines->nbad == 0 ? "empty file" : lines->bad[0].why);
+		hookd_lines_free(lines);
 		return -1;
 	}
+	for (size_t i = 0; i < lines->nbad; i++)
+		hookd_quarantine_line(hd, qn.id, &lines->bad[i]);
+	lines->nbad = 0;
+	return 1;
+}
+
+/* Prepare one file's fan-out (a segment: the events of one group
+ * commit, one per line): *last_r is the last endpoint that wants any of
+ * its events (-1: none), which gets the file by rename later; every
+ * other one that wants one gets a hard link now (linked[i]). Each
+ * endpoint's filters pick its events when the segment is indexed.
+ * 1: ready, lines holds the events; 0: leave it for a later try; -1:
+ * vanished or quarantined. */
+static int hookd_fanout_one(struct hookd *hd, int newfd, const char *name, bool *linked,
+			    int *last_r, struct hookd_lines *lines)
+{
+	int ret, last = -1;
+
+	if ((ret = hookd_fanout_read(hd, newfd, name, lines)) != 1)
+		return ret;
 	for (unsigned i = 0; i < hd->neps; i++) {
-		struct hookd_ep *ep = hd->eps[i];
 		char path[PATH_MAX];
 
-		if (ep->removed || !tn_hook_endpoint_wants(&ep->conf, ev->type, ev->tenant))
+		if (!hookd_ep_wants_any(hd->eps[i], lines))
 			continue;
 		if (last >= 0) {
 			snprintf(path, sizeof(path), "%s/%s", hd->eps[last]->qdir, name);
 			if (linkat(newfd, name, AT_FDCWD, path, 0) < 0 && errno != EEXIST) {
 				tn_error("cannot link %s/%s to %s: %s", hd->newdir, name, path,
 					 strerror(errno));
-				hookd_ev_unref(&ev);
+				hookd_lines_free(lines);
 				return 0;
 			}
 			linked[last] = true;
 		}
 		last = (int)i;
 	}
-	if (last < 0) {
-		tn_debug("%s (%s, tenant %s): no endpoint wants it", name, ev->type, ev->tenant);
-		pthread_mutex_lock(&hd->mlock);
-		hd->unrouted++;
-		pthread_mutex_unlock(&hd->mlock);
-	}
+	hookd_count_unrouted(hd, name, lines);
 	*last_r = last;
-	*ev_r = ev;
 	return 1;
 }
 
@@ -703,29 +1019,6 @@ static void hookd_fsync_dir(const char *path)
 		tn_error("fsync %s: %s", path, strerror(errno));
 	if (fd >= 0)
 		close(fd);
-}
-
-/* Queue an event's items, each keeping the event in memory until its
- * first attempt while the memory budget allows. */
-static void hookd_fanout_enqueue(struct hookd *hd, const char *name, const bool *linked,
-				 int last, struct hookd_ev *ev)
-{
-	struct tn_hook_qname qn;
-	bool keep = hd->cached_bytes + ev->body_len <= HOOKD_CACHE_MAX;
-
-	tn_hook_qname_parse(name, &qn);
-	for (unsigned e = 0; e < hd->neps; e++) {
-		struct hookd_item *item;
-
-		if ((!linked[e] && (int)e != last) || hd->eps[e]->removed)
-			continue;
-		item = hookd_queue_add(&hd->eps[e]->q, &qn);
-		if (item != NULL && keep) {
-			if (ev->refs == 1)
-				hd->cached_bytes += ev->body_len;
-			item->ev = hookd_ev_ref(ev);
-		}
-	}
 }
 
 /* Take the name out of new/: renamed into the last endpoint's queue (one
@@ -748,17 +1041,19 @@ static bool hookd_fanout_finish(struct hookd *hd, int newfd, const char *name, i
 	return false;
 }
 
-/* One batch: read and check each event, hard-link it into all but the
- * last endpoint that wants it, fsync those queues, then rename it into
- * the last one. A crash at any point leaves every event in new/ or in
- * every queue that wants it (a link made twice is EEXIST, a rename onto
- * an existing name replaces the same file). */
+/* One batch: read and check each file, hard-link it into all but the
+ * last endpoint that wants any of its events, fsync those queues, then
+ * rename it into the last one, and index it in each. A crash at any
+ * point leaves every file in new/ or in every queue that wants it (a
+ * link made twice is EEXIST, a rename onto an existing name replaces
+ * the same file). */
 static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 {
 	bool linked[HOOKD_FANOUT_BATCH][hd->neps + 1], any[hd->neps + 1];
-	struct hookd_ev *evs[HOOKD_FANOUT_BATCH];
+	struct hookd_lines lines[HOOKD_FANOUT_BATCH];
 	int done[HOOKD_FANOUT_BATCH], last[HOOKD_FANOUT_BATCH];
 	size_t n = hd->npending - from;
+	uint64_t events = 0;
 	int newfd = open(hd->newdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
 	if (newfd < 0) {
@@ -768,11 +1063,11 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 	if (n > HOOKD_FANOUT_BATCH)
 		n = HOOKD_FANOUT_BATCH;
 	memset(any, 0, sizeof(any));
+	memset(lines, 0, n * sizeof(lines[0]));
 	for (size_t i = 0; i < n; i++) {
 		memset(linked[i], 0, sizeof(linked[i]));
-		evs[i] = NULL;
 		done[i] = hookd_fanout_one(hd, newfd, hd->pending[from + i], linked[i], &last[i],
-					   &evs[i]);
+					   &lines[i]);
 		for (unsigned e = 0; e < hd->neps; e++)
 			any[e] |= linked[i][e];
 	}
@@ -781,17 +1076,22 @@ static size_t hookd_fanout_batch(struct hookd *hd, size_t from)
 			hookd_fsync_dir(hd->eps[e]->qdir);
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (done[i] != 1)
-			continue;
-		if (hookd_fanout_finish(hd, newfd, hd->pending[from + i], last[i])) {
-			hookd_fanout_enqueue(hd, hd->pending[from + i], linked[i], last[i], evs[i]);
-			pthread_mutex_lock(&hd->mlock);
-			hd->fanned_out++;
-			pthread_mutex_unlock(&hd->mlock);
+		if (done[i] == 1 && hookd_fanout_finish(hd, newfd, hd->pending[from + i], last[i])) {
+			char seg_id[TN_HOOK_ID_SIZE];
+
+			snprintf(seg_id, sizeof(seg_id), "%.36s", hd->pending[from + i]);
+			for (unsigned e = 0; e < hd->neps; e++) {
+				if ((linked[i][e] || (int)e == last[i]) && !hd->eps[e]->removed)
+					hookd_seg_index(hd, hd->eps[e], seg_id, &lines[i], -1);
+			}
+			events += lines[i].n;
 		}
-		hookd_ev_unref(&evs[i]);
+		hookd_lines_free(&lines[i]);
 	}
 	close(newfd);
+	pthread_mutex_lock(&hd->mlock);
+	hd->fanned_out += events;
+	pthread_mutex_unlock(&hd->mlock);
 	return n;
 }
 
@@ -996,9 +1296,11 @@ static void hookd_req_free(struct hookd_req *r)
 	tn_mem_free(&r);
 }
 
-/* The event to send: the one kept since fan-out (first attempt) or the
- * file read again (retries, events found by a scan). -1: the file
- * vanished or is unusable (the item is forgotten). */
+/* The event to send: the one kept since fan-out (first attempt) or read
+ * again from its file (retries, events found by a scan, or beyond the
+ * memory budget): its own file, or its line of its segment. -1: the
+ * file vanished or is unusable (the item is forgotten; an unusable file
+ * of its own is removed). */
 static int hookd_req_load(struct hookd *hd, struct hookd_req *r)
 {
 	char name[TN_HOOK_QNAME_SIZE], path[PATH_MAX];
@@ -1014,18 +1316,22 @@ static int hookd_req_load(struct hookd *hd, struct hookd_req *r)
 	}
 	hookd_item_name(r->item, name);
 	snprintf(path, sizeof(path), "%s/%s", r->ep->qdir, name);
-	if ((len = hookd_read_path(path, hd->scratch, HOOKD_BODY_MAX)) < 0) {
+	if ((len = hookd_read_path(path, hd->scratch, HOOKD_FILE_MAX)) < 0) {
 		if (errno != ENOENT)
 			tn_error("endpoint %s: %s: %s", r->ep->conf.name, path, strerror(errno));
 		return -1;
 	}
-	if ((r->ev = hookd_ev_parse(hd->scratch, (size_t)len, r->item->id, &why)) == NULL) {
+	if (r->item->seg != NULL) {
+		r->ev = hookd_lines_find(hd->scratch, (size_t)len, r->item->id, &why);
+		if (r->ev == NULL)
+			tn_error("endpoint %s: %s: event %s: %s; dropped", r->ep->conf.name, path,
+				 r->item->id, why);
+	} else if ((r->ev = hookd_ev_parse(hd->scratch, (size_t)len, r->item->id, &why)) == NULL) {
 		tn_error("endpoint %s: %s: %s; removed from the queue (the original was"
 			 " checked when it arrived)", r->ep->conf.name, path, why);
 		unlink(path);
-		return -1;
 	}
-	return 0;
+	return r->ev != NULL ? 0 : -1;
 }
 
 static bool hookd_ep_ready(const struct hookd_ep *ep, int64_t now_ms)
@@ -1044,6 +1350,8 @@ static void hookd_start(struct hookd *hd, struct hookd_ep *ep, struct hookd_item
 	r->attempt = item->attempts + 1;
 	hookd_queue_take(&ep->q, item);
 	if (hookd_req_load(hd, r) < 0) {
+		if (item->seg != NULL)
+			hookd_seg_leave(hd, ep, item);
 		hookd_queue_remove(&ep->q, item);
 		hookd_req_free(r);
 		return;
@@ -1099,6 +1407,52 @@ static void hookd_pump_cb(evutil_socket_t fd, short what, void *arg)
 
 /* --- the reaper thread -------------------------------------------------------------- */
 
+/* Make the retry files written from a segment durable before the
+ * segment goes: one syncfs(2) of the spool's file system. */
+static bool hookd_reap_sync(const struct hookd_reap *j)
+{
+	int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+	bool ok = fd >= 0 && syncfs(fd) == 0;
+
+	if (!ok && !(fd < 0 && errno == ENOENT))
+		tn_error("endpoint %s: syncfs before removing %s: %s; the segment is kept"
+			 " (its events are sent again after a restart)", j->ep->conf.name,
+			 j->path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return ok || errno == ENOENT;
+}
+
+/* The file system's part of a job (either thread); synced: whether a
+ * sync this round already covered it. */
+static void hookd_reap_run(struct hookd_reap *j, bool *synced)
+{
+	if (j->sync && !*synced) {
+		if (!hookd_reap_sync(j)) {
+			j->kept = true;
+			return;
+		}
+		*synced = true;
+	}
+	if (unlink(j->path) < 0 && errno != ENOENT)
+		tn_error("endpoint %s: cannot remove %s: %s", j->ep->conf.name, j->path,
+			 strerror(errno));
+}
+
+/* The loop's part: forget what is gone. A segment kept after a failed
+ * sync stays known, so that it is not sent again before a restart. */
+static void hookd_reap_done(struct hookd_reap *j)
+{
+	if (j->seg != NULL) {
+		if (!j->kept)
+			hookd_queue_seg_remove(&j->ep->q, j->seg);
+	} else {
+		j->ep->reaping--;
+		hookd_queue_remove(&j->ep->q, j->item);
+	}
+	tn_mem_free(&j);
+}
+
 static void *hookd_reaper_main(void *arg)
 {
 	struct hookd_reaper *rp = arg;
@@ -1106,6 +1460,7 @@ static void *hookd_reaper_main(void *arg)
 	pthread_mutex_lock(&rp->lock);
 	for (;;) {
 		struct hookd_reap *batch, *last = NULL;
+		bool synced = false;
 
 		while (rp->jobs == NULL && !rp->stop)
 			pthread_cond_wait(&rp->cond, &rp->lock);
@@ -1116,9 +1471,7 @@ static void *hookd_reaper_main(void *arg)
 		rp->jobs_tail = &rp->jobs;
 		pthread_mutex_unlock(&rp->lock);
 		for (struct hookd_reap *j = batch; j != NULL; j = j->next) {
-			if (unlink(j->path) < 0 && errno != ENOENT)
-				tn_error("endpoint %s: cannot remove %s: %s", j->ep->conf.name,
-					 j->path, strerror(errno));
+			hookd_reap_run(j, &synced);
 			last = j;
 		}
 		pthread_mutex_lock(&rp->lock);
@@ -1131,7 +1484,7 @@ static void *hookd_reaper_main(void *arg)
 	return NULL;
 }
 
-/* In the loop: forget the items whose files are gone. */
+/* In the loop: forget the items and segments whose files are gone. */
 static void hookd_reaper_collect(struct hookd *hd)
 {
 	struct hookd_reaper *rp = &hd->reaper;
@@ -1143,9 +1496,7 @@ static void hookd_reaper_collect(struct hookd *hd)
 	pthread_mutex_unlock(&rp->lock);
 	for (; done != NULL; done = next) {
 		next = done->next;
-		done->ep->reaping--;
-		hookd_queue_remove(&done->ep->q, done->item);
-		tn_mem_free(&done);
+		hookd_reap_done(done);
 	}
 }
 
@@ -1159,29 +1510,51 @@ static void hookd_reaper_wake(evutil_socket_t fd, short what, void *arg)
 	hookd_reaper_collect(arg);
 }
 
+/* Remove a delivered item's own file, or a segment with no item left. */
 static void hookd_reap(struct hookd *hd, struct hookd_ep *ep, struct hookd_item *item,
-		       const char *path)
+		       struct hookd_seg *seg, const char *path)
 {
 	struct hookd_reaper *rp = &hd->reaper;
-	struct hookd_reap *j;
+	struct hookd_reap *j = tn_mem_calloc(1, sizeof(*j));
+	bool synced = false;
 
-	if (!rp->running) {
-		if (unlink(path) < 0 && errno != ENOENT)
-			tn_error("endpoint %s: cannot remove %s: %s", ep->conf.name, path,
-				 strerror(errno));
-		hookd_queue_remove(&ep->q, item);
-		return;
-	}
-	j = tn_mem_calloc(1, sizeof(*j));
 	j->ep = ep;
 	j->item = item;
+	j->seg = seg;
+	j->sync = seg != NULL && seg->wrote_retry;
 	snprintf(j->path, sizeof(j->path), "%s", path);
-	ep->reaping++;
+	if (item != NULL)
+		ep->reaping++;
+	if (!rp->running) {
+		hookd_reap_run(j, &synced);
+		hookd_reap_done(j);
+		return;
+	}
 	pthread_mutex_lock(&rp->lock);
 	*rp->jobs_tail = j;
 	rp->jobs_tail = &j->next;
 	pthread_cond_signal(&rp->cond);
 	pthread_mutex_unlock(&rp->lock);
+}
+
+static void hookd_seg_release(struct hookd *hd, struct hookd_ep *ep, struct hookd_seg *seg)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/%s.json", ep->qdir, seg->id);
+	seg->reaping = true;
+	hookd_reap(hd, ep, NULL, seg, path);
+}
+
+/* An item leaves its segment (delivered, or written out as its own
+ * file); the segment's file goes when none is left in it. */
+static void hookd_seg_leave(struct hookd *hd, struct hookd_ep *ep, struct hookd_item *item)
+{
+	struct hookd_seg *seg = item->seg;
+
+	item->seg = NULL;
+	if (--seg->left == 0)
+		hookd_seg_release(hd, ep, seg);
 }
 
 static void hookd_reaper_start(struct hookd *hd)
@@ -1265,16 +1638,28 @@ static bool hookd_rename_item(struct hookd_ep *ep, const char *oldname,
 	return errno != ENOENT;
 }
 
-static void hookd_to_dead(struct hookd *hd, struct hookd_ep *ep, const char *name,
-			  struct hookd_item *item)
+/* The item becomes dead/<id>.json: its own file is moved there, an
+ * event of a segment is written there (then leaves the segment). false
+ * when that write failed: the item stays as it is. */
+static bool hookd_to_dead(struct hookd *hd, struct hookd_ep *ep, const char *name,
+			  struct hookd_item *item, const struct hookd_ev *ev)
 {
 	char from[PATH_MAX], to[PATH_MAX];
 
 	snprintf(from, sizeof(from), "%s/%s", ep->qdir, name);
 	snprintf(to, sizeof(to), "%s/%s.json", ep->deaddir, item->id);
-	if (rename(from, to) < 0 && errno != ENOENT)
+	if (item->seg != NULL) {
+		snprintf(to, sizeof(to), "%s.json", item->id);
+		if (hookd_write_event_file(ep->deaddir, to, ev) < 0) {
+			tn_error("endpoint %s: cannot write %s/%s: %s", ep->conf.name,
+				 ep->deaddir, to, strerror(errno));
+			return false;
+		}
+		hookd_seg_leave(hd, ep, item);
+	} else if (rename(from, to) < 0 && errno != ENOENT) {
 		tn_error("endpoint %s: cannot move %s to %s: %s", ep->conf.name, from, to,
 			 strerror(errno));
+	}
 	tn_warning("endpoint %s: event %s is a dead letter after %u attempts"
 		   " (tnctl events replay %s)", ep->conf.name, item->id, item->attempts,
 		   item->id);
@@ -1282,6 +1667,29 @@ static void hookd_to_dead(struct hookd *hd, struct hookd_ep *ep, const char *nam
 	ep->dead++;
 	pthread_mutex_unlock(&hd->mlock);
 	hookd_queue_remove(&ep->q, item);
+	return true;
+}
+
+/* After a failed attempt, an event of a segment gets its own retry file
+ * (its new state), then leaves the segment, which is removed after a
+ * sync once none is left in it. If the file cannot be written, the
+ * item stays in the segment with its state in memory only. */
+static void hookd_unseg(struct hookd *hd, struct hookd_ep *ep, struct hookd_item *item,
+			const struct hookd_ev *ev)
+{
+	char name[TN_HOOK_QNAME_SIZE];
+	struct hookd_seg *seg = item->seg;
+
+	item->seg = NULL;
+	hookd_item_name(item, name);
+	item->seg = seg;
+	if (hookd_write_event_file(ep->qdir, name, ev) < 0) {
+		tn_error("endpoint %s: cannot write %s/%s: %s (retried from its segment)",
+			 ep->conf.name, ep->qdir, name, strerror(errno));
+		return;
+	}
+	seg->wrote_retry = true;
+	hookd_seg_leave(hd, ep, item);
 }
 
 static void hookd_disable(struct hookd_ep *ep, long status)
@@ -1373,10 +1781,9 @@ static enum hookd_outcome hookd_failed(struct hookd *hd, struct hookd_req *r, lo
 	item->attempts++;
 	if (item->first_ms == 0)
 		item->first_ms = now;
-	if (now - item->first_ms >= hd->retry_window_ms) {
-		hookd_to_dead(hd, ep, oldname, item);
+	if (now - item->first_ms >= hd->retry_window_ms &&
+	    hookd_to_dead(hd, ep, oldname, item, r->ev))
 		return HO_DEAD;
-	}
 	if (ra >= 0) {
 		if (ra > hd->retry_after_max_ms)
 			ra = hd->retry_after_max_ms;
@@ -1387,7 +1794,9 @@ static enum hookd_outcome hookd_failed(struct hookd *hd, struct hookd_req *r, lo
 	} else {
 		item->next_ms = now + hookd_backoff(hd, item->attempts);
 	}
-	if (!hookd_rename_item(ep, oldname, item)) {
+	if (item->seg != NULL) {
+		hookd_unseg(hd, ep, item, r->ev);
+	} else if (!hookd_rename_item(ep, oldname, item)) {
 		hookd_queue_remove(&ep->q, item);
 		return ra >= 0 ? HO_PAUSED : HO_RETRY;
 	}
@@ -1425,8 +1834,12 @@ static void hookd_done(struct hookd *hd, struct hookd_req *r, CURLcode rc)
 	}
 	hookd_log_attempt(hd, r, status, secs * 1000, outcome, error);
 	hookd_account(hd, ep, hookd_classify(rc, status), outcome, secs);
-	if (outcome == HO_DELIVERED)
-		hookd_reap(hd, ep, item, path);
+	if (outcome == HO_DELIVERED && item->seg != NULL) {
+		hookd_seg_leave(hd, ep, item);
+		hookd_queue_remove(&ep->q, item);
+	} else if (outcome == HO_DELIVERED) {
+		hookd_reap(hd, ep, item, NULL, path);
+	}
 	r->item = NULL;
 	hookd_req_free(r);
 }
@@ -1700,7 +2113,7 @@ static void hookd_paths(struct hookd *hd)
 	hd->retry_after_max_ms = tn_conf_time_ms(hd->conf, "hookd_retry_after_max");
 	hd->tmp_max_age_ms = tn_conf_time_ms(hd->conf, "hookd_tmp_max_age");
 	hd->log_max_size = tn_conf_size(hd->conf, "hookd_delivery_log_max_size");
-	hd->scratch = tn_mem_alloc(HOOKD_BODY_MAX);
+	hd->scratch = tn_mem_alloc(HOOKD_FILE_MAX);
 }
 
 static int hookd_setup_spool(struct hookd *hd)

@@ -82,6 +82,9 @@
 
 /* Largest encoded event, newline included. */
 #define TN_OUTBOX_EVENT_MAX (64 * 1024)
+/* Most events in one segment file (one group commit), and its largest size. */
+#define TN_OUTBOX_SEGMENT_EVENTS 128
+#define TN_OUTBOX_SEGMENT_MAX (TN_OUTBOX_SEGMENT_EVENTS * TN_OUTBOX_EVENT_MAX)
 /* Longest type, tenant and origin. */
 #define TN_OUTBOX_TYPE_MAX 64
 #define TN_OUTBOX_TENANT_MAX 63
