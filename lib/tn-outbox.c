@@ -107,8 +107,8 @@
 #define TN_OUTBOX_RAND_A_MAX 0xfffu
 #define TN_OUTBOX_RAND_A_SEED 0x7ffu
 #define TN_OUTBOX_DEFAULT_MODE 0660
-/* Most requests one batch commits (each holds an open tmp file). */
-#define TN_OUTBOX_BATCH_MAX 128
+/* Most requests one batch commits: the events of one segment file. */
+#define TN_OUTBOX_BATCH_MAX TN_OUTBOX_SEGMENT_EVENTS
 /* Batches committed at the same time by one outbox object. */
 #define TN_OUTBOX_BATCHES 2
 /* Retry of a tenant locked by another process: 1 ms doubling to 5. */
@@ -133,9 +133,9 @@ static const char *const tn_outbox_subdir_names[TN_OUTBOX_N_SUBDIRS] = {
 enum tn_outbox_req_state {
 	TN_OUTBOX_REQ_QUEUED,		/* waiting for a batch, or in one */
 	TN_OUTBOX_REQ_DEFERRED,		/* tenant busy: back to the queue */
-	TN_OUTBOX_REQ_WRITTEN,		/* numbered, event in its tmp file */
-	TN_OUTBOX_REQ_PUBLISHED,	/* renamed into new/ */
-	TN_OUTBOX_REQ_FAILED,		/* error set, tmp file removed */
+	TN_OUTBOX_REQ_NUMBERED,		/* has its number: goes into the segment */
+	TN_OUTBOX_REQ_PUBLISHED,	/* its segment is in new/ */
+	TN_OUTBOX_REQ_FAILED,		/* error set; not in the segment */
 };
 
 /* One append, on its caller's stack. The envelope is head, the
@@ -147,18 +147,13 @@ struct tn_outbox_req {
 	char id[TN_OUTBOX_ID_SIZE];
 	char *text;			/* head and tail, one allocation */
 	size_t head_len, tail_len;
-	char *tmp_path, *new_path;
-	const char *name;		/* <id>.json, in tmp_path */
-	int fd;				/* tmp/<id>.json */
+	char digits[TN_OUTBOX_SEQ_TEXT_MAX];	/* the number, as written */
+	size_t digits_len;
 	uint64_t seq;
 	tn_msec_t deadline, retry_at, pause;
 	enum tn_outbox_req_state state;
-	bool done;			/* under queue_lock, like the four below */
+	bool done;			/* under queue_lock, like leading */
 	bool leading;			/* its thread is leading a batch */
-	bool sync_asked;		/* fsync mode: its thread is to sync fd */
-	int sync_errno;			/* and the outcome */
-	struct tn_outbox_batch *batch;	/* that asked */
-	bool sync_helped;		/* the leader's: sync asked of the thread */
 	pthread_cond_t cond;		/* its thread waits here */
 	bool input_fault;		/* failed on its input (too large): permanent */
 	char error[TN_OUTBOX_ERROR_MAX];
@@ -175,11 +170,10 @@ struct tn_outbox_group {
 	uint64_t seq;			/* the counter before the batch */
 	size_t seq_len;			/* the length of its file */
 	uint64_t next;			/* the last number given so far */
-	int sync_errno;			/* fsync mode: of the counter */
 };
 
 /* Where a batch is. Two batches overlap: one may start while the
- * other publishes (steps 4-6), never while it fills (steps 1-3). */
+ * other publishes (steps 5-7), never while it fills (steps 1-4). */
 enum tn_outbox_batch_stage {
 	TN_OUTBOX_BATCH_FREE,
 	TN_OUTBOX_BATCH_FILLING,
@@ -188,18 +182,23 @@ enum tn_outbox_batch_stage {
 
 /* A batch being committed by its leader. Requests sorted by tenant,
  * then arrival; one group per tenant. stage, n_groups and the groups'
- * tenant names change under queue_lock only (other leaders look). */
+ * tenant names change under queue_lock only (other leaders look). The
+ * numbered requests are written, in that order, into one file: the
+ * segment tmp/<id>.json, renamed to new/<id>.json (id: its first
+ * event's). */
 struct tn_outbox_batch {
 	struct tn_outbox *ob;
 	enum tn_outbox_batch_stage stage;
 	size_t n_reqs, n_groups;
-	size_t n_written;		/* requests in WRITTEN state */
-	size_t n_published;		/* renamed into new/ (maybe undone since) */
+	size_t n_numbered;		/* requests in NUMBERED state */
+	bool published;			/* the segment is in new/ (maybe undone since) */
 	int tmp_fd, new_fd;		/* tmp/ and new/ */
-	struct tn_outbox_req *leader;	/* fsync mode: its request */
-	size_t sync_left;		/* and the syncs it waits for */
+	int seg_fd;			/* the segment in tmp/ */
+	char seg_name[TN_OUTBOX_ID_SIZE + 5];	/* <id>.json */
+	char *seg_tmp_path, *seg_new_path;
 	struct tn_outbox_req *reqs[TN_OUTBOX_BATCH_MAX];
 	struct tn_outbox_group groups[TN_OUTBOX_BATCH_MAX];
+	struct iovec iov[3 * TN_OUTBOX_BATCH_MAX];
 };
 
 struct tn_outbox {
@@ -800,7 +799,7 @@ static int tn_outbox_req_encode(struct tn_outbox *ob, struct tn_outbox_req *req,
 }
 
 /* Everything an append can do before it needs its tenant's number:
- * checks, limits, the envelope, and its empty file in tmp/. */
+ * checks, limits and the envelope. Nothing is written yet. */
 static int tn_outbox_req_prepare(struct tn_outbox *ob, struct tn_outbox_req *req,
 				 const char *type, json_t *data, const char **error_r)
 {
@@ -817,53 +816,38 @@ static int tn_outbox_req_prepare(struct tn_outbox *ob, struct tn_outbox_req *req
 		req->input_fault = true;
 		return -1;
 	}
-	req->tmp_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_TMP], req->id);
-	req->new_path = tn_mem_printf("%s/%s.json", ob->sub[TN_OUTBOX_NEW], req->id);
-	req->name = strrchr(req->tmp_path, '/') + 1;
-	req->fd = tn_outbox_create_file(ob, req->tmp_path, error_r);
-	return req->fd < 0 ? -1 : 0;
+	return 0;
 }
 
 static void tn_outbox_req_release(struct tn_outbox_req *req)
 {
-	/* the event was synced before it was renamed: nothing to report */
-	if (req->fd >= 0)
-		close(req->fd);
 	tn_mem_free(&req->text);
-	tn_mem_free(&req->tmp_path);
-	tn_mem_free(&req->new_path);
 }
 
-/* The request (not yet published) fails with error; its file leaves tmp/. */
+/* The request (not published) fails with error; it is not, or no
+ * longer, part of a segment. */
 static void tn_outbox_req_fail(struct tn_outbox_req *req, const char *error)
 {
-	unlink(req->tmp_path);
 	snprintf(req->error, sizeof(req->error), "%s", error);
 	req->state = TN_OUTBOX_REQ_FAILED;
 }
 
-/* The event with its number into its (empty) tmp file. */
-static int tn_outbox_req_write(struct tn_outbox_req *req, uint64_t seq,
-			       const char **error_r)
+/* The event gets its number, unless it is too large with it: then it
+ * fails alone, before anything is written. */
+static int tn_outbox_req_number(struct tn_outbox_req *req, uint64_t seq,
+				const char **error_r)
 {
-	char digits[TN_OUTBOX_SEQ_TEXT_MAX];
-	int n = snprintf(digits, sizeof(digits), "%" PRIu64, seq);
+	int n = snprintf(req->digits, sizeof(req->digits), "%" PRIu64, seq);
 	size_t size = req->head_len + (size_t)n + req->tail_len;
-	struct iovec iov[3] = {
-		{ req->text, req->head_len },
-		{ digits, (size_t)n },
-		{ req->text + req->head_len, req->tail_len },
-	};
 
 	if (size > TN_OUTBOX_EVENT_MAX) {
 		req->input_fault = true;
 		return tn_outbox_fail(error_r, "outbox: event too large (%zu bytes, "
 				      "limit %d)", size, TN_OUTBOX_EVENT_MAX);
 	}
-	if (tn_outbox_writev_all(req->fd, iov, 3) < 0)
-		return tn_outbox_sysfail(error_r, "write", req->tmp_path);
+	req->digits_len = (size_t)n;
 	req->seq = seq;
-	req->state = TN_OUTBOX_REQ_WRITTEN;
+	req->state = TN_OUTBOX_REQ_NUMBERED;
 	return 0;
 }
 
@@ -877,9 +861,9 @@ static void tn_outbox_group_fail(struct tn_outbox_batch *b, struct tn_outbox_gro
 	for (size_t i = 0; i < g->n_reqs; i++) {
 		struct tn_outbox_req *req = g->reqs[i];
 
-		if (req->state == TN_OUTBOX_REQ_WRITTEN)
-			b->n_written--;
-		if (req->state == TN_OUTBOX_REQ_QUEUED || req->state == TN_OUTBOX_REQ_WRITTEN)
+		if (req->state == TN_OUTBOX_REQ_NUMBERED)
+			b->n_numbered--;
+		if (req->state == TN_OUTBOX_REQ_QUEUED || req->state == TN_OUTBOX_REQ_NUMBERED)
 			tn_outbox_req_fail(req, error);
 	}
 	if (g->locked && g->next != g->seq)
@@ -911,7 +895,7 @@ static void tn_outbox_group_defer(struct tn_outbox *ob, struct tn_outbox_group *
 }
 
 /* Step 1 for one tenant: open, try the lock, read the counter. True
- * when the tenant's events can be written. */
+ * when the tenant's events can be numbered. */
 static bool tn_outbox_group_lock(struct tn_outbox_batch *b, struct tn_outbox_group *g)
 {
 	const char *error;
@@ -928,8 +912,9 @@ static bool tn_outbox_group_lock(struct tn_outbox_batch *b, struct tn_outbox_gro
 	return ret == 1;
 }
 
-/* Step 2 for one locked tenant. */
-static void tn_outbox_group_write(struct tn_outbox_batch *b, struct tn_outbox_group *g)
+/* Step 2 for one locked tenant: numbers, and the counter written (not
+ * synced yet). */
+static void tn_outbox_group_number(struct tn_outbox_batch *b, struct tn_outbox_group *g)
 {
 	const char *error;
 
@@ -939,12 +924,12 @@ static void tn_outbox_group_write(struct tn_outbox_batch *b, struct tn_outbox_gr
 		return;
 	}
 	for (size_t i = 0; i < g->n_reqs; i++) {
-		if (tn_outbox_req_write(g->reqs[i], g->next + 1, &error) < 0) {
+		if (tn_outbox_req_number(g->reqs[i], g->next + 1, &error) < 0) {
 			tn_outbox_req_fail(g->reqs[i], error);
 			continue;
 		}
 		g->next++;
-		b->n_written++;
+		b->n_numbered++;
 	}
 	if (g->next == g->seq)
 		return;
@@ -954,93 +939,9 @@ static void tn_outbox_group_write(struct tn_outbox_batch *b, struct tn_outbox_gr
 	}
 }
 
-/* Start the write-back of g's files, so that the fdatasync calls that
- * follow overlap their I/O. Advisory. */
-static void tn_outbox_group_kick(struct tn_outbox_group *g)
+static bool tn_outbox_group_moved(const struct tn_outbox_group *g)
 {
-	for (size_t i = 0; i < g->n_reqs; i++) {
-		if (g->reqs[i]->state == TN_OUTBOX_REQ_WRITTEN)
-			sync_file_range(g->reqs[i]->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-	}
-	if (g->locked && g->next != g->seq)
-		sync_file_range(g->seq_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-}
-
-/* Step 3 in fsync mode, after the syncs of g's event files and counter:
- * the first failure fails the tenant. */
-static void tn_outbox_group_synced(struct tn_outbox_batch *b, struct tn_outbox_group *g)
-{
-	const char *error = NULL;
-
-	for (size_t i = 0; i < g->n_reqs && error == NULL; i++) {
-		struct tn_outbox_req *req = g->reqs[i];
-
-		if (req->state == TN_OUTBOX_REQ_WRITTEN && req->sync_errno != 0) {
-			errno = req->sync_errno;
-			tn_outbox_sysfail(&error, "fsync", req->tmp_path);
-		}
-	}
-	if (error == NULL && g->sync_errno != 0) {
-		errno = g->sync_errno;
-		tn_outbox_sysfail(&error, "fsync", g->seq_path);
-	}
-	if (error != NULL)
-		tn_outbox_group_fail(b, g, error);
-}
-
-/* Step 4 for one tenant, in sequence order. A failed rename fails that
- * event and the later ones; the earlier ones are visible and stay. */
-static void tn_outbox_group_publish(struct tn_outbox_batch *b, struct tn_outbox_group *g)
-{
-	const char *error = NULL;
-	uint64_t back = 0;
-
-	for (size_t i = 0; i < g->n_reqs; i++) {
-		struct tn_outbox_req *req = g->reqs[i];
-
-		if (req->state != TN_OUTBOX_REQ_WRITTEN)
-			continue;
-		b->n_written--;
-		if (error == NULL && renameat(b->tmp_fd, req->name, b->new_fd, req->name) == 0) {
-			req->state = TN_OUTBOX_REQ_PUBLISHED;
-			b->n_published++;
-			continue;
-		}
-		if (error == NULL) {
-			tn_outbox_sysfail(&error, "rename", req->new_path);
-			back = req->seq - 1;
-		}
-		tn_outbox_req_fail(req, error);
-	}
-	if (error != NULL)
-		tn_outbox_seq_rollback(g, back);
-}
-
-/* Step 5 failed: take g's published events back out of new/. One the
- * consumer already claimed keeps the counter at its number. */
-static void tn_outbox_group_unpublish(struct tn_outbox_group *g, const char *error)
-{
-	struct tn_log_ctx ctx = { NULL, NULL, g->tenant };
-	uint64_t keep = g->seq;
-	bool any = false;
-
-	for (size_t i = 0; i < g->n_reqs; i++) {
-		struct tn_outbox_req *req = g->reqs[i];
-
-		if (req->state != TN_OUTBOX_REQ_PUBLISHED)
-			continue;
-		any = true;
-		if (unlink(req->new_path) < 0) {
-			keep = req->seq;
-			tn_log(TN_LOG_ERROR, &ctx, "outbox: event %s (sequence %" PRIu64
-			       ") was claimed although its append fails: %s",
-			       req->id, req->seq, error);
-		}
-		snprintf(req->error, sizeof(req->error), "%s", error);
-		req->state = TN_OUTBOX_REQ_FAILED;
-	}
-	if (any)
-		tn_outbox_seq_rollback(g, keep);
+	return g->locked && g->next != g->seq;
 }
 
 static void tn_outbox_group_unlock(struct tn_outbox_group *g)
@@ -1055,7 +956,73 @@ static void tn_outbox_group_unlock(struct tn_outbox_group *g)
 
 /* --- a batch -------------------------------------------------------------- */
 
-/* Steps 1 and 2. */
+/* Every tenant of the batch fails with error (counters rolled back);
+ * the segment, if there is one in tmp/, goes. */
+static void tn_outbox_batch_fail(struct tn_outbox_batch *b, const char *error)
+{
+	for (size_t i = 0; i < b->n_groups; i++)
+		tn_outbox_group_fail(b, &b->groups[i], error);
+	if (b->seg_fd >= 0) {
+		close(b->seg_fd);
+		b->seg_fd = -1;
+		unlink(b->seg_tmp_path);
+	}
+}
+
+/* Step 3 in fsync mode: the counters on disk, each tenant failing
+ * alone, before its events are written. */
+static void tn_outbox_batch_sync_counters(struct tn_outbox_batch *b)
+{
+	const char *error;
+
+	for (size_t i = 0; i < b->n_groups; i++) {
+		if (tn_outbox_group_moved(&b->groups[i]))
+			sync_file_range(b->groups[i].seq_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	}
+	for (size_t i = 0; i < b->n_groups; i++) {
+		struct tn_outbox_group *g = &b->groups[i];
+
+		if (tn_outbox_group_moved(g) && fdatasync(g->seq_fd) < 0) {
+			tn_outbox_sysfail(&error, "fsync", g->seq_path);
+			tn_outbox_group_fail(b, g, error);
+		}
+	}
+}
+
+/* Step 4: the numbered events, tenant by tenant in sequence order, one
+ * line each, into one new file in tmp/ named after the first of them
+ * (one write). A failure fails the batch. */
+static void tn_outbox_batch_write(struct tn_outbox_batch *b)
+{
+	struct tn_outbox_req *first = NULL;
+	const char *error;
+	int n = 0;
+
+	for (size_t i = 0; i < b->n_reqs; i++) {
+		struct tn_outbox_req *req = b->reqs[i];
+
+		if (req->state != TN_OUTBOX_REQ_NUMBERED)
+			continue;
+		if (first == NULL)
+			first = req;
+		b->iov[n++] = (struct iovec){ req->text, req->head_len };
+		b->iov[n++] = (struct iovec){ req->digits, req->digits_len };
+		b->iov[n++] = (struct iovec){ req->text + req->head_len, req->tail_len };
+	}
+	snprintf(b->seg_name, sizeof(b->seg_name), "%s.json", first->id);
+	b->seg_tmp_path = tn_mem_printf("%s/%s", b->ob->sub[TN_OUTBOX_TMP], b->seg_name);
+	b->seg_new_path = tn_mem_printf("%s/%s", b->ob->sub[TN_OUTBOX_NEW], b->seg_name);
+	if ((b->seg_fd = tn_outbox_create_file(b->ob, b->seg_tmp_path, &error)) < 0) {
+		tn_outbox_batch_fail(b, error);
+		return;
+	}
+	if (tn_outbox_writev_all(b->seg_fd, b->iov, n) < 0) {
+		tn_outbox_sysfail(&error, "write", b->seg_tmp_path);
+		tn_outbox_batch_fail(b, error);
+	}
+}
+
+/* Steps 1 to 4. */
 static void tn_outbox_batch_begin(struct tn_outbox_batch *b)
 {
 	const char *error;
@@ -1068,52 +1035,103 @@ static void tn_outbox_batch_begin(struct tn_outbox_batch *b)
 	}
 	for (size_t i = 0; i < b->n_groups; i++) {
 		if (tn_outbox_group_lock(b, &b->groups[i]))
-			tn_outbox_group_write(b, &b->groups[i]);
+			tn_outbox_group_number(b, &b->groups[i]);
 	}
+	if (b->n_numbered > 0 && b->ob->sync == TN_OUTBOX_SYNC_FSYNC)
+		tn_outbox_batch_sync_counters(b);
+	if (b->n_numbered > 0)
+		tn_outbox_batch_write(b);
 }
 
-/* Step 3 in syncfs mode: a failure fails every tenant of the batch. */
-static void tn_outbox_batch_syncfs(struct tn_outbox_batch *b)
+/* Step 5, the barrier: one syncfs(2) for the segment and the counters
+ * (since Linux 5.8 it reports the file system's write-back errors since
+ * new_fd was opened, i.e. during this batch), or one fdatasync of the
+ * segment. A failure fails the batch. */
+static void tn_outbox_batch_sync(struct tn_outbox_batch *b)
 {
 	const char *error;
 
-	/* since Linux 5.8 this reports the file system's write-back errors
-	 * since new_fd was opened, i.e. during this batch */
-	if (syncfs(b->new_fd) == 0)
-		return;
-	tn_outbox_sysfail(&error, "syncfs", b->ob->sub[TN_OUTBOX_NEW]);
-	for (size_t i = 0; i < b->n_groups; i++)
-		tn_outbox_group_fail(b, &b->groups[i], error);
+	if (b->ob->sync == TN_OUTBOX_SYNC_SYNCFS) {
+		if (syncfs(b->new_fd) == 0)
+			return;
+		tn_outbox_sysfail(&error, "syncfs", b->ob->sub[TN_OUTBOX_NEW]);
+	} else {
+		if (fdatasync(b->seg_fd) == 0)
+			return;
+		tn_outbox_sysfail(&error, "fsync", b->seg_tmp_path);
+	}
+	tn_outbox_batch_fail(b, error);
 }
 
-/* Steps 4 and 5. */
+/* Step 6 failed: take the segment back out of new/. If the consumer
+ * has already claimed it, its events keep their numbers (the counters
+ * stay), so that no number is used twice. */
+static void tn_outbox_batch_unpublish(struct tn_outbox_batch *b, const char *error)
+{
+	bool claimed = unlink(b->seg_new_path) < 0;
+
+	for (size_t i = 0; i < b->n_groups; i++) {
+		struct tn_outbox_group *g = &b->groups[i];
+		struct tn_log_ctx ctx = { NULL, NULL, g->tenant };
+		bool any = false;
+
+		for (size_t j = 0; j < g->n_reqs; j++) {
+			struct tn_outbox_req *req = g->reqs[j];
+
+			if (req->state != TN_OUTBOX_REQ_PUBLISHED)
+				continue;
+			any = true;
+			if (claimed)
+				tn_log(TN_LOG_ERROR, &ctx, "outbox: event %s (sequence %"
+				       PRIu64 ") was claimed although its append fails: %s",
+				       req->id, req->seq, error);
+			tn_outbox_req_fail(req, error);
+		}
+		if (any && !claimed)
+			tn_outbox_seq_rollback(g, g->seq);
+	}
+}
+
+/* Steps 6 and 7: rename the segment into new/, fsync new/. */
 static void tn_outbox_batch_publish(struct tn_outbox_batch *b)
 {
 	const char *error;
 
-	for (size_t i = 0; i < b->n_groups && b->n_written > 0; i++)
-		tn_outbox_group_publish(b, &b->groups[i]);
-	if (b->n_published == 0 || fsync(b->new_fd) == 0)
+	if (renameat(b->tmp_fd, b->seg_name, b->new_fd, b->seg_name) < 0) {
+		tn_outbox_sysfail(&error, "rename", b->seg_new_path);
+		tn_outbox_batch_fail(b, error);
+		return;
+	}
+	b->published = true;
+	for (size_t i = 0; i < b->n_reqs; i++) {
+		if (b->reqs[i]->state == TN_OUTBOX_REQ_NUMBERED)
+			b->reqs[i]->state = TN_OUTBOX_REQ_PUBLISHED;
+	}
+	if (fsync(b->new_fd) == 0)
 		return;
 	tn_outbox_sysfail(&error, "fsync", b->ob->sub[TN_OUTBOX_NEW]);
-	for (size_t i = 0; i < b->n_groups; i++)
-		tn_outbox_group_unpublish(&b->groups[i], error);
+	tn_outbox_batch_unpublish(b, error);
 }
 
-/* Step 6. */
+/* Step 8. */
 static void tn_outbox_batch_end(struct tn_outbox_batch *b)
 {
-	uint64_t n = 0;
+	bool any = false;
 
 	for (size_t i = 0; i < b->n_groups; i++)
 		tn_outbox_group_unlock(&b->groups[i]);
 	for (size_t i = 0; i < b->n_reqs; i++)
-		n += b->reqs[i]->state == TN_OUTBOX_REQ_PUBLISHED;
+		any |= b->reqs[i]->state == TN_OUTBOX_REQ_PUBLISHED;
+	if (b->seg_fd >= 0)
+		close(b->seg_fd);
 	if (b->tmp_fd >= 0)
 		close(b->tmp_fd);
 	if (b->new_fd >= 0)
 		close(b->new_fd);
-	tn_outbox_counted(b->ob, n);
+	tn_mem_free(&b->seg_tmp_path);
+	tn_mem_free(&b->seg_new_path);
+	/* max_events counts the files in new/: one more segment */
+	tn_outbox_counted(b->ob, any ? 1 : 0);
 }
 
 
@@ -1233,7 +1251,7 @@ static void tn_outbox_queue_take(struct tn_outbox *ob, struct tn_outbox_batch *b
 
 	memset(b, 0, offsetof(struct tn_outbox_batch, reqs));
 	b->ob = ob;
-	b->tmp_fd = b->new_fd = -1;
+	b->tmp_fd = b->new_fd = b->seg_fd = -1;
 	while ((req = *pp) != NULL && b->n_reqs < TN_OUTBOX_BATCH_MAX) {
 		if (tn_outbox_tenant_busy(ob, req->tenant)) {
 			pp = &req->next;
@@ -1268,74 +1286,6 @@ static void tn_outbox_batch_release(struct tn_outbox *ob, struct tn_outbox_batch
 	b->stage = TN_OUTBOX_BATCH_FREE;
 }
 
-/* Under queue_lock: ask the threads of b's written requests to sync
- * their own files, except those busy leading (and self): the leader
- * syncs these. */
-static void tn_outbox_batch_ask_syncs(struct tn_outbox_batch *b, struct tn_outbox_req *self)
-{
-	b->leader = self;
-	b->sync_left = 0;
-	for (size_t i = 0; i < b->n_reqs; i++) {
-		struct tn_outbox_req *req = b->reqs[i];
-
-		req->sync_helped = false;
-		if (req->state != TN_OUTBOX_REQ_WRITTEN || req == self || req->leading)
-			continue;
-		req->sync_helped = true;
-		req->sync_asked = true;
-		req->batch = b;
-		b->sync_left++;
-		pthread_cond_signal(&req->cond);
-	}
-}
-
-/* Step 3 in fsync mode: every event file and counter of b, each tenant
- * failing alone. The requests' threads sync their files meanwhile, so
- * that the syncs overlap (and the device merges their flushes) as the
- * appends of separate threads did before group commit. */
-static void tn_outbox_batch_fsync(struct tn_outbox *ob, struct tn_outbox_batch *b,
-				  struct tn_outbox_req *self)
-{
-	for (size_t i = 0; i < b->n_groups; i++)
-		tn_outbox_group_kick(&b->groups[i]);
-	pthread_mutex_lock(&ob->queue_lock);
-	tn_outbox_batch_ask_syncs(b, self);
-	pthread_mutex_unlock(&ob->queue_lock);
-	for (size_t i = 0; i < b->n_reqs; i++) {
-		struct tn_outbox_req *req = b->reqs[i];
-
-		if (req->state == TN_OUTBOX_REQ_WRITTEN && !req->sync_helped)
-			req->sync_errno = fdatasync(req->fd) < 0 ? errno : 0;
-	}
-	for (size_t i = 0; i < b->n_groups; i++) {
-		struct tn_outbox_group *g = &b->groups[i];
-
-		if (g->locked && g->next != g->seq)
-			g->sync_errno = fdatasync(g->seq_fd) < 0 ? errno : 0;
-	}
-	pthread_mutex_lock(&ob->queue_lock);
-	while (b->sync_left > 0)
-		pthread_cond_wait(&self->cond, &ob->queue_lock);
-	pthread_mutex_unlock(&ob->queue_lock);
-	for (size_t i = 0; i < b->n_groups; i++)
-		tn_outbox_group_synced(b, &b->groups[i]);
-}
-
-/* Under queue_lock, in req's thread: sync its file for its batch. */
-static void tn_outbox_req_sync(struct tn_outbox *ob, struct tn_outbox_req *req)
-{
-	int ret, err;
-
-	req->sync_asked = false;
-	pthread_mutex_unlock(&ob->queue_lock);
-	ret = fdatasync(req->fd);
-	err = errno;
-	pthread_mutex_lock(&ob->queue_lock);
-	req->sync_errno = ret < 0 ? err : 0;
-	if (--req->batch->sync_left == 0)
-		pthread_cond_signal(&req->batch->leader->cond);
-}
-
 /* Called and returns with queue_lock held: commit one batch into b.
  * When it has synced, the next batch may start; when it is done, the
  * one after. Each time one waiting thread is woken to lead it. */
@@ -1346,15 +1296,13 @@ static void tn_outbox_lead(struct tn_outbox *ob, struct tn_outbox_batch *b,
 	tn_outbox_queue_take(ob, b);
 	pthread_mutex_unlock(&ob->queue_lock);
 	tn_outbox_batch_begin(b);
-	if (b->n_written > 0 && ob->sync == TN_OUTBOX_SYNC_SYNCFS)
-		tn_outbox_batch_syncfs(b);
-	else if (b->n_written > 0)
-		tn_outbox_batch_fsync(ob, b, self);
+	if (b->n_numbered > 0)
+		tn_outbox_batch_sync(b);
 	pthread_mutex_lock(&ob->queue_lock);
 	b->stage = TN_OUTBOX_BATCH_PUBLISHING;
 	tn_outbox_wake_leader(ob);
 	pthread_mutex_unlock(&ob->queue_lock);
-	if (b->n_written > 0)
+	if (b->n_numbered > 0)
 		tn_outbox_batch_publish(b);
 	tn_outbox_batch_end(b);
 	pthread_mutex_lock(&ob->queue_lock);
@@ -1375,10 +1323,6 @@ static void tn_outbox_queue_wait(struct tn_outbox *ob, struct tn_outbox_req *req
 	req->order = ob->queue_order++;
 	tn_outbox_queue_push(ob, req);
 	while (!req->done) {
-		if (req->sync_asked) {
-			tn_outbox_req_sync(ob, req);
-			continue;
-		}
 		b = tn_outbox_free_batch(ob);
 		if (b != NULL && tn_outbox_queue_due(ob, &wake) != NULL) {
 			tn_outbox_lead(ob, b, req);
@@ -1397,7 +1341,7 @@ int tn_outbox_append(struct tn_outbox *ob, const char *type, const char *tenant,
 		     uint64_t *sequence_r, const char **error_r)
 {
 	struct tn_outbox_req req = {
-		.tenant = tenant, .fd = -1, .pause = TN_OUTBOX_RETRY_MIN_MS,
+		.tenant = tenant, .pause = TN_OUTBOX_RETRY_MIN_MS,
 		.state = TN_OUTBOX_REQ_QUEUED,
 	};
 	int ret = -1, cancel_state;

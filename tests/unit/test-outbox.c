@@ -136,46 +136,91 @@ static size_t count_entries(struct fx *fx, const char *sub)
 	return n;
 }
 
-/* One event file: exactly one line, parses, its id is its name. */
-static json_t *load_event(struct fx *fx, const char *name)
+/* One segment file of new/: whole lines, each one compact envelope that
+ * parses, the first one's id its name; its events appended to all. */
+static size_t load_segment(struct fx *fx, const char *name, json_t *all)
 {
-	char *path = fx_path(fx, "new", name), *text;
+	char *path = fx_path(fx, "new", name), *text, *p, *nl;
 	json_error_t jerr;
 	json_t *root;
-	size_t len;
+	size_t len, n = 0;
 
 	text = read_text(path, &len);
 	assert_non_null(text);
 	assert_true(len > 1);
 	assert_int_equal(text[len - 1], '\n');
-	assert_null(memchr(text, '\n', len - 1));
-	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (root == NULL)
-		fail_msg("%s: %s", path, jerr.text);
-	assert_true(json_is_object(root));
 	assert_int_equal(strlen(name), 36 + 5);
-	assert_memory_equal(json_string_value(json_object_get(root, "id")), name, 36);
+	for (p = text; p < text + len; p = nl + 1) {
+		nl = memchr(p, '\n', (size_t)(text + len - p));
+		assert_non_null(nl);
+		assert_int_equal(strncmp(p, "{\"id\":\"", 7), 0);
+		root = json_loadb(p, (size_t)(nl - p), JSON_REJECT_DUPLICATES, &jerr);
+		if (root == NULL)
+			fail_msg("%s line %zu: %s", path, n + 1, jerr.text);
+		assert_true(json_is_object(root));
+		if (n == 0)
+			assert_memory_equal(json_string_value(json_object_get(root, "id")), name, 36);
+		json_array_append_new(all, root);
+		n++;
+	}
 	tn_mem_free(&text);
 	tn_mem_free(&path);
-	return root;
+	return n;
 }
 
-/* Every event in new/ (each checked by load_event()). */
-static json_t *load_events(struct fx *fx)
+/* Every event in new/ (each segment checked by load_segment()); the
+ * number of files in *files_r unless NULL. */
+static json_t *load_events_files(struct fx *fx, size_t *files_r)
 {
 	char *path = fx_path(fx, "new", NULL);
 	DIR *dir = opendir(path);
 	json_t *all = json_array();
 	struct dirent *de;
+	size_t files = 0;
 
 	assert_non_null(dir);
 	while ((de = readdir(dir)) != NULL) {
-		if (de->d_name[0] != '.')
-			json_array_append_new(all, load_event(fx, de->d_name));
+		if (de->d_name[0] == '.')
+			continue;
+		load_segment(fx, de->d_name, all);
+		files++;
 	}
 	closedir(dir);
 	tn_mem_free(&path);
+	if (files_r != NULL)
+		*files_r = files;
 	return all;
+}
+
+static json_t *load_events(struct fx *fx)
+{
+	return load_events_files(fx, NULL);
+}
+
+/* The number of events in new/. */
+static size_t count_events(struct fx *fx)
+{
+	json_t *all = load_events(fx);
+	size_t n = json_array_size(all);
+
+	json_decref(all);
+	return n;
+}
+
+/* The event of the id in name ("<id>.json"), wherever it is in new/. */
+static json_t *load_event(struct fx *fx, const char *name)
+{
+	json_t *all = load_events(fx), *ev, *found = NULL;
+	size_t i;
+
+	json_array_foreach(all, i, ev) {
+		if (strncmp(json_string_value(json_object_get(ev, "id")), name, 36) == 0)
+			found = json_incref(ev);
+	}
+	json_decref(all);
+	if (found == NULL)
+		fail_msg("event %.36s is not in new/", name);
+	return found;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -351,7 +396,7 @@ static void test_ids_increasing(void **state)
 		assert_int_equal(seq, (uint64_t)i + 1);
 		memcpy(prev, id, sizeof(id));
 	}
-	assert_int_equal(count_entries(fx, "new"), 10000);
+	assert_int_equal(count_events(fx), 10000);
 	json_decref(data);
 	tn_outbox_destroy(&ob);
 }
@@ -470,7 +515,7 @@ static void test_bad_input(void **state)
 
 	/* nothing written anywhere, counter as it was, no new counter */
 	assert_int_equal(count_entries(fx, "tmp"), 0);
-	assert_int_equal(count_entries(fx, "new"), 1);
+	assert_int_equal(count_events(fx), 1);
 	assert_int_equal(count_entries(fx, "seq"), 1);
 	after = seq_text(fx, "acme");
 	assert_string_equal(before, after);
@@ -506,7 +551,7 @@ static void test_bad_counter(void **state)
 	assert_int_equal(tn_outbox_append(ob, "a.b", "acme", data, id, &seq, &error), -1);
 	assert_non_null(strstr(error, path));
 	assert_non_null(strstr(error, "not a sequence number"));
-	assert_int_equal(count_entries(fx, "new"), 0);
+	assert_int_equal(count_events(fx), 0);
 	assert_int_equal(count_entries(fx, "tmp"), 0);
 	text = seq_text(fx, "acme");
 	assert_string_equal(text, "12abc\n");
@@ -566,7 +611,7 @@ static void test_missing_dirs(void **state)
 	assert_refused_unchanged(fx, ob, sub);
 	assert_int_equal(rename(moved, sub), 0);
 	assert_int_equal(append_seq(ob, "acme"), 3);
-	assert_int_equal(count_entries(fx, "new"), 3);
+	assert_int_equal(count_events(fx), 3);
 
 	/* the whole outbox gone */
 	gone = tn_outbox_create(&set);
@@ -616,7 +661,7 @@ static void test_limits(void **state)
 	assert_int_equal(tn_outbox_append(ob, "a.b", "acme", data, id, &seq, &error), -1);
 	assert_non_null(strstr(error, "bytes free on"));
 	assert_non_null(strstr(error, fx->dir));
-	assert_int_equal(count_entries(fx, "new"), 6);
+	assert_int_equal(count_events(fx), 6);
 	tn_outbox_destroy(&ob);
 	json_decref(data);
 }
@@ -727,7 +772,7 @@ static void test_threads(void **state)
 			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
 		assert_int_equal(w[i].not_increasing, 0);
 	}
-	assert_int_equal(count_entries(fx, "new"), N_THREADS * PER_THREAD);
+	assert_int_equal(count_events(fx), N_THREADS * PER_THREAD);
 	assert_int_equal(count_entries(fx, "tmp"), 0);
 	all = load_events(fx);
 	assert_int_equal(json_array_size(all), N_THREADS * PER_THREAD);
@@ -873,7 +918,7 @@ static void test_lock_timeout(void **state)
 	assert_true(tn_time_now_ms() - (tn_msec_t)t0 >= 200);
 	assert_true(tn_time_now_ms() - (tn_msec_t)t0 < 1000);
 	assert_non_null(strstr(error, "still locked"));
-	assert_int_equal(count_entries(fx, "new"), 1);
+	assert_int_equal(count_events(fx), 1);
 	/* other tenants are not held up */
 	assert_int_equal(append_seq(ob, "globex"), 1);
 	flock(fd, LOCK_UN);
@@ -918,31 +963,43 @@ struct gc_worker {
 	struct fx *fx;
 	int index;
 	int failures;		/* appends that returned -1 */
-	int missing;		/* returned 0 but the file is not in new/ */
-	int wrong_seq;		/* the file's sequence is not the one returned */
+	int missing;		/* returned 0 but the event is not in new/ */
+	int wrong_seq;		/* its sequence in new/ is not the one returned */
 	char error[256];
+	size_t returned;	/* appends that returned 0: */
+	char ids[2 * GC_PER_THREAD][TN_OUTBOX_ID_SIZE];
+	uint64_t seqs[2 * GC_PER_THREAD];
 };
 
-/* The event file of a returned id exists and carries that sequence. */
+/* Remember what an append returned, for gc_verify(). */
 static void gc_check_returned(struct gc_worker *w, const char *id, uint64_t seq)
 {
-	char name[64], *path, *text;
-	json_t *ev;
+	assert_true(w->returned < 2 * GC_PER_THREAD);
+	memcpy(w->ids[w->returned], id, TN_OUTBOX_ID_SIZE);
+	w->seqs[w->returned++] = seq;
+}
 
-	snprintf(name, sizeof(name), "%s.json", id);
-	path = fx_path(w->fx, "new", name);
-	text = read_text(path, NULL);
-	if (text == NULL) {
-		w->missing++;
-	} else {
-		ev = json_loads(text, 0, NULL);
-		if (ev == NULL ||
-		    (uint64_t)json_integer_value(json_object_get(ev, "sequence")) != seq)
-			w->wrong_seq++;
-		json_decref(ev);
+/* Every id the workers' appends returned is in new/ with the sequence
+ * returned (counted in missing and wrong_seq). */
+static void gc_verify(struct fx *fx, struct gc_worker *w, int n)
+{
+	json_t *all = load_events(fx), *by_id = json_object(), *ev;
+	size_t i;
+
+	json_array_foreach(all, i, ev)
+		json_object_set(by_id, json_string_value(json_object_get(ev, "id")), ev);
+	for (int t = 0; t < n; t++) {
+		for (size_t j = 0; j < w[t].returned; j++) {
+			ev = json_object_get(by_id, w[t].ids[j]);
+			if (ev == NULL)
+				w[t].missing++;
+			else if ((uint64_t)json_integer_value(json_object_get(ev, "sequence")) !=
+				 w[t].seqs[j])
+				w[t].wrong_seq++;
+		}
 	}
-	tn_mem_free(&text);
-	tn_mem_free(&path);
+	json_decref(by_id);
+	json_decref(all);
 }
 
 static void *gc_worker_run(void *arg)
@@ -975,7 +1032,7 @@ static void gc_many_threads(struct fx *fx, enum tn_outbox_sync sync)
 	struct tn_outbox_settings set = { .dir = fx->dir, .sync = sync };
 	struct gc_worker w[GC_THREADS];
 	pthread_t th[GC_THREADS];
-	size_t n[GC_TENANTS] = { 0 };
+	size_t n[GC_TENANTS] = { 0 }, files;
 	json_t *all;
 	char *text;
 
@@ -989,6 +1046,7 @@ static void gc_many_threads(struct fx *fx, enum tn_outbox_sync sync)
 	}
 	for (int i = 0; i < GC_THREADS; i++)
 		pthread_join(th[i], NULL);
+	gc_verify(fx, w, GC_THREADS);
 	for (int i = 0; i < GC_THREADS; i++) {
 		if (w[i].failures != 0)
 			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
@@ -998,8 +1056,12 @@ static void gc_many_threads(struct fx *fx, enum tn_outbox_sync sync)
 			n[(i + j) % GC_TENANTS]++;
 	}
 	assert_int_equal(count_entries(fx, "tmp"), 0);
-	assert_int_equal(count_entries(fx, "new"), GC_THREADS * GC_PER_THREAD);
-	all = load_events(fx);
+	all = load_events_files(fx, &files);
+	assert_int_equal(json_array_size(all), GC_THREADS * GC_PER_THREAD);
+	/* batches of several events share one file (a segment) */
+	if (files >= json_array_size(all))
+		fail_msg("%zu files for %zu events: no segment of several", files,
+			 json_array_size(all));
 	for (int t = 0; t < GC_TENANTS; t++) {
 		assert_sequences(all, gc_tenants[t], n[t]);
 		text = seq_text(fx, gc_tenants[t]);
@@ -1061,6 +1123,7 @@ static void test_group_commit_own_tenants(void **state)
 	}
 	for (int i = 0; i < GC_THREADS; i++)
 		pthread_join(th[i], NULL);
+	gc_verify(fx, w, GC_THREADS);
 	for (int i = 0; i < GC_THREADS; i++) {
 		if (w[i].failures != 0)
 			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
@@ -1068,7 +1131,7 @@ static void test_group_commit_own_tenants(void **state)
 		assert_int_equal(w[i].wrong_seq, 0);
 	}
 	assert_int_equal(count_entries(fx, "tmp"), 0);
-	assert_int_equal(count_entries(fx, "new"), GC_THREADS * GC_PER_THREAD);
+	assert_int_equal(count_events(fx), GC_THREADS * GC_PER_THREAD);
 	tn_outbox_destroy(&ob);
 }
 
@@ -1159,6 +1222,7 @@ static void test_failing_members(void **state)
 	pthread_t th[FM_THREADS];
 	json_t *small = json_object(), *boundary = fm_boundary_data(fx), *all;
 	char *path, *text;
+	size_t files;
 	FILE *f;
 	int held_fd;
 
@@ -1212,8 +1276,10 @@ static void test_failing_members(void **state)
 				 w[i].kind == FM_TOO_LARGE ? w[i].failures : 0);
 	}
 	assert_int_equal(count_entries(fx, "tmp"), 0);
-	all = load_events(fx);
+	all = load_events_files(fx, &files);
 	assert_int_equal(json_array_size(all), 3 * FM_PER_THREAD);
+	/* the good events shared segments (with failing members left out) */
+	assert_true(files < json_array_size(all));
 	{
 		/* acme continues from 9 without a gap: 10 .. 9 + 2 * PER */
 		uint64_t seen[2 * FM_PER_THREAD] = { 0 };
@@ -1293,14 +1359,15 @@ static void test_lock_released(void **state)
 	}
 	/* the odd threads start with globex: one event each, then they
 	 * wait for acme like the others */
-	for (int i = 0; i < 500 && count_entries(fx, "new") < LR_THREADS / 2; i++)
+	for (int i = 0; i < 500 && count_events(fx) < LR_THREADS / 2; i++)
 		usleep(10000);
 	usleep(100000);
-	assert_int_equal(count_entries(fx, "new"), LR_THREADS / 2);
+	assert_int_equal(count_events(fx), LR_THREADS / 2);
 	flock(fd, LOCK_UN);
 	close(fd);
 	for (int i = 0; i < LR_THREADS; i++)
 		pthread_join(th[i], NULL);
+	gc_verify(fx, w, LR_THREADS);
 	for (int i = 0; i < LR_THREADS; i++) {
 		if (w[i].failures != 0)
 			fail_msg("thread %d: %d failures, first: %s", i, w[i].failures, w[i].error);
@@ -1552,7 +1619,7 @@ static void test_origin_invalid(void **state)
 		tn_outbox_destroy(&ob);
 	}
 	assert_int_equal(count_entries(fx, "tmp"), 0);
-	assert_int_equal(count_entries(fx, "new"), 0);
+	assert_int_equal(count_events(fx), 0);
 	assert_int_equal(count_entries(fx, "seq"), 0);
 
 	/* the longest and shortest names are fine */
