@@ -445,6 +445,59 @@ json_t *tn_hook_envelope_parse(const char *buf, size_t len, const char *expect_i
 	return NULL;
 }
 
+bool tn_hook_segment_next(const char *buf, size_t len, size_t *pos, const char **line_r,
+			  size_t *line_len_r)
+{
+	const char *p = buf + *pos, *nl;
+
+	if (*pos >= len)
+		return false;
+	nl = memchr(p, '\n', len - *pos);
+	*line_r = p;
+	*line_len_r = nl != NULL ? (size_t)(nl - p) : len - *pos;
+	*pos += *line_len_r + (nl != NULL);
+	return true;
+}
+
+bool tn_hook_segment_line_id(const char *line, size_t len, char id_r[TN_HOOK_ID_SIZE])
+{
+	if (len < 7 + 36 + 1 || memcmp(line, "{\"id\":\"", 7) != 0 || line[7 + 36] != '"')
+		return false;
+	memcpy(id_r, line + 7, 36);
+	id_r[36] = '\0';
+	return tn_hook_id_valid(id_r);
+}
+
+json_t *tn_hook_segment_find(const char *buf, size_t len, const char *id,
+			     const char **error_r)
+{
+	char line_id[TN_HOOK_ID_SIZE];
+	const char *line, *why = NULL;
+	size_t pos = 0, n;
+	json_t *ev;
+
+	if (len == 0) {
+		*error_r = "empty file";
+		return NULL;
+	}
+	while (tn_hook_segment_next(buf, len, &pos, &line, &n)) {
+		if (tn_hook_segment_line_id(line, n, line_id)) {
+			if (strcmp(line_id, id) == 0)
+				return tn_hook_envelope_parse(line, n, id, error_r);
+			continue;
+		}
+		/* written otherwise: parse it to learn its id */
+		if ((ev = tn_hook_envelope_parse(line, n, NULL, &why)) == NULL)
+			continue;
+		if (strcmp(json_string_value(json_object_get(ev, "id")), id) == 0)
+			return ev;
+		json_decref(ev);
+		why = "id differs from the file name";
+	}
+	*error_r = why != NULL ? why : "no such event in the file";
+	return NULL;
+}
+
 void tn_hook_format_time(int64_t unix_ms, char buf[32])
 {
 	time_t secs = (time_t)(unix_ms / 1000);

@@ -98,6 +98,21 @@ bool tn_hook_endpoint_wants(const struct tn_hook_endpoint *ep, const char *type,
 json_t *tn_hook_envelope_parse(const char *buf, size_t len, const char *expect_id,
 			       const char **error_r);
 
+/* Segments: a file of new/ or of a queue named <id>.json holds the
+ * events of one group commit, one envelope per line, the first one's id
+ * its name (a one-event segment is an event file). Walk its lines: true
+ * and the next line (without its newline) while there is one; *pos
+ * starts at 0. */
+bool tn_hook_segment_next(const char *buf, size_t len, size_t *pos, const char **line_r,
+			  size_t *line_len_r);
+/* The id a line of a segment begins with as the outbox writes it
+ * ({"id":"<id>",...), copied into id_r; false for another shape. */
+bool tn_hook_segment_line_id(const char *line, size_t len, char id_r[TN_HOOK_ID_SIZE]);
+/* The envelope of event id in a segment's bytes (see
+ * tn_hook_envelope_parse), or NULL with a static reason in *error_r. */
+json_t *tn_hook_segment_find(const char *buf, size_t len, const char *id,
+			     const char **error_r);
+
 /* RFC 3339 UTC with milliseconds for Unix ms: "2026-11-22T21:30:01.512Z". */
 void tn_hook_format_time(int64_t unix_ms, char buf[32]);
 /* Unix ms now (wall clock). */

@@ -35,6 +35,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -465,7 +466,10 @@ static int tnctl_show_find(struct tnctl_show *s)
 		fprintf(stderr, "tnctl: %s\n", error);
 		return EX_TEMPFAIL;
 	}
-	tnctl_show_probe(s, NULL, TNCTL_NEW);
+	if (tnctl_scan(s->spool, NULL, TNCTL_NEW, s->id, 0, &s->where, &error) < 0) {
+		fprintf(stderr, "tnctl: %s\n", error);
+		return EX_TEMPFAIL;
+	}
 	for (size_t i = 0; i < s->names.n; i++) {
 		if (tnctl_scan(s->spool, s->names.v[i], TNCTL_QUEUED, s->id, 0, &s->where,
 			       &error) < 0) {
@@ -474,6 +478,7 @@ static int tnctl_show_find(struct tnctl_show *s)
 		}
 		tnctl_show_probe(s, s->names.v[i], TNCTL_DEAD);
 	}
+	tnctl_entries_sort(&s->where, 0);
 	tnctl_show_bad(s);
 	return 0;
 }
@@ -680,7 +685,8 @@ static bool tnctl_replay_one(struct tnctl_replay *r, const char *endpoint, const
 	dead = tnctl_entry_path(r->spool, &e);
 	e.state = TNCTL_QUEUED;
 	queue = tnctl_entry_path(r->spool, &e);
-	if (rename(dead, queue) == 0) {
+	/* never onto a segment of the same name still being delivered */
+	if (renameat2(AT_FDCWD, dead, AT_FDCWD, queue, RENAME_NOREPLACE) == 0) {
 		printf("replayed %s to %s\n", id, endpoint);
 		r->replayed++;
 		done = true;
@@ -875,21 +881,44 @@ static struct tnctl_ep_stats *tnctl_stats_endpoint(struct tnctl_stats *st, const
 	return s;
 }
 
-/* Count the event files of dir (any: every name); the oldest id's time. */
-static int tnctl_count_dir(const char *dir, bool any, size_t *count_r, int64_t *oldest_r)
+/* The events of a segment file (its lines); 0 when it went away. */
+static size_t tnctl_count_lines(const char *dir, const char *name)
+{
+	char *path = tn_mem_printf("%s/%s", dir, name), *buf;
+	const char *error;
+	size_t len, n = 0;
+
+	if (tnctl_read_file(path, TNCTL_FILE_MAX, &buf, &len, &error) == 0) {
+		for (size_t i = 0; i < len; i++)
+			n += buf[i] == '\n';
+		n += len > 0 && buf[len - 1] != '\n';
+		tn_mem_free(&buf);
+	}
+	tn_mem_free(&path);
+	return n;
+}
+
+/* Count the events of dir: the lines of each segment (<id>.json) and
+ * each retry file (segments: whole files when !segments); any: every
+ * other name counts as one. The oldest id's time. */
+static int tnctl_count_dir(const char *dir, bool any, bool segments, size_t *count_r,
+			   int64_t *oldest_r)
 {
 	struct tn_hook_qname q;
 	struct dirent *de;
 	DIR *d = opendir(dir);
 	int64_t t;
+	bool event;
 
 	*count_r = 0;
 	if (d == NULL)
 		return errno == ENOENT ? 0 : -1;
 	while ((de = readdir(d)) != NULL) {
-		if (any ? de->d_name[0] == '.' : tn_hook_qname_parse(de->d_name, &q) < 0)
+		event = tn_hook_qname_parse(de->d_name, &q) == 0;
+		if (any ? de->d_name[0] == '.' : !event)
 			continue;
-		(*count_r)++;
+		*count_r += segments && event && q.attempts == 0 ?
+			tnctl_count_lines(dir, de->d_name) : 1;
 		if (!any && oldest_r != NULL && (t = tn_hook_id_time_ms(q.id)) >= 0 &&
 		    (*oldest_r < 0 || t < *oldest_r))
 			*oldest_r = t;
@@ -925,8 +954,8 @@ static int tnctl_stats_spool_one(struct tnctl_stats *st, const char *name)
 	char *marker = tn_mem_printf("%s/hooks/%s/disabled", st->spool, name);
 	int ret = 0;
 
-	if (tnctl_count_dir(queue, false, &s->depth, &s->oldest_ms) < 0 ||
-	    tnctl_count_dir(dead, false, &s->dead, NULL) < 0) {
+	if (tnctl_count_dir(queue, false, true, &s->depth, &s->oldest_ms) < 0 ||
+	    tnctl_count_dir(dead, false, false, &s->dead, NULL) < 0) {
 		fprintf(stderr, "tnctl: %s/hooks/%s: %s\n", st->spool, name, strerror(errno));
 		ret = EX_TEMPFAIL;
 	}
@@ -945,8 +974,9 @@ static int tnctl_stats_spool(struct tnctl_stats *st)
 	const char *error;
 	int ret = 0;
 
-	if (access(new_dir, F_OK) < 0 || tnctl_count_dir(new_dir, true, &st->backlog, NULL) < 0 ||
-	    tnctl_count_dir(bad_dir, true, &st->bad, NULL) < 0) {
+	if (access(new_dir, F_OK) < 0 ||
+	    tnctl_count_dir(new_dir, true, true, &st->backlog, NULL) < 0 ||
+	    tnctl_count_dir(bad_dir, true, false, &st->bad, NULL) < 0) {
 		fprintf(stderr, "tnctl: %s or %s: %s\n", new_dir, bad_dir, strerror(errno));
 		ret = EX_TEMPFAIL;
 	} else if (tnctl_endpoint_dirs(st->spool, &names, &error) < 0) {

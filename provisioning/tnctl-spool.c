@@ -175,7 +175,10 @@ char *tnctl_entry_path(const char *spool, const struct tnctl_entry *e)
 	char *dir = tnctl_state_dir(spool, e->endpoint, e->state), *path;
 	char file[TN_HOOK_QNAME_SIZE];
 
-	tn_hook_qname_format(&e->q, file);
+	if (e->seg[0] != '\0')
+		snprintf(file, sizeof(file), "%s.json", e->seg);
+	else
+		tn_hook_qname_format(&e->q, file);
 	path = tn_mem_printf("%s/%s", dir, file);
 	tn_mem_free(&dir);
 	return path;
@@ -191,7 +194,42 @@ void tnctl_entries_add(struct tnctl_entries *out, const struct tn_hook_qname *q,
 	out->v[out->n].q = *q;
 	out->v[out->n].endpoint = endpoint;
 	out->v[out->n].state = state;
+	out->v[out->n].seg[0] = '\0';
 	out->n++;
+}
+
+/* An entry per event line of segment dir/name; a file that went away
+ * meanwhile (fanned out, delivered) has none. Lines that are not
+ * events are left out (tn-hookd quarantines them). */
+static void tnctl_scan_segment(const char *dir, const char *name, const char *seg_id,
+			       const char *endpoint, enum tnctl_state state,
+			       const char *only_id, struct tnctl_entries *out)
+{
+	char *path = tn_mem_printf("%s/%s", dir, name), *buf;
+	struct tn_hook_qname q = { .attempts = 0 };
+	const char *line, *error;
+	size_t len, pos = 0, n;
+	json_t *ev;
+
+	if (tnctl_read_file(path, TNCTL_FILE_MAX, &buf, &len, &error) < 0) {
+		tn_mem_free(&path);
+		return;
+	}
+	while (tn_hook_segment_next(buf, len, &pos, &line, &n)) {
+		if (!tn_hook_segment_line_id(line, n, q.id)) {
+			if ((ev = tn_hook_envelope_parse(line, n, NULL, &error)) == NULL)
+				continue;
+			snprintf(q.id, sizeof(q.id), "%s",
+				 json_string_value(json_object_get(ev, "id")));
+			json_decref(ev);
+		}
+		if (only_id != NULL && strcmp(q.id, only_id) != 0)
+			continue;
+		tnctl_entries_add(out, &q, endpoint, state);
+		memcpy(out->v[out->n - 1].seg, seg_id, TN_HOOK_ID_SIZE);
+	}
+	tn_mem_free(&buf);
+	tn_mem_free(&path);
 }
 
 int tnctl_scan(const char *spool, const char *endpoint, enum tnctl_state state,
@@ -212,10 +250,12 @@ int tnctl_scan(const char *spool, const char *endpoint, enum tnctl_state state,
 	}
 	while ((de = readdir(d)) != NULL) {
 		if (tn_hook_qname_parse(de->d_name, &q) < 0 ||
-		    (state != TNCTL_QUEUED && q.attempts != 0) ||
-		    (only_id != NULL && strcmp(q.id, only_id) != 0))
+		    (state != TNCTL_QUEUED && q.attempts != 0))
 			continue;
-		tnctl_entries_add(out, &q, endpoint, state);
+		if (state != TNCTL_DEAD && q.attempts == 0)
+			tnctl_scan_segment(dir, de->d_name, q.id, endpoint, state, only_id, out);
+		else if (only_id == NULL || strcmp(q.id, only_id) == 0)
+			tnctl_entries_add(out, &q, endpoint, state);
 		if (keep > 0 && out->n >= 2 * keep + 4096)
 			tnctl_entries_sort(out, keep);
 	}
@@ -235,13 +275,30 @@ static int tnctl_entry_cmp(const void *a, const void *b)
 		return x->endpoint == NULL ? -1 : 1;
 	if (x->endpoint != NULL && (c = strcmp(x->endpoint, y->endpoint)) != 0)
 		return c;
-	return (int)x->state - (int)y->state;
+	if (x->state != y->state)
+		return (int)x->state - (int)y->state;
+	/* the retry file (more attempts) before the segment's line */
+	return x->q.attempts > y->q.attempts ? -1 : x->q.attempts < y->q.attempts;
+}
+
+static bool tnctl_entry_same(const struct tnctl_entry *x, const struct tnctl_entry *y)
+{
+	return strcmp(x->q.id, y->q.id) == 0 && x->state == y->state &&
+	       (x->endpoint == NULL) == (y->endpoint == NULL) &&
+	       (x->endpoint == NULL || strcmp(x->endpoint, y->endpoint) == 0);
 }
 
 void tnctl_entries_sort(struct tnctl_entries *entries, size_t limit)
 {
+	size_t n = 0;
+
 	if (entries->n > 1)
 		qsort(entries->v, entries->n, sizeof(*entries->v), tnctl_entry_cmp);
+	for (size_t i = 0; i < entries->n; i++) {
+		if (n == 0 || !tnctl_entry_same(&entries->v[n - 1], &entries->v[i]))
+			entries->v[n++] = entries->v[i];
+	}
+	entries->n = n;
 	if (limit > 0 && entries->n > limit)
 		entries->n = limit;
 }
@@ -261,7 +318,7 @@ json_t *tnctl_envelope_load(const char *path, const char *id, const char **error
 
 	if (tnctl_read_file(path, TNCTL_FILE_MAX, &buf, &len, error_r) < 0)
 		return NULL;
-	if ((ev = tn_hook_envelope_parse(buf, len, id, &why)) == NULL)
+	if ((ev = tn_hook_segment_find(buf, len, id, &why)) == NULL)
 		tnctl_fail(error_r, "%s: %s", path, why);
 	tn_mem_free(&buf);
 	return ev;

@@ -56,6 +56,7 @@ struct tnctl_entry {
 	struct tn_hook_qname q;
 	const char *endpoint;		/* NULL in new/; else owned by a tnctl_names */
 	enum tnctl_state state;
+	char seg[TN_HOOK_ID_SIZE];	/* a line of segment <seg>.json; "": its own file */
 };
 
 struct tnctl_entries {
@@ -68,8 +69,8 @@ struct tnctl_names {
 	size_t n;
 };
 
-/* Largest file read whole: an event (TN_OUTBOX_EVENT_MAX) and some. */
-#define TNCTL_FILE_MAX (TN_OUTBOX_EVENT_MAX + 1024)
+/* Largest file read whole: a segment (TN_OUTBOX_SEGMENT_MAX) and some. */
+#define TNCTL_FILE_MAX (TN_OUTBOX_SEGMENT_MAX + 1024)
 
 /* "outbox_dir" must be a directory: 0, or EX_TEMPFAIL after a message. */
 int tnctl_spool_check(const char *spool);
@@ -84,13 +85,17 @@ void tnctl_names_free(struct tnctl_names *names);
 /* Append the entries of new/ (endpoint NULL), or of endpoint's queue/ or
  * dead/, to out; only_id: only that event's. keep > 0: out may be cut to
  * its oldest keep entries on the way. A missing queue/ or dead/ is
- * empty; a missing new/ is an error. */
+ * empty; a missing new/ is an error. A segment (<id>.json in new/ or a
+ * queue) gives an entry per event line; in a queue, every line until
+ * the segment is gone (tn-hookd knows which of them are done). */
 int tnctl_scan(const char *spool, const char *endpoint, enum tnctl_state state,
 	       const char *only_id, size_t keep, struct tnctl_entries *out,
 	       const char **error_r);
 void tnctl_entries_add(struct tnctl_entries *out, const struct tn_hook_qname *q,
 		       const char *endpoint, enum tnctl_state state);
-/* Sort by id (UUIDv7: by time), endpoint, state; keep the first limit (0: all). */
+/* Sort by id (UUIDv7: by time), endpoint, state; keep the first limit
+ * (0: all). An event both in a segment and in a retry file of the same
+ * queue (it failed and left the segment) is listed once, as the retry. */
 void tnctl_entries_sort(struct tnctl_entries *entries, size_t limit);
 void tnctl_entries_free(struct tnctl_entries *entries);
 /* The file of an entry (tn_mem_free). */

@@ -567,3 +567,48 @@ def test_config_with_hookd_parameters(tmp_path):
     assert {"hookd_endpoints_dir", "hookd_retry_window", "hookd_log_level"} <= set(names)
     conf.write_text("hookd_retry_window = soon\n")
     assert run(str(conf), "config").returncode == 78
+
+
+# --- segments ------------------------------------------------------------------
+
+def test_segments_list_show_stats(tmp_path):
+    """A segment (one file, several events, one per line) in new/ and one
+    in a queue beside the retry file of one of its events: list shows
+    each event once (the retry state for that one), show finds an event
+    that is not the file's first, stats counts events."""
+    s = Spool(tmp_path)
+    s.endpoint("billing")
+    ids = [s.emit("mailbox.created", "acme") for _ in range(6)]
+
+    def segment(where, members):
+        text = b""
+        for i in members:
+            with open(s.path("new", i + ".json"), "rb") as f:
+                text += f.read()
+            os.unlink(s.path("new", i + ".json"))
+        with open(os.path.join(where, members[0] + ".json"), "wb") as f:
+            f.write(text)
+    segment(s.path("new"), ids[:3])
+    segment(s.path("hooks", "billing", "queue"), ids[3:])
+    retry = "%s.1.%d.%d.retry" % (ids[4], s.now - 1000, s.now + 600000)
+    with open(s.path("hooks", "billing", "queue", retry), "w") as f:
+        with open(s.path("hooks", "billing", "queue", ids[3] + ".json")) as seg:
+            f.write(seg.read().splitlines(True)[1])
+    r = s.tnctl("events", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    items = json.loads(r.stdout)
+    assert sorted((i["id"], i["state"], i["attempts"]) for i in items) == sorted(
+        [(i, "new", 0) for i in ids[:3]] + [(ids[3], "queued", 0), (ids[4], "queued", 1),
+                                             (ids[5], "queued", 0)])
+    assert all(i["type"] == "mailbox.created" for i in items)
+    for i, where in ((ids[1], "new"), (ids[5], "queued")):
+        r = s.tnctl("events", "show", i, "--json")
+        assert r.returncode == 0, r.stderr
+        o = json.loads(r.stdout)
+        assert o["event"]["id"] == i and o["error"] is None
+        assert [loc["state"] for loc in o["locations"]] == [where]
+    r = s.tnctl("events", "stats", "--json")
+    o = json.loads(r.stdout)
+    assert o["new_backlog"] == 3
+    # the queue's segment counts its lines until it goes, the retry file too
+    assert {e["name"]: e["queue_depth"] for e in o["endpoints"]}["billing"] == 4
