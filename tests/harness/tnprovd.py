@@ -108,8 +108,8 @@ class Provd:
     def events(self, tenant):
         out = []
         for path in glob.glob(os.path.join(self.outbox, "new", "*.json")):
-            with open(path) as f:
-                ev = json.loads(f.read())
-            if ev["tenant"] == tenant:
-                out.append(ev)
+            with open(path) as f:       # a segment: one event per line
+                for ev in map(json.loads, f):
+                    if ev["tenant"] == tenant:
+                        out.append(ev)
         return sorted(out, key=lambda e: e["sequence"])

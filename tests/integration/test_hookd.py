@@ -838,15 +838,16 @@ def test_stale_tmp_files_are_removed(case):
 
 
 def _check_new_parses(h):
-    """Every file in new/ is one complete event; returns them."""
+    """Every file in new/ is a segment of complete events, one per line,
+    named after the first; returns them."""
     events = []
     for n in h.new_files():
         with open(h.path("new", n), "rb") as f:
             data = f.read()
-        assert data.endswith(b"\n") and data.count(b"\n") == 1, n
-        ev = json.loads(data)
-        assert ev["id"] + ".json" == n
-        events.append(ev)
+        assert data.endswith(b"\n"), n
+        lines = [json.loads(line) for line in data.splitlines()]
+        assert lines[0]["id"] + ".json" == n
+        events += lines
     return events
 
 
@@ -1046,5 +1047,163 @@ def test_sigterm_stops_after_5s_with_a_hung_request(own, tmp_path):
         assert [n.split(".")[0] for n in h.queue_files("hang")] == [e["id"]]
         h.start()
         c.wait_delivered(r, [e["id"]], "hang", timeout=30)
+    finally:
+        c.close()
+
+
+# --- segments: a file of new/ holding the events of one group commit ----------------
+
+
+def envelope(tenant, sequence, type_="mailbox.updated", data=None):
+    """An event as the outbox writes it (keys in its order)."""
+    return {"id": uuid7(), "type": type_, "occurred_at": "2026-11-22T21:06:36.249Z",
+            "tenant": tenant, "sequence": sequence, "origin": "seg-test",
+            "data": data if data is not None else {"n": sequence}}
+
+
+def line(ev):
+    return ev if isinstance(ev, str) else json.dumps(ev, separators=(",", ":"))
+
+
+def write_segment(h, lines):
+    """A segment as the outbox commits one: the lines (events or raw text)
+    written in tmp/, renamed to new/<first line's id>.json.  Returns its id."""
+    seg_id = lines[0]["id"]
+    tmp = h.path("tmp", seg_id + ".json")
+    with open(tmp, "w") as f:
+        f.write("".join(line(ev) + "\n" for ev in lines))
+    os.rename(tmp, h.path("new", seg_id + ".json"))
+    return seg_id
+
+
+def assert_bodies_are_lines(receiver, events):
+    """Each request's body is its event's line, byte for byte, signed,
+    under the event's id."""
+    want = {ev["id"]: line(ev).encode() for ev in events}
+    for q in receiver.requests():
+        if q.id in want:
+            assert q.body == want[q.id], q.id
+            assert q["sig"]["ok"], q["sig"]
+
+
+def test_segment_of_several_events_is_delivered_and_removed(case):
+    """A segment of 6 events of two tenants: each event is one request
+    (its line as the body), the segment leaves new/ and the queue, and
+    /metrics counts 6 events fanned out."""
+    h = case.hookd
+    r = case.receiver()
+    case.endpoint("seg", r)
+    before = h.metrics().value("tn_hookd_events_fanned_out_total", 0)
+    evs = [envelope(case.tenants[i % 2], i // 2 + 1) for i in range(6)]
+    seg = write_segment(h, evs)
+    case.wait_delivered(r, [e["id"] for e in evs], "seg")
+    assert seg + ".json" not in h.new_files()
+    assert r.unique_ids(False) == {e["id"] for e in evs}
+    assert len(r.requests()) == 6
+    assert_bodies_are_lines(r, evs)
+    case.wait(lambda: h.metrics().value("tn_hookd_events_fanned_out_total", 0) >= before + 6,
+              10, "tn_hookd_events_fanned_out_total +6")
+    case.wait(lambda: h.metrics().value("tn_hookd_queue_depth", None, endpoint="seg") == 0,
+              10, "queue depth 0")
+
+
+def test_segment_with_a_corrupt_line(case):
+    """A segment whose second line is not an event: that line goes to
+    bad/<segment>.line2 with a log line, the other events are delivered."""
+    h = case.hookd
+    r = case.receiver()
+    case.endpoint("segbad", r)
+    before = h.metrics().value("tn_hookd_quarantined_total", 0)
+    mark = h.log_mark()
+    good = [envelope(case.tenants[0], i + 1) for i in range(3)]
+    corrupt = '{"id":"%s","type":"mailbox.upd' % uuid7()
+    seg = write_segment(h, [good[0], corrupt, good[1], good[2]])
+    case.wait_delivered(r, [e["id"] for e in good], "segbad")
+    bad = h.path("bad", seg + ".line2")
+    case.wait(lambda: os.path.exists(bad), 10, "bad/%s.line2" % seg)
+    with open(bad) as f:
+        assert f.read() == corrupt + "\n"
+    log = h.log_since(mark)
+    assert seg in log and "line 2" in log, log
+    assert r.unique_ids(False) == {e["id"] for e in good}
+    assert_bodies_are_lines(r, good)
+    assert seg + ".json" not in h.bad_files()
+    case.wait(lambda: h.metrics().value("tn_hookd_quarantined_total", 0) >= before + 1,
+              10, "tn_hookd_quarantined_total +1")
+
+
+def test_segment_to_two_endpoints_with_different_filters(case):
+    """One segment, two endpoints (mailbox.* and quota.*): each gets its
+    own events of it, and the segment leaves both queues."""
+    h = case.hookd
+    rm, rq = case.receiver(), case.receiver()
+    case.endpoint("seg-mbx", rm, events="mailbox.*")
+    case.endpoint("seg-quota", rq, events="quota.*")
+    types = ["mailbox.created", "quota.exceeded", "mailbox.deleted", "quota.warning",
+             "tenant.created"]
+    evs = [envelope(case.tenants[0], i + 1, t) for i, t in enumerate(types)]
+    seg = write_segment(h, evs)
+    want_m = {e["id"] for e in evs if e["type"].startswith("mailbox.")}
+    want_q = {e["id"] for e in evs if e["type"].startswith("quota.")}
+    case.wait_delivered(rm, want_m, "seg-mbx")
+    case.wait_delivered(rq, want_q, "seg-quota")
+    time.sleep(1.5)     # a rescan: nothing else turns up
+    assert rm.unique_ids(False) == want_m
+    assert rq.unique_ids(False) == want_q
+    assert_bodies_are_lines(rm, evs)
+    assert_bodies_are_lines(rq, evs)
+    for e in ("seg-mbx", "seg-quota"):
+        assert seg + ".json" not in h.queue_files(e)
+
+
+def test_segment_event_failing_becomes_a_retry_file(case):
+    """One event of a segment answered 500: it gets its own .retry file in
+    the queue, the others are delivered and the segment file goes; once
+    the receiver accepts it, the retry is delivered with the same body."""
+    h = case.hookd
+    r = case.receiver()
+    evs = [envelope(case.tenants[1], i + 1) for i in range(4)]
+    failing = evs[2]["id"]
+    r.set_behaviour([{"ids": [failing], "status": 500}])
+    case.endpoint("segretry", r)
+    seg = write_segment(h, evs)
+    case.wait_delivered(r, [e["id"] for e in evs if e["id"] != failing])
+
+    def only_the_retry():
+        names = h.queue_files("segretry")
+        return len(names) == 1 and (RETRY_NAME.match(names[0]) or [None, None])[1] == failing
+    case.wait(only_the_retry, 20, "only %s's .retry file in the queue" % failing)
+    with open(h.path("hooks", "segretry", "queue", h.queue_files("segretry")[0])) as f:
+        assert f.read() == line(evs[2]) + "\n"
+    r.set_behaviour([])
+    case.wait_delivered(r, [failing], "segretry", timeout=60)
+    assert_bodies_are_lines(r, evs)
+    assert seg + ".json" not in h.queue_files("segretry")
+
+
+def test_hookd_killed_in_the_middle_of_a_segment(own, tmp_path):
+    """tn-hookd killed -9 after some events of a segment were delivered:
+    after the restart the segment is delivered again, every event under
+    its own id and body (duplicates allowed), and nothing is left."""
+    h = own()
+    c = Case(h, tmp_path, ["crash-seg"])
+    try:
+        r = c.receiver()
+        r.always(200, delay=0.3)
+        c.endpoint("crashseg", r, concurrency=1)
+        evs = [envelope("crash-seg", i + 1) for i in range(8)]
+        seg = write_segment(h, evs)
+        c.wait(lambda: len(r.unique_ids()) >= 2, 20, "2 events delivered")
+        h.kill()
+        got_before = r.unique_ids()
+        assert got_before < {e["id"] for e in evs}
+        assert seg + ".json" in h.queue_files("crashseg")
+        r.always(200)
+        h.start()
+        c.wait_delivered(r, [e["id"] for e in evs], "crashseg")
+        assert r.unique_ids(False) == {e["id"] for e in evs}
+        assert len(r.requests()) > len(evs)        # some sent again
+        assert_bodies_are_lines(r, evs)
+        assert not h.pending(["crashseg"]) and not h.bad_files()
     finally:
         c.close()

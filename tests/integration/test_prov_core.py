@@ -120,10 +120,10 @@ class Prov:
     def events(self, tenant=None):
         out = []
         for path in glob.glob(os.path.join(self.outbox, "new", "*.json")):
-            with open(path) as f:
-                ev = json.loads(f.read())
-            if tenant is None or ev["tenant"] == tenant:
-                out.append(ev)
+            with open(path) as f:       # a segment: one event per line
+                for ev in map(json.loads, f):
+                    if tenant is None or ev["tenant"] == tenant:
+                        out.append(ev)
         return sorted(out, key=lambda e: (e["tenant"], e["sequence"]))
 
 
