@@ -34,11 +34,12 @@
  *	event-to-receipt latency.
  *
  *	ceiling: the floor tn-hookd is measured against. Reads every
- *	"<id>.json" in dir (an outbox's new/: the bodies tn-hookd would
- *	send) and POSTs count requests to url from -k threads (default 1),
+ *	"<id>.json" in dir (an outbox's new/: segments, one event per line,
+ *	the bodies tn-hookd would send) and POSTs count requests to url
+ *	from -k threads (default 1),
  *	each a plain libcurl easy handle reused for all its requests
  *	(keep-alive), one request at a time. Request i sends body i mod
- *	bodies (the file without its final newline) with the headers a
+ *	bodies (an event's line without its newline) with the headers a
  *	Standard Webhooks sender sends (docs/events.md), as tn-hookd
  *	sends them: Content-Type, an empty Expect, a User-Agent, webhook-id, webhook-timestamp (now) and webhook-signature computed
  *	for this request with tn_webhook_sign() (OpenSSL HMAC-SHA256) for
@@ -486,26 +487,41 @@ static bool bench_body_name(const char *name)
 	return len == TN_HOOK_ID_SIZE - 1 + 5 && strcmp(name + len - 5, ".json") == 0;
 }
 
-static int bench_read_body(const char *dir, const char *name, struct bench_body *b)
+/* The events of one file of new/ (a segment: one event per line, as
+ * the outbox writes them, {"id":"<id>",...) become bodies, each without
+ * its newline. */
+static int bench_read_bodies(struct bench_ceiling *c, const char *name)
 {
-	char *path = tn_mem_printf("%s/%s", dir, name);
+	char *path = tn_mem_printf("%s/%s", c->opts->dir, name), *buf, *p, *nl;
 	FILE *fp = fopen(path, "r");
-	size_t cap = TN_OUTBOX_EVENT_MAX + 1;
+	size_t cap = TN_OUTBOX_SEGMENT_MAX + 1, len;
 
 	if (fp == NULL) {
 		fprintf(stderr, "%s: %s: %s\n", BENCH_NAME, path, strerror(errno));
 		tn_mem_free(&path);
 		return -1;
 	}
-	b->data = tn_mem_alloc(cap);
-	b->len = fread(b->data, 1, cap, fp);
+	buf = tn_mem_alloc(cap);
+	len = fread(buf, 1, cap, fp);
 	fclose(fp);
+	for (p = buf; p < buf + len && c->nbodies < BENCH_BODIES_MAX; p = nl + 1) {
+		struct bench_body *b = &c->bodies[c->nbodies];
+
+		if ((nl = memchr(p, '\n', (size_t)(buf + len - p))) == NULL ||
+		    nl - p < 7 + TN_HOOK_ID_SIZE || strncmp(p, "{\"id\":\"", 7) != 0) {
+			fprintf(stderr, "%s: %s: not an outbox segment\n", BENCH_NAME, path);
+			break;
+		}
+		b->len = (size_t)(nl - p);
+		b->data = tn_mem_alloc(b->len + 1);
+		memcpy(b->data, p, b->len);
+		memcpy(b->id, p + 7, TN_HOOK_ID_SIZE - 1);
+		b->id[TN_HOOK_ID_SIZE - 1] = '\0';
+		c->nbodies++;
+	}
+	tn_mem_free(&buf);
 	tn_mem_free(&path);
-	if (b->len > 0 && b->data[b->len - 1] == '\n')
-		b->len--;
-	memcpy(b->id, name, TN_HOOK_ID_SIZE - 1);
-	b->id[TN_HOOK_ID_SIZE - 1] = '\0';
-	return b->len > 0 && b->len < cap ? 0 : -1;
+	return p >= buf + len || c->nbodies == BENCH_BODIES_MAX ? 0 : -1;
 }
 
 static int bench_load_bodies(struct bench_ceiling *c)
@@ -521,7 +537,7 @@ static int bench_load_bodies(struct bench_ceiling *c)
 	c->bodies = tn_mem_calloc(BENCH_BODIES_MAX, sizeof(*c->bodies));
 	while (ret == 0 && c->nbodies < BENCH_BODIES_MAX && (de = readdir(d)) != NULL) {
 		if (bench_body_name(de->d_name))
-			ret = bench_read_body(c->opts->dir, de->d_name, &c->bodies[c->nbodies++]);
+			ret = bench_read_bodies(c, de->d_name);
 	}
 	closedir(d);
 	if (ret == 0 && c->nbodies == 0) {
