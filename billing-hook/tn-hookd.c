@@ -14,9 +14,18 @@
  *	hd->mlock, and the reaper, which unlinks delivered files and hands
  *	their items back through a pipe.
  *
+ *	A file of new/ is a segment: the events of one producer's group
+ *	commit, one per line. It is linked/renamed into each queue whose
+ *	endpoint wants any of its events, and each endpoint indexes the
+ *	events it wants (hookd.h). An event leaves its segment when
+ *	delivered or when it fails (then it is written out as its own
+ *	.retry file); a segment with none left is removed by the reaper.
+ *
  *	Nothing on the delivery side is fsync'ed except the queue
- *	directories after a fan-out batch, before the names in new/ go: a
- *	crash may send an event again (same webhook-id), never lose one.
+ *	directories after a fan-out batch, before the names in new/ go, and
+ *	the file system (syncfs, by the reaper) before a segment that
+ *	retry files were written from is removed: a crash may send an
+ *	event again (same webhook-id), never lose one.
  *--*/
 #include "tn-build.h"
 

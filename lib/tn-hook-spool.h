@@ -10,8 +10,10 @@
  *	the names and formats; it does no delivery.
  *
  *	Queue file names:
- *	    <id>.json                                  never attempted
- *	    <id>.<attempts>.<first_ms>.<next_ms>.retry  failed <attempts> times
+ *	    <id>.json                                  a segment (events never
+ *	                                               attempted, one per line)
+ *	    <id>.<attempts>.<first_ms>.<next_ms>.retry  one event, failed
+ *	                                               <attempts> times
  *	tn_hook_qname_parse() accepts exactly these (ids are lower-case
  *	UUIDs) and rejects anything else, so foreign files are left alone.
  *

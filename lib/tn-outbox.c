@@ -6,14 +6,14 @@
  * DESCRIPTION
  *	An append is prepared by its own thread, in parallel with the
  *	others: input checks and limits, id and timestamp, the envelope
- *	encoded around a hole for the sequence number, and tmp/<id>.json
- *	created (O_EXCL, exact mode) but left empty. Then it joins the
- *	queue of the outbox object, and any thread waiting there may lead
- *	a batch: take the queued requests (at most TN_OUTBOX_BATCH_MAX) and
- *	commit them while the others sleep until theirs is done. Two
- *	batches may be under way, on disjoint tenants: a new one starts
- *	when the last one has passed step 3, so that its writes and sync
- *	overlap the other's renames and fsync. A batch:
+ *	encoded around a hole for the sequence number; nothing is written.
+ *	Then it joins the queue of the outbox object, and any thread
+ *	waiting there may lead a batch: take the queued requests (at most
+ *	TN_OUTBOX_BATCH_MAX) and commit them while the others sleep until
+ *	theirs is done. Two batches may be under way, on disjoint tenants:
+ *	a new one starts when the last one has passed step 4, so that its
+ *	writes and sync overlap the other's rename and fsync. A batch
+ *	writes its events into one file, a segment, one line each:
  *
  *	1. open tmp/ and new/; (the requests were sorted by tenant name,
  *	   then arrival) per tenant in that order, open seq/<tenant> (made
@@ -25,31 +25,29 @@
  *	   its requests go back to the queue with a retry time (1 ms
  *	   doubling to 5 ms) or, past their deadline, fail;
  *	2. per locked tenant: read n; give n+1, n+2, ... to its requests
- *	   and write each event into its tmp file (too big: that request
- *	   fails, its number goes to the next); counter := last number
- *	   (pwrite; not synced yet);
- *	3. barrier: syncfs(2) on new/, or fdatasync of every event file
- *	   and counter after starting their write-back together (the event
- *	   files by the threads of their requests, meanwhile asleep, so
- *	   that the syncs overlap; the counters by the leader);
- *	4. rename each event into new/, tenant by tenant in sequence order;
- *	5. fsync new/;
- *	6. flock(LOCK_UN) explicitly (a child forked meanwhile shares the
+ *	   (too big with its number: that request fails, its number goes
+ *	   to the next); counter := last number (pwrite; not synced yet);
+ *	   in fsync mode the counters are synced now, each tenant failing
+ *	   alone;
+ *	3. the numbered events, tenant by tenant in sequence order, into
+ *	   tmp/<first id>.json (O_EXCL, exact mode) with one writev;
+ *	4. barrier: syncfs(2) on new/, or fdatasync of the segment;
+ *	5. rename the segment into new/;
+ *	6. fsync new/;
+ *	7. flock(LOCK_UN) explicitly (a child forked meanwhile shares the
  *	   open file description, and close() alone would leave the lock
  *	   with it), close; wake the requests' threads.
  *
- *	Failures. A request failing in 2 gets no number. A tenant whose
- *	counter cannot be written or whose files cannot be synced (fsync
- *	mode; a failing syncfs fails every tenant of the batch) fails as a
- *	whole: its tmp files are removed and its counter written back to n,
- *	durably. A rename failing in 4 fails that event and the tenant's
- *	later ones, and the counter goes back to just below it (the earlier
- *	ones are visible and keep their numbers). A failing fsync of new/
- *	fails every published event: each is unlinked from new/ and the
- *	counter written back, except that a file the consumer already
- *	claimed keeps the counter at its number, so that no number is used
- *	twice. The counter never goes below a number visible in new/, and
- *	is on disk before any event that uses it is visible.
+ *	Failures. A request or tenant failing in 1-2 is left out of the
+ *	segment: it gets no number (a tenant's counter is written back to
+ *	n, durably). A failure in 3-5 (write, sync, rename) fails the
+ *	batch: the segment is removed and every counter written back. A
+ *	failing fsync of new/ fails the batch too: the segment is unlinked
+ *	from new/ and the counters written back, except that a segment the
+ *	consumer already claimed keeps the counters at their numbers, so
+ *	that no number is used twice. The counter never goes below a number
+ *	visible in new/, and is on disk before any event that uses it is
+ *	visible.
 
  *	Ids (UUIDv7, RFC 9562 section 5.7 with the monotonic counter of
  *	section 6.2 method 1): 48-bit Unix milliseconds, version 7, 12-bit

@@ -7,28 +7,38 @@
  *	Every producer (milter threads, Dovecot processes running as the
  *	mail user, tn-provisiond) records billing events here; tn-hookd
  *	delivers them later (docs/outbox.md). tn_outbox_append() returns 0
- *	only when the event is durable on local disk: written to tmp/,
- *	synced together with the tenant's counter, renamed into new/ and
- *	new/ fsync'ed. On -1 nothing of that event is visible in new/ and
- *	the tenant's sequence counter does not count it (the caller fails
- *	its request: provisioning refuses, a milter tempfails).
+ *	only when the event is durable on local disk: written to tmp/ (a
+ *	line of its batch's segment), synced together with the tenant's
+ *	counter, renamed into new/ and new/ fsync'ed. On -1 nothing of that
+ *	event is visible in new/ and the tenant's sequence counter does not
+ *	count it (the caller fails its request: provisioning refuses, a
+ *	milter tempfails).
  *
  *	Group commit: the appends of one outbox object that arrive while
  *	another batch is being committed wait for it and are committed
- *	together by one of them (the leader), sharing its syncs: one
- *	syncfs(2) (or one fdatasync per file, sync = TN_OUTBOX_SYNC_FSYNC)
- *	for the event files and counters, one fsync of new/. syncfs also
- *	writes out whatever else is dirty on that file system: give the
+ *	together by one of them (the leader), sharing one file and its
+ *	syncs: the batch's events are the lines of one segment file, made
+ *	durable with the counters by one syncfs(2) (or, sync =
+ *	TN_OUTBOX_SYNC_FSYNC, an fdatasync of each counter, then of the
+ *	segment), then renamed into new/, and one fsync of new/. syncfs
+ *	also writes out whatever else is dirty on that file system: give the
  *	outbox a file system of its own, or use TN_OUTBOX_SYNC_FSYNC. Each
- *	event still gets its own file in new/ and its own result: a member
- *	that fails (bad input, its tenant locked elsewhere past
- *	lock_timeout_ms, a disk error on its files) fails alone and leaves
- *	nothing in new/. Share one outbox object between the threads of a
- *	process to get the benefit (a process normally has one).
+ *	event still gets its own line, number and result: a member that
+ *	fails on its own (bad input, too large once numbered, its tenant
+ *	locked elsewhere past lock_timeout_ms, its counter unreadable or not
+ *	written) is left out of the segment before it is written and fails
+ *	alone; a failure on the segment itself (its write, the sync, the
+ *	rename, the fsync of new/) fails the batch, and then nothing of it
+ *	is in new/. Share one outbox object between the threads of a process
+ *	to get the benefit (a process normally has one).
  *
  *	Layout under dir (made by the install step, never by this code):
- *	tmp/ files being written, new/ durable events "<id>.json", seq/
- *	one counter file per tenant. All three are mode 2770, group
+ *	tmp/ files being written, new/ durable events: segments
+ *	"<id>.json", each the events of one batch (1 to
+ *	TN_OUTBOX_SEGMENT_EVENTS), one envelope and a newline per line,
+ *	tenant by tenant in sequence order, named after the first line's
+ *	id (a one-event segment is one event file); seq/ one counter file
+ *	per tenant. All three are mode 2770, group
  *	tenantmail; every producer's user is in that group; files are
  *	0660 whatever the process umask.
  *
@@ -56,7 +66,7 @@
  *	for one tenant are serialised by an exclusive flock(2) on the
  *	tenant's counter file, held by the leader for the batch, so
  *	sequence order is the order in which events become visible in
- *	new/. A leader never blocks on a lock while holding others: it
+ *	new/ (a batch's events together). A leader never blocks on a lock while holding others: it
  *	tries the tenants of a batch in name order without waiting, and a
  *	member whose tenant is busy goes to a later batch, retrying with a
  *	back-off until lock_timeout_ms after the call (then an error, like
@@ -102,7 +112,7 @@ struct tn_outbox_settings {
 	const char *dir;		/* holds tmp/ new/ seq/ */
 	const char *origin;		/* node name; NULL or "": gethostname() */
 	enum tn_outbox_sync sync;	/* 0: TN_OUTBOX_SYNC_SYNCFS */
-	uint64_t max_events;		/* refuse at this many in new/; 0: no limit */
+	uint64_t max_events;		/* refuse at this many files (segments) in new/; 0: no limit */
 	uint64_t min_free_bytes;	/* refuse below this free space; 0: no check */
 	mode_t file_mode;		/* 0: 0660 */
 	int64_t lock_timeout_ms;	/* wait for the tenant's lock; 0: 5 s */
