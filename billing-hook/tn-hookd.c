@@ -73,6 +73,10 @@
 #define HOOKD_NBUCKETS 12
 /* Bodies kept in memory between fan-out and the first attempt, at most. */
 #define HOOKD_CACHE_MAX (64 * 1024 * 1024)
+/* Delivered segments handed back to the producers for reuse (tmp/free.<n>),
+ * and the largest one worth keeping. */
+#define HOOKD_FREE_FILES 128
+#define HOOKD_FREE_SIZE_MAX (1024 * 1024)
 /* Idle easy handles kept per endpoint (connections live in the multi handle). */
 #define HOOKD_EASY_KEEP 64
 
@@ -160,6 +164,7 @@ struct hookd_reap {
 	bool sync;			/* syncfs before the unlink */
 	bool kept;			/* the sync failed: the file stays */
 	char path[PATH_MAX];
+	char free_path[PATH_MAX];	/* a segment: hand it back there, or "" */
 	struct hookd_reap *next;
 };
 
@@ -200,6 +205,7 @@ struct hookd {
 	char *scratch;			/* HOOKD_FILE_MAX bytes for reading files */
 	size_t cached_bytes;		/* bodies kept from fan-out until first attempt */
 	unsigned ticks;
+	unsigned free_next;		/* the next tmp/free.<n> */
 	struct hookd_metrics *metrics;
 	pthread_mutex_t mlock;
 	/* under mlock */
@@ -831,7 +837,11 @@ static void hookd_clean_tmp(struct hookd *hd)
 			continue;
 		if ((now_s - st.st_mtime) * 1000 < hd->tmp_max_age_ms)
 			continue;
-		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+		if (unlinkat(dirfd(d), de->d_name, 0) < 0)
+			continue;
+		if (strncmp(de->d_name, TN_OUTBOX_FREE_PREFIX, strlen(TN_OUTBOX_FREE_PREFIX)) == 0)
+			tn_debug("removed %s/%s (not reused for a while)", hd->tmpdir, de->d_name);
+		else
 			tn_info("removed stale %s/%s (a producer that never finished)",
 				hd->tmpdir, de->d_name);
 	}
@@ -1432,6 +1442,19 @@ static bool hookd_reap_sync(const struct hookd_reap *j)
 	return ok || errno == ENOENT;
 }
 
+/* A segment's file, if this is its last name and it is not large, is
+ * handed back to the producers as tmp/free.<n> (replacing whatever had
+ * that name) instead of being unlinked: they overwrite it, and neither
+ * side allocates or frees an inode (docs/outbox.md). */
+static bool hookd_reap_recycle(const struct hookd_reap *j)
+{
+	struct stat st;
+
+	return j->free_path[0] != '\0' && lstat(j->path, &st) == 0 && S_ISREG(st.st_mode) &&
+	       st.st_nlink == 1 && st.st_size <= HOOKD_FREE_SIZE_MAX &&
+	       rename(j->path, j->free_path) == 0;
+}
+
 /* The file system's part of a job (either thread); synced: whether a
  * sync this round already covered it. */
 static void hookd_reap_run(struct hookd_reap *j, bool *synced)
@@ -1443,6 +1466,8 @@ static void hookd_reap_run(struct hookd_reap *j, bool *synced)
 		}
 		*synced = true;
 	}
+	if (hookd_reap_recycle(j))
+		return;
 	if (unlink(j->path) < 0 && errno != ENOENT)
 		tn_error("endpoint %s: cannot remove %s: %s", j->ep->conf.name, j->path,
 			 strerror(errno));
@@ -1532,6 +1557,9 @@ static void hookd_reap(struct hookd *hd, struct hookd_ep *ep, struct hookd_item 
 	j->seg = seg;
 	j->sync = seg != NULL && seg->wrote_retry;
 	snprintf(j->path, sizeof(j->path), "%s", path);
+	if (seg != NULL)
+		snprintf(j->free_path, sizeof(j->free_path), "%s/" TN_OUTBOX_FREE_PREFIX "%u",
+			 hd->tmpdir, hd->free_next++ % HOOKD_FREE_FILES);
 	if (item != NULL)
 		ep->reaping++;
 	if (!rp->running) {

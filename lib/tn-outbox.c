@@ -109,6 +109,11 @@
 #define TN_OUTBOX_BATCH_MAX TN_OUTBOX_SEGMENT_EVENTS
 /* Batches committed at the same time by one outbox object. */
 #define TN_OUTBOX_BATCHES 2
+/* Names of reusable files in tmp/ kept at a time, their longest name
+ * ("free." and a number), and how often an empty pool is looked at. */
+#define TN_OUTBOX_FREE_CACHE 64
+#define TN_OUTBOX_FREE_NAME_SIZE 32
+#define TN_OUTBOX_FREE_SCAN_MS 100
 /* Retry of a tenant locked by another process: 1 ms doubling to 5. */
 #define TN_OUTBOX_RETRY_MIN_MS 1
 #define TN_OUTBOX_RETRY_MAX_MS 5
@@ -192,6 +197,7 @@ struct tn_outbox_batch {
 	bool published;			/* the segment is in new/ (maybe undone since) */
 	int tmp_fd, new_fd;		/* tmp/ and new/ */
 	int seg_fd;			/* the segment in tmp/ */
+	bool seg_reused;		/* a file of the consumer's, maybe longer */
 	char seg_name[TN_OUTBOX_ID_SIZE + 5];	/* <id>.json */
 	char *seg_tmp_path, *seg_new_path;
 	struct tn_outbox_req *reqs[TN_OUTBOX_BATCH_MAX];
@@ -218,6 +224,12 @@ struct tn_outbox {
 	uint64_t count;
 	tn_msec_t count_at;
 	bool counted, scanning;
+	/* under lock: names of reusable files in tmp/, and when tmp/ was
+	 * last read for them */
+	char free_names[TN_OUTBOX_FREE_CACHE][TN_OUTBOX_FREE_NAME_SIZE];
+	unsigned n_free;
+	tn_msec_t free_scanned_at;
+	bool free_scanning;
 
 	pthread_mutex_t queue_lock;
 	/* under queue_lock */
@@ -987,13 +999,89 @@ static void tn_outbox_batch_sync_counters(struct tn_outbox_batch *b)
 	}
 }
 
+/* Fill the pool of reusable names from tmp/ (one thread at a time, at
+ * most every TN_OUTBOX_FREE_SCAN_MS). */
+static void tn_outbox_free_scan(struct tn_outbox *ob)
+{
+	char names[TN_OUTBOX_FREE_CACHE][TN_OUTBOX_FREE_NAME_SIZE];
+	size_t prefix = strlen(TN_OUTBOX_FREE_PREFIX);
+	DIR *dir = opendir(ob->sub[TN_OUTBOX_TMP]);
+	struct dirent *de;
+	unsigned n = 0;
+
+	while (dir != NULL && n < TN_OUTBOX_FREE_CACHE && (de = readdir(dir)) != NULL) {
+		if (strncmp(de->d_name, TN_OUTBOX_FREE_PREFIX, prefix) == 0 &&
+		    strlen(de->d_name) < TN_OUTBOX_FREE_NAME_SIZE)
+			memcpy(names[n++], de->d_name, strlen(de->d_name) + 1);
+	}
+	if (dir != NULL)
+		closedir(dir);
+	pthread_mutex_lock(&ob->lock);
+	for (unsigned i = 0; i < n && ob->n_free < TN_OUTBOX_FREE_CACHE; i++)
+		memcpy(ob->free_names[ob->n_free++], names[i], TN_OUTBOX_FREE_NAME_SIZE);
+	ob->free_scanning = false;
+	pthread_mutex_unlock(&ob->lock);
+}
+
+/* The name of a reusable file in tmp/ (someone else may take it first),
+ * or false. */
+static bool tn_outbox_free_take(struct tn_outbox *ob, char name_r[TN_OUTBOX_FREE_NAME_SIZE])
+{
+	tn_msec_t now = tn_time_now_ms();
+	bool scan = false;
+
+	pthread_mutex_lock(&ob->lock);
+	if (ob->n_free == 0 && !ob->free_scanning &&
+	    now - ob->free_scanned_at >= TN_OUTBOX_FREE_SCAN_MS) {
+		ob->free_scanning = scan = true;
+		ob->free_scanned_at = now;
+	}
+	pthread_mutex_unlock(&ob->lock);
+	if (scan)
+		tn_outbox_free_scan(ob);
+	pthread_mutex_lock(&ob->lock);
+	scan = ob->n_free > 0;
+	if (scan)
+		memcpy(name_r, ob->free_names[--ob->n_free], TN_OUTBOX_FREE_NAME_SIZE);
+	pthread_mutex_unlock(&ob->lock);
+	return scan;
+}
+
+/* A file for the segment: a reusable one of tmp/ renamed to its name
+ * (saves allocating an inode, and the consumer freeing one), or a new
+ * one. A reused file must be a regular file with one link, else it is
+ * dropped. */
+static int tn_outbox_segment_open(struct tn_outbox_batch *b, const char **error_r)
+{
+	char name[TN_OUTBOX_FREE_NAME_SIZE];
+	struct stat st;
+	int fd;
+
+	while (tn_outbox_free_take(b->ob, name)) {
+		if (renameat(b->tmp_fd, name, b->tmp_fd, b->seg_name) < 0)
+			continue;	/* another producer took it */
+		fd = openat(b->tmp_fd, b->seg_name,
+			    O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) {
+			b->seg_reused = true;
+			return fd;
+		}
+		if (fd >= 0)
+			close(fd);
+		unlinkat(b->tmp_fd, b->seg_name, 0);
+	}
+	return tn_outbox_create_file(b->ob, b->seg_tmp_path, error_r);
+}
+
 /* Step 4: the numbered events, tenant by tenant in sequence order, one
- * line each, into one new file in tmp/ named after the first of them
- * (one write). A failure fails the batch. */
+ * line each, into one file in tmp/ named after the first of them (one
+ * write; a reused file is cut to that length). A failure fails the
+ * batch. */
 static void tn_outbox_batch_write(struct tn_outbox_batch *b)
 {
 	struct tn_outbox_req *first = NULL;
 	const char *error;
+	size_t size = 0;
 	int n = 0;
 
 	for (size_t i = 0; i < b->n_reqs; i++) {
@@ -1006,15 +1094,17 @@ static void tn_outbox_batch_write(struct tn_outbox_batch *b)
 		b->iov[n++] = (struct iovec){ req->text, req->head_len };
 		b->iov[n++] = (struct iovec){ req->digits, req->digits_len };
 		b->iov[n++] = (struct iovec){ req->text + req->head_len, req->tail_len };
+		size += req->head_len + req->digits_len + req->tail_len;
 	}
 	snprintf(b->seg_name, sizeof(b->seg_name), "%s.json", first->id);
 	b->seg_tmp_path = tn_mem_printf("%s/%s", b->ob->sub[TN_OUTBOX_TMP], b->seg_name);
 	b->seg_new_path = tn_mem_printf("%s/%s", b->ob->sub[TN_OUTBOX_NEW], b->seg_name);
-	if ((b->seg_fd = tn_outbox_create_file(b->ob, b->seg_tmp_path, &error)) < 0) {
+	if ((b->seg_fd = tn_outbox_segment_open(b, &error)) < 0) {
 		tn_outbox_batch_fail(b, error);
 		return;
 	}
-	if (tn_outbox_writev_all(b->seg_fd, b->iov, n) < 0) {
+	if (tn_outbox_writev_all(b->seg_fd, b->iov, n) < 0 ||
+	    (b->seg_reused && ftruncate(b->seg_fd, (off_t)size) < 0)) {
 		tn_outbox_sysfail(&error, "write", b->seg_tmp_path);
 		tn_outbox_batch_fail(b, error);
 	}

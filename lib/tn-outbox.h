@@ -95,6 +95,9 @@
 /* Most events in one segment file (one group commit), and its largest size. */
 #define TN_OUTBOX_SEGMENT_EVENTS 128
 #define TN_OUTBOX_SEGMENT_MAX (TN_OUTBOX_SEGMENT_EVENTS * TN_OUTBOX_EVENT_MAX)
+/* tmp/free.<n>: a delivered segment's file the consumer hands back for
+ * reuse (docs/outbox.md, "Reused files"). */
+#define TN_OUTBOX_FREE_PREFIX "free."
 /* Longest type, tenant and origin. */
 #define TN_OUTBOX_TYPE_MAX 64
 #define TN_OUTBOX_TENANT_MAX 63

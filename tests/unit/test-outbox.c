@@ -666,6 +666,65 @@ static void test_limits(void **state)
 	json_decref(data);
 }
 
+/* A used segment file handed back in tmp/free.<n> is reused: renamed to
+ * the next segment's name, overwritten and cut to its length (the same
+ * inode ends up in new/); a free name that is a symbolic link or has a
+ * second link is dropped, and its target left alone. */
+static void test_reused_files(void **state)
+{
+	struct fx *fx = *state;
+	struct tn_outbox *ob = fx_outbox(fx, 0);
+	char *free1 = fx_path(fx, "tmp", "free.1"), *free2 = fx_path(fx, "tmp", "free.2");
+	char *target = fx_path(fx, "seq", "victim"), *text, name[64], *path;
+	char id[TN_OUTBOX_ID_SIZE];
+	struct stat st, before;
+	uint64_t seq;
+	json_t *data = json_object(), *ev;
+	FILE *f = fopen(free1, "w");
+
+	for (int i = 0; i < 2000; i++)
+		fputs("old segment bytes, longer than the next event\n", f);
+	fclose(f);
+	assert_int_equal(stat(free1, &before), 0);
+	append_ok(ob, "test.reuse", "acme", data, id, &seq);
+	snprintf(name, sizeof(name), "%s.json", id);
+	path = fx_path(fx, "new", name);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_ino, before.st_ino);
+	text = read_text(path, NULL);
+	assert_null(strstr(text, "old segment"));
+	assert_int_equal(strlen(text), (size_t)st.st_size);
+	tn_mem_free(&text);
+	ev = load_event(fx, name);
+	assert_int_equal(json_integer_value(json_object_get(ev, "sequence")), 1);
+	json_decref(ev);
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+
+	/* a symbolic link, and a file with another name elsewhere */
+	f = fopen(target, "w");
+	fputs("keep\n", f);
+	fclose(f);
+	assert_int_equal(symlink(target, free1), 0);
+	assert_int_equal(link(target, free2), 0);
+	tn_outbox_destroy(&ob);
+	ob = fx_outbox(fx, 0);		/* looks at tmp/ again */
+	append_ok(ob, "test.reuse", "acme", data, id, &seq);
+	append_ok(ob, "test.reuse", "acme", data, id, &seq);
+	assert_int_equal(seq, 3);
+	text = read_text(target, NULL);
+	assert_string_equal(text, "keep\n");
+	tn_mem_free(&text);
+	assert_int_equal(count_entries(fx, "tmp"), 0);
+	assert_int_equal(count_events(fx), 3);
+	unlink(target);
+	tn_mem_free(&target);
+	tn_mem_free(&path);
+	tn_mem_free(&free1);
+	tn_mem_free(&free2);
+	json_decref(data);
+	tn_outbox_destroy(&ob);
+}
+
 /* --- modes ----------------------------------------------------------------------- */
 
 static void assert_mode(struct fx *fx, const char *sub, const char *name, mode_t mode)
@@ -1678,6 +1737,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_missing_dirs, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_limits, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_umask, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_reused_files, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_threads, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_processes, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_crash, fx_setup, fx_teardown),
