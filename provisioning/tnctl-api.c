@@ -476,25 +476,28 @@ char *tnctl_api_code(const struct tnctl_api_req *rq)
 	return out;
 }
 
+char *tnctl_api_describe_error(long http, const json_t *err)
+{
+	const char *code = json_string_value(json_object_get(err, "code"));
+	const char *msg = json_string_value(json_object_get(err, "message"));
+	const char *field = json_string_value(json_object_get(err, "field"));
+
+	if (msg == NULL)
+		return tn_mem_printf("HTTP status %ld", http);
+	return tn_mem_printf("%ld %s: %s%s%s%s", http, code != NULL ? code : "error", msg,
+			     field != NULL ? " (field: " : "", field != NULL ? field : "",
+			     field != NULL ? ")" : "");
+}
+
 char *tnctl_api_describe(const struct tnctl_api_req *rq)
 {
-	json_t *j, *err;
-	const char *code, *msg, *field;
+	json_t *j;
 	char *out;
 
 	if (rq->http == 0)
 		return tn_mem_printf("no answer from %s", rq->error);
 	j = tnctl_api_json(rq);
-	err = json_object_get(j, "error");
-	code = json_string_value(json_object_get(err, "code"));
-	msg = json_string_value(json_object_get(err, "message"));
-	field = json_string_value(json_object_get(err, "field"));
-	if (msg != NULL)
-		out = tn_mem_printf("%ld %s: %s%s%s%s", rq->http, code != NULL ? code : "error",
-				    msg, field != NULL ? " (field: " : "",
-				    field != NULL ? field : "", field != NULL ? ")" : "");
-	else
-		out = tn_mem_printf("HTTP status %ld", rq->http);
+	out = tnctl_api_describe_error(rq->http, json_object_get(j, "error"));
 	json_decref(j);
 	return out;
 }

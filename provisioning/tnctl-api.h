@@ -112,6 +112,9 @@ json_t *tnctl_api_json(const struct tnctl_api_req *rq);
 char *tnctl_api_code(const struct tnctl_api_req *rq);
 /* "404 not_found: no such tenant (field: id)" or "no answer: ..." */
 char *tnctl_api_describe(const struct tnctl_api_req *rq);
+/* The same for an error object {"code","message","field"} of status
+ * http (a batch item's; err may be NULL) */
+char *tnctl_api_describe_error(long http, const json_t *err);
 int tnctl_api_exit(const struct tnctl_api_req *rq);
 
 /* s percent-encoded for a path segment or query value (fresh) */
