@@ -7,6 +7,7 @@
  *--*/
 #include <crypt.h>
 #include <errno.h>
+#include <pthread.h>
 #include <regex.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -307,16 +308,26 @@ static const struct tn_prov_scheme tn_prov_schemes[] = {
 	{ "{BLF-CRYPT}", "^\\$2[aby]\\$(0[4-9]|[12][0-9]|3[01])\\$[./0-9A-Za-z]{53}$" },
 };
 
-static bool tn_prov_match(const char *pattern, const char *s)
-{
-	regex_t re;
-	bool ok;
+#define TN_PROV_NSCHEMES (sizeof(tn_prov_schemes) / sizeof(tn_prov_schemes[0]))
 
-	if (regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0)
-		return false;
-	ok = regexec(&re, s, 0, NULL, 0) == 0;
-	regfree(&re);
-	return ok;
+/* Compiled once for the process (a compile per check was a visible part
+ * of a bulk import's CPU); regexec() may share them between threads. */
+static regex_t tn_prov_scheme_re[TN_PROV_NSCHEMES];
+static bool tn_prov_scheme_ok[TN_PROV_NSCHEMES];
+static pthread_once_t tn_prov_scheme_once = PTHREAD_ONCE_INIT;
+
+static void tn_prov_scheme_compile(void)
+{
+	for (size_t i = 0; i < TN_PROV_NSCHEMES; i++)
+		tn_prov_scheme_ok[i] = regcomp(&tn_prov_scheme_re[i], tn_prov_schemes[i].pattern,
+					       REG_EXTENDED | REG_NOSUB) == 0;
+}
+
+static bool tn_prov_match(size_t scheme, const char *s)
+{
+	pthread_once(&tn_prov_scheme_once, tn_prov_scheme_compile);
+	return tn_prov_scheme_ok[scheme] &&
+		regexec(&tn_prov_scheme_re[scheme], s, 0, NULL, 0) == 0;
 }
 
 int tn_prov_input_check_hash(const char *hash, const char **why_r)
@@ -327,7 +338,7 @@ int tn_prov_input_check_hash(const char *hash, const char **why_r)
 
 		if (strncmp(hash, s->prefix, n) != 0)
 			continue;
-		if (tn_prov_match(s->pattern, hash + n))
+		if (tn_prov_match(i, hash + n))
 			return 0;
 		*why_r = "malformed hash for its scheme";
 		return -1;

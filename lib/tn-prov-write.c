@@ -1341,6 +1341,73 @@ static int tn_prov_batch_dups(struct tn_prov_op *op, struct tn_prov_batch *b,
 	return 0;
 }
 
+/* Read back the entries added, one search per 100 (a single create reads
+ * its entry back alone): their JSON and ETags for the results and the
+ * events. An entry not found (removed meanwhile) fails its item. */
+static void tn_prov_batch_read_back(struct tn_prov_op *op, struct tn_prov_batch *b,
+				    bool *added)
+{
+	char **attrs = tn_prov_entry_attrs(op->kd);
+	const char *attr = op->kd->key_attr;
+	enum tn_prov_status st = TN_PROV_OK;
+
+	for (size_t from = 0; from < b->n && !op->broken; from += 100) {
+		size_t to = from + 100 < b->n ? from + 100 : b->n;
+		char *filter = tn_mem_printf("(&(objectClass=%s)(|", op->kd->objectclass), *piece;
+		LDAPMessage *res = NULL;
+		bool any = false;
+		const char *why;
+
+		for (size_t i = from; i < to; i++) {
+			char *v;
+
+			if (!added[i])
+				continue;
+			v = tn_escape_filter_value(b->w[i].key, strlen(b->w[i].key));
+			piece = tn_mem_printf("%s(%s=%s)", filter, attr, v);
+			tn_mem_free(&filter);
+			tn_mem_free(&v);
+			filter = piece;
+			any = true;
+		}
+		piece = tn_mem_printf("%s))", filter);
+		tn_mem_free(&filter);
+		filter = piece;
+		if (any && tn_prov_search(op, op->p->tenants_dn, LDAP_SCOPE_SUBTREE, filter, attrs,
+					  &res, &st) == 0) {
+			for (LDAPMessage *e = ldap_first_entry(op->ld, res); e != NULL;
+			     e = ldap_next_entry(op->ld, e)) {
+				struct tn_prov_entry *ent = tn_prov_entry_from(op, op->kd, e, &why);
+
+				for (size_t i = from; ent != NULL && i < to; i++) {
+					if (added[i] && b->w[i].now == NULL &&
+					    strcmp(ent->key, b->w[i].key) == 0 &&
+					    strcmp(ent->tenant, b->w[i].tenant) == 0) {
+						b->w[i].now = ent;
+						ent = NULL;
+					}
+				}
+				tn_prov_entry_free(&ent);
+			}
+		}
+		if (res != NULL)
+			ldap_msgfree(res);
+		tn_mem_free(&filter);
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		if (!added[i] || b->w[i].now != NULL)
+			continue;
+		added[i] = false;
+		op->res = &b->res[i];
+		op->res->changed = true;	/* written, not seen again */
+		tn_prov_invalidate(op, op->kd->kind, b->w[i].key);
+		tn_prov_fail(op, TN_PROV_TEMPFAIL, NULL, "the %s was written but could not be "
+			     "read back%s: read it before trying again", op->kd->name,
+			     op->broken ? " (directory connection lost)" : "");
+	}
+	tn_mem_free(&attrs);
+}
+
 /* The plan counters of the batch's mailboxes: one increment per tenant. */
 static void tn_prov_batch_shares(struct tn_prov_op *op, struct tn_prov_batch *b,
 				 struct tn_prov_entry **tenants)
@@ -1405,7 +1472,8 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 	bool *added = tn_mem_calloc(b->n, sizeof(*added));
 	struct tn_prov_bcache bc = { 0, NULL };
 	enum tn_prov_status st = TN_PROV_OK;
-	char *dn, *why = NULL;
+	char *dn, *why = NULL, *diag = NULL;
+	int rc;
 
 	op->bcache = &bc;
 	/* 1. owners, each read once; nothing is written yet, so a lost
@@ -1443,11 +1511,20 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 		dn = tn_prov_dn(op->p, op->kd->kind == TN_PROV_TENANT ? NULL : b->w[i].tenant,
 				op->kd->key_attr, b->w[i].key);
 		tn_prov_create_mods(op, &b->w[i]);
-		if (tn_prov_write_back(op, &b->w[i], TN_PROV_WRITE_ADD, dn, NULL) == TN_PROV_OK) {
+		rc = tn_prov_write(op, TN_PROV_WRITE_ADD, dn, b->w[i].mods.mods, NULL, &diag);
+		if (rc != LDAP_SUCCESS)
+			tn_prov_ldap_fail(op, rc, "add", diag);
+		ldap_memfree(diag);
+		diag = NULL;
+		if (rc == LDAP_SUCCESS) {
 			added[i] = true;
 		} else if (!op->broken) {	/* refused, not lost */
 			tn_prov_release(op, b->w[i].tenant, &b->w[i].share);
 		} else {
+			tn_prov_invalidate(op, op->kd->kind, b->w[i].key);
+			tn_prov_fail(op, b->res[i].status, NULL, "%s (the write was sent: its "
+				     "outcome is unknown; read the %s before trying again)",
+				     b->res[i].message, op->kd->name);
 			st = b->res[i].status;
 			why = tn_mem_strdup(b->res[i].message != NULL ? b->res[i].message : "?");
 			tn_prov_batch_not_attempted(b, i + 1, &b->res[i]);
@@ -1458,7 +1535,8 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 		b->todo[i] = false;
 		tn_mem_free(&dn);
 	}
-	/* 4. invalidation and events of what was added */
+	/* 4. read back, invalidation and events of what was added */
+	tn_prov_batch_read_back(op, b, added);
 	tn_prov_batch_commit(op, b, added);
 	op->res = outer;
 	op->bcache = NULL;
