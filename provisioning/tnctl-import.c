@@ -5,7 +5,7 @@
  *	tnctl import: many creates from CSV or NDJSON, in parallel, resumable
  * SYNOPSIS
  *	tnctl import [--kind K] [--format csv|ndjson] [--results FILE] [--resume]
- *		[--dry-run] [--parallel N] [--progress|--no-progress] FILE
+ *		[--dry-run] [--parallel N] [--batch N] [--progress|--no-progress] FILE
  * DESCRIPTION
  *	Reads FILE whole and turns each line into the body of a create:
  *	CSV (RFC 4180, tnctl-csv.c) with a header naming the JSON fields
@@ -17,17 +17,30 @@
  *
  *	Order: kinds in dependency order (tenants, domains, mailboxes,
  *	aliases), each kind in file order, with a barrier between kinds;
- *	within a kind up to --parallel (8) creates in flight on reused
+ *	within a kind up to --parallel (8) requests in flight on reused
  *	connections (one libcurl multi handle, tnctl-api.c; the runner and
  *	its retries are tnctl-bulk.c's, shared with sync).
  *
- *	Every create carries Idempotency-Key "<sha256 of FILE, 32 hex>-
+ *	Batches: consecutive lines of a kind go --batch (100) at a time in
+ *	one POST /v1/batch/<coll>, whose results, one per item, are taken
+ *	line by line as the single creates' answers: an item answered 409
+ *	is checked with a GET once the kind's batches are done; one
+ *	answered 503 or 429 was not written and goes into the next round of
+ *	batches (5 times at most, after the batch's Retry-After, else 1 s);
+ *	a batch too large (413, 400 on "items") is sent again in halves.
+ *	A server without the route (404) gets single creates from then on,
+ *	after one notice (with --progress). --batch 1: single creates only.
+ *	A batch's Idempotency-Key is "<32 hex>-<first line>+<count>-<FNV-1a
+ *	of its line numbers, 16 hex>": a resumed run that sends the same
+ *	lines together replays the answer.
+ *
+ *	A single create carries Idempotency-Key "<sha256 of FILE, 32 hex>-
  *	<line>". A 409 is checked with a GET: the object of that kind
  *	under the tenant the line names (any, when it names none) is
  *	"exists", and so is a create answered from the server's
- *	Idempotency-Key store (an earlier run's). 503/429 are tried again after Retry-After (at most 5
- *	times); no connection or a timeout 3 times, then the import stops
- *	("unreachable": rerun with --resume).
+ *	Idempotency-Key store (an earlier run's). 503/429 are tried again
+ *	after Retry-After (at most 5 times); no connection or a timeout 3
+ *	times, then the import stops ("unreachable": rerun with --resume).
  *
  *	Results: one NDJSON record per line as it completes (flushed):
  *	{"line","kind","key","status":"created|exists|failed|invalid",
@@ -45,6 +58,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,11 +74,21 @@
 
 #define IMP_FILE_MAX ((size_t)4 << 30)
 #define IMP_PARALLEL_MAX 256
+#define IMP_BATCH_MAX 1000
+#define IMP_BATCH_DEFAULT 100
+#define IMP_ITEM_RETRIES 5	/* a batch item answered 503 or 429 */
 #define IMP_SHOW_INVALID 10	/* invalid lines shown on stderr */
 #define IMP_TTY_TICK_MS 200
 #define IMP_PLAIN_TICK_MS 2000
 
 enum imp_status { IMP_TODO, IMP_CREATED, IMP_EXISTS, IMP_FAILED, IMP_INVALID, IMP_SKIPPED };
+
+/* What a line still TODO after a batch needs */
+enum imp_next {
+	IMP_NEXT_CREATE,	/* its create (in a batch with --batch > 1) */
+	IMP_NEXT_CHECK,		/* the GET after a batch item's 409 */
+	IMP_NEXT_SINGLE,	/* its create alone: the server has no batch route */
+};
 
 static const char *const imp_status_names[] = {
 	"todo", "created", "exists", "failed", "invalid", "skipped",
@@ -81,6 +105,13 @@ struct imp_line {
 	const char *field;
 	bool checking;		/* the GET after a 409 */
 	char *conflict;		/* the 409's description */
+	enum imp_next next;
+	unsigned item_tries;	/* 503/429 as a batch item */
+};
+
+struct imp_batch {
+	struct imp_line **lines;
+	size_t n;
 };
 
 struct imp {
@@ -91,6 +122,10 @@ struct imp {
 	const char *format;
 	bool resume, dry_run, progress;
 	unsigned parallel;
+	unsigned batch;		/* lines per request (--batch) */
+	unsigned batch_now;	/* less after a 413 */
+	bool no_batch_route;	/* the server has none: single creates */
+	long item_wait;		/* Retry-After of a batch with items to retry */
 	char sha[65];		/* of the file's content */
 	struct imp_line *lines;
 	size_t nlines, cap;
@@ -535,19 +570,31 @@ static void imp_send(void *ctx, void *item, struct tnctl_api_req *rq)
 	tn_mem_free(&idem);
 }
 
-/* After a 409: is it this line's object? */
-static void imp_check(struct imp_line *l, struct tnctl_api_req *rq)
+/* The GET after a 409: is it this line's object? */
+static void imp_check_init(struct imp_line *l, struct tnctl_api_req *rq)
 {
 	const struct tnctl_kind *k = &tnctl_kinds[l->kind];
 	char *key = tnctl_api_escape(l->key);
 	char *path = tn_mem_printf("/v1/%s/%s", k->coll, key);
 
-	l->conflict = tnctl_api_describe(rq);
-	tnctl_api_req_clear(rq);
 	tnctl_api_req_init(rq, "GET", path, NULL, NULL, NULL);
 	l->checking = true;
 	tn_mem_free(&key);
 	tn_mem_free(&path);
+}
+
+static void imp_check(struct imp_line *l, struct tnctl_api_req *rq)
+{
+	l->conflict = tnctl_api_describe(rq);
+	tnctl_api_req_clear(rq);
+	imp_check_init(l, rq);
+}
+
+/* tnctl_bulk_send_fn: the check of a batch item answered 409 */
+static void imp_send_check(void *ctx, void *item, struct tnctl_api_req *rq)
+{
+	(void)ctx;
+	imp_check_init(item, rq);
 }
 
 static void imp_checked(struct imp *im, struct imp_line *l, struct tnctl_api_req *rq)
@@ -598,17 +645,277 @@ static void imp_tick(void *ctx)
 	imp_progress(ctx, false);
 }
 
-/* The lines of one kind, in file order, --parallel at a time. */
-static void imp_kind(struct imp *im, int kind)
+/* --- batches ------------------------------------------------------------------------ */
+
+/* "<sha>-<first line>+<count>-<digest of the line numbers>": the same
+ * batch of a resumed run replays; a batch that starts at the same line
+ * but holds other lines (some were done meanwhile) gets another key. */
+static char *imp_batch_key(const struct imp *im, const struct imp_batch *b)
 {
-	void **todo = tn_mem_calloc(im->nlines + 1, sizeof(*todo));
+	uint64_t h = 14695981039346656037ULL;	/* FNV-1a */
+
+	for (size_t i = 0; i < b->n; i++) {
+		for (unsigned v = b->lines[i]->line, j = 0; j < 4; j++, v >>= 8) {
+			h ^= v & 0xff;
+			h *= 1099511628211ULL;
+		}
+	}
+	return tn_mem_printf("%.32s-%u+%zu-%016llx", im->sha, b->lines[0]->line, b->n,
+			     (unsigned long long)h);
+}
+
+/* {"items":[<body>,...]} */
+static char *imp_batch_body(const struct imp_batch *b)
+{
+	size_t len = sizeof("{\"items\":[]}");
+	char *body, *p;
+
+	for (size_t i = 0; i < b->n; i++)
+		len += strlen(b->lines[i]->body) + 1;
+	p = body = tn_mem_alloc(len);
+	p = stpcpy(p, "{\"items\":[");
+	for (size_t i = 0; i < b->n; i++) {
+		if (i > 0)
+			*p++ = ',';
+		p = stpcpy(p, b->lines[i]->body);
+	}
+	strcpy(p, "]}");
+	return body;
+}
+
+/* tnctl_bulk_send_fn: POST /v1/batch/<coll> */
+static void imp_batch_send(void *ctx, void *item, struct tnctl_api_req *rq)
+{
+	struct imp_batch *b = item;
+	char *path = tn_mem_printf("/v1/batch/%s", tnctl_kinds[b->lines[0]->kind].coll);
+	char *body = imp_batch_body(b);
+	char *idem = imp_batch_key(ctx, b);
+
+	tnctl_api_req_init(rq, "POST", path, body, NULL, idem);
+	tn_mem_free(&path);
+	tn_mem_free(&body);
+	tn_mem_free(&idem);
+}
+
+/* One item's result, as the same create alone would have been
+ * answered: final, or what the line needs next. */
+static void imp_item(struct imp *im, struct imp_line *l, json_t *res, bool replayed,
+		     long retry_after)
+{
+	json_t *st = json_object_get(res, "status"), *err = json_object_get(res, "error");
+	long http = json_is_integer(st) ? (long)json_integer_value(st) : 0;
+
+	if (http == 200 || http == 201) {
+		imp_done(im, l, replayed ? IMP_EXISTS : IMP_CREATED, http, NULL);
+	} else if (http == 409) {
+		tn_mem_free(&l->conflict);
+		l->conflict = tnctl_api_describe_error(http, err);
+		l->next = IMP_NEXT_CHECK;
+	} else if ((http == 503 || http == 429) && ++l->item_tries < IMP_ITEM_RETRIES &&
+		   !tnctl_bulk_interrupted()) {
+		l->next = IMP_NEXT_CREATE;	/* not written: in the next round */
+		if (retry_after < 1)
+			retry_after = 1;
+		if (retry_after > im->item_wait)
+			im->item_wait = retry_after > 10 ? 10 : retry_after;
+	} else if (http < 400 || http > 599) {
+		imp_done(im, l, IMP_FAILED, 200, tn_mem_printf(
+				 "batch answer: item without an HTTP status (%ld)", http));
+	} else {
+		l->field = NULL;
+		imp_done(im, l, http == 400 || http == 413 ? IMP_INVALID : IMP_FAILED, http,
+			 tnctl_api_describe_error(http, err));
+	}
+}
+
+/* The answer's "results", one object per item, or NULL */
+static json_t *imp_batch_results(const struct tnctl_api_req *rq, size_t n)
+{
+	json_t *j = tnctl_api_json(rq), *res = json_object_get(j, "results"), *v;
+	size_t i;
+
+	if (!json_is_array(res) || json_array_size(res) != n) {
+		json_decref(j);
+		return NULL;
+	}
+	json_array_foreach(res, i, v) {
+		if (!json_is_object(v)) {
+			json_decref(j);
+			return NULL;
+		}
+	}
+	json_incref(res);
+	json_decref(j);
+	return res;
+}
+
+static void imp_batch_fail(struct imp *im, struct imp_batch *b, long http, const char *why)
+{
+	for (size_t i = 0; i < b->n; i++)
+		imp_done(im, b->lines[i], IMP_FAILED, http, tn_mem_strdup(why));
+}
+
+/* 404 to a batch: a server without the route; its lines, and all to
+ * come, are sent one by one. */
+static void imp_no_route(struct imp *im, struct imp_batch *b, const struct tnctl_api_req *rq)
+{
+	if (!im->no_batch_route && im->progress) {
+		char *why = tnctl_api_describe(rq);
+
+		fprintf(stderr, "%stnctl: import: no batch route on the server (%s %s: %s): "
+			"one create per line\n", im->tty && im->last_tick != 0 ? "\n" : "",
+			rq->method, rq->path, why);
+		tn_mem_free(&why);
+	}
+	im->no_batch_route = true;
+	for (size_t i = 0; i < b->n; i++)
+		b->lines[i]->next = IMP_NEXT_SINGLE;
+}
+
+/* Too large for the server (413, 400 on "items"): its lines again in
+ * batches half as large. */
+static bool imp_batch_split(struct imp *im, struct imp_batch *b, const struct tnctl_api_req *rq)
+{
+	bool split = rq->http == 413;
+
+	if (rq->http == 400) {
+		json_t *j = tnctl_api_json(rq);
+		const char *f = json_string_value(json_object_get(json_object_get(j, "error"),
+								  "field"));
+
+		split = f != NULL && strcmp(f, "items") == 0;
+		json_decref(j);
+	}
+	if (!split || b->n < 2)
+		return false;
+	if (im->batch_now > b->n / 2)
+		im->batch_now = (unsigned)(b->n / 2);
+	return true;		/* the lines stay IMP_NEXT_CREATE */
+}
+
+/* tnctl_bulk_answer_fn of a batch */
+static bool imp_batch_answer(void *ctx, void *item, struct tnctl_api_req *rq,
+			     const char *stopped)
+{
+	struct imp *im = ctx;
+	struct imp_batch *b = item;
+	json_t *res;
+	char *why;
+
+	if (stopped != NULL) {
+		imp_batch_fail(im, b, 0, stopped);
+	} else if (rq->http == 404) {
+		imp_no_route(im, b, rq);
+	} else if (imp_batch_split(im, b, rq)) {
+		/* again, smaller */
+	} else if (rq->http == 200 && (res = imp_batch_results(rq, b->n)) != NULL) {
+		for (size_t i = 0; i < b->n; i++)
+			imp_item(im, b->lines[i], json_array_get(res, i), rq->replayed,
+				 rq->retry_after);
+		json_decref(res);
+	} else {
+		why = rq->http == 200 ? tn_mem_printf("batch answer without %zu results", b->n) :
+			tnctl_api_describe(rq);
+		imp_batch_fail(im, b, rq->http, why);
+		tn_mem_free(&why);
+	}
+	return false;
+}
+
+/* The lines of kind still to do with next step next, in file order */
+static size_t imp_pick(struct imp *im, int kind, enum imp_next next, void **out)
+{
 	size_t n = 0;
 
 	for (size_t i = 0; i < im->nlines; i++) {
-		if (im->lines[i].kind == kind && im->lines[i].status == IMP_TODO)
-			todo[n++] = &im->lines[i];
+		struct imp_line *l = &im->lines[i];
+
+		if (l->kind == kind && l->status == IMP_TODO && l->next == next)
+			out[n++] = l;
 	}
+	return n;
+}
+
+/* Wait secs (a batch had items to retry), or until ^C */
+static void imp_pause(struct imp *im, long secs)
+{
+	tn_msec_t until = tn_time_now_ms() + (tn_msec_t)secs * 1000;
+
+	while (tn_time_now_ms() < until && !tnctl_bulk_interrupted()) {
+		usleep(50 * 1000);
+		imp_progress(im, false);
+	}
+}
+
+/* One round: lines in batches of im->batch_now, --parallel requests at
+ * a time. */
+static void imp_batch_round(struct imp *im, void **lines, size_t n)
+{
+	size_t nb = (n + im->batch_now - 1) / im->batch_now;
+	struct imp_batch *bs = tn_mem_calloc(nb, sizeof(*bs));
+	void **items = tn_mem_calloc(nb, sizeof(*items));
+
+	for (size_t i = 0; i < nb; i++) {
+		bs[i].lines = (struct imp_line **)lines + i * im->batch_now;
+		bs[i].n = i + 1 < nb ? im->batch_now : n - i * im->batch_now;
+		items[i] = &bs[i];
+	}
+	im->item_wait = 0;
+	im->bulk.send = imp_batch_send;
+	im->bulk.answer = imp_batch_answer;
+	tnctl_bulk_run(&im->bulk, items, nb);
+	tn_mem_free(&items);
+	tn_mem_free(&bs);
+}
+
+/* The lines of kind in batches, round after round while items are to
+ * be tried again (503, 429, a batch too large). Lines left: a 409 to
+ * check, or single creates (no batch route). */
+static void imp_batches(struct imp *im, int kind, void **todo)
+{
+	size_t n;
+
+	while ((n = imp_pick(im, kind, IMP_NEXT_CREATE, todo)) > 0 && !im->no_batch_route) {
+		if (tnctl_bulk_stopping(&im->bulk)) {
+			for (size_t i = 0; i < n; i++) {
+				struct imp_line *l = todo[i];
+
+				if (l->item_tries > 0)
+					imp_done(im, l, IMP_FAILED, 0,
+						 tn_mem_strdup("not tried again: stopped"));
+			}
+			return;
+		}
+		imp_batch_round(im, todo, n);
+		if (im->item_wait > 0)
+			imp_pause(im, im->item_wait);
+	}
+	if (im->no_batch_route) {
+		for (size_t i = 0; i < n; i++)
+			((struct imp_line *)todo[i])->next = IMP_NEXT_SINGLE;
+	}
+}
+
+/* The lines of kind with next step next, one request each */
+static void imp_lines(struct imp *im, int kind, enum imp_next next, void **todo)
+{
+	size_t n = imp_pick(im, kind, next, todo);
+
+	im->bulk.send = next == IMP_NEXT_CHECK ? imp_send_check : imp_send;
+	im->bulk.answer = imp_answer;
 	tnctl_bulk_run(&im->bulk, todo, n);
+}
+
+/* A kind: in batches (--batch), else or then (no batch route) one
+ * create per line; the 409s of batch items checked last. */
+static void imp_kind(struct imp *im, int kind)
+{
+	void **todo = tn_mem_calloc(im->nlines + 1, sizeof(*todo));
+
+	if (im->batch > 1)
+		imp_batches(im, kind, todo);
+	imp_lines(im, kind, im->batch > 1 ? IMP_NEXT_SINGLE : IMP_NEXT_CREATE, todo);
+	imp_lines(im, kind, IMP_NEXT_CHECK, todo);
 	tn_mem_free(&todo);
 }
 
@@ -623,6 +930,7 @@ static int imp_options(struct imp *im, int argc, char **argv)
 		{ "resume", no_argument, NULL, 'R' },
 		{ "dry-run", no_argument, NULL, 'n' },
 		{ "parallel", required_argument, NULL, 'p' },
+		{ "batch", required_argument, NULL, 'b' },
 		{ "progress", no_argument, NULL, 'P' },
 		{ "no-progress", no_argument, NULL, 'Q' },
 		{ NULL, 0, NULL, 0 },
@@ -658,6 +966,14 @@ static int imp_options(struct imp *im, int argc, char **argv)
 				return EX_USAGE;
 			}
 			im->parallel = (unsigned)v;
+			break;
+		case 'b':
+			v = strtol(optarg, &end, 10);
+			if (*optarg == '\0' || *end != '\0' || v < 1 || v > IMP_BATCH_MAX) {
+				fprintf(stderr, "tnctl: import: --batch: 1 to %d\n", IMP_BATCH_MAX);
+				return EX_USAGE;
+			}
+			im->batch = (unsigned)v;
 			break;
 		default:
 			return EX_USAGE;
@@ -756,8 +1072,8 @@ static int imp_run(struct imp *im)
 	tnctl_bulk_catch_sigint();
 	if (im->progress && !im->tty)
 		fprintf(stderr, "import: %zu lines to create (%zu done before, %zu invalid), "
-			"%u in parallel\n", im->total, im->counts[IMP_SKIPPED],
-			im->counts[IMP_INVALID], im->parallel);
+			"%u in parallel, %u per request\n", im->total, im->counts[IMP_SKIPPED],
+			im->counts[IMP_INVALID], im->parallel, im->batch);
 	for (int k = 0; k < TNCTL_NKINDS && !tnctl_bulk_stopping(&im->bulk); k++)
 		imp_kind(im, k);	/* a barrier between kinds */
 	tnctl_bulk_release_sigint();
@@ -782,12 +1098,14 @@ static void imp_free(struct imp *im)
 
 int tnctl_import(struct tnctl *ctl, int argc, char **argv)
 {
-	struct imp im = { .ctl = ctl, .fixed_kind = -1, .parallel = 8, .progress = true };
+	struct imp im = { .ctl = ctl, .fixed_kind = -1, .parallel = 8,
+			  .batch = IMP_BATCH_DEFAULT, .progress = true };
 	char *results = NULL;
 	int ret;
 
 	if ((ret = imp_options(&im, argc, argv)) != 0)
 		return ret;
+	im.batch_now = im.batch;
 	im.tty = isatty(STDERR_FILENO) == 1;
 	if (im.results_path == NULL)
 		im.results_path = results = tn_mem_printf("%s.results", im.file);

@@ -219,6 +219,6 @@ int tnctl_sync(struct tnctl *ctl, int argc, char **argv);
 	" [--max-changes N] [--parallel N] [--json] FEED"
 #define TNCTL_IMPORT_USAGE \
 	"import [--kind tenant|domain|mailbox|alias] [--format csv|ndjson] [--results FILE]" \
-	" [--resume] [--dry-run] [--parallel N] [--progress|--no-progress] FILE"
+	" [--resume] [--dry-run] [--parallel N] [--batch N] [--progress|--no-progress] FILE"
 
 #endif
