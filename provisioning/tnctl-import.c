@@ -32,7 +32,8 @@
  *	after one notice (with --progress). --batch 1: single creates only.
  *	A batch's Idempotency-Key is "<32 hex>-<first line>+<count>-<FNV-1a
  *	of its line numbers, 16 hex>": a resumed run that sends the same
- *	lines together replays the answer.
+ *	lines together replays the answer; items sent again after a 503 or
+ *	429 add "-r<try>-<run>" (a replay would repeat the 503).
  *
  *	A single create carries Idempotency-Key "<sha256 of FILE, 32 hex>-
  *	<line>". A 409 is checked with a GET: the object of that kind
@@ -126,6 +127,7 @@ struct imp {
 	unsigned batch_now;	/* less after a 413 */
 	bool no_batch_route;	/* the server has none: single creates */
 	long item_wait;		/* Retry-After of a batch with items to retry */
+	char run_id[32];	/* this run's: keys of items sent again */
 	char sha[65];		/* of the file's content */
 	struct imp_line *lines;
 	size_t nlines, cap;
@@ -649,19 +651,28 @@ static void imp_tick(void *ctx)
 
 /* "<sha>-<first line>+<count>-<digest of the line numbers>": the same
  * batch of a resumed run replays; a batch that starts at the same line
- * but holds other lines (some were done meanwhile) gets another key. */
+ * but holds other lines (some were done meanwhile) gets another key.
+ * Lines sent again after a 503 or 429 as items get a key of this run
+ * and try ("-r<try>-<run>"): the answer kept for the first key holds
+ * those items' 503s, which a replay would only repeat. */
 static char *imp_batch_key(const struct imp *im, const struct imp_batch *b)
 {
 	uint64_t h = 14695981039346656037ULL;	/* FNV-1a */
+	unsigned tries = 0;
 
 	for (size_t i = 0; i < b->n; i++) {
 		for (unsigned v = b->lines[i]->line, j = 0; j < 4; j++, v >>= 8) {
 			h ^= v & 0xff;
 			h *= 1099511628211ULL;
 		}
+		if (b->lines[i]->item_tries > tries)
+			tries = b->lines[i]->item_tries;
 	}
-	return tn_mem_printf("%.32s-%u+%zu-%016llx", im->sha, b->lines[0]->line, b->n,
-			     (unsigned long long)h);
+	if (tries == 0)
+		return tn_mem_printf("%.32s-%u+%zu-%016llx", im->sha, b->lines[0]->line, b->n,
+				     (unsigned long long)h);
+	return tn_mem_printf("%.32s-%u+%zu-%016llx-r%u-%s", im->sha, b->lines[0]->line, b->n,
+			     (unsigned long long)h, tries, im->run_id);
 }
 
 /* {"items":[<body>,...]} */
@@ -1068,6 +1079,8 @@ static int imp_run(struct imp *im)
 					.send = imp_send, .answer = imp_answer, .tick = imp_tick,
 					.ctx = im };
 	im->start = tn_time_now_ms();
+	snprintf(im->run_id, sizeof(im->run_id), "%llx.%x", (unsigned long long)im->start,
+		 (unsigned)getpid());
 	imp_count_local(im);
 	tnctl_bulk_catch_sigint();
 	if (im->progress && !im->tty)
