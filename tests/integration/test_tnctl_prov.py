@@ -46,7 +46,7 @@ import pytest
 
 import tnharness as th
 from tnprobe import binary
-from tnprovd import ACME, ADMIN, Provd
+from tnprovd import ACME, ADMIN, FAST, Provd
 
 GRACE = 2.0
 
@@ -729,3 +729,54 @@ def test_import_falls_back_without_the_batch_route(provd, tmp_path):
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_import_batch_too_large_is_halved(provd, batch_route, tmp_path):
+    """300 lines of 300 bytes are beyond provd_max_body (64k) in one
+    request: 413, then halves."""
+    path = tmp_path / "big.csv"
+    rows = ["kind,id,domain,tenant,address,name",
+            "tenant,big,,,,", "domain,,big.example,big,,"]
+    rows += ["mailbox,,,,m%03d@big.example,%s" % (i, "N" * 200) for i in range(300)]
+    path.write_text("\n".join(rows) + "\n")
+    r = ok(provd, "import", "--batch", "300", "--no-progress", str(path))
+    assert "302 created" in r.stdout, r.stdout
+    assert {x["status"] for x in results(str(path) + ".results").values()} == {"created"}
+
+
+def test_import_batches_through_a_directory_stall(stack, batch_route, tmp_path):
+    """slapd stopped for 3 s in the middle of a batched import, against a
+    daemon whose requests give up after 2 s: whole batches answered 503
+    and items answered 503 (not written) are sent again; the import ends
+    with every line created or existing, each mailbox there once."""
+    p = Provd(stack, tmp_path / "provd", overrides=dict(FAST, provd_max_body="64k"))
+    try:
+        path = tmp_path / "stall.csv"
+        make_bulk(path, "stl", 800)
+        env = dict(os.environ, TNCTL_API_TOKEN=ADMIN)
+        proc = subprocess.Popen(tnctl_cmd(p, "import", "--batch", "50", "--parallel", "4",
+                                          "--no-progress", str(path)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(str(path) + ".results") and \
+                    sum(1 for _ in open(str(path) + ".results")) >= 150:
+                break
+            time.sleep(0.01)
+        stack.slapd.freeze()
+        try:
+            time.sleep(3)
+        finally:
+            stack.slapd.thaw()
+        out, err = proc.communicate(timeout=300)
+        assert "Sanitizer" not in err and "runtime error" not in err, err
+        assert proc.returncode == 0, (out, err)
+        final = results(str(path) + ".results")
+        assert len(final) == 807 and \
+            {x["status"] for x in final.values()} <= {"created", "exists"}, out
+        got = p.request("GET", "/v1/mailboxes?tenant=stl&limit=1000").json["items"]
+        assert sorted(m["address"] for m in got) == \
+            ["u%04d@stl.example" % i for i in range(800)]
+    finally:
+        p.stop()
