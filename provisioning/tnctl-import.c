@@ -760,10 +760,24 @@ static json_t *imp_batch_results(const struct tnctl_api_req *rq, size_t n)
 	return res;
 }
 
+/* The batch refused whole: each line as its create alone would be (a
+ * 413 only comes here for a batch of one line: too large itself) */
 static void imp_batch_fail(struct imp *im, struct imp_batch *b, long http, const char *why)
 {
 	for (size_t i = 0; i < b->n; i++)
-		imp_done(im, b->lines[i], IMP_FAILED, http, tn_mem_strdup(why));
+		imp_done(im, b->lines[i], http == 413 ? IMP_INVALID : IMP_FAILED, http,
+			 tn_mem_strdup(why));
+}
+
+/* 409 for the whole batch: its Idempotency-Key still running after the
+ * runner's waits (a killed run's request); each line is checked. */
+static void imp_batch_check(struct imp_batch *b, const struct tnctl_api_req *rq)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		tn_mem_free(&b->lines[i]->conflict);
+		b->lines[i]->conflict = tnctl_api_describe(rq);
+		b->lines[i]->next = IMP_NEXT_CHECK;
+	}
 }
 
 /* 404 to a batch: a server without the route; its lines, and all to
@@ -819,6 +833,8 @@ static bool imp_batch_answer(void *ctx, void *item, struct tnctl_api_req *rq,
 		imp_no_route(im, b, rq);
 	} else if (imp_batch_split(im, b, rq)) {
 		/* again, smaller */
+	} else if (rq->http == 409) {
+		imp_batch_check(b, rq);
 	} else if (rq->http == 200 && (res = imp_batch_results(rq, b->n)) != NULL) {
 		for (size_t i = 0; i < b->n; i++)
 			imp_item(im, b->lines[i], json_array_get(res, i), rq->replayed,
