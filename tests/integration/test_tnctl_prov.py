@@ -26,7 +26,10 @@ of an uninterrupted one; a batch repeated with its Idempotency-Key (by
 hand, and by tnctl importing a file again) is replayed, not written
 twice (outbox events counted line by line); against a server without the
 route (a proxy answering 404 "no such route", as older daemons do) import
-falls back to single creates with one notice line. The tests that need
+falls back to single creates with one notice line; a batch beyond
+provd_max_body is sent again in halves; slapd stopped for 3 s under a
+batched import (whole batches and items answered 503) loses and doubles
+nothing. The tests that need
 the route skip, saying so, while the daemon answers POST
 /v1/batch/mailboxes with 404 "no such route".
 """
