@@ -282,6 +282,8 @@ static void provd_batch(struct provd_call *c)
 				if (res[i].status == st)
 					why = res[i].message;
 			}
+			if (why != NULL && strncmp(why, "not attempted: ", 15) == 0)
+				why += 15;	/* the request's reason, not an item's */
 			provd_reply_error(c->rp, (unsigned)tn_prov_status_http(st),
 					  tn_prov_status_name(st), why, NULL);
 			for (size_t i = 0; i < n; i++)

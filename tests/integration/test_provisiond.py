@@ -292,18 +292,27 @@ def test_metrics(provd):
     assert b'tn_provd_responses_total{code="200"}' in r.text
 
 
-def test_directory_frozen_is_503_with_retry_after(workdir):
+@pytest.mark.parametrize("how", ["freeze", "kill"])
+def test_directory_down_is_503_with_retry_after(workdir, how):
+    """slapd frozen (accepts, never answers) or killed (refuses at once):
+    every route answers 503 + Retry-After within the deadline, nothing is
+    written (no event, no object), and the daemon recovers by itself once
+    slapd answers again (thawed, or started again on the same data)."""
     stack = th.Stack(workdir / "stack")
     provd = None
     try:
         provd = Provd(stack, workdir, overrides=FAST)
         assert provd.request("POST", "/v1/tenants", {"id": "frz"}).status == 201
         n = len(provd.events("frz"))
-        stack.slapd.freeze()
+        if how == "freeze":
+            stack.slapd.freeze()
+        else:
+            stack.slapd.kill()
         for method, path, body in (("GET", "/v1/tenants/frz", None),
                                    ("POST", "/v1/tenants", {"id": "frz2"}),
                                    ("PATCH", "/v1/tenants/frz", {"name": "x"}),
                                    ("POST", "/v1/tenants/frz/suspend", None),
+                                   ("POST", "/v1/batch/tenants", {"items": [{"id": "frz3"}]}),
                                    ("GET", "/v1/tenants", None)):
             t0 = time.monotonic()
             r = provd.request(method, path, body, timeout=10)
@@ -311,14 +320,23 @@ def test_directory_frozen_is_503_with_retry_after(workdir):
             err = error_of(r, 503, "tempfail")
             assert err["message"].startswith("directory"), err
             assert int(r.getheader("Retry-After")) > 0
-        stack.slapd.thaw()
+        if how == "freeze":
+            stack.slapd.thaw()
+        else:
+            stack.slapd.start()
         assert len(provd.events("frz")) == n
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while provd.request("GET", "/v1/tenants/frz").status != 200:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        r = provd.request("GET", "/v1/tenants/frz")
+        assert r.json["name"] is None and r.json["status"] == "active", r.text
+        for tid in ("frz2", "frz3"):
+            assert provd.request("GET", "/v1/tenants/" + tid).status == 404
+        assert provd.request("POST", "/v1/tenants", {"id": "frz2"}).status == 201
     finally:
-        stack.slapd.thaw()
+        if how == "freeze":
+            stack.slapd.thaw()
         if provd is not None:
             provd.stop()
         stack.stop()
