@@ -567,7 +567,8 @@ static void provd_log_request(const char *method, const char *coll, const char *
 	tn_log_sanitize(safe_action, sizeof(safe_action), action != NULL ? action : "",
 			action != NULL ? strlen(action) : 0);
 	tn_log(strcmp(method, "GET") == 0 ? TN_LOG_DEBUG : TN_LOG_INFO, NULL,
-	       "%s /v1/%s%s%s%s%s by %s%s%s", method, coll, key != NULL ? "/" : "", safe,
+	       "%s /v1/%s%s%s%s%s by %s%s%s", method, coll != NULL ? coll : "",
+	       key != NULL ? "/" : "", safe,
 	       action != NULL ? "/" : "", safe_action, provd_role_name(who->role),
 	       who->name != NULL ? ":" : "", who->name != NULL ? who->name : "");
 }
@@ -625,7 +626,10 @@ void provd_route(struct provd *pd, struct MHD_Connection *conn, const char *url,
 	ctx.deadline = tn_time_now_ms() + pd->prov_timeout;	/* all calls of the request */
 	if_match = provd_if_match(conn);
 	ctx.if_match = if_match;
-	provd_log_request(method, coll, key, batch ? "batch" : action, who);
+	if (batch)
+		provd_log_request(method, "batch", coll, NULL, who);	/* /v1/batch/<coll> */
+	else
+		provd_log_request(method, coll, key, action, who);
 	if (batch && strcmp(method, "POST") != 0)
 		provd_not_allowed(rp, "POST");
 	else if (batch)
