@@ -25,6 +25,8 @@
  *	once at start-up, before threads exist. Until tn_log_init() is
  *	called, lines go to stderr with the ident "tenantmail".
  *	tn_log() leaves errno as it found it, and "%m" may be used.
+ *	A handler set with tn_log_set_handler() takes the lines instead
+ *	(Dovecot modules hand them to Dovecot's log).
  *--*/
 #include <errno.h>
 #include <stdbool.h>
@@ -54,6 +56,8 @@ static char log_ident[LOG_IDENT_MAX] = "tenantmail";
 static int log_dest = TN_LOG_TO_STDERR;
 static enum tn_log_level log_level = TN_LOG_INFO;
 static bool log_syslog_open;
+static tn_log_handler_t *log_handler;
+static void *log_handler_context;
 
 /* A line under construction; len never exceeds TN_LOG_LINE_MAX - 1, so
  * that the terminating NUL can become the newline. */
@@ -83,6 +87,12 @@ void tn_log_init(const char *ident, int dest, int facility)
 		openlog(log_ident, LOG_PID | LOG_NDELAY, facility);
 		log_syslog_open = true;
 	}
+}
+
+void tn_log_set_handler(tn_log_handler_t *handler, void *context)
+{
+	log_handler = handler;
+	log_handler_context = context;
 }
 
 void tn_log_set_level(enum tn_log_level level)
@@ -182,7 +192,7 @@ void tn_logv(enum tn_log_level level, const struct tn_log_ctx *ctx,
 	     const char *fmt, va_list ap)
 {
 	struct log_line line;
-	size_t body;
+	size_t body, text;
 	int saved_errno = errno;
 
 	level = log_level_clamp(level);
@@ -193,11 +203,17 @@ void tn_logv(enum tn_log_level level, const struct tn_log_ctx *ctx,
 	log_line_add(&line, "%s[%ld]: ", log_ident, (long)getpid());
 	body = line.len;
 	log_line_add(&line, "%s: ", log_levels[level].word);
+	text = line.len;
 	if (ctx != NULL)
 		log_line_add_ctx(&line, ctx);
 	errno = saved_errno;
 	log_line_vadd(&line, fmt, ap);
 	log_line_finish(&line);
+	if (log_handler != NULL &&
+	    log_handler(level, line.buf + text, log_handler_context)) {
+		errno = saved_errno;
+		return;
+	}
 	if ((log_dest & TN_LOG_TO_SYSLOG) != 0)
 		syslog(log_levels[level].priority, "%s", line.buf + body);
 	if ((log_dest & TN_LOG_TO_STDERR) != 0)

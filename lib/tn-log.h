@@ -23,6 +23,7 @@
 #define TN_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 enum tn_log_level {
@@ -53,6 +54,14 @@ struct tn_log_ctx {
 void tn_log_init(const char *ident, int dest, int facility);
 /* Lines below level are dropped (default: TN_LOG_INFO). */
 void tn_log_set_level(enum tn_log_level level);
+/* A host with a log of its own (a Dovecot module): when set, each line
+ * goes to handler instead of syslog and stderr, as text without the
+ * ident, pid and level ("session=S ...: message"), unless the handler
+ * returns false (then the destinations of tn_log_init() get it). The
+ * handler may be called from any thread. NULL restores the default. */
+typedef bool tn_log_handler_t(enum tn_log_level level, const char *text,
+			      void *context);
+void tn_log_set_handler(tn_log_handler_t *handler, void *context);
 /* Parse "debug|info|warning|error" (returns -1 when unknown). */
 int tn_log_level_parse(const char *name);
 

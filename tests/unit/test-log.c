@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -575,6 +576,62 @@ static void test_threads(void **state)
 	free(got);
 }
 
+/*
+ * tn_log_set_handler(): a host's log takes the lines
+ */
+
+struct handled {
+	int calls;
+	enum tn_log_level level;
+	char text[256];
+	bool take;
+};
+
+static bool record_handler(enum tn_log_level level, const char *text, void *context)
+{
+	struct handled *h = context;
+
+	h->calls++;
+	h->level = level;
+	snprintf(h->text, sizeof(h->text), "%s", text);
+	return h->take;
+}
+
+static void test_handler(void **state)
+{
+	struct tn_log_ctx ctx = { .session = "s1", .tenant = "acme" };
+	struct handled h = { .take = true };
+	struct capture cap;
+	char *got, *want;
+
+	tn_log_set_handler(record_handler, &h);
+	capture_start(&cap);
+	tn_log(TN_LOG_WARNING, &ctx, "two\nlines %d", 1);
+	tn_log(TN_LOG_DEBUG, NULL, "below the level");
+	got = capture_end(&cap, NULL);
+	assert_string_equal(got, "");
+	free(got);
+	assert_int_equal(h.calls, 1);
+	assert_int_equal(h.level, TN_LOG_WARNING);
+	assert_string_equal(h.text, "session=s1 tenant=acme: two?lines 1");
+
+	/* a handler that declines leaves the line to stderr */
+	h.take = false;
+	capture_start(&cap);
+	tn_log(TN_LOG_ERROR, NULL, "declined");
+	got = capture_end(&cap, NULL);
+	want = expect_line("error: declined");
+	assert_string_equal(got, want);
+	free(got);
+	free(want);
+	assert_int_equal(h.calls, 2);
+	assert_string_equal(h.text, "declined");
+
+	tn_log_set_handler(NULL, NULL);
+	assert_single_line("warning: no context here", emit_null_ctx);
+	assert_int_equal(h.calls, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -594,6 +651,7 @@ int main(void)
 		cmocka_unit_test_setup(test_long_multiline_message, setup),
 		cmocka_unit_test_setup(test_errno_kept, setup),
 		cmocka_unit_test_setup(test_threads, setup),
+		cmocka_unit_test_setup(test_handler, setup),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

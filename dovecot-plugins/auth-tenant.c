@@ -1,0 +1,513 @@
+/*++
+ * NAME
+ *	auth-tenant 3
+ * SUMMARY
+ *	Dovecot 2.3 auth driver "tenant": passdb and userdb from the lookup library
+ * SYNOPSIS
+ *	passdb {
+ *	    driver = tenant
+ *	    args = /etc/tenantmail/tenantmail.conf
+ *	}
+ *	userdb {
+ *	    driver = tenant
+ *	    args = /etc/tenantmail/tenantmail.conf
+ *	}
+ * DESCRIPTION
+ *	libauthdb_tenant.so, loaded by the auth process on first use of
+ *	the driver name. args is the path of tenantmail.conf (default
+ *	/etc/tenantmail/tenantmail.conf); its global lines and its
+ *	[dovecot-auth] section apply (tn-auth-policy.h has the driver's own
+ *	parameters, man/tenantmail-dovecot.7 documents them).
+ *
+ *	Both databases are blocking: Dovecot runs them in auth worker
+ *	processes, which call tn_lookup_resolve() synchronously with the
+ *	lookup_timeout deadline. Each process has one lookup per
+ *	configuration file, made on its first request (workers are
+ *	separate processes; a process that finds a lookup made by another
+ *	pid makes its own and leaves the other alone).
+ *
+ *	passdb: an active mailbox gives its stored {SCHEME}hash, which
+ *	Dovecot verifies (verify_plain and lookup_credentials). Suspended
+ *	or deleted after the tenant -> domain -> mailbox cascade: user
+ *	disabled, the reason in the auth log, Dovecot's generic failure to
+ *	the client. An alias or an unknown address: user unknown. No answer
+ *	from the directory within the deadline: internal failure, which the
+ *	client sees as a temporary error -- never "unknown user". With
+ *	dovecot_proxy = yes it adds proxy=y host=<store> [port=N]; a mailbox
+ *	that has no store gets nologin=y and a generic reason.
+ *
+ *	userdb: uid, gid, home, mail (templates), quota_rule=*:bytes=N from
+ *	the mailbox quota, tenant=<id>, tenant_quota_bytes=<pooled limit>
+ *	and, for a suspended mailbox, tenant_status=suspended. Deleted,
+ *	alias or unknown: user unknown; no answer: internal failure.
+ *
+ *	The lookup library's log lines go to Dovecot's log with their
+ *	severity (lines from its own threads, which must not call Dovecot,
+ *	are written to stderr in Dovecot's internal log protocol).
+ * SECURITY
+ *	The configuration (and the bind password files it names) is read
+ *	in preinit, while the auth process is still root; workers read the
+ *	password files when they make their lookup, as the auth-worker
+ *	service's user. Passwords are never logged. Usernames reach the log
+ *	only through Dovecot's own request prefix, which escapes them.
+ *--*/
+#include "auth-common.h"
+#include "password-scheme.h"
+#include "module-dir.h"
+#include "passdb.h"
+#include "userdb.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "tn-dovecot-build.h"
+#include "tn-auth-policy.h"
+#include "tn-conf.h"
+#include "tn-log.h"
+#include "tn-lookup.h"
+#include "tn-mem.h"
+
+#define TENANT_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
+#define TENANT_SUBSYS AUTH_SUBSYS_DB
+
+/* One configuration file's settings and this process's lookup. */
+struct tenant_db {
+	struct tenant_db *next;
+	char *path;
+	int refcount;
+	struct tn_conf *conf;
+	struct tn_auth_settings set;
+	struct tn_lookup *lookup;
+	pid_t lookup_pid;
+};
+
+struct tenant_passdb_module {
+	struct passdb_module module;
+	struct tenant_db *db;
+};
+
+struct tenant_userdb_module {
+	struct userdb_module module;
+	struct tenant_db *db;
+};
+
+extern const char authdb_tenant_plugin_version[];
+const char authdb_tenant_plugin_version[] = DOVECOT_ABI_VERSION;
+
+void authdb_tenant_init(struct module *module);
+void authdb_tenant_deinit(void);
+
+static struct tenant_db *tenant_dbs;
+static pthread_t tenant_main_thread;
+static bool tenant_log_internal;	/* stderr speaks Dovecot's log protocol */
+
+/* --- log ----------------------------------------------------------------- */
+
+/* A line from one of the lookup library's threads, which must not call
+ * Dovecot: written in Dovecot's internal log protocol ("\001", the log
+ * type + 1, the pid, a space, the text) with one write(2), as Dovecot's
+ * own internal handler does. */
+static bool tenant_log_from_thread(enum log_type type, const char *text)
+{
+	char line[TN_LOG_LINE_MAX + 64];
+	int n;
+
+	if (!tenant_log_internal)
+		return FALSE;
+	n = snprintf(line, sizeof(line), "\001%c%ld tenant: %s\n",
+		     (char)(type + 1), (long)getpid(), text);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		return FALSE;
+	return write(STDERR_FILENO, line, (size_t)n) == n;
+}
+
+/* The lookup library's lines, into Dovecot's log. */
+static bool tenant_log_handler(enum tn_log_level level, const char *text,
+			       void *context ATTR_UNUSED)
+{
+	static const enum log_type types[] = {
+		[TN_LOG_DEBUG] = LOG_TYPE_DEBUG, [TN_LOG_INFO] = LOG_TYPE_INFO,
+		[TN_LOG_WARNING] = LOG_TYPE_WARNING, [TN_LOG_ERROR] = LOG_TYPE_ERROR,
+		[TN_LOG_FATAL] = LOG_TYPE_ERROR,
+	};
+	enum log_type type = types[level];
+
+	if (!pthread_equal(pthread_self(), tenant_main_thread))
+		return tenant_log_from_thread(type, text);
+	switch (type) {
+	case LOG_TYPE_DEBUG:
+		i_debug("tenant: %s", text);
+		break;
+	case LOG_TYPE_INFO:
+		i_info("tenant: %s", text);
+		break;
+	case LOG_TYPE_WARNING:
+		i_warning("tenant: %s", text);
+		break;
+	default:
+		i_error("tenant: %s", text);
+		break;
+	}
+	return TRUE;
+}
+
+/* --- configuration and lookup -------------------------------------------- */
+
+static const char *tenant_conf_path(const char *args)
+{
+	while (*args == ' ' || *args == '\t')
+		args++;
+	return *args == '\0' ? TENANT_DEFAULT_CONF : args;
+}
+
+static struct tenant_db *tenant_db_get(const char *kind, const char *args)
+{
+	static const struct tn_conf_param *const tables[] = {
+		tn_lookup_params, tn_auth_params, NULL
+	};
+	const char *path = tenant_conf_path(args);
+	struct tenant_db *db;
+	const char *error;
+
+	for (db = tenant_dbs; db != NULL; db = db->next) {
+		if (strcmp(db->path, path) == 0) {
+			db->refcount++;
+			return db;
+		}
+	}
+	db = i_new(struct tenant_db, 1);
+	db->path = i_strdup(path);
+	db->refcount = 1;
+	db->conf = tn_conf_create(TN_AUTH_CONF_SECTION, tables);
+	if (tn_conf_load_file(db->conf, db->path, &error) < 0 ||
+	    tn_auth_settings_read(db->conf, &db->set, &error) < 0)
+		i_fatal("%s tenant: %s", kind, error);
+	db->next = tenant_dbs;
+	tenant_dbs = db;
+	return db;
+}
+
+static void tenant_db_unref(struct tenant_db **_db)
+{
+	struct tenant_db *db = *_db, **p;
+
+	*_db = NULL;
+	if (--db->refcount > 0)
+		return;
+	for (p = &tenant_dbs; *p != db; p = &(*p)->next)
+		;
+	*p = db->next;
+	/* a lookup made by another process has threads that are not ours */
+	if (db->lookup != NULL && db->lookup_pid == getpid())
+		tn_lookup_destroy(&db->lookup);
+	tn_conf_destroy(&db->conf);
+	i_free(db->path);
+	i_free(db);
+}
+
+/* This process's lookup, made on first use: NULL with *error_r when the
+ * settings cannot make one (every request then fails temporarily). */
+static struct tn_lookup *tenant_db_lookup(struct tenant_db *db, const char **error_r)
+{
+	const char *error;
+
+	if (db->lookup != NULL && db->lookup_pid == getpid())
+		return db->lookup;
+	db->lookup = tn_lookup_create(db->conf, 0, &error);
+	if (db->lookup == NULL) {
+		*error_r = t_strdup_printf("%s: %s", db->path, error);
+		return NULL;
+	}
+	db->lookup_pid = getpid();
+	if (tn_lookup_start(db->lookup, &error) < 0)
+		i_warning("tenant: %s (in-process cache off)", error);
+	return db->lookup;
+}
+
+/* Resolve the request's user: the result, with *acct_r when found. */
+static enum tn_result tenant_resolve(struct auth_request *request,
+				     struct tenant_db *db,
+				     struct tn_account **acct_r)
+{
+	struct tn_lookup *lookup;
+	const char *error;
+	enum tn_result res;
+
+	*acct_r = NULL;
+	lookup = tenant_db_lookup(db, &error);
+	if (lookup == NULL) {
+		auth_request_log_error(request, TENANT_SUBSYS, "%s", error);
+		return TN_TEMPFAIL;
+	}
+	res = tn_lookup_resolve(lookup, request->fields.user, 0, acct_r, &error);
+	if (res == TN_TEMPFAIL) {
+		auth_request_log_error(request, TENANT_SUBSYS,
+				       "lookup failed (temporary failure): %s", error);
+	}
+	return res;
+}
+
+/* --- passdb -------------------------------------------------------------- */
+
+/* Proxy fields for an active mailbox on a front-end. */
+static void tenant_passdb_proxy(struct auth_request *request,
+				const struct tn_auth_settings *set,
+				const struct tn_account *acct)
+{
+	char *host;
+
+	if (tn_auth_route(set, acct, &host) < 0) {
+		auth_request_log_error(request, TENANT_SUBSYS,
+			"tenant=%s: mailbox has no store (no host, pool '%s' not in "
+			"dovecot_pool_hosts, no dovecot_default_host): nologin",
+			acct->tenant, acct->pool != NULL ? acct->pool : "");
+		auth_request_set_field(request, "nologin", "y", NULL);
+		auth_request_set_field(request, "reason",
+				       "Mailbox temporarily unavailable", NULL);
+		return;
+	}
+	auth_request_set_field(request, "proxy", "y", NULL);
+	auth_request_set_field(request, "host", host, NULL);
+	if (set->proxy_port > 0) {
+		auth_request_set_field(request, "port",
+			dec2str((uintmax_t)set->proxy_port), NULL);
+	}
+	tn_mem_free(&host);
+}
+
+/* Look the login up and set the passdb fields: the result, with the
+ * stored password and its scheme when OK. */
+static enum passdb_result
+tenant_passdb_fill(struct auth_request *request, const char **crypted_r,
+		   const char **scheme_r)
+{
+	struct tenant_passdb_module *module =
+		(struct tenant_passdb_module *)request->passdb->passdb;
+	struct tn_account *acct;
+	enum passdb_result result;
+	const char *reason;
+	enum tn_result res = tenant_resolve(request, module->db, &acct);
+
+	switch (tn_auth_login_verdict(res, acct, &reason)) {
+	case TN_AUTH_TEMPFAIL:
+		result = PASSDB_RESULT_INTERNAL_FAILURE;
+		break;
+	case TN_AUTH_UNKNOWN:
+		if (acct != NULL) {
+			auth_request_log_info(request, TENANT_SUBSYS,
+					      "tenant=%s: %s", acct->tenant, reason);
+		}
+		auth_request_log_unknown_user(request, TENANT_SUBSYS);
+		result = PASSDB_RESULT_USER_UNKNOWN;
+		break;
+	case TN_AUTH_DISABLED:
+		auth_request_log_info(request, TENANT_SUBSYS,
+			"tenant=%s: login refused: %s%s%s", acct->tenant, reason,
+			acct->status_reason != NULL ? ": " : "",
+			acct->status_reason != NULL ? acct->status_reason : "");
+		result = PASSDB_RESULT_USER_DISABLED;
+		break;
+	default:
+		*crypted_r = p_strdup(request->pool, acct->password);
+		*scheme_r = password_get_scheme(crypted_r);
+		if (*scheme_r == NULL)
+			*scheme_r = module->module.default_pass_scheme;
+		auth_request_set_field(request, "password", *crypted_r, *scheme_r);
+		if (strcmp(acct->address, request->fields.user) != 0)
+			auth_request_set_field(request, "user", acct->address, NULL);
+		if (module->db->set.proxy)
+			tenant_passdb_proxy(request, &module->db->set, acct);
+		result = PASSDB_RESULT_OK;
+		break;
+	}
+	if (acct != NULL)
+		tn_account_free(&acct);
+	return result;
+}
+
+static void tenant_verify_plain(struct auth_request *request, const char *password,
+				verify_plain_callback_t *callback)
+{
+	const char *crypted = NULL, *scheme = NULL;
+	enum passdb_result result = tenant_passdb_fill(request, &crypted, &scheme);
+	int ret;
+
+	if (result == PASSDB_RESULT_OK) {
+		ret = auth_request_password_verify(request, password, crypted,
+						   scheme, TENANT_SUBSYS);
+		if (ret <= 0)
+			result = PASSDB_RESULT_PASSWORD_MISMATCH;
+	}
+	callback(result, request);
+}
+
+static void tenant_lookup_credentials(struct auth_request *request,
+				      lookup_credentials_callback_t *callback)
+{
+	const char *crypted = NULL, *scheme = NULL;
+	enum passdb_result result = tenant_passdb_fill(request, &crypted, &scheme);
+
+	passdb_handle_credentials(result, crypted, scheme, callback, request);
+}
+
+static struct passdb_module *tenant_passdb_preinit(pool_t pool, const char *args)
+{
+	struct tenant_passdb_module *module;
+
+	module = p_new(pool, struct tenant_passdb_module, 1);
+	module->db = tenant_db_get("passdb", args);
+	module->module.blocking = TRUE;
+	module->module.default_cache_key = "%u";
+	module->module.default_pass_scheme = "PLAIN";
+	return &module->module;
+}
+
+static void tenant_passdb_init(struct passdb_module *module ATTR_UNUSED)
+{
+}
+
+static void tenant_passdb_deinit(struct passdb_module *_module)
+{
+	struct tenant_passdb_module *module = (struct tenant_passdb_module *)_module;
+
+	tenant_db_unref(&module->db);
+}
+
+static struct passdb_module_interface passdb_tenant = {
+	.name = "tenant",
+	.preinit = tenant_passdb_preinit,
+	.init = tenant_passdb_init,
+	.deinit = tenant_passdb_deinit,
+	.verify_plain = tenant_verify_plain,
+	.lookup_credentials = tenant_lookup_credentials,
+};
+
+/* --- userdb -------------------------------------------------------------- */
+
+/* A template field: 0, or -1 (logged) when the directory's values cannot
+ * be put in it. */
+static int tenant_userdb_template(struct auth_request *request, const char *field,
+				  const char *tmpl, const struct tn_account *acct)
+{
+	const char *error;
+	char *value;
+
+	if (tmpl[0] == '\0')
+		return 0;
+	if (tn_auth_expand(tmpl, acct, &value, &error) < 0) {
+		auth_request_log_error(request, TENANT_SUBSYS,
+				       "tenant=%s: %s: %s", acct->tenant, field, error);
+		return -1;
+	}
+	auth_request_set_userdb_field(request, field, value);
+	tn_mem_free(&value);
+	return 0;
+}
+
+static enum userdb_result tenant_userdb_fill(struct auth_request *request,
+					     const struct tn_auth_settings *set,
+					     const struct tn_account *acct)
+{
+	if (tenant_userdb_template(request, "home", set->home, acct) < 0 ||
+	    tenant_userdb_template(request, "mail", set->mail, acct) < 0)
+		return USERDB_RESULT_INTERNAL_FAILURE;
+	if (strcmp(acct->address, request->fields.user) != 0)
+		auth_request_set_userdb_field(request, "user", acct->address);
+	if (set->uid[0] != '\0')
+		auth_request_set_userdb_field(request, "uid", set->uid);
+	if (set->gid[0] != '\0')
+		auth_request_set_userdb_field(request, "gid", set->gid);
+	auth_request_set_userdb_field(request, "quota_rule",
+		t_strdup_printf("*:bytes=%"PRId64, acct->quota.value));
+	auth_request_set_userdb_field(request, "tenant", acct->tenant);
+	auth_request_set_userdb_field(request, "tenant_quota_bytes",
+		t_strdup_printf("%"PRId64, acct->tenant_storage.value));
+	if (acct->status != TN_STATUS_ACTIVE) {
+		auth_request_set_userdb_field(request, "tenant_status",
+					      tn_status_name(acct->status));
+	}
+	return USERDB_RESULT_OK;
+}
+
+static void tenant_userdb_lookup(struct auth_request *request,
+				 userdb_callback_t *callback)
+{
+	struct tenant_userdb_module *module =
+		(struct tenant_userdb_module *)request->userdb->userdb;
+	struct tn_account *acct;
+	enum userdb_result result;
+	const char *reason;
+	enum tn_result res = tenant_resolve(request, module->db, &acct);
+
+	switch (tn_auth_user_verdict(res, acct, &reason)) {
+	case TN_AUTH_TEMPFAIL:
+		result = USERDB_RESULT_INTERNAL_FAILURE;
+		break;
+	case TN_AUTH_OK:
+		result = tenant_userdb_fill(request, &module->db->set, acct);
+		break;
+	default:
+		if (acct != NULL) {
+			auth_request_log_info(request, TENANT_SUBSYS,
+					      "tenant=%s: %s", acct->tenant, reason);
+		}
+		auth_request_log_unknown_user(request, TENANT_SUBSYS);
+		result = USERDB_RESULT_USER_UNKNOWN;
+		break;
+	}
+	if (acct != NULL)
+		tn_account_free(&acct);
+	callback(result, request);
+}
+
+static struct userdb_module *tenant_userdb_preinit(pool_t pool, const char *args)
+{
+	struct tenant_userdb_module *module;
+
+	module = p_new(pool, struct tenant_userdb_module, 1);
+	module->db = tenant_db_get("userdb", args);
+	module->module.blocking = TRUE;
+	module->module.default_cache_key = "%u";
+	return &module->module;
+}
+
+static void tenant_userdb_init(struct userdb_module *module ATTR_UNUSED)
+{
+}
+
+static void tenant_userdb_deinit(struct userdb_module *_module)
+{
+	struct tenant_userdb_module *module = (struct tenant_userdb_module *)_module;
+
+	tenant_db_unref(&module->db);
+}
+
+static struct userdb_module_interface userdb_tenant = {
+	.name = "tenant",
+	.preinit = tenant_userdb_preinit,
+	.init = tenant_userdb_init,
+	.deinit = tenant_userdb_deinit,
+	.lookup = tenant_userdb_lookup,
+};
+
+/* --- module -------------------------------------------------------------- */
+
+void authdb_tenant_init(struct module *module ATTR_UNUSED)
+{
+	failure_callback_t *fatal, *error, *info, *debug;
+
+	i_get_failure_handlers(&fatal, &error, &info, &debug);
+	tenant_log_internal = i_failure_handler_is_internal(error);
+	tenant_main_thread = pthread_self();
+	tn_log_set_handler(tenant_log_handler, NULL);
+	passdb_register_module(&passdb_tenant);
+	userdb_register_module(&userdb_tenant);
+}
+
+void authdb_tenant_deinit(void)
+{
+	passdb_unregister_module(&passdb_tenant);
+	userdb_unregister_module(&userdb_tenant);
+	tn_log_set_handler(NULL, NULL);
+}

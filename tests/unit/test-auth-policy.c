@@ -1,0 +1,223 @@
+/*++
+ * NAME
+ *	test-auth-policy 1
+ * SUMMARY
+ *	unit tests: the Dovecot auth driver's verdicts, templates, routes, settings
+ *--*/
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "tn-auth-policy.h"
+#include "tn-conf.h"
+#include "tn-lookup.h"
+#include "tn-mem.h"
+
+static struct tn_account mailbox(enum tn_status status, enum tn_level from)
+{
+	struct tn_account a = {
+		.kind = TN_ACCOUNT_MAILBOX, .address = "alice@acme.example",
+		.domain = "acme.example", .tenant = "acme", .status = status,
+		.status_from = from, .password = "{PLAIN}secret",
+	};
+	return a;
+}
+
+struct verdict_case {
+	enum tn_result res;
+	enum tn_account_kind kind;
+	enum tn_status status;
+	enum tn_level from;
+	const char *password;
+	enum tn_auth_verdict login, user;
+	const char *reason;	/* of the login verdict */
+};
+
+static void test_verdicts(void **state)
+{
+	static const struct verdict_case cases[] = {
+		{ TN_TEMPFAIL, 0, 0, 0, "x", TN_AUTH_TEMPFAIL, TN_AUTH_TEMPFAIL,
+		  "directory unavailable" },
+		{ TN_NOTFOUND, 0, 0, 0, "x", TN_AUTH_UNKNOWN, TN_AUTH_UNKNOWN,
+		  "no such address" },
+		{ TN_FOUND, TN_ACCOUNT_ALIAS, TN_STATUS_ACTIVE, 0, NULL,
+		  TN_AUTH_UNKNOWN, TN_AUTH_UNKNOWN, "an alias, not a mailbox" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, 0, "{X}y",
+		  TN_AUTH_OK, TN_AUTH_OK, "active mailbox" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_SUSPENDED, TN_LEVEL_TENANT,
+		  "{X}y", TN_AUTH_DISABLED, TN_AUTH_OK, "tenant suspended" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_SUSPENDED, TN_LEVEL_OBJECT,
+		  "{X}y", TN_AUTH_DISABLED, TN_AUTH_OK, "mailbox suspended" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_DELETED, TN_LEVEL_DOMAIN,
+		  "{X}y", TN_AUTH_DISABLED, TN_AUTH_UNKNOWN, "domain deleted" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_DELETED, TN_LEVEL_OBJECT,
+		  "{X}y", TN_AUTH_DISABLED, TN_AUTH_UNKNOWN, "mailbox deleted" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, 0, "",
+		  TN_AUTH_DISABLED, TN_AUTH_OK, "mailbox has no password" },
+		{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, 0, NULL,
+		  TN_AUTH_DISABLED, TN_AUTH_OK, "mailbox has no password" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct verdict_case *c = &cases[i];
+		struct tn_account a = mailbox(c->status, c->from);
+		const struct tn_account *ap = c->res == TN_FOUND ? &a : NULL;
+		const char *reason;
+
+		a.kind = c->kind;
+		a.password = (char *)c->password;
+		assert_int_equal(tn_auth_login_verdict(c->res, ap, &reason), c->login);
+		assert_string_equal(reason, c->reason);
+		assert_int_equal(tn_auth_user_verdict(c->res, ap, &reason), c->user);
+	}
+}
+
+struct expand_case {
+	const char *tmpl;
+	const char *address;
+	const char *tenant;
+	const char *out;	/* NULL: refused */
+};
+
+static void test_expand(void **state)
+{
+	static const struct expand_case cases[] = {
+		{ "/var/vmail/%d/%n", "alice@acme.example", "acme",
+		  "/var/vmail/acme.example/alice" },
+		{ "/srv/%t/%u", "alice@acme.example", "acme",
+		  "/srv/acme/alice@acme.example" },
+		{ "maildir:~/Maildir:INDEX=/idx/%t/%%n", "bob@x.example", "t1",
+		  "maildir:~/Maildir:INDEX=/idx/t1/%n" },
+		{ "", "a@b.example", "t", "" },
+		{ "/v/%n", "../x@b.example", "t", NULL },
+		{ "/v/%n", "a/b@b.example", "t", NULL },
+		{ "/v/%n", "..@b.example", "t", NULL },
+		{ "/v/%n", "@b.example", "t", NULL },
+		{ "/v/%t", "a@b.example", "..", NULL },
+		{ "/v/%x", "a@b.example", "t", NULL },
+		{ "/v/%", "a@b.example", "t", NULL },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct expand_case *c = &cases[i];
+		struct tn_account a = mailbox(TN_STATUS_ACTIVE, 0);
+		const char *error;
+		char *out = NULL;
+		int ret;
+
+		a.address = (char *)c->address;
+		a.tenant = (char *)c->tenant;
+		ret = tn_auth_expand(c->tmpl, &a, &out, &error);
+		if (c->out == NULL) {
+			assert_int_equal(ret, -1);
+			continue;
+		}
+		assert_int_equal(ret, 0);
+		assert_string_equal(out, c->out);
+		tn_mem_free(&out);
+	}
+}
+
+struct route_case {
+	const char *host, *pool, *deflt;
+	const char *out;	/* NULL: none */
+};
+
+static void test_route(void **state)
+{
+	static const char *const pools[] = { "pool-a:store-a.example",
+					     "pool-b:[2001:db8::1]:143", NULL };
+	static const struct route_case cases[] = {
+		{ "store1.example:24", "pool-a", "", "store1.example" },
+		{ "store1.example", NULL, "", "store1.example" },
+		{ "[2001:db8::2]:24", NULL, "", "2001:db8::2" },
+		{ "2001:db8::3", NULL, "", "2001:db8::3" },
+		{ NULL, "pool-a", "", "store-a.example" },
+		{ "", "pool-b", "", "2001:db8::1" },
+		{ NULL, "pool-c", "", NULL },
+		{ NULL, "pool-c", "default.example", "default.example" },
+		{ NULL, "pool", "", NULL },
+		{ NULL, NULL, "", NULL },
+		{ NULL, NULL, "default.example", "default.example" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct route_case *c = &cases[i];
+		struct tn_auth_settings set = { .default_host = c->deflt,
+						.pool_hosts = pools };
+		struct tn_account a = mailbox(TN_STATUS_ACTIVE, 0);
+		char *host = NULL;
+
+		a.host = (char *)c->host;
+		a.pool = (char *)c->pool;
+		if (c->out == NULL) {
+			assert_int_equal(tn_auth_route(&set, &a, &host), -1);
+			continue;
+		}
+		assert_int_equal(tn_auth_route(&set, &a, &host), 0);
+		assert_string_equal(host, c->out);
+		tn_mem_free(&host);
+	}
+}
+
+static int load(const char *text, struct tn_auth_settings *set,
+		struct tn_conf **conf_r, const char **error_r)
+{
+	static const struct tn_conf_param *const tables[] = {
+		tn_lookup_params, tn_auth_params, NULL
+	};
+
+	*conf_r = tn_conf_create(TN_AUTH_CONF_SECTION, tables);
+	if (tn_conf_load_string(*conf_r, "test.conf", text, error_r) < 0)
+		return -1;
+	return tn_auth_settings_read(*conf_r, set, error_r);
+}
+
+static void test_settings(void **state)
+{
+	struct tn_auth_settings set;
+	struct tn_conf *conf;
+	const char *error;
+
+	assert_int_equal(load("", &set, &conf, &error), 0);
+	assert_string_equal(set.uid, "vmail");
+	assert_string_equal(set.home, "/var/vmail/%d/%n");
+	assert_false(set.proxy);
+	assert_null(set.pool_hosts[0]);
+	tn_conf_destroy(&conf);
+
+	assert_int_equal(load("ldap_uri = ldap://127.0.0.1:1/\n"
+			      "[dovecot-auth]\ndovecot_proxy = yes\n"
+			      "dovecot_proxy_port = 1143\n"
+			      "dovecot_pool_hosts = p1:h1, p2:h2\n"
+			      "[other]\nwhatever = 1\n", &set, &conf, &error), 0);
+	assert_true(set.proxy);
+	assert_int_equal(set.proxy_port, 1143);
+	assert_string_equal(set.pool_hosts[1], "p2:h2");
+	tn_conf_destroy(&conf);
+
+	assert_int_equal(load("dovecot_home = /v/%q\n", &set, &conf, &error), -1);
+	assert_non_null(strstr(error, "dovecot_home: bad template"));
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_pool_hosts = p1\n", &set, &conf, &error), -1);
+	assert_non_null(strstr(error, "pool:host"));
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_uid_typo = 1\n", &set, &conf, &error), -1);
+	assert_non_null(strstr(error, "test.conf:1"));
+	tn_conf_destroy(&conf);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_verdicts),
+		cmocka_unit_test(test_expand),
+		cmocka_unit_test(test_route),
+		cmocka_unit_test(test_settings),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
