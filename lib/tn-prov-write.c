@@ -1970,9 +1970,12 @@ static enum tn_prov_status tn_prov_purge_step(struct tn_prov_op *op, void *arg)
 	return st;
 }
 
-enum tn_prov_status tn_prov_purge(struct tn_prov *p, const struct tn_prov_ctx *ctx,
-				  enum tn_prov_kind kind, const char *key,
-				  struct tn_prov_result *res)
+/* Run step on the object of kind named key (normalised first). */
+static enum tn_prov_status tn_prov_run_keyed(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+					     enum tn_prov_kind kind, const char *key,
+					     enum tn_prov_status (*step)(struct tn_prov_op *op,
+									 void *arg),
+					     struct tn_prov_result *res)
 {
 	struct tn_prov_wr w = { 0 };
 	struct tn_prov_op op;
@@ -1983,12 +1986,19 @@ enum tn_prov_status tn_prov_purge(struct tn_prov *p, const struct tn_prov_ctx *c
 	st = tn_prov_normalize_key(&op, key, &norm);
 	if (st == TN_PROV_OK) {
 		w.key = norm;
-		st = tn_prov_run(&op, tn_prov_purge_step, &w);
+		st = tn_prov_run(&op, step, &w);
 	}
 	res->status = st;
 	tn_prov_wr_clear(&w);
 	tn_mem_free(&norm);
 	return st;
+}
+
+enum tn_prov_status tn_prov_purge(struct tn_prov *p, const struct tn_prov_ctx *ctx,
+				  enum tn_prov_kind kind, const char *key,
+				  struct tn_prov_result *res)
+{
+	return tn_prov_run_keyed(p, ctx, kind, key, tn_prov_purge_step, res);
 }
 
 /* --- recount ---------------------------------------------------------------------------------------------- */
@@ -2023,19 +2033,5 @@ static enum tn_prov_status tn_prov_recount_step(struct tn_prov_op *op, void *arg
 enum tn_prov_status tn_prov_recount(struct tn_prov *p, const struct tn_prov_ctx *ctx,
 				    const char *tenant, struct tn_prov_result *res)
 {
-	struct tn_prov_wr w = { 0 };
-	struct tn_prov_op op;
-	enum tn_prov_status st;
-	char *norm = NULL;
-
-	tn_prov_op_begin(&op, p, ctx, TN_PROV_TENANT, res);
-	st = tn_prov_normalize_key(&op, tenant, &norm);
-	if (st == TN_PROV_OK) {
-		w.key = norm;
-		st = tn_prov_run(&op, tn_prov_recount_step, &w);
-	}
-	res->status = st;
-	tn_prov_wr_clear(&w);
-	tn_mem_free(&norm);
-	return st;
+	return tn_prov_run_keyed(p, ctx, TN_PROV_TENANT, tenant, tn_prov_recount_step, res);
 }
