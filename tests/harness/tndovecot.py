@@ -84,6 +84,28 @@ class DovecotError(th.HarnessError):
     pass
 
 
+def missing_prerequisites():
+    """What a Dovecot test needs and this machine lacks (scripts/deps
+    installs it all); an empty list when everything is there."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("not running as root")
+    for prog in ("dovecot", "doveadm", "doveconf"):
+        if not th._which(prog):
+            problems.append("%s missing (apt-get install dovecot-core)" % prog)
+    for prog, pkg in (("imap", "dovecot-imapd"), ("lmtp", "dovecot-lmtpd"),
+                      ("pop3", "dovecot-pop3d")):
+        if not os.path.exists("/usr/lib/dovecot/" + prog):
+            problems.append("%s missing" % pkg)
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        problems.append("unshare/mount missing (util-linux, mount)")
+    try:
+        vmail_ids()
+    except DovecotError as e:
+        problems.append(str(e))
+    return problems
+
+
 def vmail_ids():
     try:
         pw = pwd.getpwnam(VMAIL)
@@ -121,6 +143,31 @@ def passwd_file_db(path, home_dir=None):
         userdb += "  default_fields = home=%s/%%u\n" % home_dir
     userdb += "}\n"
     return passdb, userdb
+
+
+def free_port_on(*addrs):
+    """A TCP port free a moment ago on every one of addrs (127.x.y.z
+    addresses all reach the loopback: stores on 127.0.0.2 and 127.0.0.3
+    can share one port, as a proxy with one store port needs)."""
+    for _ in range(50):
+        port = th.free_port()
+        ok = True
+        for a in addrs:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((a, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise DovecotError("no common free port on %s" % (addrs,))
+
+
+def home_dir_of(workdir):
+    """WORKDIR/home, the homes of the instance made in workdir (for
+    configurations written before the instance exists)."""
+    return os.path.join(os.path.abspath(str(workdir)), "home")
 
 
 def _make_traversable(path):
@@ -166,7 +213,8 @@ class Dovecot:
                  mail_plugins="", extra_plugins=(), auth_modules=(),
                  listen="127.0.0.1", name=None, protocols=None,
                  auth_failure_delay="0", trusted_networks="127.0.0.0/8",
-                 auth_penalty=False, start=True, env=None):
+                 auth_penalty=False, imap_port=None, pop3_port=None,
+                 lmtp_port=None, start=True, env=None):
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, exist_ok=True)
         _counter[0] += 1
@@ -180,12 +228,12 @@ class Dovecot:
         self.auth_failure_delay = auth_failure_delay
         self.trusted_networks = trusted_networks
         self.auth_penalty = auth_penalty
-        self.imap_port = th.free_port()
-        self.pop3_port = th.free_port()
-        self.lmtp_port = th.free_port()
+        self.imap_port = imap_port or free_port_on(listen)
+        self.pop3_port = pop3_port or free_port_on(listen)
+        self.lmtp_port = lmtp_port or free_port_on(listen)
         self.base_dir = os.path.join(self.workdir, "run")
         self.state_dir = os.path.join(self.workdir, "state")
-        self.home_dir = os.path.join(self.workdir, "home")
+        self.home_dir = home_dir_of(self.workdir)
         self.plugin_dir = os.path.join(self.workdir, "modules")
         self.auth_dir = os.path.join(self.workdir, "auth-modules")
         self.stock_auth_dir = os.path.join(self.workdir, "stock-auth")
@@ -652,15 +700,25 @@ class DovecotPair:
             for i in range(nstores):
                 kw = store_kwargs(i) if callable(store_kwargs) else \
                     dict(store_kwargs)
-                self.stores.append(Dovecot(os.path.join(
-                    self.workdir, "store-%s" % ("AB"[i] if i < 2 else str(i))),
-                    **kw))
+                self.stores.append(Dovecot(self.store_dir(self.workdir, i),
+                                           **kw))
             kw = proxy_kwargs(self.stores) if callable(proxy_kwargs) else \
                 dict(proxy_kwargs)
-            self.proxy = Dovecot(os.path.join(self.workdir, "proxy"), **kw)
+            self.proxy = Dovecot(self.proxy_dir(self.workdir), **kw)
         except BaseException:
             self.stop()
             raise
+
+    @staticmethod
+    def store_dir(workdir, i):
+        """Work directory of store i of a pair made in workdir (for store
+        configurations written before the store exists: home_dir_of())."""
+        return os.path.join(os.path.abspath(str(workdir)),
+                            "store-%s" % ("AB"[i] if i < 2 else str(i)))
+
+    @staticmethod
+    def proxy_dir(workdir):
+        return os.path.join(os.path.abspath(str(workdir)), "proxy")
 
     def stop(self):
         stop_all([self.proxy] + self.stores)

@@ -19,19 +19,9 @@ USERS = {"alice@a.example": "alice-pw", "bob@b.example": "bob-pw"}
 
 
 def require_dovecot():
+    """Missing prerequisites FAIL (never skip), as in conftest.py."""
     require_prerequisites()
-    problems = []
-    for prog in ("dovecot", "doveadm", "doveconf"):
-        if not td.th._which(prog):
-            problems.append("%s missing (apt-get install dovecot-core)" % prog)
-    if not os.path.exists("/usr/lib/dovecot/imap"):
-        problems.append("dovecot-imapd missing")
-    if not os.path.exists("/usr/lib/dovecot/lmtp"):
-        problems.append("dovecot-lmtpd missing")
-    try:
-        td.vmail_ids()
-    except td.DovecotError as e:
-        problems.append(str(e))
+    problems = td.missing_prerequisites()
     if problems:
         pytest.fail("Dovecot test prerequisites: " + "; ".join(problems),
                     pytrace=False)
@@ -138,8 +128,6 @@ def test_lmtp_delivery_lands_in_the_maildir(dovecot):
 
 
 def test_pop3_login(dovecot):
-    if "pop3" not in dovecot.protocols:
-        pytest.fail("dovecot-pop3d missing (scripts/deps installs it)")
     dovecot.lmtp_deliver("alice@a.example", _msg("pop-1"))
     c = dovecot.pop3("alice@a.example", "alice-pw")
     try:
