@@ -19,12 +19,24 @@
  *	[dovecot-auth] section apply (tn-auth-policy.h has the driver's own
  *	parameters, man/tenantmail-dovecot.7 documents them).
  *
- *	Both databases are blocking: Dovecot runs them in auth worker
+ *	Two modes (dovecot_blocking):
+ *
+ *	no (default): the databases are asynchronous and run in the auth
+ *	process itself, through tn-lookup-ioloop.h. An answer the lookup
+ *	library's in-process cache holds (kept fresh by the invalidation
+ *	channel) is given inside the call, without leaving the process; a
+ *	miss waits in one of dovecot_lookup_threads threads while the auth
+ *	process goes on serving others, and is answered within
+ *	lookup_timeout. The lookup is made in preinit (root reads the
+ *	password files), the threads on the first request.
+ *
+ *	yes: the databases are blocking: Dovecot runs them in auth worker
  *	processes, which call tn_lookup_resolve() synchronously with the
- *	lookup_timeout deadline. Each process has one lookup per
- *	configuration file, made on its first request (workers are
- *	separate processes; a process that finds a lookup made by another
- *	pid makes its own and leaves the other alone).
+ *	lookup_timeout deadline. Each worker makes its own lookup on its
+ *	first request (a process that finds a lookup made by another pid
+ *	makes its own and leaves the other alone). Kept for comparison
+ *	(bench/auth) and for sites that want the directory traffic out of
+ *	the auth process.
  *
  *	passdb: an active mailbox gives its stored {SCHEME}hash, which
  *	Dovecot verifies (verify_plain and lookup_credentials). Suspended
@@ -66,6 +78,7 @@
 #include "tn-conf.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
+#include "tn-lookup-ioloop.h"
 #include "tn-mem.h"
 
 #define TENANT_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
@@ -80,6 +93,17 @@ struct tenant_db {
 	struct tn_auth_settings set;
 	struct tn_lookup *lookup;
 	pid_t lookup_pid;
+	char *lookup_error;		/* async: why there is no lookup */
+	struct tn_lookup_ioloop *ioloop;	/* async: made on first use */
+};
+
+/* An asynchronous request: what to answer once the lookup is done. */
+struct tenant_async {
+	struct auth_request *request;
+	const char *password;			/* verify_plain */
+	verify_plain_callback_t *verify_cb;
+	lookup_credentials_callback_t *credentials_cb;
+	userdb_callback_t *userdb_cb;
 };
 
 struct tenant_passdb_module {
@@ -161,6 +185,21 @@ static const char *tenant_conf_path(const char *args)
 	return *args == '\0' ? TENANT_DEFAULT_CONF : args;
 }
 
+/* Async mode: the lookup, made while preinit still runs as root (the
+ * password files); a failure is kept and given to every request. */
+static void tenant_db_make_lookup(struct tenant_db *db)
+{
+	const char *error;
+
+	db->lookup = tn_lookup_create(db->conf, 0, &error);
+	if (db->lookup == NULL) {
+		db->lookup_error = i_strdup_printf("%s: %s", db->path, error);
+		i_error("tenant: %s", db->lookup_error);
+		return;
+	}
+	db->lookup_pid = getpid();
+}
+
 static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 {
 	static const struct tn_conf_param *const tables[] = {
@@ -183,6 +222,8 @@ static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 	if (tn_conf_load_file(db->conf, db->path, &error) < 0 ||
 	    tn_auth_settings_read(db->conf, &db->set, &error) < 0)
 		i_fatal("%s tenant: %s", kind, error);
+	if (!db->set.blocking)
+		tenant_db_make_lookup(db);
 	db->next = tenant_dbs;
 	tenant_dbs = db;
 	return db;
@@ -199,8 +240,10 @@ static void tenant_db_unref(struct tenant_db **_db)
 		;
 	*p = db->next;
 	/* a lookup made by another process has threads that are not ours */
+	tn_lookup_ioloop_destroy(&db->ioloop);
 	if (db->lookup != NULL && db->lookup_pid == getpid())
 		tn_lookup_destroy(&db->lookup);
+	i_free(db->lookup_error);
 	tn_conf_destroy(&db->conf);
 	i_free(db->path);
 	i_free(db);
@@ -225,6 +268,40 @@ static struct tn_lookup *tenant_db_lookup(struct tenant_db *db, const char **err
 	return db->lookup;
 }
 
+/* Async mode: the adapter, made with its threads and the invalidation
+ * subscriber on the first request (inside the auth process's ioloop);
+ * NULL with *error_r when it cannot be. */
+static struct tn_lookup_ioloop *tenant_db_ioloop(struct tenant_db *db,
+						 const char **error_r)
+{
+	const char *error;
+
+	if (db->ioloop != NULL)
+		return db->ioloop;
+	if (db->lookup == NULL) {
+		*error_r = db->lookup_error;
+		return NULL;
+	}
+	db->ioloop = tn_lookup_ioloop_create(db->lookup, db->set.lookup_threads, &error);
+	if (db->ioloop == NULL) {
+		*error_r = t_strdup_printf("%s: %s", db->path, error);
+		return NULL;
+	}
+	if (tn_lookup_start(db->lookup, &error) < 0)
+		i_warning("tenant: %s (in-process cache off)", error);
+	return db->ioloop;
+}
+
+/* A temporary failure of the lookup, logged on the request. */
+static void tenant_log_tempfail(struct auth_request *request, enum tn_result res,
+				const char *error)
+{
+	if (res == TN_TEMPFAIL) {
+		auth_request_log_error(request, TENANT_SUBSYS,
+				       "lookup failed (temporary failure): %s", error);
+	}
+}
+
 /* Resolve the request's user: the result, with *acct_r when found. */
 static enum tn_result tenant_resolve(struct auth_request *request,
 				     struct tenant_db *db,
@@ -241,10 +318,7 @@ static enum tn_result tenant_resolve(struct auth_request *request,
 		return TN_TEMPFAIL;
 	}
 	res = tn_lookup_resolve(lookup, request->fields.user, 0, acct_r, &error);
-	if (res == TN_TEMPFAIL) {
-		auth_request_log_error(request, TENANT_SUBSYS,
-				       "lookup failed (temporary failure): %s", error);
-	}
+	tenant_log_tempfail(request, res, error);
 	return res;
 }
 
@@ -276,18 +350,17 @@ static void tenant_passdb_proxy(struct auth_request *request,
 	tn_mem_free(&host);
 }
 
-/* Look the login up and set the passdb fields: the result, with the
- * stored password and its scheme when OK. */
+/* Set the passdb fields from a lookup's answer: the result, with the
+ * stored password and its scheme when OK. acct is freed. */
 static enum passdb_result
-tenant_passdb_fill(struct auth_request *request, const char **crypted_r,
+tenant_passdb_fill(struct auth_request *request, enum tn_result res,
+		   struct tn_account *acct, const char **crypted_r,
 		   const char **scheme_r)
 {
 	struct tenant_passdb_module *module =
 		(struct tenant_passdb_module *)request->passdb->passdb;
-	struct tn_account *acct;
 	enum passdb_result result;
 	const char *reason;
-	enum tn_result res = tenant_resolve(request, module->db, &acct);
 
 	switch (tn_auth_login_verdict(res, acct, &reason)) {
 	case TN_AUTH_TEMPFAIL:
@@ -326,11 +399,13 @@ tenant_passdb_fill(struct auth_request *request, const char **crypted_r,
 	return result;
 }
 
-static void tenant_verify_plain(struct auth_request *request, const char *password,
-				verify_plain_callback_t *callback)
+static void tenant_verify_finish(struct auth_request *request, const char *password,
+				 enum tn_result res, struct tn_account *acct,
+				 verify_plain_callback_t *callback)
 {
 	const char *crypted = NULL, *scheme = NULL;
-	enum passdb_result result = tenant_passdb_fill(request, &crypted, &scheme);
+	enum passdb_result result =
+		tenant_passdb_fill(request, res, acct, &crypted, &scheme);
 	int ret;
 
 	if (result == PASSDB_RESULT_OK) {
@@ -342,13 +417,100 @@ static void tenant_verify_plain(struct auth_request *request, const char *passwo
 	callback(result, request);
 }
 
-static void tenant_lookup_credentials(struct auth_request *request,
+static void tenant_credentials_finish(struct auth_request *request, enum tn_result res,
+				      struct tn_account *acct,
 				      lookup_credentials_callback_t *callback)
 {
 	const char *crypted = NULL, *scheme = NULL;
-	enum passdb_result result = tenant_passdb_fill(request, &crypted, &scheme);
+	enum passdb_result result =
+		tenant_passdb_fill(request, res, acct, &crypted, &scheme);
 
 	passdb_handle_credentials(result, crypted, scheme, callback, request);
+}
+
+static void tenant_userdb_finish(struct auth_request *request, enum tn_result res,
+				 struct tn_account *acct, userdb_callback_t *callback);
+
+/* Async mode: the lookup's answer, in the ioloop (or inside the call for
+ * a cache hit); the request was referenced when the lookup began. */
+static void tenant_async_done(enum tn_result res, struct tn_account *acct,
+			      const char *error, void *context)
+{
+	struct tenant_async *ctx = context;
+	struct auth_request *request = ctx->request;
+
+	tenant_log_tempfail(request, res, error);
+	if (ctx->verify_cb != NULL)
+		tenant_verify_finish(request, ctx->password, res, acct, ctx->verify_cb);
+	else if (ctx->credentials_cb != NULL)
+		tenant_credentials_finish(request, res, acct, ctx->credentials_cb);
+	else
+		tenant_userdb_finish(request, res, acct, ctx->userdb_cb);
+	auth_request_unref(&request);
+}
+
+/* Async mode: start the lookup of ctx->request's user. */
+static void tenant_async_begin(struct tenant_db *db, struct tenant_async *ctx)
+{
+	struct tn_lookup_ioloop *li;
+	const char *error = "lookup unavailable";
+
+	auth_request_ref(ctx->request);
+	li = tenant_db_ioloop(db, &error);
+	if (li == NULL) {
+		auth_request_log_error(ctx->request, TENANT_SUBSYS, "%s", error);
+		tenant_async_done(TN_TEMPFAIL, NULL, "", ctx);
+		return;
+	}
+	(void)tn_lookup_ioloop_resolve(li, ctx->request->fields.user, 0,
+				       tenant_async_done, ctx);
+}
+
+static struct tenant_async *tenant_async_new(struct auth_request *request)
+{
+	struct tenant_async *ctx = p_new(request->pool, struct tenant_async, 1);
+
+	ctx->request = request;
+	return ctx;
+}
+
+static void tenant_verify_plain(struct auth_request *request, const char *password,
+				verify_plain_callback_t *callback)
+{
+	struct tenant_passdb_module *module =
+		(struct tenant_passdb_module *)request->passdb->passdb;
+	struct tenant_async *ctx;
+	struct tn_account *acct;
+	enum tn_result res;
+
+	if (!module->module.blocking) {
+		ctx = tenant_async_new(request);
+		ctx->password = p_strdup(request->pool, password);
+		ctx->verify_cb = callback;
+		tenant_async_begin(module->db, ctx);
+		return;
+	}
+	res = tenant_resolve(request, module->db, &acct);
+	tenant_verify_finish(request, password, res, acct, callback);
+}
+
+static void tenant_lookup_credentials(struct auth_request *request,
+				      lookup_credentials_callback_t *callback)
+{
+	struct tenant_passdb_module *module =
+		(struct tenant_passdb_module *)request->passdb->passdb;
+	struct tenant_async *ctx;
+	struct tn_account *acct;
+	enum tn_result res;
+
+	if (!module->module.blocking) {
+		ctx = tenant_async_new(request);
+		ctx->credentials_cb = callback;
+		tenant_async_begin(module->db, ctx);
+		return;
+	}
+	res = tenant_resolve(request, module->db, &acct);
+	tenant_credentials_finish(request, res, acct, callback);
 }
 
 static struct passdb_module *tenant_passdb_preinit(pool_t pool, const char *args)
@@ -357,7 +519,7 @@ static struct passdb_module *tenant_passdb_preinit(pool_t pool, const char *args
 
 	module = p_new(pool, struct tenant_passdb_module, 1);
 	module->db = tenant_db_get("passdb", args);
-	module->module.blocking = TRUE;
+	module->module.blocking = module->db->set.blocking;
 	module->module.default_cache_key = "%u";
 	module->module.default_pass_scheme = "PLAIN";
 	return &module->module;
@@ -430,15 +592,14 @@ static enum userdb_result tenant_userdb_fill(struct auth_request *request,
 	return USERDB_RESULT_OK;
 }
 
-static void tenant_userdb_lookup(struct auth_request *request,
-				 userdb_callback_t *callback)
+/* Answer a userdb lookup from a lookup's result; acct is freed. */
+static void tenant_userdb_finish(struct auth_request *request, enum tn_result res,
+				 struct tn_account *acct, userdb_callback_t *callback)
 {
 	struct tenant_userdb_module *module =
 		(struct tenant_userdb_module *)request->userdb->userdb;
-	struct tn_account *acct;
 	enum userdb_result result;
 	const char *reason;
-	enum tn_result res = tenant_resolve(request, module->db, &acct);
 
 	switch (tn_auth_user_verdict(res, acct, &reason)) {
 	case TN_AUTH_TEMPFAIL:
@@ -461,13 +622,32 @@ static void tenant_userdb_lookup(struct auth_request *request,
 	callback(result, request);
 }
 
+static void tenant_userdb_lookup(struct auth_request *request,
+				 userdb_callback_t *callback)
+{
+	struct tenant_userdb_module *module =
+		(struct tenant_userdb_module *)request->userdb->userdb;
+	struct tenant_async *ctx;
+	struct tn_account *acct;
+	enum tn_result res;
+
+	if (!module->module.blocking) {
+		ctx = tenant_async_new(request);
+		ctx->userdb_cb = callback;
+		tenant_async_begin(module->db, ctx);
+		return;
+	}
+	res = tenant_resolve(request, module->db, &acct);
+	tenant_userdb_finish(request, res, acct, callback);
+}
+
 static struct userdb_module *tenant_userdb_preinit(pool_t pool, const char *args)
 {
 	struct tenant_userdb_module *module;
 
 	module = p_new(pool, struct tenant_userdb_module, 1);
 	module->db = tenant_db_get("userdb", args);
-	module->module.blocking = TRUE;
+	module->module.blocking = module->db->set.blocking;
 	module->module.default_cache_key = "%u";
 	return &module->module;
 }

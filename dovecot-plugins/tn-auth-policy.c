@@ -31,6 +31,10 @@ const struct tn_conf_param tn_auth_params[] = {
 	  "pool:host items: the store of a mailbox that has a pool but no host" },
 	{ "dovecot_default_host", TN_CONF_STR, "", 0, 0, NULL,
 	  "store of a mailbox with neither host nor mapped pool (empty: nologin)" },
+	{ "dovecot_blocking", TN_CONF_BOOL, "no", 0, 0, NULL,
+	  "look up in auth worker processes instead of the auth process itself" },
+	{ "dovecot_lookup_threads", TN_CONF_INT, "4", 1, 64, NULL,
+	  "auth process: threads that wait on Redis and LDAP for cache misses" },
 	TN_CONF_END
 };
 
@@ -78,6 +82,8 @@ int tn_auth_settings_read(const struct tn_conf *conf,
 	set_r->proxy_port = tn_conf_int(conf, "dovecot_proxy_port");
 	set_r->default_host = tn_conf_str(conf, "dovecot_default_host");
 	set_r->pool_hosts = tn_conf_list(conf, "dovecot_pool_hosts");
+	set_r->blocking = tn_conf_bool(conf, "dovecot_blocking");
+	set_r->lookup_threads = (unsigned)tn_conf_int(conf, "dovecot_lookup_threads");
 	if (tn_auth_check_template("dovecot_home", set_r->home, error_r) < 0 ||
 	    tn_auth_check_template("dovecot_mail", set_r->mail, error_r) < 0)
 		return -1;

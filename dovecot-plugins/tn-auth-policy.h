@@ -42,6 +42,8 @@ struct tn_auth_settings {
 	int64_t proxy_port;		/* 0 = not returned */
 	const char *default_host;	/* "" = none */
 	const char *const *pool_hosts;	/* "pool:host" items */
+	bool blocking;			/* in auth workers, not the auth process */
+	unsigned lookup_threads;	/* auth process: threads for misses */
 };
 
 enum tn_auth_verdict {

@@ -187,6 +187,16 @@ static void test_settings(void **state)
 	assert_string_equal(set.home, "/var/vmail/%d/%n");
 	assert_false(set.proxy);
 	assert_null(set.pool_hosts[0]);
+	assert_false(set.blocking);
+	assert_int_equal(set.lookup_threads, 4);
+	tn_conf_destroy(&conf);
+
+	assert_int_equal(load("dovecot_blocking = yes\ndovecot_lookup_threads = 16\n",
+			      &set, &conf, &error), 0);
+	assert_true(set.blocking);
+	assert_int_equal(set.lookup_threads, 16);
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_lookup_threads = 0\n", &set, &conf, &error), -1);
 	tn_conf_destroy(&conf);
 
 	assert_int_equal(load("ldap_uri = ldap://127.0.0.1:1/\n"
