@@ -762,3 +762,132 @@ def proxy_passwd_db(path, users, stores, password_of):
     userdb = "userdb {\n  driver = static\n  args = uid=%d gid=%d\n}\n" \
         % vmail_ids()
     return passdb, userdb
+
+
+# -- command line (used by scripts/sandbox) -------------------------------
+
+CLI_USAGE = """\
+usage: tndovecot.py up DIR --tenant-conf FILE --auth-module SO
+                       [--listen ADDR] [--imap-port N] [--name NAME]
+       tndovecot.py down DIR...
+"""
+
+
+def _cli_master_pid(d):
+    try:
+        with open(os.path.join(d, "pid")) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cli_is_master(pid, d):
+    """pid is the master of the instance in d: a dovecot session leader
+    reading d's dovecot.conf (pids get reused)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+        return os.getsid(pid) == pid and \
+            os.path.basename(argv[0]) == "dovecot" and \
+            os.path.join(d, "dovecot.conf") in argv
+    except (OSError, ProcessLookupError):
+        return False
+
+
+def _cli_down(dirs, timeout=10.0):
+    """Stop the instances "up" left in dirs: SIGTERM to every master at
+    once (each takes ~1 s to exit), then to what is left of each session
+    (login processes keep their pre-login clients), SIGKILL after
+    timeout.  0 when nothing of them runs."""
+    masters = []
+    for d in dirs:
+        pid = _cli_master_pid(d)
+        if pid is None:
+            continue
+        masters.append((d, pid))
+        if _cli_is_master(pid, d):
+            for sig in (signal.SIGTERM, signal.SIGCONT):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+    rc = 0
+    # the session id stays the master's pid after it exits
+    for d, pid in masters:
+        deadline = time.monotonic() + timeout
+        while pid in _session_pids(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for sig, wait in ((None, 0.5), (signal.SIGTERM, timeout),
+                          (signal.SIGKILL, 5.0)):
+            if sig is not None:
+                for p in _session_pids(pid):
+                    try:
+                        os.kill(p, sig)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + wait
+            while _session_pids(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _session_pids(pid):
+                break
+        left = _session_pids(pid)
+        if left:
+            print("tndovecot: %s: pids %s still run" % (d, left))
+            rc = 1
+        else:
+            os.unlink(os.path.join(d, "pid"))
+    return rc
+
+
+def main(argv):
+    """up DIR: start one instance in DIR whose passdb and userdb are the
+    tenant driver reading --tenant-conf, loading --auth-module (the
+    built libauthdb_tenant.so, through the private mount namespace), and
+    leave it running (DIR/pid: the master, leader of its own session);
+    prints one line: its addresses and log.  Refuses (exit 1) while DIR's
+    instance runs.  down DIR...: stop each (exit 1 if a process stays)."""
+    import argparse
+    import sys
+    if len(argv) < 3 or argv[1] not in ("up", "down"):
+        sys.stderr.write(CLI_USAGE)
+        return 2
+    if argv[1] == "down":
+        return _cli_down([os.path.abspath(d) for d in argv[2:]])
+    p = argparse.ArgumentParser(prog="tndovecot.py up", usage=CLI_USAGE)
+    p.add_argument("dir")
+    p.add_argument("--tenant-conf", required=True)
+    p.add_argument("--auth-module", required=True, action="append")
+    p.add_argument("--listen", default="127.0.0.1")
+    p.add_argument("--imap-port", type=int)
+    p.add_argument("--name")
+    a = p.parse_args(argv[2:])
+    d = os.path.abspath(a.dir)
+    pid = _cli_master_pid(d)
+    if pid is not None and _cli_is_master(pid, d):
+        sys.stderr.write("tndovecot: %s already runs (pid %d); run 'down' "
+                         "first\n" % (d, pid))
+        return 1
+    conf = os.path.abspath(a.tenant_conf)
+    dbs = ("passdb {\n  driver = tenant\n  args = %s\n}\n" % conf,
+           "userdb {\n  driver = tenant\n  args = %s\n}\n" % conf)
+    try:
+        dc = Dovecot(d, passdb=dbs[0], userdb=dbs[1], listen=a.listen,
+                     imap_port=a.imap_port, name=a.name,
+                     auth_modules=a.auth_module)
+    except DovecotError as e:
+        sys.stderr.write("tndovecot: %s\n" % e)
+        return 1
+    with open(os.path.join(d, "pid"), "w") as f:
+        f.write("%d\n" % dc.pid)
+    print("%s: dovecot pid %d, imap %s:%d, pop3 %s:%d, lmtp %s:%d, log %s"
+          % (d, dc.pid, dc.listen, dc.imap_port, dc.listen, dc.pop3_port,
+             dc.listen, dc.lmtp_port, dc.log_path()))
+    sys.stdout.flush()
+    # the master runs in its own session: it outlives this process
+    dc.proc = None
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv))
