@@ -25,3 +25,16 @@ tests_unit_test_auth_policy_SOURCES = tests/unit/test-auth-policy.c \
 tests_unit_test_auth_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/dovecot-plugins
 tests_unit_test_auth_policy_LDADD = $(UNIT_LDADD)
 
+
+# The mail plugin tenant_quota: quota backend "tenant" (a tenant's pool
+# counted in Redis). lib11_: loaded after lib10_quota, whose symbols it
+# uses (it declares the dependency as well).
+dovecot_moduledir = $(DOVECOT_MODULEDIR)
+dovecot_module_LTLIBRARIES = dovecot-plugins/lib11_tenant_quota_plugin.la
+dovecot_plugins_lib11_tenant_quota_plugin_la_SOURCES = dovecot-plugins/tenant-quota-plugin.c
+dovecot_plugins_lib11_tenant_quota_plugin_la_CPPFLAGS = $(dovecot_plugins_libauthdb_tenant_la_CPPFLAGS) \
+	$(JANSSON_CFLAGS)
+dovecot_plugins_lib11_tenant_quota_plugin_la_CFLAGS = $(AM_CFLAGS)
+dovecot_plugins_lib11_tenant_quota_plugin_la_LDFLAGS = -module -avoid-version -shared \
+	-export-symbols-regex '^tenant_quota_plugin_'
+dovecot_plugins_lib11_tenant_quota_plugin_la_LIBADD = lib/libtenantmail.la

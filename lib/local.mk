@@ -14,6 +14,7 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-lookup-params.c \
 	lib/tn-lookup-event.c lib/tn-lookup-event.h \
 	lib/tn-outbox.c lib/tn-outbox.h \
+	lib/tn-usage.c lib/tn-usage.h \
 	lib/tn-webhook.c lib/tn-webhook.h \
 	lib/tn-hook-spool.c lib/tn-hook-spool.h \
 	lib/tn-daemon.c lib/tn-daemon.h \

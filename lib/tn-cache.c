@@ -679,6 +679,30 @@ int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
 	return ret;
 }
 
+redisReply *tn_cache_command_argv(struct tn_cache *cache, int argc, const char **argv,
+				  const size_t *argvlen, tn_msec_t deadline)
+{
+	struct tn_cache_conn *c = tn_cache_acquire(cache, deadline);
+	redisReply *r;
+
+	tn_cache_count(&cache->stats.calls);
+	if (c == NULL) {
+		tn_cache_count(&cache->stats.errors);
+		return NULL;
+	}
+	r = tn_cache_command_t(c->ctx, &c->timeout, cache->set.timeout, deadline,
+			       argc, argv, argvlen);
+	tn_cache_release(cache, c, r == NULL);
+	if (r == NULL)
+		tn_cache_count(&cache->stats.errors);
+	return r;
+}
+
+const char *tn_cache_key_prefix(const struct tn_cache *cache)
+{
+	return cache->prefix;
+}
+
 /* --- the subscriber ------------------------------------------------------------ */
 
 static void tn_cache_sub_dispatch(struct tn_cache *cache, const redisReply *r)

@@ -105,6 +105,19 @@ int tn_cache_invalidate(struct tn_cache *cache, const char *const *keys,
 int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
 		       tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r);
 
+/* Run one command on a pooled connection, with the cache's per-command
+ * timeout and deadline and its down-marking (a failed call makes the
+ * next ones fail at once for the backoff): for other lib/ modules that
+ * keep data of their own in the same Redis (tn-usage.c). Returns the
+ * reply, which the caller frees with freeReplyObject() -- an error reply
+ * included -- or NULL on a transport failure (tn_cache_last_error()). */
+struct redisReply;
+struct redisReply *tn_cache_command_argv(struct tn_cache *cache, int argc,
+					 const char **argv, const size_t *argvlen,
+					 tn_msec_t deadline);
+/* redis_key_prefix, as given. */
+const char *tn_cache_key_prefix(const struct tn_cache *cache);
+
 /* Start the subscriber thread. on_state(false) is the initial state. */
 int tn_cache_subscribe(struct tn_cache *cache, tn_cache_message_cb *on_message,
 		       tn_cache_state_cb *on_state, void *context);

@@ -1,0 +1,275 @@
+/*++
+ * NAME
+ *	tn-usage 3
+ * SUMMARY
+ *	storage usage counters in Redis (see tn-usage.h)
+ * DESCRIPTION
+ *	Each operation is one command or one EVAL on the shared cache's
+ *	connection pool. The scripts read and write only the keys they are
+ *	given (KEYS[]), so they hold on a Redis Cluster slot per tenant as
+ *	long as the keys share a hash tag (not used today).
+ *--*/
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "tn-cache.h"
+#include "tn-log.h"
+#include "tn-lookup.h"
+#include "tn-mem.h"
+#include "tn-usage.h"
+
+/* KEYS: tenant counter, mailbox counter ('' = none), tenant warnings.
+ * ARGV: dbytes, dmessages, limit, thresholds... Returns {bytes, messages,
+ * newly crossed thresholds...}. */
+static const char tn_usage_script_add[] =
+	"local function add(k)\n"
+	"  local b = redis.call('HINCRBY', k, 'bytes', ARGV[1])\n"
+	"  local m = redis.call('HINCRBY', k, 'messages', ARGV[2])\n"
+	"  if b < 0 then b = 0; redis.call('HSET', k, 'bytes', 0) end\n"
+	"  if m < 0 then m = 0; redis.call('HSET', k, 'messages', 0) end\n"
+	"  return b, m\n"
+	"end\n"
+	"local b, m = add(KEYS[1])\n"
+	"if KEYS[2] ~= '' then add(KEYS[2]) end\n"
+	"local r = {b, m}\n"
+	"local lim = tonumber(ARGV[3])\n"
+	"if lim <= 0 then return r end\n"
+	"for i = 4, #ARGV do\n"
+	"  if b >= lim * tonumber(ARGV[i]) / 100 then\n"
+	"    if tonumber(ARGV[1]) > 0 and\n"
+	"       redis.call('HSETNX', KEYS[3], ARGV[i], '1') == 1 then\n"
+	"      r[#r + 1] = tonumber(ARGV[i])\n"
+	"    end\n"
+	"  else\n"
+	"    redis.call('HDEL', KEYS[3], ARGV[i])\n"
+	"  end\n"
+	"end\n"
+	"return r\n";
+
+/* KEYS: usage:exc:ten:<tenant>. ARGV: window ms. Returns the refusals
+ * suppressed since the last report when this one is to be reported,
+ * else -1 (and counts it). */
+static const char tn_usage_script_exceeded[] =
+	"local t = redis.call('TIME')\n"
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+	"local u = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')\n"
+	"if now < u then\n"
+	"  redis.call('HINCRBY', KEYS[1], 'suppressed', 1)\n"
+	"  return -1\n"
+	"end\n"
+	"local s = tonumber(redis.call('HGET', KEYS[1], 'suppressed') or '0')\n"
+	"redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[1]), 'suppressed', 0)\n"
+	"return s\n";
+
+struct tn_usage {
+	struct tn_cache *cache;
+	tn_msec_t timeout;
+};
+
+struct tn_usage *tn_usage_create(const struct tn_conf *conf, const char **error_r)
+{
+	struct tn_cache_settings set = {
+		.host = tn_conf_str(conf, "redis_host"),
+		.port = (int)tn_conf_int(conf, "redis_port"),
+		.socket_path = tn_conf_str(conf, "redis_socket"),
+		.db = (int)tn_conf_int(conf, "redis_db"),
+		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
+		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
+		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
+	};
+	struct tn_usage *usage;
+	char *password = NULL;
+
+	if (!tn_conf_bool(conf, "redis_enabled")) {
+		*error_r = "redis_enabled = no: usage counters need Redis";
+		return NULL;
+	}
+	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"),
+				  &password, error_r) < 0)
+		return NULL;
+	set.password = password;
+	usage = tn_mem_calloc(1, sizeof(*usage));
+	usage->cache = tn_cache_create(&set);
+	usage->timeout = set.timeout;
+	if (password != NULL)
+		explicit_bzero(password, strlen(password));
+	tn_mem_free(&password);
+	return usage;
+}
+
+void tn_usage_destroy(struct tn_usage **usagep)
+{
+	struct tn_usage *usage = *usagep;
+
+	if (usage == NULL)
+		return;
+	tn_cache_destroy(&usage->cache);
+	tn_mem_free(usagep);
+}
+
+tn_msec_t tn_usage_timeout(const struct tn_usage *usage)
+{
+	return usage->timeout;
+}
+
+static char *tn_usage_key(struct tn_usage *usage, const char *kind, const char *id)
+{
+	return tn_mem_printf("%susage:%s:%s", tn_cache_key_prefix(usage->cache), kind, id);
+}
+
+static bool tn_usage_reply_ok(redisReply *r, int type)
+{
+	if (r == NULL)
+		return false;
+	if (r->type == REDIS_REPLY_ERROR)
+		tn_log(TN_LOG_ERROR, NULL, "redis: usage counters: %s", r->str);
+	return r->type == type;
+}
+
+static int tn_usage_decode_add(const redisReply *r, unsigned n,
+			       struct tn_usage_result *result_r)
+{
+	if (r->elements < 2 || r->elements > 2 + n)
+		return -1;
+	for (size_t i = 0; i < r->elements; i++) {
+		if (r->element[i]->type != REDIS_REPLY_INTEGER)
+			return -1;
+	}
+	result_r->bytes = r->element[0]->integer;
+	result_r->messages = r->element[1]->integer;
+	for (size_t i = 2; i < r->elements; i++)
+		result_r->crossed[result_r->n_crossed++] = (unsigned)r->element[i]->integer;
+	return 0;
+}
+
+int tn_usage_add(struct tn_usage *usage, const char *tenant, const char *address,
+		 int64_t dbytes, int64_t dmessages, int64_t limit,
+		 const unsigned *thresholds, unsigned n, tn_msec_t deadline,
+		 struct tn_usage_result *result_r)
+{
+	char *keys[3], nums[3 + TN_USAGE_THRESHOLDS_MAX][24];
+	const char *argv[6 + 3 + TN_USAGE_THRESHOLDS_MAX];
+	int argc = 0, ret = -1;
+	redisReply *r;
+
+	memset(result_r, 0, sizeof(*result_r));
+	if (n > TN_USAGE_THRESHOLDS_MAX)
+		n = TN_USAGE_THRESHOLDS_MAX;
+	keys[0] = tn_usage_key(usage, "ten", tenant);
+	keys[1] = address != NULL ? tn_usage_key(usage, "mbx", address) : tn_mem_strdup("");
+	keys[2] = tn_usage_key(usage, "warn:ten", tenant);
+	snprintf(nums[0], sizeof(nums[0]), "%" PRId64, dbytes);
+	snprintf(nums[1], sizeof(nums[1]), "%" PRId64, dmessages);
+	snprintf(nums[2], sizeof(nums[2]), "%" PRId64, limit);
+	for (unsigned i = 0; i < n; i++)
+		snprintf(nums[3 + i], sizeof(nums[0]), "%u", thresholds[i]);
+	argv[argc++] = "EVAL";
+	argv[argc++] = tn_usage_script_add;
+	argv[argc++] = "3";
+	for (unsigned i = 0; i < 3; i++)
+		argv[argc++] = keys[i];
+	for (unsigned i = 0; i < 3 + n; i++)
+		argv[argc++] = nums[i];
+	r = tn_cache_command_argv(usage->cache, argc, argv, NULL, deadline);
+	if (tn_usage_reply_ok(r, REDIS_REPLY_ARRAY))
+		ret = tn_usage_decode_add(r, n, result_r);
+	if (r != NULL)
+		freeReplyObject(r);
+	for (unsigned i = 0; i < 3; i++)
+		tn_mem_free(&keys[i]);
+	return ret;
+}
+
+int tn_usage_get(struct tn_usage *usage, const char *kind, const char *id,
+		 tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r)
+{
+	return tn_cache_get_usage(usage->cache, kind, id, deadline, bytes_r, messages_r);
+}
+
+int tn_usage_set(struct tn_usage *usage, const char *kind, const char *id,
+		 int64_t bytes, int64_t messages, tn_msec_t deadline)
+{
+	char *key = tn_usage_key(usage, kind, id), b[24], m[24];
+	const char *argv[] = { "HSET", key, "bytes", b, "messages", m };
+	redisReply *r;
+	int ret;
+
+	snprintf(b, sizeof(b), "%" PRId64, bytes);
+	snprintf(m, sizeof(m), "%" PRId64, messages);
+	r = tn_cache_command_argv(usage->cache, 6, argv, NULL, deadline);
+	ret = tn_usage_reply_ok(r, REDIS_REPLY_INTEGER) ? 0 : -1;
+	if (r != NULL)
+		freeReplyObject(r);
+	tn_mem_free(&key);
+	return ret;
+}
+
+int tn_usage_exceeded(struct tn_usage *usage, const char *tenant, tn_msec_t window,
+		      tn_msec_t deadline, int64_t *suppressed_r)
+{
+	char *key = tn_usage_key(usage, "exc:ten", tenant), w[24];
+	const char *argv[] = { "EVAL", tn_usage_script_exceeded, "1", key, w };
+	redisReply *r;
+	int ret = -1;
+
+	*suppressed_r = 0;
+	snprintf(w, sizeof(w), "%" PRId64, window);
+	r = tn_cache_command_argv(usage->cache, 5, argv, NULL, deadline);
+	if (tn_usage_reply_ok(r, REDIS_REPLY_INTEGER)) {
+		ret = r->integer >= 0 ? 1 : 0;
+		*suppressed_r = r->integer >= 0 ? r->integer : 0;
+	}
+	if (r != NULL)
+		freeReplyObject(r);
+	tn_mem_free(&key);
+	return ret;
+}
+
+static int tn_usage_cmp(const void *a, const void *b)
+{
+	unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+int tn_usage_parse_thresholds(const char *text, unsigned thresholds_r[TN_USAGE_THRESHOLDS_MAX],
+			      const char **error_r)
+{
+	unsigned n = 0, out = 0;
+	const char *p = text;
+
+	while (*p != '\0') {
+		char *end;
+		unsigned long v;
+
+		while (isspace((unsigned char)*p) || *p == ',')
+			p++;
+		if (*p == '\0')
+			break;
+		errno = 0;
+		v = strtoul(p, &end, 10);
+		if (end == p || errno != 0 || v < 1 || v > 1000 ||
+		    (*end != '\0' && !isspace((unsigned char)*end) && *end != ',')) {
+			*error_r = "warning thresholds are percents 1..1000 separated by spaces";
+			return -1;
+		}
+		if (n == TN_USAGE_THRESHOLDS_MAX) {
+			*error_r = "too many warning thresholds (at most 8)";
+			return -1;
+		}
+		thresholds_r[n++] = (unsigned)v;
+		p = end;
+	}
+	qsort(thresholds_r, n, sizeof(*thresholds_r), tn_usage_cmp);
+	for (unsigned i = 0; i < n; i++) {
+		if (out == 0 || thresholds_r[out - 1] != thresholds_r[i])
+			thresholds_r[out++] = thresholds_r[i];
+	}
+	return (int)out;
+}
