@@ -15,7 +15,14 @@ afterwards. What it holds the sandbox to:
     a gap, of the expected types;
   * the tokens: digests only in the tokens file, the clear tokens in files
     of mode 0600;
-  * "stop" stops every process the sandbox started.
+  * Dovecot (issue 5): two stores (127.0.0.2, 127.0.0.3) and a proxy, all
+    with the tenant auth driver; michael (tenant pool-a) logs in through
+    the proxy to store A, samir (pool-b) to store B, as the proxy's
+    passdb answer, its log and the marker messages in the stores'
+    Maildirs show; after michael's host is set to store B his next login
+    through the proxy lands there (his first marker stays on A);
+  * "stop" stops every process the sandbox started, every Dovecot
+    process included.
 """
 
 import hashlib
@@ -25,11 +32,13 @@ import sqlite3
 import stat
 import subprocess
 
+import tndovecot
 import tnharness
 from conftest import require_prerequisites
 from tnprobe import ROOT, binary
 
 SCRIPT = os.path.join(ROOT, "scripts", "sandbox")
+DOVECOTS = ("proxy", "store-A", "store-B")
 
 
 def _sandbox(d, *args, timeout=60):
@@ -51,6 +60,18 @@ def _pids(d):
     return pids
 
 
+def _dovecot_masters(d):
+    """{instance: master pid} of the sandbox's Dovecots (each master leads
+    the session of all its processes)."""
+    masters = {}
+    for name in DOVECOTS:
+        path = os.path.join(str(d), "dovecot", name, "pid")
+        if os.path.exists(path):
+            with open(path) as f:
+                masters[name] = int(f.read())
+    return masters
+
+
 def _section(out, start, end=None):
     """The output from the line containing start to the one containing end."""
     i = out.index(start)
@@ -59,12 +80,16 @@ def _section(out, start, end=None):
 
 def test_sandbox(tmp_path):
     require_prerequisites()
+    problems = tndovecot.missing_prerequisites()
+    assert not problems, "Dovecot prerequisites: " + "; ".join(problems)
     d = tmp_path / "sbx"
     pids = {}
+    masters = {}
     try:
         r = _sandbox(d)
         if os.path.exists(os.path.join(str(d), "tn-provisiond.pid")):
             pids = _pids(d)
+        masters = _dovecot_masters(d)
         out = r.stdout
         assert r.returncode == 0, out + r.stderr
         assert r.stderr == "", r.stderr
@@ -72,6 +97,7 @@ def test_sandbox(tmp_path):
         _check_provisioning(out)
         _check_events(d, out)
         _check_tokens(d)
+        _check_dovecot(d, out, masters)
         _check_by_hand(d, out)
     finally:
         s = _sandbox(d, "stop")
@@ -79,6 +105,12 @@ def test_sandbox(tmp_path):
     assert "sandbox stopped" in s.stdout
     for name, pid in pids.items():
         assert not tnharness.pid_alive(pid), "%s (pid %d) still runs" % (name, pid)
+    # no Dovecot process left: not a master, not one it forked (its session)
+    for name, pid in masters.items():
+        left = tndovecot._session_pids(pid)
+        assert not left, "Dovecot %s: pids %s still run" % (name, left)
+    for name in DOVECOTS:
+        assert not os.path.exists(os.path.join(str(d), "dovecot", name, "pid")), name
 
 
 def _check_lookups_and_hook(out):
@@ -129,7 +161,7 @@ def _check_provisioning(out):
 
 
 def _check_events(d, out):
-    ev = _section(out, "# the events of these changes", "The sandbox is running")
+    ev = _section(out, "# the events of these changes", "== Dovecot")
     rows = re.findall(r"^    (\d+) +([a-z]+\.[a-z]+) +(\S+)", ev, re.M)
     assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)), ev
     types = [(t, o) for _, t, o in rows]
@@ -141,10 +173,11 @@ def _check_events(d, out):
     assert sorted(types[6:]) == [("mailbox.created", "%s@initrode.example" % n)
                                  for n in ("bill", "milton", "peter")], ev
     assert "9 events of tenant initrode, sequence 1 to 9" in ev
-    # what was shown is what the receiver stored: verified, one each
+    # what was shown is what the receiver stored: verified, one each (the
+    # Dovecot part's updates come after: tenant.updated, mailbox.updated)
     db = sqlite3.connect(os.path.join(str(d), "receiver.sqlite3"))
     stored = db.execute("SELECT sequence, type FROM events WHERE tenant = 'initrode'"
-                        " ORDER BY sequence").fetchall()
+                        " AND sequence <= ? ORDER BY sequence", (len(rows),)).fetchall()
     db.close()
     assert stored == [(int(s), t) for s, t, _ in rows]
 
@@ -174,3 +207,49 @@ def _check_by_hand(d, out):
     r = subprocess.run(["sh", "-c", line.strip() + " -sf"], capture_output=True,
                        text=True, timeout=20)
     assert r.returncode == 0 and '"address":"michael@initrode.example"' in r.stdout, r
+
+
+def _check_dovecot(d, out, masters):
+    dv = _section(out, "== Dovecot", "The sandbox is running")
+    assert sorted(masters) == sorted(DOVECOTS), masters
+    assert "(exit status" not in dv, dv
+    m = re.search(r"^store A  IMAP 127\.0\.0\.2:(\d+) ", dv, re.M)
+    assert m, dv
+    sport = int(m.group(1))
+    assert re.search(r"^store B  IMAP 127\.0\.0\.3:%d " % sport, dv, re.M), dv
+    assert re.search(r"^proxy    IMAP 127\.0\.0\.1:\d+ ", dv, re.M), dv
+    assert "dovecot_pool_hosts = pool-a:127.0.0.2 pool-b:127.0.0.3" in dv
+    # the proxy's passdb: michael to store A, samir to store B
+    for user, host in (("michael", "127.0.0.2"), ("samir", "127.0.0.3")):
+        look = _section(dv, "auth lookup %s@initrode.example\n" % user, "\n\n")
+        assert re.search(r"^  proxy +: y$", look, re.M), look
+        assert re.search(r"^  host +: %s$" % re.escape(host), look, re.M), look
+        assert re.search(r"^  port +: %d$" % sport, look, re.M), look
+    # three logins through the proxy, each appending its marker
+    assert dv.count("\nLOGIN   OK Logged in\n") == 3, dv
+    assert dv.count("\nAPPEND  OK [APPENDUID ") == 3, dv
+    proxied = r"^proxy\((\w+)@initrode\.example,(127\.0\.0\.\d):(\d+)\): Started proxying$"
+    markers = r"^%s/dovecot/(store-[AB])/home/initrode\.example/(\w+)/Maildir/\S+$" \
+        % re.escape(str(d))
+    before, after = dv.split("# move michael to store B")
+    # before the move: the proxy went to A for michael, to B for samir,
+    # and the markers are in those stores' Maildirs
+    assert re.findall(proxied, before, re.M) == [
+        ("michael", "127.0.0.2", str(sport)), ("samir", "127.0.0.3", str(sport))], before
+    assert sorted(re.findall(markers, before, re.M)) == [
+        ("store-A", "michael"), ("store-B", "samir")], before
+    # after it: the proxy's answer is store B, his next login lands there,
+    # his first marker stays on A
+    assert re.search(r"^  host +: 127\.0\.0\.3$", after, re.M), after
+    assert re.findall(proxied, after, re.M)[-1] == ("michael", "127.0.0.3", str(sport)), after
+    assert sorted(re.findall(markers, after, re.M)) == [
+        ("store-A", "michael"), ("store-B", "michael"), ("store-B", "samir")], after
+    # the paths shown are real files
+    for line in re.findall(r"^%s/dovecot/store-\S+$" % re.escape(str(d)), after, re.M):
+        assert os.path.isfile(line), line
+    # each store's own log has the logins it served, and only those
+    for store, users in (("store-A", ["michael"]), ("store-B", ["samir", "michael"])):
+        with open(os.path.join(str(d), "dovecot", store, "dovecot.log")) as f:
+            log = f.read()
+        assert re.findall(r"imap-login: Info: Login: user=<(\w+)@initrode\.example>",
+                          log) == users, (store, log)
