@@ -5,7 +5,7 @@ provisioning_tnctl_SOURCES = provisioning/tnctl.c provisioning/tnctl.h \
 	provisioning/tnctl-api.c provisioning/tnctl-api.h provisioning/tnctl-prov.c \
 	provisioning/tnctl-prov.h provisioning/tnctl-fields.c provisioning/tnctl-csv.c \
 	provisioning/tnctl-import.c provisioning/tnctl-bulk.c provisioning/tnctl-sync.c \
-	provisioning/tnctl-ldif.c
+	provisioning/tnctl-ldif.c provisioning/tnctl-usage.c
 provisioning_tnctl_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(CURL_CFLAGS) $(OPENSSL_CFLAGS)
 provisioning_tnctl_LDADD = lib/libtenantmail.la $(JANSSON_LIBS) $(CURL_LIBS) $(OPENSSL_LIBS)
 

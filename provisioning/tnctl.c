@@ -30,6 +30,9 @@
  *		Reconcile the directory with an upstream feed (CSV, NDJSON,
  *		LDIF): the plan, then with --apply creates, updates,
  *		suspends, resumes (tnctl-sync.c).
+ *	usage reconcile --tenant T [--doveadm CMD]... [--check] [--json]
+ *		Set a tenant's storage usage counters in Redis from
+ *		Dovecot's own figures (tnctl-usage.c, docs/dovecot.md).
  *	config [-n | -d | -a | --doc]
  *		Print parameter settings: changed ones (-n, default), the
  *		defaults (-d), all effective values (-a), or the parameter
@@ -324,6 +327,7 @@ static const struct tnctl_command tnctl_commands[] = {
 	{ "lookup", tnctl_lookup, "lookup [--json] [--domain|--tenant] NAME", NULL },
 	{ "cache", tnctl_cache, "cache invalidate --address A | --domain D | --tenant T", NULL },
 	{ "events", NULL, NULL, tnctl_events_commands },
+	{ "usage", NULL, NULL, tnctl_usage_commands },
 	{ "tenant", tnctl_prov_kind, TNCTL_PROV_TENANT_USAGE, NULL },
 	{ "domain", tnctl_prov_kind, TNCTL_PROV_USAGE("domain", "[DOMAIN]"), NULL },
 	{ "mailbox", tnctl_prov_kind, TNCTL_PROV_USAGE("mailbox", "[ADDRESS]"), NULL },

@@ -123,6 +123,9 @@ const char *tnctl_safe(char *buf, const char *text);
 /* events emit|list|show|replay|stats|enable|verify */
 extern const struct tnctl_command tnctl_events_commands[];
 
+/* usage reconcile (tnctl-usage.c) */
+extern const struct tnctl_command tnctl_usage_commands[];
+
 /* events verify: check a captured webhook request's signature. */
 int tnctl_events_verify(struct tnctl *ctl, int argc, char **argv);
 
