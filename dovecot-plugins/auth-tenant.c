@@ -69,7 +69,9 @@
 #include "passdb.h"
 #include "userdb.h"
 
+#include <grp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -94,6 +96,7 @@ struct tenant_db {
 	struct tn_lookup *lookup;
 	pid_t lookup_pid;
 	char *lookup_error;		/* async: why there is no lookup */
+	char *uid, *gid;		/* dovecot_uid/gid as numbers */
 	struct tn_lookup_ioloop *ioloop;	/* async: made on first use */
 };
 
@@ -185,6 +188,31 @@ static const char *tenant_conf_path(const char *args)
 	return *args == '\0' ? TENANT_DEFAULT_CONF : args;
 }
 
+/* dovecot_uid and dovecot_gid as numbers, resolved once here: a name in
+ * the userdb answer would cost Dovecot an NSS lookup per request. An
+ * unknown name stops the auth process at start. */
+static void tenant_db_numeric_ids(struct tenant_db *db, const char *kind)
+{
+	const char *uid = db->set.uid, *gid = db->set.gid;
+
+	if (uid[0] != '\0' && !str_is_numeric(uid, '\0')) {
+		struct passwd *pw = getpwnam(uid);
+
+		if (pw == NULL)
+			i_fatal("%s tenant: %s: dovecot_uid: no user '%s'", kind, db->path, uid);
+		db->uid = i_strdup_printf("%lu", (unsigned long)pw->pw_uid);
+		db->set.uid = db->uid;
+	}
+	if (gid[0] != '\0' && !str_is_numeric(gid, '\0')) {
+		struct group *gr = getgrnam(gid);
+
+		if (gr == NULL)
+			i_fatal("%s tenant: %s: dovecot_gid: no group '%s'", kind, db->path, gid);
+		db->gid = i_strdup_printf("%lu", (unsigned long)gr->gr_gid);
+		db->set.gid = db->gid;
+	}
+}
+
 /* Async mode: the lookup, made while preinit still runs as root (the
  * password files); a failure is kept and given to every request. */
 static void tenant_db_make_lookup(struct tenant_db *db)
@@ -222,6 +250,7 @@ static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 	if (tn_conf_load_file(db->conf, db->path, &error) < 0 ||
 	    tn_auth_settings_read(db->conf, &db->set, &error) < 0)
 		i_fatal("%s tenant: %s", kind, error);
+	tenant_db_numeric_ids(db, kind);
 	if (!db->set.blocking)
 		tenant_db_make_lookup(db);
 	db->next = tenant_dbs;
@@ -244,6 +273,8 @@ static void tenant_db_unref(struct tenant_db **_db)
 	if (db->lookup != NULL && db->lookup_pid == getpid())
 		tn_lookup_destroy(&db->lookup);
 	i_free(db->lookup_error);
+	i_free(db->uid);
+	i_free(db->gid);
 	tn_conf_destroy(&db->conf);
 	i_free(db->path);
 	i_free(db);

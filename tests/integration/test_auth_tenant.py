@@ -8,6 +8,9 @@ Environment:
                 dovecot-plugins/.libs/libauthdb_tenant.so (default: the
                 top of the source tree, an in-tree build)
 
+The store tests run twice: with the driver asynchronous in the auth
+process (the default) and with dovecot_blocking = yes (auth workers).
+
 A private Dovecot 2.3 (tests/harness/tndovecot.py) loads the built module
 through "unshare -m" and a bind mount over the auth module dir; slapd with
 the example DIT and Redis come from tnharness.Stack (every mailbox's
@@ -22,6 +25,11 @@ password is "secret").  Checked with doveadm, Dovecot's own clients:
   * slapd frozen with Redis empty: a temporary failure (doveadm and an
     IMAP [UNAVAILABLE]) within lookup_timeout plus a margin, never
     "unknown user"; logins work again once slapd is back;
+  * asynchronous mode: no auth-worker process is ever started, refusals
+    are logged by the auth process itself, and with slapd AND Redis
+    frozen a mailbox looked up a moment ago still logs in at once (the
+    in-process cache answers inside the auth process) while one never
+    seen is a temporary failure within lookup_timeout;
   * a configuration error stops the auth process with the file and line;
   * the module exports only Dovecot's entry points, with Dovecot's ABI;
   * docs/dovecot.md's two conf.d snippets pass "doveconf -n";
@@ -76,11 +84,12 @@ def write_conf(stack, path, extra):
     return path
 
 
-@pytest.fixture(scope="module")
-def store(stack, tmp_path_factory):
+@pytest.fixture(scope="module", params=["async", "blocking"])
+def store(stack, tmp_path_factory, request):
     require_module()
-    d = tmp_path_factory.mktemp("store")
+    d = tmp_path_factory.mktemp("store-" + request.param)
     conf = write_conf(stack, str(d / "tenantmail.conf"), "\n".join([
+        "dovecot_blocking = %s" % ("yes" if request.param == "blocking" else "no"),
         "dovecot_home = %s/home/%%d/%%n" % d,
         "lookup_timeout = %ds" % LOOKUP_TIMEOUT,
         "ldap_timeout = 1s",
@@ -90,6 +99,7 @@ def store(stack, tmp_path_factory):
     passdb, userdb = auth_blocks(conf)
     dc = tndovecot.Dovecot(str(d / "dovecot"), passdb=passdb, userdb=userdb,
                            auth_modules=[MODULE])
+    dc.mode = request.param
     try:
         yield dc
     finally:
@@ -314,6 +324,89 @@ def test_man_page_documents_every_parameter():
     r = subprocess.run(["groff", "-man", "-ww", "-Tutf8", PAGE],
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+# --- asynchronous mode: answered in the auth process ---------------------------
+
+def process_titles(dc):
+    """{pid: command line} of the instance's processes."""
+    out = {}
+    for pid in dc.processes():
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                out[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def auth_workers(dc):
+    """Pids of the instance's auth-worker processes (titled "auth worker:
+    idling" and the like)."""
+    return [pid for pid, title in process_titles(dc).items()
+            if re.search(r"/auth[- ]worker", title)]
+
+
+def test_async_mode_needs_no_auth_worker(store):
+    if store.mode != "async":
+        pytest.skip("asynchronous mode only (dovecot_blocking = no)")
+    mark = store.log_mark()
+    for user in ("alice@acme.example", "carol@acme.example", "nobody@acme.example"):
+        auth_test(store, user)
+    assert store.user_fields("bob@acme.example")["tenant"] == "acme"
+    # the refusal is logged by the auth process, not a worker
+    store.wait_log(r"auth: Info: tenant\(carol@acme\.example[^)]*\): tenant=acme: "
+                   r"login refused", mark)
+    assert "auth-worker" not in store.log_text()
+    assert auth_workers(store) == []
+
+
+def test_blocking_mode_uses_auth_workers(store):
+    if store.mode != "blocking":
+        pytest.skip("blocking mode only (dovecot_blocking = yes)")
+    rc, _, out = auth_test(store, "alice@acme.example")
+    assert rc == 0, out
+    assert auth_workers(store), "\n".join(process_titles(store).values())
+
+
+def test_async_cache_hit_answered_in_the_auth_process(stack, store):
+    """slapd and Redis both frozen: nothing outside the auth process can
+    answer. A mailbox looked up a moment ago logs in at once (the
+    in-process cache, kept by the invalidation subscriber, answers inside
+    the auth process); one never looked up is a temporary failure within
+    lookup_timeout -- the auth process was not blocked meanwhile."""
+    if store.mode != "async":
+        pytest.skip("asynchronous mode only (dovecot_blocking = no)")
+    warm, cold = "bob@acme.example", "dave@acme.example"    # dave: no other test
+    rc, _, out = auth_test(store, warm)
+    assert rc == 0, out
+    stack.slapd.freeze()
+    stack.redis.freeze()
+    try:
+        t0 = time.monotonic()
+        rc, _, out = auth_test(store, warm)
+        took = time.monotonic() - t0
+        assert rc == 0, out
+        assert took < 0.5, "cache hit took %.2f s" % took
+        mark = store.log_mark()
+        t0 = time.monotonic()
+        rc, _, out = auth_test(store, cold)
+        took = time.monotonic() - t0
+        assert rc != 0 and "unknown" not in out.lower(), out
+        assert took < LOOKUP_TIMEOUT + 1.5, "took %.2f s" % took
+        store.wait_log(re.escape("tenant(%s): lookup failed (temporary failure)"
+                                 % cold), mark)
+    finally:
+        stack.redis.thaw()
+        stack.slapd.thaw()
+    assert auth_workers(store) == []
+    deadline = time.monotonic() + 10
+    while True:
+        rc, _, out = auth_test(store, cold)
+        if rc == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rc == 0, "no login after slapd and Redis came back: " + out
 
 
 # --- directory down: last, it leaves slapd frozen for a while ----------------
