@@ -104,7 +104,11 @@ struct tenant_quota_root {
 	struct quota_root root;
 	struct tenant_quota_settings set;
 	struct tenant_quota_conf *tc;
-	int64_t last_bytes;		/* usage read by the last get_resource */
+	const char *event_tenant;	/* the id in lower case (the outbox's rule) */
+	/* usage read by the last get_resource, reused within the same ioloop
+	 * iteration (Dovecot asks for bytes and messages in turn) */
+	int64_t last_bytes, last_messages;
+	struct timeval last_read;
 };
 
 static struct tenant_quota_conf *tenant_quota_confs;
@@ -205,7 +209,7 @@ static void tenant_quota_emit(struct tenant_quota_root *tq, const char *type, js
 		json_decref(data);
 		return;
 	}
-	if (tn_outbox_append(tq->tc->outbox, type, tq->set.tenant, data, id, &seq,
+	if (tn_outbox_append(tq->tc->outbox, type, tq->event_tenant, data, id, &seq,
 			     &error) < 0) {
 		e_error(tq->root.quota->user->event,
 			"tenant_quota: tenant=%s: %s event not recorded: %s",
@@ -298,6 +302,8 @@ static int tenant_quota_init(struct quota_root *root, const char *args,
 	if (tenant_quota_settings_read(root->quota->user, &tq->set, error_r) < 0)
 		return -1;
 	tq->set.tenant = p_strdup(root->pool, tq->set.tenant);
+	if (tq->set.tenant != NULL)
+		tq->event_tenant = p_strdup(root->pool, t_str_lcase(tq->set.tenant));
 	if (tq->set.tenant != NULL &&
 	    (tq->tc = tenant_quota_conf_get(tq->set.config, error_r)) == NULL)
 		return -1;
@@ -345,31 +351,43 @@ static void tenant_quota_mark_down(struct tenant_quota_root *tq)
 	tq->tc->down_until = tn_time_now_ms() + TENANT_QUOTA_DOWN_MSECS;
 }
 
+/* The pool's usage: 0, or -1 when Redis did not answer. */
+static int tenant_quota_read(struct tenant_quota_root *tq)
+{
+	int64_t bytes, messages;
+
+	if (timercmp(&tq->last_read, &ioloop_timeval, ==))
+		return 0;
+	if (tn_usage_get(tq->tc->usage, "ten", tq->set.tenant,
+			 tn_time_now_ms() + tn_usage_timeout(tq->tc->usage),
+			 &bytes, &messages) < 0)
+		return -1;
+	tq->last_bytes = bytes;
+	tq->last_messages = messages;
+	tq->last_read = ioloop_timeval;
+	return 0;
+}
+
 static enum quota_get_result
 tenant_quota_get_resource(struct quota_root *root, const char *name,
 			  uint64_t *value_r, const char **error_r)
 {
 	struct tenant_quota_root *tq = (struct tenant_quota_root *)root;
-	int64_t bytes, messages;
+	bool bytes = strcmp(name, QUOTA_NAME_STORAGE_BYTES) == 0;
 
 	*value_r = 0;
-	if (strcmp(name, QUOTA_NAME_STORAGE_BYTES) != 0 &&
-	    strcmp(name, QUOTA_NAME_MESSAGES) != 0) {
+	if (!bytes && strcmp(name, QUOTA_NAME_MESSAGES) != 0) {
 		*error_r = QUOTA_UNKNOWN_RESOURCE_ERROR_STRING;
 		return QUOTA_GET_RESULT_UNKNOWN_RESOURCE;
 	}
 	if (tq->tc == NULL)
 		return QUOTA_GET_RESULT_LIMITED;
-	if (tn_usage_get(tq->tc->usage, "ten", tq->set.tenant,
-			 tn_time_now_ms() + tn_usage_timeout(tq->tc->usage),
-			 &bytes, &messages) < 0) {
+	if (tenant_quota_read(tq) < 0) {
 		tenant_quota_mark_down(tq);
 		return QUOTA_GET_RESULT_LIMITED;
 	}
 	tq->tc->down_until = 0;
-	tq->last_bytes = bytes;
-	*value_r = strcmp(name, QUOTA_NAME_STORAGE_BYTES) == 0 ?
-		(uint64_t)bytes : (uint64_t)messages;
+	*value_r = (uint64_t)(bytes ? tq->last_bytes : tq->last_messages);
 	return QUOTA_GET_RESULT_LIMITED;
 }
 
@@ -394,6 +412,7 @@ static int tenant_quota_update(struct quota_root *root,
 		return -1;
 	}
 	tq->last_bytes = res.bytes;
+	tq->last_messages = res.messages;
 	for (unsigned i = 0; i < res.n_crossed; i++)
 		tenant_quota_warn(tq, res.crossed[i], res.bytes);
 	return 0;
