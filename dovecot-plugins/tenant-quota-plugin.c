@@ -205,7 +205,7 @@ static void tenant_quota_emit(struct tenant_quota_root *tq, const char *type, js
 	const char *error;
 	uint64_t seq;
 
-	if (tq->tc->outbox == NULL) {
+	if (tq->tc->outbox == NULL || data == NULL) {
 		json_decref(data);
 		return;
 	}

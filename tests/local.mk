@@ -2,7 +2,8 @@
 ## tests (pytest, real servers; run by scripts/test) drive.
 UNIT_TESTS = tests/unit/test-conf tests/unit/test-log tests/unit/test-escape \
 	tests/unit/test-record tests/unit/test-mcache tests/unit/test-outbox \
-	tests/unit/test-webhook tests/unit/test-prov-input tests/unit/test-tnctl-csv
+	tests/unit/test-webhook tests/unit/test-prov-input tests/unit/test-tnctl-csv \
+	tests/unit/test-usage
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
@@ -32,6 +33,9 @@ tests_unit_test_webhook_LDADD = $(UNIT_LDADD)
 tests_unit_test_prov_input_SOURCES = tests/unit/test-prov-input.c
 tests_unit_test_prov_input_CFLAGS = $(UNIT_CFLAGS) $(JANSSON_CFLAGS)
 tests_unit_test_prov_input_LDADD = $(UNIT_LDADD) $(JANSSON_LIBS) $(CRYPT_LIBS)
+tests_unit_test_usage_SOURCES = tests/unit/test-usage.c
+tests_unit_test_usage_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_usage_LDADD = $(UNIT_LDADD)
 # tnctl import's CSV reader and field conversion: pure files of provisioning/
 tests_unit_test_tnctl_csv_SOURCES = tests/unit/test-tnctl-csv.c provisioning/tnctl-csv.c \
 	provisioning/tnctl-fields.c

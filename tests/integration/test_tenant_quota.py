@@ -15,6 +15,7 @@ alice (mailbox quota 2 GiB) lives on store A, bob on store B; both are
 acme's. Checked through IMAP (imaplib), LMTP (smtplib) and Redis:
   * APPEND over the pool: [OVERQUOTA] while the mailbox quota has room;
     under it the delta reaches usage:ten:acme and usage:mbx:<address>;
+  * COPY over the pool: [OVERQUOTA]; under it the copy is counted;
   * two stores filling one pool stop at the shared limit;
   * LMTP delivery over the pool: 552 5.2.2, and a quota.exceeded event;
   * expunge frees pool space (usage:ten:acme goes down);
@@ -201,6 +202,25 @@ def test_append_over_pool_refused_while_mailbox_has_room(topo):
     assert BODY < size < BODY + 200 and topo.usage()[1] == 1
     after = topo.usage("tn:v1:usage:mbx:alice@acme.example")
     assert (after[0] - before[0], after[1] - before[1]) == (size, 1)
+
+
+def test_copy_over_pool_refused(topo):
+    topo.reset(0)
+    assert append(topo.a, "alice@acme.example")[0] == "OK"
+    m = topo.a.imap("alice@acme.example", PASSWORD)
+    try:
+        m.create("Archive")
+        m.select("INBOX")
+        topo.reset(POOL - 100)
+        typ, data = m.copy("1", "Archive")
+        assert typ == "NO" and b"[OVERQUOTA]" in data[0], data
+        topo.reset(0)
+        typ, data = m.copy("1", "Archive")
+        assert typ == "OK", data
+    finally:
+        m.logout()
+    used, messages = topo.usage()
+    assert BODY < used < BODY + 200 and messages == 1
 
 
 def test_two_stores_share_one_pool(topo):
