@@ -391,23 +391,57 @@ tenant_quota_get_resource(struct quota_root *root, const char *name,
 	return QUOTA_GET_RESULT_LIMITED;
 }
 
+/* doveadm quota recalc (or Dovecot missed frees): count this mailbox as
+ * the count backend does, and turn the difference from its mirror into a
+ * delta of both counters -- a per-user reconciliation that loses no
+ * other store's concurrent changes. */
+static int tenant_quota_recalc_delta(struct tenant_quota_root *tq, int64_t *dbytes_r,
+				     int64_t *dmessages_r, const char **error_r)
+{
+	enum quota_get_result result;
+	uint64_t bytes, count;
+	int64_t mbytes, mcount;
+
+	if (quota_count(&tq->root, &bytes, &count, &result, error_r) <= 0)
+		return -1;
+	if (tn_usage_get(tq->tc->usage, "mbx", tq->root.quota->user->username,
+			 tn_time_now_ms() + tn_usage_timeout(tq->tc->usage),
+			 &mbytes, &mcount) < 0) {
+		*error_r = tn_cache_last_error();
+		return -1;
+	}
+	*dbytes_r = (int64_t)bytes - mbytes;
+	*dmessages_r = (int64_t)count - mcount;
+	e_info(tq->root.quota->user->event, "tenant_quota: tenant=%s: recalculated: "
+	       "%llu bytes, %llu messages (counters corrected by %lld, %lld)",
+	       tq->set.tenant, (unsigned long long)bytes, (unsigned long long)count,
+	       (long long)*dbytes_r, (long long)*dmessages_r);
+	return 0;
+}
+
 static int tenant_quota_update(struct quota_root *root,
 			       struct quota_transaction_context *ctx,
 			       const char **error_r)
 {
 	struct tenant_quota_root *tq = (struct tenant_quota_root *)root;
+	int64_t dbytes = ctx->bytes_used, dmessages = ctx->count_used;
 	struct tn_usage_result res;
 
-	if (tq->tc == NULL || (ctx->bytes_used == 0 && ctx->count_used == 0))
+	if (tq->tc == NULL)
+		return 0;
+	if (ctx->recalculate != QUOTA_RECALCULATE_DONT &&
+	    tenant_quota_recalc_delta(tq, &dbytes, &dmessages, error_r) < 0)
+		return -1;
+	if (dbytes == 0 && dmessages == 0)
 		return 0;
 	if (tn_usage_add(tq->tc->usage, tq->set.tenant, root->quota->user->username,
-			 ctx->bytes_used, ctx->count_used, tq->set.limit,
+			 dbytes, dmessages, tq->set.limit,
 			 tq->set.thresholds, tq->set.n_thresholds,
 			 tn_time_now_ms() + tn_usage_timeout(tq->tc->usage), &res) < 0) {
 		*error_r = t_strdup_printf("tenant_quota: tenant=%s: change of %lld bytes, "
 					   "%lld messages not counted (run tnctl usage "
 					   "reconcile --tenant %s): %s", tq->set.tenant,
-					   (long long)ctx->bytes_used, (long long)ctx->count_used,
+					   (long long)dbytes, (long long)dmessages,
 					   tq->set.tenant, tn_cache_last_error());
 		return -1;
 	}

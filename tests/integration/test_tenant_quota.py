@@ -25,6 +25,8 @@ acme's. Checked through IMAP (imaplib), LMTP (smtplib) and Redis:
   * Redis stopped: mail is accepted (the pool unenforced, the mailbox
     quota still applies), warnings in the log, no crash; enforced again
     once Redis is back;
+  * doveadm quota recalc -u corrects one mailbox's mirror and moves the
+    tenant's counter by the same difference;
   * tnctl usage reconcile after the counters were corrupted by hand
     restores Dovecot's figures, and --check then finds no drift;
   * docs/dovecot.md's tenant_quota snippet passes doveconf -n.
@@ -377,6 +379,20 @@ def test_reconcile_restores_corrupted_counters(topo):
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     assert report["drift"] == [] and report["bytes"] == used
+
+
+def test_doveadm_quota_recalc_corrects_one_mailbox(topo):
+    """doveadm quota recalc -u: the mailbox's mirror set to Dovecot's count,
+    the tenant's counter moved by the same difference."""
+    mbx = "tn:v1:usage:mbx:alice@acme.example"
+    topo.stack.redis.cli("HSET", TEN, "bytes", 1000000, "messages", 100)
+    topo.stack.redis.cli("HSET", mbx, "bytes", 10, "messages", 1)
+    r = topo.a.doveadm("quota", "recalc", "-u", "alice@acme.example")
+    assert r.returncode == 0, r.stderr
+    alice = doveadm_figures(topo, "alice@acme.example")
+    assert alice[0] > 10
+    assert topo.usage(mbx) == alice
+    assert topo.usage() == (1000000 + alice[0] - 10, 100 + alice[1] - 1)
 
 
 def doc_snippet():
