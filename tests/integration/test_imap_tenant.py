@@ -17,6 +17,9 @@ the reason in the auth log and Dovecot's generic message to the client,
 directory unreachable = internal failure (client: [UNAVAILABLE]);
 userdb: uid, gid, home, quota_rule=*:bytes=N, tenant, tenant_quota_bytes.
 
+The driver runs in its default mode, asynchronous in the auth process
+(test_auth_tenant.py runs its cases in both modes).
+
 Skipped ONLY while the module is not built (TN_BUILD_DIR's
 dovecot-plugins/.libs/libauthdb_tenant.so), saying so.
 """
