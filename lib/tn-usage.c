@@ -67,6 +67,22 @@ static const char tn_usage_script_exceeded[] =
 	"redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[1]), 'suppressed', 0)\n"
 	"return s\n";
 
+/* KEYS: tenant counter, mailbox counters... ARGV: '1' to write.
+ * Returns {sum bytes, sum messages, old bytes, old messages}. */
+static const char tn_usage_script_sum[] =
+	"local b, m = 0, 0\n"
+	"for i = 2, #KEYS do\n"
+	"  local v = redis.call('HMGET', KEYS[i], 'bytes', 'messages')\n"
+	"  b = b + (tonumber(v[1]) or 0)\n"
+	"  m = m + (tonumber(v[2]) or 0)\n"
+	"end\n"
+	"local o = redis.call('HMGET', KEYS[1], 'bytes', 'messages')\n"
+	"if ARGV[1] == '1' then\n"
+	"  redis.call('HSET', KEYS[1], 'bytes', string.format('%d', b),\n"
+	"             'messages', string.format('%d', m))\n"
+	"end\n"
+	"return {b, m, tonumber(o[1]) or 0, tonumber(o[2]) or 0}\n";
+
 struct tn_usage {
 	struct tn_cache *cache;
 	tn_msec_t timeout;
@@ -207,6 +223,40 @@ int tn_usage_set(struct tn_usage *usage, const char *kind, const char *id,
 	if (r != NULL)
 		freeReplyObject(r);
 	tn_mem_free(&key);
+	return ret;
+}
+
+int tn_usage_sum_tenant(struct tn_usage *usage, const char *tenant,
+			const char *const *addresses, size_t n, bool write,
+			tn_msec_t deadline, int64_t sums_r[2], int64_t old_r[2])
+{
+	const char **argv = tn_mem_calloc(n + 5, sizeof(*argv));
+	char **keys = tn_mem_calloc(n + 1, sizeof(*keys)), numkeys[24];
+	redisReply *r;
+	int ret = -1;
+
+	snprintf(numkeys, sizeof(numkeys), "%zu", n + 1);
+	keys[0] = tn_usage_key(usage, "ten", tenant);
+	for (size_t i = 0; i < n; i++)
+		keys[i + 1] = tn_usage_key(usage, "mbx", addresses[i]);
+	argv[0] = "EVAL";
+	argv[1] = tn_usage_script_sum;
+	argv[2] = numkeys;
+	for (size_t i = 0; i <= n; i++)
+		argv[3 + i] = keys[i];
+	argv[n + 4] = write ? "1" : "0";
+	r = tn_cache_command_argv(usage->cache, (int)n + 5, argv, NULL, deadline);
+	if (tn_usage_reply_ok(r, REDIS_REPLY_ARRAY) && r->elements == 4) {
+		for (size_t i = 0; i < 4; i++)
+			(i < 2 ? sums_r : old_r)[i % 2] = r->element[i]->integer;
+		ret = 0;
+	}
+	if (r != NULL)
+		freeReplyObject(r);
+	for (size_t i = 0; i <= n; i++)
+		tn_mem_free(&keys[i]);
+	tn_mem_free(&keys);
+	tn_mem_free(&argv);
 	return ret;
 }
 

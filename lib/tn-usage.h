@@ -28,6 +28,8 @@
 #ifndef TN_USAGE_H
 #define TN_USAGE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tn-conf.h"
@@ -64,6 +66,14 @@ int tn_usage_get(struct tn_usage *usage, const char *kind, const char *id,
 /* Overwrite usage:<kind>:<id> (reconciliation). 0 or -1. */
 int tn_usage_set(struct tn_usage *usage, const char *kind, const char *id,
 		 int64_t bytes, int64_t messages, tn_msec_t deadline);
+/* Sum usage:mbx:<address> over addresses[0..n-1] and, when write, set
+ * usage:ten:<tenant> to the sum -- read and written in one script: every
+ * writer changes a mailbox and its tenant together, so the sum is exact
+ * at that moment whatever other stores do. sums_r: {bytes, messages};
+ * old_r: the tenant's counter before. 0 or -1. */
+int tn_usage_sum_tenant(struct tn_usage *usage, const char *tenant,
+			const char *const *addresses, size_t n, bool write,
+			tn_msec_t deadline, int64_t sums_r[2], int64_t old_r[2]);
 /* A refusal on the tenant's pool: 1 when it is to be reported
  * (*suppressed_r: refusals not reported since the previous report), 0
  * when another was reported less than window ms ago (this one is

@@ -21,16 +21,23 @@
  *	   default "doveadm"; give --doveadm once per store ("doveadm -c
  *	   /etc/dovecot/store2.conf", or a doveadm on another host through
  *	   ssh). A user a store does not know counts 0 there;
- *	3. sets each mailbox's counter and the tenant's sum (HSET), and
- *	   prints a line per counter that changed.
+ *	3. right after counting a mailbox, reads its mirror and adds the
+ *	   difference to the mirror and the tenant's counter (a delta, as the
+ *	   plugin writes: what other stores add meanwhile is kept);
+ *	4. sets the tenant's counter to the sum of its mailboxes' mirrors in
+ *	   one script (every writer changes a mailbox and its tenant
+ *	   together, so that sum is exact whatever the stores do);
+ *	and prints a line per counter that changed.
  *
  *	With --check nothing is written: exit 0 when every counter was
- *	right, 1 when some differ. Deltas written by stores while the
- *	command runs (between reading a mailbox and writing the sums) are
- *	lost: run it when the tenant is quiet, or run it twice.
+ *	right, 1 when some differ. A message stored in a mailbox between
+ *	doveadm's count of it and the read of its mirror (milliseconds) is
+ *	counted twice or not at all; the next run, or doveadm quota recalc
+ *	for that mailbox, corrects it.
  *
  *	Exit: 0 done (or consistent with --check), 1 drift found with
- *	--check, 64 usage, 69 a doveadm failed (nothing written),
+ *	--check, 64 usage, 69 a doveadm failed (the mailboxes before it
+ *	are corrected, the tenant's sum is not set),
  *	75 directory or Redis unavailable, 78 configuration.
  *--*/
 #include <errno.h>
@@ -56,6 +63,7 @@
 #define TNCTL_USAGE_MAX_STORES 16
 #define TNCTL_USAGE_MAX_ARGS 32
 #define TNCTL_USAGE_OUTPUT_MAX 4096
+#define TNCTL_USAGE_REDIS_WAIT 5000	/* ms for one Redis call */
 /* doveadm's exit for an unknown user (EX_NOUSER) */
 #define TNCTL_DOVEADM_NOUSER 67
 
@@ -229,30 +237,71 @@ static int tnctl_usage_count(const struct tnctl_usage_opts *o, struct tnctl_usag
 
 /* --- Redis ------------------------------------------------------------------- */
 
-/* Compare with Redis, write unless checking. 1 differed, 0 same, -1 error. */
-static int tnctl_usage_fix(struct tn_usage *u, const struct tnctl_usage_opts *o,
-			   const char *kind, const char *id, int64_t bytes, int64_t messages,
-			   json_t *report)
+static void tnctl_usage_report(const struct tnctl_usage_opts *o, json_t *report,
+			       const char *kind, const char *id, const int64_t old[2],
+			       const int64_t now[2])
 {
-	tn_msec_t deadline = tn_time_now_ms() + 5000;
-	int64_t rb, rm;
-
-	if (tn_usage_get(u, kind, id, deadline, &rb, &rm) < 0)
-		return -1;
-	if (rb == bytes && rm == messages)
-		return 0;
-	if (!o->check && tn_usage_set(u, kind, id, bytes, messages, deadline) < 0)
-		return -1;
 	json_array_append_new(report, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}",
 						"kind", kind, "id", id,
-						"redis_bytes", (json_int_t)rb,
-						"redis_messages", (json_int_t)rm,
-						"bytes", (json_int_t)bytes,
-						"messages", (json_int_t)messages));
+						"redis_bytes", (json_int_t)old[0],
+						"redis_messages", (json_int_t)old[1],
+						"bytes", (json_int_t)now[0],
+						"messages", (json_int_t)now[1]));
 	if (!o->json) {
 		printf("%s %s: bytes %" PRId64 " -> %" PRId64 ", messages %" PRId64 " -> %" PRId64
-		       "%s\n", kind, id, rb, bytes, rm, messages, o->check ? " (not written)" : "");
+		       "%s\n", kind, id, old[0], now[0], old[1], now[1],
+		       o->check ? " (not written)" : "");
 	}
+}
+
+/* One mailbox: count it on the stores, then at once read its mirror and
+ * add the difference (a delta, as the plugin writes: changes made by the
+ * stores meanwhile are kept). 1 differed, 0 same, -1 Redis, -2 doveadm. */
+static int tnctl_usage_mailbox(struct tn_usage *u, const struct tnctl_usage_opts *o,
+			       struct tnctl_usage_mbx *m, json_t *report)
+{
+	tn_msec_t deadline;
+	int64_t old[2], now[2];
+	struct tn_usage_result res;
+
+	if (tnctl_usage_count(o, m) < 0)
+		return -2;
+	deadline = tn_time_now_ms() + TNCTL_USAGE_REDIS_WAIT;
+	if (tn_usage_get(u, "mbx", m->address, deadline, &old[0], &old[1]) < 0)
+		return -1;
+	now[0] = m->bytes;
+	now[1] = m->messages;
+	if (old[0] == now[0] && old[1] == now[1])
+		return 0;
+	if (!o->check && tn_usage_add(u, o->tenant, m->address, now[0] - old[0],
+				      now[1] - old[1], 0, NULL, 0, deadline, &res) < 0)
+		return -1;
+	tnctl_usage_report(o, report, "mbx", m->address, old, now);
+	return 1;
+}
+
+/* The tenant: the sum of its mailboxes' mirrors, in one script. */
+static int tnctl_usage_tenant(struct tn_usage *u, const struct tnctl_usage_opts *o,
+			      const struct tnctl_usage_mbx *v, size_t n, int64_t counted[2],
+			      json_t *report)
+{
+	const char **addrs = tn_mem_calloc(n + 1, sizeof(*addrs));
+	int64_t sums[2], old[2];
+	int ret;
+
+	for (size_t i = 0; i < n; i++)
+		addrs[i] = v[i].address;
+	ret = tn_usage_sum_tenant(u, o->tenant, addrs, n, !o->check,
+				  tn_time_now_ms() + TNCTL_USAGE_REDIS_WAIT, sums, old);
+	tn_mem_free(&addrs);
+	if (ret < 0)
+		return -1;
+	/* --check wrote no mirror: compare with what doveadm counted */
+	if (o->check)
+		memcpy(sums, counted, sizeof(sums));
+	if (old[0] == sums[0] && old[1] == sums[1])
+		return 0;
+	tnctl_usage_report(o, report, "ten", o->tenant, old, sums);
 	return 1;
 }
 
@@ -275,7 +324,7 @@ static int tnctl_usage_apply(struct tnctl *ctl, const struct tnctl_usage_opts *o
 	const char *error;
 	struct tn_usage *u = tn_usage_create(ctl->conf, &error);
 	json_t *report = json_array();
-	int64_t tb = 0, tm = 0;
+	int64_t counted[2] = { 0, 0 };
 	int r = 0, drift = 0;
 
 	if (u == NULL) {
@@ -284,23 +333,22 @@ static int tnctl_usage_apply(struct tnctl *ctl, const struct tnctl_usage_opts *o
 		return EX_CONFIG;
 	}
 	for (size_t i = 0; i < n && r >= 0; i++) {
-		tb += v[i].bytes;
-		tm += v[i].messages;
-		drift |= r = tnctl_usage_fix(u, o, "mbx", v[i].address, v[i].bytes,
-					     v[i].messages, report);
+		drift |= r = tnctl_usage_mailbox(u, o, &v[i], report);
+		counted[0] += v[i].bytes;
+		counted[1] += v[i].messages;
 	}
 	if (r >= 0)
-		drift |= r = tnctl_usage_fix(u, o, "ten", o->tenant, tb, tm, report);
-	if (r < 0)
+		drift |= r = tnctl_usage_tenant(u, o, v, n, counted, report);
+	if (r == -1)
 		fprintf(stderr, "tnctl: usage reconcile: redis: %s\n", tn_cache_last_error());
-	else if (o->json)
-		tnctl_usage_print_json(o, n, tb, tm, report);
-	else
+	else if (r >= 0 && o->json)
+		tnctl_usage_print_json(o, n, counted[0], counted[1], report);
+	else if (r >= 0)
 		printf("tenant %s: %zu mailboxes, %" PRId64 " bytes, %" PRId64 " messages%s\n",
-		       o->tenant, n, tb, tm, drift ? "" : " (no drift)");
+		       o->tenant, n, counted[0], counted[1], drift ? "" : " (no drift)");
 	json_decref(report);
 	tn_usage_destroy(&u);
-	return r < 0 ? EX_TEMPFAIL : o->check && drift ? 1 : 0;
+	return r == -1 ? EX_TEMPFAIL : r == -2 ? EX_UNAVAILABLE : o->check && drift ? 1 : 0;
 }
 
 /* --- the command --------------------------------------------------------------- */
@@ -349,10 +397,6 @@ static int tnctl_usage_reconcile(struct tnctl *ctl, int argc, char **argv)
 		return EX_USAGE;
 	}
 	ret = tnctl_usage_list(ctl, o.tenant, &v, &n);
-	for (size_t i = 0; ret == 0 && i < n; i++) {
-		if (tnctl_usage_count(&o, &v[i]) < 0)
-			ret = EX_UNAVAILABLE;
-	}
 	if (ret == 0)
 		ret = tnctl_usage_apply(ctl, &o, v, n);
 	for (size_t i = 0; i < n; i++)
