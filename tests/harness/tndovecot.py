@@ -769,6 +769,8 @@ def proxy_passwd_db(path, users, stores, password_of):
 CLI_USAGE = """\
 usage: tndovecot.py up DIR --tenant-conf FILE --auth-module SO
                        [--listen ADDR] [--imap-port N] [--name NAME]
+                       [--mail-plugins NAMES] [--plugin SO]...
+                       [--extra-config FILE]
        tndovecot.py down DIR...
 """
 
@@ -844,8 +846,11 @@ def main(argv):
     tenant driver reading --tenant-conf, loading --auth-module (the
     built libauthdb_tenant.so, through the private mount namespace), and
     leave it running (DIR/pid: the master, leader of its own session);
-    prints one line: its addresses and log.  Refuses (exit 1) while DIR's
-    instance runs.  down DIR...: stop each (exit 1 if a process stays)."""
+    prints one line: its addresses and log.  --mail-plugins adds to
+    mail_plugins, --plugin links a built mail plugin into the instance's
+    plugin dir, --extra-config appends a file's text (e.g. a plugin {}
+    block) to dovecot.conf.  Refuses (exit 1) while DIR's instance runs.
+    down DIR...: stop each (exit 1 if a process stays)."""
     import argparse
     import sys
     if len(argv) < 3 or argv[1] not in ("up", "down"):
@@ -860,7 +865,14 @@ def main(argv):
     p.add_argument("--listen", default="127.0.0.1")
     p.add_argument("--imap-port", type=int)
     p.add_argument("--name")
+    p.add_argument("--mail-plugins", default="")
+    p.add_argument("--plugin", action="append", default=[])
+    p.add_argument("--extra-config")
     a = p.parse_args(argv[2:])
+    extra = ""
+    if a.extra_config:
+        with open(a.extra_config) as f:
+            extra = f.read()
     d = os.path.abspath(a.dir)
     pid = _cli_master_pid(d)
     if pid is not None and _cli_is_master(pid, d):
@@ -873,7 +885,8 @@ def main(argv):
     try:
         dc = Dovecot(d, passdb=dbs[0], userdb=dbs[1], listen=a.listen,
                      imap_port=a.imap_port, name=a.name,
-                     auth_modules=a.auth_module)
+                     auth_modules=a.auth_module, mail_plugins=a.mail_plugins,
+                     extra_plugins=a.plugin, extra_config=extra)
     except DovecotError as e:
         sys.stderr.write("tndovecot: %s\n" % e)
         return 1
