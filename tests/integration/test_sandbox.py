@@ -21,6 +21,13 @@ afterwards. What it holds the sandbox to:
     passdb answer, its log and the marker messages in the stores'
     Maildirs show; after michael's host is set to store B his next login
     through the proxy lands there (his first marker stays on A);
+  * the tenant_quota plugin on both stores: tenant vandelay's 1 MiB pool,
+    art on store A and kel on store B, 300 KiB appends through the proxy
+    in turn: the third fills the pool, the fourth (kel's, whose own quota
+    has room) is refused [OVERQUOTA]; both stores show the same pool
+    usage; the 80 % warning and the refusal in the logs and as
+    quota.warning and quota.exceeded events at the receiver; tnctl usage
+    reconcile --check finds no drift;
   * "stop" stops every process the sandbox started, every Dovecot
     process included.
 """
@@ -98,6 +105,7 @@ def test_sandbox(tmp_path):
         _check_events(d, out)
         _check_tokens(d)
         _check_dovecot(d, out, masters)
+        _check_pool(out)
         _check_by_hand(d, out)
     finally:
         s = _sandbox(d, "stop")
@@ -210,7 +218,7 @@ def _check_by_hand(d, out):
 
 
 def _check_dovecot(d, out, masters):
-    dv = _section(out, "== Dovecot", "The sandbox is running")
+    dv = _section(out, "== Dovecot", "== Dovecot: a tenant's storage pool")
     assert sorted(masters) == sorted(DOVECOTS), masters
     assert "(exit status" not in dv, dv
     m = re.search(r"^store A  IMAP 127\.0\.0\.2:(\d+) ", dv, re.M)
@@ -253,3 +261,31 @@ def _check_dovecot(d, out, masters):
             log = f.read()
         assert re.findall(r"imap-login: Info: Login: user=<(\w+)@initrode\.example>",
                           log) == users, (store, log)
+
+
+def _check_pool(out):
+    pool = _section(out, "== Dovecot: a tenant's storage pool", "The sandbox is running")
+    assert "(exit status" not in pool, pool
+    assert "quota2 = tenant:Tenant pool" in pool, pool
+    appends = re.findall(r"^(\w+)@vandelay\.example +APPEND 300 KiB: (OK|NO) ?(.*)$", pool, re.M)
+    assert [a[:2] for a in appends] == [("art", "OK"), ("kel", "OK"), ("art", "OK"),
+                                        ("kel", "NO")], pool
+    assert appends[-1][2].startswith("[OVERQUOTA]"), appends
+    # each store: its mailbox's own usage, the whole pool's (KiB)
+    for user, own in (("art", 2), ("kel", 1)):
+        get = _section(pool, "quota get -u %s@vandelay.example\n" % user, "\n\n")
+        m = re.search(r"^User quota +STORAGE +(\d+) +1024 ", get, re.M)
+        assert m and int(m.group(1)) // 300 == own, get
+        m = re.search(r"^Tenant pool +STORAGE +(\d+) +1024 ", get, re.M)
+        assert m and int(m.group(1)) // 300 == 3, get
+    assert re.search(r"^tenant_quota: tenant=vandelay: pool usage \d+ of 1048576 bytes "
+                     r"reached 80%$", pool, re.M), pool
+    assert re.search(r"^tenant_quota: tenant=vandelay: refused \d+ bytes: pool full", pool,
+                     re.M), pool
+    # the counters agree with Dovecot's own figures on both stores
+    assert re.search(r"^tenant vandelay: 2 mailboxes, \d+ bytes, 3 messages \(no drift\)$",
+                     pool, re.M), pool
+    events = re.findall(r"^    \d+ +(quota\.\w+) +tenant vandelay, (.*)$", pool, re.M)
+    assert [e[0] for e in events] == ["quota.warning", "quota.exceeded"], pool
+    assert events[0][1].startswith("80 % reached"), events
+    assert events[1][1].startswith("kel@vandelay.example refused "), events
