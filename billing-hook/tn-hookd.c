@@ -57,6 +57,7 @@
 
 #include "hookd.h"
 #include "tn-conf.h"
+#include "tn-conf-shared.h"
 #include "tn-daemon.h"
 #include "tn-hook-spool.h"
 #include "tn-log.h"
@@ -2320,7 +2321,7 @@ static void hookd_teardown(struct hookd *hd)
 /* The lookup parameters are not used here, but they are global lines of
  * the shared tenantmail.conf, which every program must accept. */
 static const struct tn_conf_param *const hookd_tables[] = {
-	tn_lookup_params, tn_outbox_params, tn_hookd_params, NULL,
+	TN_CONF_SHARED_TABLES, NULL,
 };
 
 /* -n: print the effective settings and the endpoints, like postconf -n. */

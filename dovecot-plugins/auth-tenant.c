@@ -78,6 +78,7 @@
 #include "tn-dovecot-build.h"
 #include "tn-auth-policy.h"
 #include "tn-conf.h"
+#include "tn-conf-shared.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
 #include "tn-lookup-ioloop.h"
@@ -231,7 +232,7 @@ static void tenant_db_make_lookup(struct tenant_db *db)
 static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 {
 	static const struct tn_conf_param *const tables[] = {
-		tn_lookup_params, tn_auth_params, NULL
+		TN_CONF_SHARED_TABLES, tn_auth_params, NULL
 	};
 	const char *path = tenant_conf_path(args);
 	struct tenant_db *db;

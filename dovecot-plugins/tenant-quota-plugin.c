@@ -63,6 +63,7 @@
 
 #include "tn-cache.h"
 #include "tn-conf.h"
+#include "tn-conf-shared.h"
 #include "tn-log.h"
 #include "tn-lookup.h"
 #include "tn-outbox.h"
@@ -157,7 +158,7 @@ static struct tenant_quota_conf *tenant_quota_conf_get(const char *path,
 						       const char **error_r)
 {
 	static const struct tn_conf_param *const tables[] = {
-		tn_lookup_params, tn_outbox_params, NULL
+		TN_CONF_SHARED_TABLES, NULL
 	};
 	struct tenant_quota_conf *tc;
 

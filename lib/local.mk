@@ -4,7 +4,7 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-mem.c lib/tn-mem.h \
 	lib/tn-time.c lib/tn-time.h \
 	lib/tn-log.c lib/tn-log.h \
-	lib/tn-conf.c lib/tn-conf.h \
+	lib/tn-conf.c lib/tn-conf.h lib/tn-conf-shared.h \
 	lib/tn-escape.c lib/tn-escape.h \
 	lib/tn-record.c lib/tn-record.h \
 	lib/tn-dir.c lib/tn-dir.h \

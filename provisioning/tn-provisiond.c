@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "provd.h"
+#include "tn-conf-shared.h"
 #include "tn-daemon.h"
 #include "tn-hook-spool.h"
 #include "tn-idem.h"
@@ -477,8 +478,7 @@ static int provd_listen(struct provd *pd)
 /* The hookd parameters are not used here, but they are global lines of
  * the shared tenantmail.conf, which every program must accept. */
 static const struct tn_conf_param *const provd_tables[] = {
-	tn_lookup_params, tn_outbox_params, tn_hookd_params, tn_prov_params, tn_provd_params,
-	NULL,
+	TN_CONF_SHARED_TABLES, tn_provd_params, NULL,
 };
 
 static int provd_configure(struct provd *pd, int argc, char **argv, bool *check_r)

@@ -59,6 +59,7 @@
 #include <jansson.h>
 
 #include "tn-conf.h"
+#include "tn-conf-shared.h"
 #include "tn-escape.h"
 #include "tn-hook-spool.h"
 #include "tn-log.h"
@@ -73,8 +74,7 @@
 #define TNCTL_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 
 static const struct tn_conf_param *const tnctl_tables[] = {
-	tn_lookup_params, tn_outbox_params, tn_hookd_params, tn_prov_params, tnctl_api_params,
-	NULL
+	TN_CONF_SHARED_TABLES, tnctl_api_params, NULL
 };
 
 /* --- lookup ----------------------------------------------------------------- */

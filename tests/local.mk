@@ -60,7 +60,7 @@ EXTRA_DIST += tests/harness/tnharness.py tests/harness/tnprobe.py tests/integrat
 	tests/harness/tnreceiver.py tests/harness/tnhookd.py tests/harness/tnprovd.py tests/integration/test_hookd.py \
 	tests/integration/test_prov_dir.py tests/integration/test_prov_core.py \
 	tests/integration/test_provisiond.py tests/integration/test_provisiond_http.py tests/integration/test_provisiond_scope.py \
-	tests/integration/test_provisiond_batch.py \
+	tests/integration/test_provisiond_batch.py tests/integration/test_shared_conf.py \
 	tests/integration/test_openapi.py tests/integration/openapi-3.0-schema.yaml \
 	tests/integration/test_tnctl_prov.py tests/integration/test_sandbox.py \
 	tests/integration/test_tnctl_sync.py tests/integration/test_auth_tenant.py \
