@@ -30,9 +30,10 @@
  *	percentages a quota.warning event (scope tenant) is appended to the
  *	outbox of tenantmail.conf's outbox_dir, once per crossing (the hash
  *	usage:warn:ten:<tenant>, re-armed when usage falls back). A write
- *	refused while the pool was full gives quota.exceeded (scope tenant,
- *	where lmtp or imap), at most one a minute per tenant, the others
- *	counted in "suppressed". An event that cannot be appended is an
+ *	Dovecot refused gives quota.exceeded (where lmtp or imap), scope
+ *	tenant when the pool was full, else mailbox (the mailbox's own
+ *	root), at most one a minute per pool or mailbox, the others counted
+ *	in "suppressed". An event that cannot be appended is an
  *	error line; mail never waits for it.
  *
  *	Redis unreachable (no answer within redis_timeout, then fail-fast
@@ -231,28 +232,52 @@ static void tenant_quota_warn(struct tenant_quota_root *tq, unsigned percent, in
 				    "limit_bytes", (json_int_t)tq->set.limit));
 }
 
-static void tenant_quota_exceeded(struct tenant_quota_root *tq, uoff_t size)
+/* A refusal: scope "tenant" (the pool) or "mailbox" (another root, the
+ * mailbox's own quota). Logged always, an event at most once a window. */
+static void tenant_quota_exceeded(struct tenant_quota_root *tq, const char *scope,
+				  uoff_t size, int64_t usage, int64_t limit)
 {
 	struct mail_user *user = tq->root.quota->user;
 	const char *where = strcmp(user->service, "lmtp") == 0 ? "lmtp" : "imap";
+	bool pool = strcmp(scope, "tenant") == 0;
 	int64_t suppressed;
 	int ret;
 
-	ret = tn_usage_exceeded(tq->tc->usage, tq->set.tenant, TENANT_QUOTA_EXCEEDED_WINDOW,
+	ret = tn_usage_exceeded(tq->tc->usage, pool ? "ten" : "mbx",
+				pool ? tq->set.tenant : user->username,
+				TENANT_QUOTA_EXCEEDED_WINDOW,
 				tn_time_now_ms() + tn_usage_timeout(tq->tc->usage),
 				&suppressed);
-	e_info(user->event, "tenant_quota: tenant=%s: refused %llu bytes: pool full "
+	e_info(user->event, "tenant_quota: tenant=%s: refused %llu bytes: %s full "
 	       "(%lld of %lld bytes)", tq->set.tenant, (unsigned long long)size,
-	       (long long)tq->last_bytes, (long long)tq->set.limit);
+	       pool ? "pool" : "mailbox", (long long)usage, (long long)limit);
 	if (ret <= 0)
 		return;
 	tenant_quota_emit(tq, "quota.exceeded",
-			  json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "scope", "tenant",
+			  json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "scope", scope,
 				    "address", user->username, "where", where,
 				    "message_bytes", (json_int_t)size,
-				    "usage_bytes", (json_int_t)tq->last_bytes,
-				    "limit_bytes", (json_int_t)tq->set.limit,
+				    "usage_bytes", (json_int_t)usage,
+				    "limit_bytes", (json_int_t)limit,
 				    "suppressed", (json_int_t)suppressed));
+}
+
+/* The refusal was not the pool's: the first other root over its limit. */
+static void tenant_quota_exceeded_other(struct tenant_quota_root *tq, uoff_t size)
+{
+	struct quota_root *root;
+	uint64_t value, limit;
+	const char *error;
+
+	array_foreach_elem(&tq->root.quota->roots, root) {
+		if (root == &tq->root ||
+		    quota_get_resource(root, "", QUOTA_NAME_STORAGE_BYTES, &value, &limit,
+				       &error) != QUOTA_GET_RESULT_LIMITED ||
+		    value + size <= limit)
+			continue;
+		tenant_quota_exceeded(tq, "mailbox", size, (int64_t)value, (int64_t)limit);
+		return;
+	}
 }
 
 /* --- the backend ----------------------------------------------------------- */
@@ -279,10 +304,14 @@ tenant_quota_test_alloc(struct quota_transaction_context *ctx, uoff_t size,
 	if (ret != QUOTA_ALLOC_RESULT_OVER_QUOTA && ret != QUOTA_ALLOC_RESULT_OVER_QUOTA_LIMIT)
 		return ret;
 	tq = tenant_quota_root_find(ctx->quota);
-	if (tq != NULL && tq->set.tenant != NULL && tq->set.limit > 0 &&
-	    tn_time_now_ms() >= tq->tc->down_until &&
-	    tq->last_bytes + ctx->bytes_used + (int64_t)size > tq->set.limit)
-		tenant_quota_exceeded(tq, size);
+	if (tq == NULL || tq->tc == NULL)
+		return ret;
+	if (tq->set.limit > 0 && tn_time_now_ms() >= tq->tc->down_until &&
+	    tq->last_bytes + ctx->bytes_used + (int64_t)size > tq->set.limit) {
+		tenant_quota_exceeded(tq, "tenant", size, tq->last_bytes, tq->set.limit);
+	} else {
+		tenant_quota_exceeded_other(tq, size);
+	}
 	return ret;
 }
 

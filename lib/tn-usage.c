@@ -260,10 +260,11 @@ int tn_usage_sum_tenant(struct tn_usage *usage, const char *tenant,
 	return ret;
 }
 
-int tn_usage_exceeded(struct tn_usage *usage, const char *tenant, tn_msec_t window,
-		      tn_msec_t deadline, int64_t *suppressed_r)
+int tn_usage_exceeded(struct tn_usage *usage, const char *kind, const char *id,
+		      tn_msec_t window, tn_msec_t deadline, int64_t *suppressed_r)
 {
-	char *key = tn_usage_key(usage, "exc:ten", tenant), w[24];
+	char *key = tn_mem_printf("%susage:exc:%s:%s", tn_cache_key_prefix(usage->cache),
+				  kind, id), w[24];
 	const char *argv[] = { "EVAL", tn_usage_script_exceeded, "1", key, w };
 	redisReply *r;
 	int ret = -1;

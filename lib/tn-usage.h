@@ -7,8 +7,8 @@
  *	The counters of docs/redis-keys.md ("Usage counters"), under
  *	redis_key_prefix: usage:ten:<tenant> and usage:mbx:<address>, hashes
  *	{bytes, messages}; usage:warn:ten:<tenant>, a hash threshold -> 1
- *	while crossed; usage:exc:ten:<tenant>, a hash {until, suppressed}
- *	rate-limiting quota.exceeded reports.
+ *	while crossed; usage:exc:ten:<tenant> and usage:exc:mbx:<address>,
+ *	hashes {until, suppressed} rate-limiting quota.exceeded reports.
  *
  *	tn_usage_add() applies one store's delta to the tenant's counter
  *	(and the mailbox's mirror) in one script, so concurrent writers on
@@ -74,12 +74,12 @@ int tn_usage_set(struct tn_usage *usage, const char *kind, const char *id,
 int tn_usage_sum_tenant(struct tn_usage *usage, const char *tenant,
 			const char *const *addresses, size_t n, bool write,
 			tn_msec_t deadline, int64_t sums_r[2], int64_t old_r[2]);
-/* A refusal on the tenant's pool: 1 when it is to be reported
- * (*suppressed_r: refusals not reported since the previous report), 0
- * when another was reported less than window ms ago (this one is
- * counted), -1 on failure. */
-int tn_usage_exceeded(struct tn_usage *usage, const char *tenant, tn_msec_t window,
-		      tn_msec_t deadline, int64_t *suppressed_r);
+/* A refusal on a quota, kind "ten" (the tenant's pool) or "mbx" (a
+ * mailbox): 1 when it is to be reported (*suppressed_r: refusals not
+ * reported since the previous report), 0 when another was reported less
+ * than window ms ago (this one is counted), -1 on failure. */
+int tn_usage_exceeded(struct tn_usage *usage, const char *kind, const char *id,
+		      tn_msec_t window, tn_msec_t deadline, int64_t *suppressed_r);
 /* redis_timeout: the deadline callers give (now + this). */
 tn_msec_t tn_usage_timeout(const struct tn_usage *usage);
 

@@ -18,6 +18,8 @@ acme's. Checked through IMAP (imaplib), LMTP (smtplib) and Redis:
   * COPY over the pool: [OVERQUOTA]; under it the copy is counted;
   * two stores filling one pool stop at the shared limit;
   * LMTP delivery over the pool: 552 5.2.2, and a quota.exceeded event;
+  * a refusal by the mailbox's own quota: quota.exceeded scope mailbox,
+    one a minute (the next counted in suppressed);
   * expunge frees pool space (usage:ten:acme goes down);
   * quota.warning once per threshold crossing, re-armed by an expunge
     that takes usage back below (events counted in the outbox's NDJSON
@@ -59,6 +61,7 @@ DOC = os.path.join(TOP, "docs", "dovecot.md")
 PASSWORD = "secret"
 POOL = 40000                    # acme's tnStorageQuotaBytes in this module
 BODY = 5000                     # bytes of body per test message
+DAVE_QUOTA = 3000               # dave@acme.example's mailbox quota here
 TEN = "tn:v1:usage:ten:acme"
 WARN = "tn:v1:usage:warn:ten:acme"
 EXC = "tn:v1:usage:exc:ten:acme"
@@ -94,7 +97,11 @@ class Topology:
         stack.slapd.modify("dn: tnTenantId=acme,%s\nchangetype: modify\n"
                            "replace: tnStorageQuotaBytes\ntnStorageQuotaBytes: %d\n"
                            % (th.TENANTS, POOL))
-        stack.redis.cli("DEL", "tn:v1:ten:acme")
+        # dave's own quota below one message: the mailbox root refuses
+        stack.slapd.modify("dn: mail=dave@acme.example,tnTenantId=acme,%s\n"
+                           "changetype: modify\nreplace: tnQuotaBytes\n"
+                           "tnQuotaBytes: %d\n" % (th.TENANTS, DAVE_QUOTA))
+        stack.redis.cli("DEL", "tn:v1:ten:acme", "tn:v1:adr:dave@acme.example")
         self.confs = []
         try:
             for name in ("A", "B"):
@@ -259,6 +266,23 @@ def test_lmtp_over_pool_552_and_exceeded_event(topo):
     topo.reset(0)
     code, text = topo.b.lmtp_deliver("bob@acme.example", message(2))
     assert code == 250, (code, text)
+
+
+def test_mailbox_quota_refusal_is_scope_mailbox(topo):
+    topo.reset(0)               # the pool has room; dave's own quota not
+    code, text = topo.a.lmtp_deliver("dave@acme.example", message(4))
+    assert code == 552 and "5.2.2" in text, (code, text)
+    ev = [e for e in topo.events("quota.exceeded")
+          if e["data"]["address"] == "dave@acme.example"]
+    assert len(ev) == 1, topo.events("quota.exceeded")
+    d = ev[0]["data"]
+    assert (d["scope"], d["where"], d["limit_bytes"]) == ("mailbox", "lmtp", DAVE_QUOTA)
+    # a second refusal within the minute is counted, not reported
+    assert topo.a.lmtp_deliver("dave@acme.example", message(5))[0] == 552
+    assert len([e for e in topo.events("quota.exceeded")
+                if e["data"]["address"] == "dave@acme.example"]) == 1
+    assert topo.stack.redis.cli("HGET", "tn:v1:usage:exc:mbx:dave@acme.example",
+                                "suppressed") == "1"
 
 
 def test_expunge_frees_pool_space(topo):
