@@ -27,14 +27,16 @@
  *	rule would replace the userdb limit.
  *
  *	Warnings: when a growing usage reaches one of tenant_quota_warning's
- *	percentages a quota.warning event (scope tenant) is appended to the
- *	outbox of tenantmail.conf's outbox_dir, once per crossing (the hash
- *	usage:warn:ten:<tenant>, re-armed when usage falls back). A write
- *	Dovecot refused gives quota.exceeded (where lmtp or imap), scope
- *	tenant when the pool was full, else mailbox (the mailbox's own
- *	root), at most one a minute per pool or mailbox, the others counted
- *	in "suppressed". An event that cannot be appended is an
- *	error line; mail never waits for it.
+ *	percentages a quota.warning event is appended to the outbox of
+ *	tenantmail.conf's outbox_dir, once per crossing (the hashes
+ *	usage:warn:ten:<tenant> and usage:warn:mbx:<address>, re-armed when
+ *	usage falls back): scope tenant for the pool, scope mailbox for the
+ *	mailbox's own limit (the other root's quota_rule) against its
+ *	mirror usage:mbx:<address>. A write Dovecot refused gives
+ *	quota.exceeded (where lmtp or imap), scope tenant when the pool was
+ *	full, else mailbox (the mailbox's own root), at most one a minute
+ *	per pool or mailbox, the others counted in "suppressed". An event
+ *	that cannot be appended is an error line; mail never waits for it.
  *
  *	Redis unreachable (no answer within redis_timeout, then fail-fast
  *	for the cache's backoff): the pool's usage is unknown, and for that
@@ -220,16 +222,35 @@ static void tenant_quota_emit(struct tenant_quota_root *tq, const char *type, js
 	json_decref(data);
 }
 
-static void tenant_quota_warn(struct tenant_quota_root *tq, unsigned percent, int64_t bytes)
+static void tenant_quota_warn(struct tenant_quota_root *tq, bool pool, unsigned percent,
+			      int64_t bytes, int64_t limit)
 {
+	const char *address = tq->root.quota->user->username;
+
 	e_info(tq->root.quota->user->event,
-	       "tenant_quota: tenant=%s: pool usage %lld of %lld bytes reached %u%%",
-	       tq->set.tenant, (long long)bytes, (long long)tq->set.limit, percent);
+	       "tenant_quota: tenant=%s: %s usage %lld of %lld bytes reached %u%%",
+	       tq->set.tenant, pool ? "pool" : "mailbox", (long long)bytes,
+	       (long long)limit, percent);
 	tenant_quota_emit(tq, "quota.warning",
-			  json_pack("{s:s, s:n, s:I, s:I, s:I}", "scope", "tenant",
-				    "address", "threshold_percent", (json_int_t)percent,
+			  json_pack("{s:s, s:o, s:I, s:I, s:I}", "scope",
+				    pool ? "tenant" : "mailbox",
+				    "address", pool ? json_null() : json_string(address),
+				    "threshold_percent", (json_int_t)percent,
 				    "usage_bytes", (json_int_t)bytes,
-				    "limit_bytes", (json_int_t)tq->set.limit));
+				    "limit_bytes", (json_int_t)limit));
+}
+
+/* The mailbox's own limit: the first other root's (Dovecot's count root
+ * with the userdb quota_rule); 0 when it has none. */
+static int64_t tenant_quota_mailbox_limit(struct tenant_quota_root *tq)
+{
+	struct quota_root *root;
+
+	array_foreach_elem(&tq->root.quota->roots, root) {
+		if (root != &tq->root && root->bytes_limit > 0)
+			return root->bytes_limit;
+	}
+	return 0;
 }
 
 /* A refusal: scope "tenant" (the pool) or "mailbox" (another root, the
@@ -455,6 +476,11 @@ static int tenant_quota_update(struct quota_root *root,
 {
 	struct tenant_quota_root *tq = (struct tenant_quota_root *)root;
 	int64_t dbytes = ctx->bytes_used, dmessages = ctx->count_used;
+	struct tn_usage_limits limits = {
+		.tenant_limit = tq->set.limit,
+		.thresholds = tq->set.thresholds,
+		.n_thresholds = tq->set.n_thresholds,
+	};
 	struct tn_usage_result res;
 
 	if (tq->tc == NULL)
@@ -464,9 +490,9 @@ static int tenant_quota_update(struct quota_root *root,
 		return -1;
 	if (dbytes == 0 && dmessages == 0)
 		return 0;
+	limits.mailbox_limit = tenant_quota_mailbox_limit(tq);
 	if (tn_usage_add(tq->tc->usage, tq->set.tenant, root->quota->user->username,
-			 dbytes, dmessages, tq->set.limit,
-			 tq->set.thresholds, tq->set.n_thresholds,
+			 dbytes, dmessages, &limits,
 			 tn_time_now_ms() + tn_usage_timeout(tq->tc->usage), &res) < 0) {
 		*error_r = t_strdup_printf("tenant_quota: tenant=%s: change of %lld bytes, "
 					   "%lld messages not counted (run tnctl usage "
@@ -478,7 +504,11 @@ static int tenant_quota_update(struct quota_root *root,
 	tq->last_bytes = res.bytes;
 	tq->last_messages = res.messages;
 	for (unsigned i = 0; i < res.n_crossed; i++)
-		tenant_quota_warn(tq, res.crossed[i], res.bytes);
+		tenant_quota_warn(tq, TRUE, res.crossed[i], res.bytes, tq->set.limit);
+	for (unsigned i = 0; i < res.n_crossed_mailbox; i++) {
+		tenant_quota_warn(tq, FALSE, res.crossed_mailbox[i], res.mailbox_bytes,
+				  limits.mailbox_limit);
+	}
 	return 0;
 }
 

@@ -24,9 +24,10 @@
 #include "tn-mem.h"
 #include "tn-usage.h"
 
-/* KEYS: tenant counter, mailbox counter ('' = none), tenant warnings.
- * ARGV: dbytes, dmessages, limit, thresholds... Returns {bytes, messages,
- * newly crossed thresholds...}. */
+/* KEYS: tenant counter, mailbox counter ('' = none), tenant warnings,
+ * mailbox warnings. ARGV: dbytes, dmessages, tenant limit, mailbox
+ * limit, thresholds... Returns {bytes, messages, mailbox bytes, mailbox
+ * messages, newly crossed thresholds (tenant t, mailbox -t)...}. */
 static const char tn_usage_script_add[] =
 	"local function add(k)\n"
 	"  local b = redis.call('HINCRBY', k, 'bytes', ARGV[1])\n"
@@ -35,21 +36,25 @@ static const char tn_usage_script_add[] =
 	"  if m < 0 then m = 0; redis.call('HSET', k, 'messages', 0) end\n"
 	"  return b, m\n"
 	"end\n"
-	"local b, m = add(KEYS[1])\n"
-	"if KEYS[2] ~= '' then add(KEYS[2]) end\n"
-	"local r = {b, m}\n"
-	"local lim = tonumber(ARGV[3])\n"
-	"if lim <= 0 then return r end\n"
-	"for i = 4, #ARGV do\n"
-	"  if b >= lim * tonumber(ARGV[i]) / 100 then\n"
-	"    if tonumber(ARGV[1]) > 0 and\n"
-	"       redis.call('HSETNX', KEYS[3], ARGV[i], '1') == 1 then\n"
-	"      r[#r + 1] = tonumber(ARGV[i])\n"
+	"local r = {}\n"
+	"local function warn(k, usage, lim, sign)\n"
+	"  if lim <= 0 then return end\n"
+	"  for i = 5, #ARGV do\n"
+	"    if usage >= lim * tonumber(ARGV[i]) / 100 then\n"
+	"      if tonumber(ARGV[1]) > 0 and redis.call('HSETNX', k, ARGV[i], '1') == 1 then\n"
+	"        r[#r + 1] = sign * tonumber(ARGV[i])\n"
+	"      end\n"
+	"    else\n"
+	"      redis.call('HDEL', k, ARGV[i])\n"
 	"    end\n"
-	"  else\n"
-	"    redis.call('HDEL', KEYS[3], ARGV[i])\n"
 	"  end\n"
 	"end\n"
+	"local b, m = add(KEYS[1])\n"
+	"local mb, mm = 0, 0\n"
+	"if KEYS[2] ~= '' then mb, mm = add(KEYS[2]) end\n"
+	"r = {b, m, mb, mm}\n"
+	"warn(KEYS[3], b, tonumber(ARGV[3]), 1)\n"
+	"if KEYS[2] ~= '' then warn(KEYS[4], mb, tonumber(ARGV[4]), -1) end\n"
 	"return r\n";
 
 /* KEYS: usage:exc:ten:<tenant>. ARGV: window ms. Returns the refusals
@@ -151,7 +156,7 @@ static bool tn_usage_reply_ok(redisReply *r, int type)
 static int tn_usage_decode_add(const redisReply *r, unsigned n,
 			       struct tn_usage_result *result_r)
 {
-	if (r->elements < 2 || r->elements > 2 + n)
+	if (r->elements < 4 || r->elements > 4 + 2 * (size_t)n)
 		return -1;
 	for (size_t i = 0; i < r->elements; i++) {
 		if (r->element[i]->type != REDIS_REPLY_INTEGER)
@@ -159,45 +164,58 @@ static int tn_usage_decode_add(const redisReply *r, unsigned n,
 	}
 	result_r->bytes = r->element[0]->integer;
 	result_r->messages = r->element[1]->integer;
-	for (size_t i = 2; i < r->elements; i++)
-		result_r->crossed[result_r->n_crossed++] = (unsigned)r->element[i]->integer;
+	result_r->mailbox_bytes = r->element[2]->integer;
+	result_r->mailbox_messages = r->element[3]->integer;
+	for (size_t i = 4; i < r->elements; i++) {
+		long long t = r->element[i]->integer;
+
+		if (t > 0)
+			result_r->crossed[result_r->n_crossed++] = (unsigned)t;
+		else
+			result_r->crossed_mailbox[result_r->n_crossed_mailbox++] = (unsigned)-t;
+	}
 	return 0;
 }
 
 int tn_usage_add(struct tn_usage *usage, const char *tenant, const char *address,
-		 int64_t dbytes, int64_t dmessages, int64_t limit,
-		 const unsigned *thresholds, unsigned n, tn_msec_t deadline,
-		 struct tn_usage_result *result_r)
+		 int64_t dbytes, int64_t dmessages, const struct tn_usage_limits *limits,
+		 tn_msec_t deadline, struct tn_usage_result *result_r)
 {
-	char *keys[3], nums[3 + TN_USAGE_THRESHOLDS_MAX][24];
-	const char *argv[6 + 3 + TN_USAGE_THRESHOLDS_MAX];
+	static const struct tn_usage_limits none;
+	char *keys[4], nums[4 + TN_USAGE_THRESHOLDS_MAX][24];
+	const char *argv[3 + 4 + 4 + TN_USAGE_THRESHOLDS_MAX];
+	unsigned n;
 	int argc = 0, ret = -1;
 	redisReply *r;
 
 	memset(result_r, 0, sizeof(*result_r));
-	if (n > TN_USAGE_THRESHOLDS_MAX)
-		n = TN_USAGE_THRESHOLDS_MAX;
+	if (limits == NULL)
+		limits = &none;
+	n = limits->n_thresholds > TN_USAGE_THRESHOLDS_MAX ? TN_USAGE_THRESHOLDS_MAX :
+		limits->n_thresholds;
 	keys[0] = tn_usage_key(usage, "ten", tenant);
 	keys[1] = address != NULL ? tn_usage_key(usage, "mbx", address) : tn_mem_strdup("");
 	keys[2] = tn_usage_key(usage, "warn:ten", tenant);
+	keys[3] = address != NULL ? tn_usage_key(usage, "warn:mbx", address) : tn_mem_strdup("");
 	snprintf(nums[0], sizeof(nums[0]), "%" PRId64, dbytes);
 	snprintf(nums[1], sizeof(nums[1]), "%" PRId64, dmessages);
-	snprintf(nums[2], sizeof(nums[2]), "%" PRId64, limit);
+	snprintf(nums[2], sizeof(nums[2]), "%" PRId64, limits->tenant_limit);
+	snprintf(nums[3], sizeof(nums[3]), "%" PRId64, limits->mailbox_limit);
 	for (unsigned i = 0; i < n; i++)
-		snprintf(nums[3 + i], sizeof(nums[0]), "%u", thresholds[i]);
+		snprintf(nums[4 + i], sizeof(nums[0]), "%u", limits->thresholds[i]);
 	argv[argc++] = "EVAL";
 	argv[argc++] = tn_usage_script_add;
-	argv[argc++] = "3";
-	for (unsigned i = 0; i < 3; i++)
+	argv[argc++] = "4";
+	for (unsigned i = 0; i < 4; i++)
 		argv[argc++] = keys[i];
-	for (unsigned i = 0; i < 3 + n; i++)
+	for (unsigned i = 0; i < 4 + n; i++)
 		argv[argc++] = nums[i];
 	r = tn_cache_command_argv(usage->cache, argc, argv, NULL, deadline);
 	if (tn_usage_reply_ok(r, REDIS_REPLY_ARRAY))
 		ret = tn_usage_decode_add(r, n, result_r);
 	if (r != NULL)
 		freeReplyObject(r);
-	for (unsigned i = 0; i < 3; i++)
+	for (unsigned i = 0; i < 4; i++)
 		tn_mem_free(&keys[i]);
 	return ret;
 }

@@ -6,8 +6,8 @@
  * DESCRIPTION
  *	The counters of docs/redis-keys.md ("Usage counters"), under
  *	redis_key_prefix: usage:ten:<tenant> and usage:mbx:<address>, hashes
- *	{bytes, messages}; usage:warn:ten:<tenant>, a hash threshold -> 1
- *	while crossed; usage:exc:ten:<tenant> and usage:exc:mbx:<address>,
+ *	{bytes, messages}; usage:warn:ten:<tenant> and
+ *	usage:warn:mbx:<address>, hashes threshold -> 1 while crossed; usage:exc:ten:<tenant> and usage:exc:mbx:<address>,
  *	hashes {until, suppressed} rate-limiting quota.exceeded reports.
  *
  *	tn_usage_add() applies one store's delta to the tenant's counter
@@ -42,8 +42,19 @@ struct tn_usage;
 
 struct tn_usage_result {
 	int64_t bytes, messages;		/* the tenant's usage after the delta */
-	unsigned crossed[TN_USAGE_THRESHOLDS_MAX];	/* newly crossed, ascending */
+	int64_t mailbox_bytes, mailbox_messages;	/* the mailbox's (0: no address) */
+	unsigned crossed[TN_USAGE_THRESHOLDS_MAX];	/* newly crossed by the tenant */
 	unsigned n_crossed;
+	unsigned crossed_mailbox[TN_USAGE_THRESHOLDS_MAX];	/* by the mailbox */
+	unsigned n_crossed_mailbox;
+};
+
+/* Warnings to check with a delta: thresholds (percent, ascending) of the
+ * tenant's and the mailbox's limits (0: that one unlimited, no check). */
+struct tn_usage_limits {
+	int64_t tenant_limit, mailbox_limit;
+	const unsigned *thresholds;
+	unsigned n_thresholds;
 };
 
 /* From tenantmail.conf's redis_* parameters (tn_lookup_params must be
@@ -53,13 +64,12 @@ struct tn_usage *tn_usage_create(const struct tn_conf *conf, const char **error_
 void tn_usage_destroy(struct tn_usage **usage);
 
 /* Add (dbytes, dmessages) to usage:ten:<tenant> and, when address is not
- * NULL, to usage:mbx:<address>. With limit > 0, thresholds[0..n-1]
- * (percent, ascending) are checked against the tenant's new usage.
- * 0 with *result_r, or -1. */
+ * NULL, to usage:mbx:<address>; with limits (NULL: none) and a growing
+ * usage, report the thresholds each newly reaches (usage:warn:ten:,
+ * usage:warn:mbx:), and re-arm those it is below. 0 with *result_r, or -1. */
 int tn_usage_add(struct tn_usage *usage, const char *tenant, const char *address,
-		 int64_t dbytes, int64_t dmessages, int64_t limit,
-		 const unsigned *thresholds, unsigned n, tn_msec_t deadline,
-		 struct tn_usage_result *result_r);
+		 int64_t dbytes, int64_t dmessages, const struct tn_usage_limits *limits,
+		 tn_msec_t deadline, struct tn_usage_result *result_r);
 /* Read usage:<kind>:<id> (kind "ten" or "mbx"; absent reads as 0). */
 int tn_usage_get(struct tn_usage *usage, const char *kind, const char *id,
 		 tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r);

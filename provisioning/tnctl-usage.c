@@ -274,7 +274,7 @@ static int tnctl_usage_mailbox(struct tn_usage *u, const struct tnctl_usage_opts
 	if (old[0] == now[0] && old[1] == now[1])
 		return 0;
 	if (!o->check && tn_usage_add(u, o->tenant, m->address, now[0] - old[0],
-				      now[1] - old[1], 0, NULL, 0, deadline, &res) < 0)
+				      now[1] - old[1], NULL, deadline, &res) < 0)
 		return -1;
 	tnctl_usage_report(o, report, "mbx", m->address, old, now);
 	return 1;

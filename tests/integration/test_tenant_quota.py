@@ -21,6 +21,8 @@ acme's. Checked through IMAP (imaplib), LMTP (smtplib) and Redis:
   * a refusal by the mailbox's own quota: quota.exceeded scope mailbox,
     one a minute (the next counted in suppressed);
   * expunge frees pool space (usage:ten:acme goes down);
+  * quota.warning for the mailbox's own limit (scope mailbox), once per
+    threshold, against the mirror usage:mbx:<address>;
   * quota.warning once per threshold crossing, re-armed by an expunge
     that takes usage back below (events counted in the outbox's NDJSON
     segments, one event a line);
@@ -62,6 +64,7 @@ PASSWORD = "secret"
 POOL = 40000                    # acme's tnStorageQuotaBytes in this module
 BODY = 5000                     # bytes of body per test message
 DAVE_QUOTA = 3000               # dave@acme.example's mailbox quota here
+ERIN_QUOTA = 20000              # erin@acme-mail.example's (mailbox warnings)
 TEN = "tn:v1:usage:ten:acme"
 WARN = "tn:v1:usage:warn:ten:acme"
 EXC = "tn:v1:usage:exc:ten:acme"
@@ -101,7 +104,11 @@ class Topology:
         stack.slapd.modify("dn: mail=dave@acme.example,tnTenantId=acme,%s\n"
                            "changetype: modify\nreplace: tnQuotaBytes\n"
                            "tnQuotaBytes: %d\n" % (th.TENANTS, DAVE_QUOTA))
-        stack.redis.cli("DEL", "tn:v1:ten:acme", "tn:v1:adr:dave@acme.example")
+        stack.slapd.modify("dn: mail=erin@acme-mail.example,tnTenantId=acme,%s\n"
+                           "changetype: modify\nreplace: tnQuotaBytes\n"
+                           "tnQuotaBytes: %d\n" % (th.TENANTS, ERIN_QUOTA))
+        stack.redis.cli("DEL", "tn:v1:ten:acme", "tn:v1:adr:dave@acme.example",
+                        "tn:v1:adr:erin@acme-mail.example")
         self.confs = []
         try:
             for name in ("A", "B"):
@@ -333,6 +340,26 @@ def test_warnings_once_per_crossing_and_rearmed(topo):
     assert (count(50), count(90)) == (base50 + 2, base90 + 1)
 
 
+def test_mailbox_warnings_scope_mailbox(topo):
+    erin = "erin@acme-mail.example"
+    topo.reset(0)
+    topo.stack.redis.cli("DEL", "tn:v1:usage:mbx:" + erin, "tn:v1:usage:warn:mbx:" + erin)
+
+    def mine():
+        return [e["data"]["threshold_percent"] for e in topo.events("quota.warning")
+                if e["data"]["address"] == erin]
+    assert topo.a.lmtp_deliver(erin, message(6, 11000))[0] == 250     # 55 %
+    assert mine() == [50]
+    assert topo.a.lmtp_deliver(erin, message(7, 1000))[0] == 250      # 60 %
+    assert mine() == [50]
+    assert topo.a.lmtp_deliver(erin, message(8, 7000))[0] == 250      # 95 %
+    assert mine() == [50, 90]
+    ev = [e for e in topo.events("quota.warning") if e["data"]["address"] == erin][-1]
+    assert ev["data"]["scope"] == "mailbox" and ev["data"]["limit_bytes"] == ERIN_QUOTA
+    assert ev["data"]["usage_bytes"] >= ERIN_QUOTA * 9 // 10
+    assert topo.usage()[0] < POOL // 2          # no pool warning came with them
+
+
 def test_redis_stopped_accepts_mail_without_crash(topo):
     redis = topo.stack.redis
     topo.reset(POOL)            # the pool is full...
@@ -397,9 +424,11 @@ def test_reconcile_restores_corrupted_counters(topo):
     assert alice[0] > 0 and bob[0] > 0
     assert topo.usage("tn:v1:usage:mbx:alice@acme.example") == alice
     assert topo.usage("tn:v1:usage:mbx:bob@acme.example") == bob
+    erin = doveadm_figures(topo, "erin@acme-mail.example")
+    assert topo.usage("tn:v1:usage:mbx:erin@acme-mail.example") == erin
     # no other mailbox of acme got mail in this module
-    assert topo.usage() == (alice[0] + bob[0], alice[1] + bob[1])
-    used = alice[0] + bob[0]
+    assert topo.usage() == (alice[0] + bob[0] + erin[0], alice[1] + bob[1] + erin[1])
+    used = alice[0] + bob[0] + erin[0]
     r = tnctl(topo, "--check", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
