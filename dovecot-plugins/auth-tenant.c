@@ -38,6 +38,18 @@
  *	(bench/auth) and for sites that want the directory traffic out of
  *	the auth process.
  *
+ *	Brute-force protection (off by default): with
+ *	dovecot_lockout_user_failures or dovecot_lockout_ip_failures set,
+ *	every failed password of an existing mailbox (verify_plain: PLAIN
+ *	and LOGIN) counts in Redis, authfail:user:<address> and
+ *	authfail:ip:<client IP>, each expiring dovecot_lockout_window after
+ *	its first failure; once a count reaches its limit, logins of that
+ *	address (or from that IP) are refused as a password mismatch even
+ *	with the right password, the reason and the tenant in the log. The
+ *	counters are read and written in the lookup threads (asynchronous
+ *	mode) or the worker; Redis unanswered: the login is not held back
+ *	(a warning says so).
+ *
  *	passdb: an active mailbox gives its stored {SCHEME}hash, which
  *	Dovecot verifies (verify_plain and lookup_credentials). Suspended
  *	or deleted after the tenant -> domain -> mailbox cascade: user
@@ -70,6 +82,7 @@
 #include "userdb.h"
 
 #include <grp.h>
+#include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -77,6 +90,7 @@
 
 #include "tn-dovecot-build.h"
 #include "tn-auth-policy.h"
+#include "tn-cache.h"
 #include "tn-conf.h"
 #include "tn-conf-shared.h"
 #include "tn-log.h"
@@ -98,6 +112,7 @@ struct tenant_db {
 	pid_t lookup_pid;
 	char *lookup_error;		/* async: why there is no lookup */
 	char *uid, *gid;		/* dovecot_uid/gid as numbers */
+	struct tn_cache *fails;		/* lock-out counters, or NULL: off */
 	struct tn_lookup_ioloop *ioloop;	/* async: made on first use */
 };
 
@@ -214,6 +229,37 @@ static void tenant_db_numeric_ids(struct tenant_db *db, const char *kind)
 	}
 }
 
+/* Brute-force protection on: the Redis connections of its counters
+ * (made here, as root, for the password file; no traffic yet). */
+static void tenant_db_make_fails(struct tenant_db *db, const char *kind)
+{
+	struct tn_cache_settings set = {
+		.host = tn_conf_str(db->conf, "redis_host"),
+		.port = (int)tn_conf_int(db->conf, "redis_port"),
+		.socket_path = tn_conf_str(db->conf, "redis_socket"),
+		.db = (int)tn_conf_int(db->conf, "redis_db"),
+		.timeout = tn_conf_time_ms(db->conf, "redis_timeout"),
+		.max_connections = (unsigned)tn_conf_int(db->conf, "redis_connections"),
+		.key_prefix = tn_conf_str(db->conf, "redis_key_prefix"),
+	};
+	char *password = NULL;
+	const char *error;
+
+	if (db->set.lockout_user_failures == 0 && db->set.lockout_ip_failures == 0)
+		return;
+	if (!tn_conf_bool(db->conf, "redis_enabled"))
+		i_fatal("%s tenant: %s: dovecot_lockout_*: the counters need Redis "
+			"(redis_enabled = no)", kind, db->path);
+	if (tn_lookup_read_secret(tn_conf_str(db->conf, "redis_password_file"),
+				  &password, &error) < 0)
+		i_fatal("%s tenant: %s", kind, error);
+	set.password = password;
+	db->fails = tn_cache_create(&set);
+	if (password != NULL)
+		explicit_bzero(password, strlen(password));
+	tn_mem_free(&password);
+}
+
 /* Async mode: the lookup, made while preinit still runs as root (the
  * password files); a failure is kept and given to every request. */
 static void tenant_db_make_lookup(struct tenant_db *db)
@@ -252,6 +298,7 @@ static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 	    tn_auth_settings_read(db->conf, &db->set, &error) < 0)
 		i_fatal("%s tenant: %s", kind, error);
 	tenant_db_numeric_ids(db, kind);
+	tenant_db_make_fails(db, kind);
 	if (!db->set.blocking)
 		tenant_db_make_lookup(db);
 	db->next = tenant_dbs;
@@ -276,6 +323,7 @@ static void tenant_db_unref(struct tenant_db **_db)
 	i_free(db->lookup_error);
 	i_free(db->uid);
 	i_free(db->gid);
+	tn_cache_destroy(&db->fails);
 	tn_conf_destroy(&db->conf);
 	i_free(db->path);
 	i_free(db);
@@ -387,7 +435,8 @@ static void tenant_passdb_proxy(struct auth_request *request,
 static enum passdb_result
 tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 		   struct tn_account *acct, const char **crypted_r,
-		   const char **scheme_r)
+		   const char **scheme_r, const char **tenant_r,
+		   const char **address_r)
 {
 	struct tenant_passdb_module *module =
 		(struct tenant_passdb_module *)request->passdb->passdb;
@@ -423,6 +472,8 @@ tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 			auth_request_set_field(request, "user", acct->address, NULL);
 		if (module->db->set.proxy)
 			tenant_passdb_proxy(request, &module->db->set, acct);
+		*tenant_r = p_strdup(request->pool, acct->tenant);
+		*address_r = p_strdup(request->pool, acct->address);
 		result = PASSDB_RESULT_OK;
 		break;
 	}
@@ -431,13 +482,203 @@ tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 	return result;
 }
 
+/* --- brute-force protection ------------------------------------------------ */
+
+/* A check (and, for a failed password, a count) of the lock-out
+ * counters; malloc()ed: a lookup thread fills it in. */
+struct tenant_lockout_job {
+	struct tn_cache *cache;
+	char *keys[2];			/* user, ip; NULL: that limit is off */
+	bool count;			/* a failed password: INCR */
+	tn_msec_t window, deadline;
+	bool answered;
+	int64_t counts[2];
+	char error[160];
+};
+
+/* A login waiting for its lock-out check (asynchronous mode). */
+struct tenant_lockout {
+	struct auth_request *request;
+	struct tenant_db *db;
+	enum passdb_result result;
+	const char *tenant;
+	verify_plain_callback_t *callback;
+};
+
+/* INCR each key, starting its window on the first failure: the counts. */
+static const char tenant_lockout_script[] =
+	"local r = {} for i, k in ipairs(KEYS) do "
+	"local n = redis.call('INCR', k) "
+	"if n == 1 then redis.call('PEXPIRE', k, ARGV[1]) end "
+	"r[i] = n end return r";
+
+static void tenant_lockout_job_free(void *context)
+{
+	struct tenant_lockout_job *job = context;
+
+	tn_mem_free(&job->keys[0]);
+	tn_mem_free(&job->keys[1]);
+	tn_mem_free(&job);
+}
+
+/* The counts from Redis's answer (an array, one element per key). */
+static void tenant_lockout_parse(struct tenant_lockout_job *job, const redisReply *r,
+				 const unsigned *slots, unsigned nkeys)
+{
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != nkeys) {
+		snprintf(job->error, sizeof(job->error), "unexpected answer from Redis%s%s",
+			 r->type == REDIS_REPLY_ERROR ? ": " : "",
+			 r->type == REDIS_REPLY_ERROR ? r->str : "");
+		return;
+	}
+	for (unsigned i = 0; i < nkeys; i++) {
+		const redisReply *e = r->element[i];
+
+		job->counts[slots[i]] = e->type == REDIS_REPLY_INTEGER ? e->integer :
+			e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10) : 0;
+	}
+	job->answered = true;
+}
+
+/* In a lookup thread (or the worker): read or count. */
+static void tenant_lockout_run(void *context)
+{
+	struct tenant_lockout_job *job = context;
+	const char *argv[6];
+	unsigned slots[2], nkeys = 0;
+	char numkeys[8], window[24];
+	redisReply *r;
+	int argc = 0;
+
+	if (job->count) {
+		argv[argc++] = "EVAL";
+		argv[argc++] = tenant_lockout_script;
+		argv[argc++] = numkeys;
+	} else {
+		argv[argc++] = "MGET";
+	}
+	for (unsigned i = 0; i < 2; i++) {
+		if (job->keys[i] != NULL) {
+			slots[nkeys++] = i;
+			argv[argc++] = job->keys[i];
+		}
+	}
+	snprintf(numkeys, sizeof(numkeys), "%u", nkeys);
+	snprintf(window, sizeof(window), "%lld", (long long)job->window);
+	if (job->count)
+		argv[argc++] = window;
+	r = tn_cache_command_argv(job->cache, argc, argv, NULL, job->deadline);
+	if (r == NULL) {
+		snprintf(job->error, sizeof(job->error), "%s", tn_cache_last_error());
+		return;
+	}
+	tenant_lockout_parse(job, r, slots, nkeys);
+	freeReplyObject(r);
+}
+
+static struct tenant_lockout_job *
+tenant_lockout_job_new(struct tenant_db *db, struct auth_request *request,
+		       const char *address, bool count)
+{
+	struct tenant_lockout_job *job = tn_mem_calloc(1, sizeof(*job));
+	const char *prefix = tn_cache_key_prefix(db->fails);
+	const char *ip = net_ip2addr(&request->fields.remote_ip);
+
+	job->cache = db->fails;
+	job->count = count;
+	job->window = db->set.lockout_window;
+	job->deadline = tn_time_now_ms() + tn_conf_time_ms(db->conf, "lookup_timeout");
+	if (db->set.lockout_user_failures > 0)
+		job->keys[0] = tn_mem_printf("%sauthfail:user:%s", prefix, address);
+	if (db->set.lockout_ip_failures > 0 && ip[0] != '\0')
+		job->keys[1] = tn_mem_printf("%sauthfail:ip:%s", prefix, ip);
+	return job;
+}
+
+/* The login's result once the counters are known (job NULL: unknown). */
+static enum passdb_result
+tenant_lockout_decide(struct auth_request *request, const struct tn_auth_settings *set,
+		      const char *tenant, enum passdb_result result,
+		      const struct tenant_lockout_job *job, const char *why)
+{
+	if (job == NULL || !job->answered) {
+		auth_request_log_warning(request, TENANT_SUBSYS,
+			"tenant=%s: failed-login counters unavailable, not checked: %s",
+			tenant, job != NULL ? job->error : why);
+		return result;
+	}
+	if (!tn_auth_locked_out(set, job->counts[0], job->counts[1]))
+		return result;
+	if (result == PASSDB_RESULT_OK || job->counts[0] == set->lockout_user_failures ||
+	    job->counts[1] == set->lockout_ip_failures) {
+		auth_request_log_info(request, TENANT_SUBSYS,
+			"tenant=%s: login refused: locked out: %lld failed logins of the "
+			"address, %lld from the client IP within dovecot_lockout_window",
+			tenant, (long long)job->counts[0], (long long)job->counts[1]);
+	}
+	return PASSDB_RESULT_PASSWORD_MISMATCH;
+}
+
+static void tenant_lockout_done(bool done, void *job_context, void *context)
+{
+	struct tenant_lockout *lk = context;
+	struct auth_request *request = lk->request;
+	enum passdb_result result;
+
+	/* not done: the job may still be running, its fields are not ours */
+	result = tenant_lockout_decide(request, &lk->db->set, lk->tenant, lk->result,
+				       done ? job_context : NULL, "timed out");
+	lk->callback(result, request);
+	auth_request_unref(&request);
+}
+
+/* Check (and count) before answering a login of an existing mailbox. */
+static void tenant_lockout_begin(struct tenant_db *db, struct auth_request *request,
+				 enum passdb_result result, const char *tenant,
+				 const char *address, verify_plain_callback_t *callback)
+{
+	struct tenant_lockout_job *job =
+		tenant_lockout_job_new(db, request, address,
+				       result == PASSDB_RESULT_PASSWORD_MISMATCH);
+	struct tenant_lockout *lk;
+	const char *error = "lookup unavailable";
+
+	if (db->set.blocking) {
+		/* a worker: wait here, as for the lookup */
+		tenant_lockout_run(job);
+		result = tenant_lockout_decide(request, &db->set, tenant, result, job, "");
+		tenant_lockout_job_free(job);
+		callback(result, request);
+		return;
+	}
+	if (tenant_db_ioloop(db, &error) == NULL) {
+		tenant_lockout_job_free(job);
+		callback(tenant_lockout_decide(request, &db->set, tenant, result,
+					       NULL, error), request);
+		return;
+	}
+	lk = p_new(request->pool, struct tenant_lockout, 1);
+	lk->request = request;
+	lk->db = db;
+	lk->result = result;
+	lk->tenant = tenant;
+	lk->callback = callback;
+	auth_request_ref(request);
+	(void)tn_lookup_ioloop_run(db->ioloop, 0, tenant_lockout_run, job,
+				   tenant_lockout_job_free, tenant_lockout_done, lk);
+}
+
+/* --- passdb answers -------------------------------------------------------- */
+
 static void tenant_verify_finish(struct auth_request *request, const char *password,
 				 enum tn_result res, struct tn_account *acct,
 				 verify_plain_callback_t *callback)
 {
-	const char *crypted = NULL, *scheme = NULL;
-	enum passdb_result result =
-		tenant_passdb_fill(request, res, acct, &crypted, &scheme);
+	struct tenant_passdb_module *module =
+		(struct tenant_passdb_module *)request->passdb->passdb;
+	const char *crypted = NULL, *scheme = NULL, *tenant = NULL, *address = NULL;
+	enum passdb_result result = tenant_passdb_fill(request, res, acct, &crypted,
+						       &scheme, &tenant, &address);
 	int ret;
 
 	if (result == PASSDB_RESULT_OK) {
@@ -445,6 +686,11 @@ static void tenant_verify_finish(struct auth_request *request, const char *passw
 						   scheme, TENANT_SUBSYS);
 		if (ret <= 0)
 			result = PASSDB_RESULT_PASSWORD_MISMATCH;
+		if (module->db->fails != NULL) {
+			tenant_lockout_begin(module->db, request, result, tenant,
+					     address, callback);
+			return;
+		}
 	}
 	callback(result, request);
 }
@@ -453,9 +699,9 @@ static void tenant_credentials_finish(struct auth_request *request, enum tn_resu
 				      struct tn_account *acct,
 				      lookup_credentials_callback_t *callback)
 {
-	const char *crypted = NULL, *scheme = NULL;
-	enum passdb_result result =
-		tenant_passdb_fill(request, res, acct, &crypted, &scheme);
+	const char *crypted = NULL, *scheme = NULL, *tenant, *address;
+	enum passdb_result result = tenant_passdb_fill(request, res, acct, &crypted,
+						       &scheme, &tenant, &address);
 
 	passdb_handle_credentials(result, crypted, scheme, callback, request);
 }

@@ -35,6 +35,12 @@ const struct tn_conf_param tn_auth_params[] = {
 	  "look up in auth worker processes instead of the auth process itself" },
 	{ "dovecot_lookup_threads", TN_CONF_INT, "4", 1, 64, NULL,
 	  "auth process: threads that wait on Redis and LDAP for cache misses" },
+	{ "dovecot_lockout_user_failures", TN_CONF_INT, "0", 0, 1000000, NULL,
+	  "failed logins of one address within dovecot_lockout_window that lock it out (0: off)" },
+	{ "dovecot_lockout_ip_failures", TN_CONF_INT, "0", 0, 1000000, NULL,
+	  "failed logins from one client IP within dovecot_lockout_window that lock it out (0: off)" },
+	{ "dovecot_lockout_window", TN_CONF_TIME, "15m", 1000, INT64_C(86400000), NULL,
+	  "how long failed logins are counted (from the first one of a window)" },
 	TN_CONF_END
 };
 
@@ -84,6 +90,9 @@ int tn_auth_settings_read(const struct tn_conf *conf,
 	set_r->pool_hosts = tn_conf_list(conf, "dovecot_pool_hosts");
 	set_r->blocking = tn_conf_bool(conf, "dovecot_blocking");
 	set_r->lookup_threads = (unsigned)tn_conf_int(conf, "dovecot_lookup_threads");
+	set_r->lockout_user_failures = tn_conf_int(conf, "dovecot_lockout_user_failures");
+	set_r->lockout_ip_failures = tn_conf_int(conf, "dovecot_lockout_ip_failures");
+	set_r->lockout_window = tn_conf_time_ms(conf, "dovecot_lockout_window");
 	if (tn_auth_check_template("dovecot_home", set_r->home, error_r) < 0 ||
 	    tn_auth_check_template("dovecot_mail", set_r->mail, error_r) < 0)
 		return -1;
@@ -285,4 +294,11 @@ int tn_auth_route(const struct tn_auth_settings *set,
 		return -1;
 	*host_r = tn_auth_host_only(host);
 	return (*host_r)[0] != '\0' ? 0 : (tn_mem_free(host_r), -1);
+}
+
+bool tn_auth_locked_out(const struct tn_auth_settings *set,
+			int64_t user_failures, int64_t ip_failures)
+{
+	return (set->lockout_user_failures > 0 && user_failures >= set->lockout_user_failures) ||
+		(set->lockout_ip_failures > 0 && ip_failures >= set->lockout_ip_failures);
 }

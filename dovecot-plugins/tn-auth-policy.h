@@ -27,6 +27,7 @@
 
 #include "tn-conf.h"
 #include "tn-record.h"
+#include "tn-time.h"
 
 /* The section of tenantmail.conf the driver reads. */
 #define TN_AUTH_CONF_SECTION "dovecot-auth"
@@ -44,6 +45,9 @@ struct tn_auth_settings {
 	const char *const *pool_hosts;	/* "pool:host" items */
 	bool blocking;			/* in auth workers, not the auth process */
 	unsigned lookup_threads;	/* auth process: threads for misses */
+	int64_t lockout_user_failures;	/* 0 = off */
+	int64_t lockout_ip_failures;	/* 0 = off */
+	tn_msec_t lockout_window;
 };
 
 enum tn_auth_verdict {
@@ -52,6 +56,11 @@ enum tn_auth_verdict {
 	TN_AUTH_DISABLED,	/* exists, may not log in (reason given) */
 	TN_AUTH_OK,
 };
+
+/* Brute-force protection: true when the failures counted within the
+ * window reach either limit (a limit of 0 is off). */
+bool tn_auth_locked_out(const struct tn_auth_settings *set,
+			int64_t user_failures, int64_t ip_failures);
 
 /* Read and check the driver's parameters (pointers into conf). */
 int tn_auth_settings_read(const struct tn_conf *conf,

@@ -37,6 +37,10 @@ struct tn_lookup_ioloop_request {
 	tn_msec_t deadline;
 	tn_lookup_ioloop_cb *cb;
 	void *context;
+	tn_lookup_ioloop_job_fn *job;		/* a job instead of a lookup */
+	void *job_context;
+	void (*job_free)(void *);
+	tn_lookup_ioloop_job_cb *job_cb;
 	struct timeout *to;	/* loop thread only */
 	unsigned refs;
 	bool delivered;		/* callback ran, or cancelled */
@@ -67,6 +71,8 @@ static void tn_req_unref_locked(struct tn_lookup_ioloop_request *req)
 		return;
 	tn_account_free(&req->acct);
 	tn_mem_free(&req->address);
+	if (req->job_free != NULL)
+		req->job_free(req->job_context);
 	tn_mem_free(&req);
 }
 
@@ -111,7 +117,10 @@ static void tn_req_deliver(struct tn_lookup_ioloop_request *req, enum tn_result 
 	if (already)
 		return;
 	tn_req_unlink(req);
-	req->cb(rc, acct, error, req->context);
+	if (req->job_cb != NULL)
+		req->job_cb(rc == TN_FOUND, req->job_context, req->context);
+	else
+		req->cb(rc, acct, error, req->context);
 	tn_req_unref(req);
 }
 
@@ -152,7 +161,10 @@ static void tn_lookup_ioloop_work(struct tn_lookup_ioloop *li,
 	pthread_mutex_lock(&li->lock);
 	skip = req->delivered;
 	pthread_mutex_unlock(&li->lock);
-	if (!skip && tn_time_left_ms(req->deadline) > 0) {
+	if (!skip && tn_time_left_ms(req->deadline) > 0 && req->job != NULL) {
+		req->job(req->job_context);
+		req->rc = TN_FOUND;		/* done */
+	} else if (!skip && tn_time_left_ms(req->deadline) > 0) {
 		req->rc = tn_lookup_resolve(li->lk, req->address, req->deadline,
 					    &req->acct, &error);
 	} else {
@@ -317,6 +329,40 @@ static bool tn_lookup_ioloop_queue(struct tn_lookup_ioloop *li,
 	return true;
 }
 
+/* Queue a new request and arm its deadline timer: NULL (and the request
+ * answered TN_TEMPFAIL) when the queue is full. */
+static struct tn_lookup_ioloop_request *
+tn_lookup_ioloop_submit(struct tn_lookup_ioloop *li, struct tn_lookup_ioloop_request *req)
+{
+	if (!tn_lookup_ioloop_queue(li, req)) {
+		tn_req_unref(req);		/* the thread's */
+		tn_req_deliver(req, TN_TEMPFAIL, "lookup queue full");
+		return NULL;
+	}
+	req->to = timeout_add((unsigned int)tn_time_left_ms(req->deadline),
+			      tn_req_timeout, req);
+	req->pend_next = li->pending;
+	if (li->pending != NULL)
+		li->pending->pend_prev = req;
+	li->pending = req;
+	return req;
+}
+
+struct tn_lookup_ioloop_request *
+tn_lookup_ioloop_run(struct tn_lookup_ioloop *li, tn_msec_t timeout_ms,
+		     tn_lookup_ioloop_job_fn *job, void *job_context,
+		     void (*free_fn)(void *), tn_lookup_ioloop_job_cb *cb,
+		     void *context)
+{
+	struct tn_lookup_ioloop_request *req = tn_req_new(li, "", timeout_ms, NULL, context);
+
+	req->job = job;
+	req->job_context = job_context;
+	req->job_free = free_fn;
+	req->job_cb = cb;
+	return tn_lookup_ioloop_submit(li, req);
+}
+
 struct tn_lookup_ioloop_request *
 tn_lookup_ioloop_resolve(struct tn_lookup_ioloop *li, const char *address,
 			 tn_msec_t timeout_ms, tn_lookup_ioloop_cb *cb, void *context)
@@ -332,18 +378,7 @@ tn_lookup_ioloop_resolve(struct tn_lookup_ioloop *li, const char *address,
 	}
 	li->stats.misses++;
 	req = tn_req_new(li, address, timeout_ms, cb, context);
-	if (!tn_lookup_ioloop_queue(li, req)) {
-		tn_req_unref(req);		/* the thread's */
-		tn_req_deliver(req, TN_TEMPFAIL, "lookup queue full");
-		return NULL;
-	}
-	req->to = timeout_add((unsigned int)tn_time_left_ms(req->deadline),
-			      tn_req_timeout, req);
-	req->pend_next = li->pending;
-	if (li->pending != NULL)
-		li->pending->pend_prev = req;
-	li->pending = req;
-	return req;
+	return tn_lookup_ioloop_submit(li, req);
 }
 
 void tn_lookup_ioloop_cancel(struct tn_lookup_ioloop_request **_req)

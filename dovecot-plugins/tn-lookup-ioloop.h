@@ -22,6 +22,10 @@
  *	thread's late answer is dropped. The ioloop never waits on Redis or
  *	LDAP, and a hung directory delays nobody past the deadline.
  *
+ *	tn_lookup_ioloop_run() runs another blocking job of the caller's
+ *	(Redis counters, say) in the same threads, with the same deadline
+ *	timer.
+ *
  *	A pending miss can be cancelled (tn_lookup_ioloop_cancel) until its
  *	callback has run; the callback is then never called. The callback
  *	owns the account it is given (tn_account_free()).
@@ -34,6 +38,7 @@
 #ifndef TN_LOOKUP_IOLOOP_H
 #define TN_LOOKUP_IOLOOP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "tn-lookup.h"
@@ -63,6 +68,20 @@ struct tn_lookup_ioloop_request *
 tn_lookup_ioloop_resolve(struct tn_lookup_ioloop *li, const char *address,
 			 tn_msec_t timeout_ms, tn_lookup_ioloop_cb *cb, void *context);
 void tn_lookup_ioloop_cancel(struct tn_lookup_ioloop_request **req);
+
+/* job(job_context) in a thread, then cb(true, job_context, context) in
+ * the loop; cb(false, ...) when the deadline (timeout_ms, 0: lookup_timeout)
+ * came first or the queue is full -- the job may then still run later.
+ * job_context is malloc()ed by the caller and becomes the adapter's: it
+ * is freed with free_fn once neither a thread nor the loop needs it, so
+ * the caller must not keep it past cb. Returns the pending request. */
+typedef void tn_lookup_ioloop_job_fn(void *job_context);
+typedef void tn_lookup_ioloop_job_cb(bool done, void *job_context, void *context);
+struct tn_lookup_ioloop_request *
+tn_lookup_ioloop_run(struct tn_lookup_ioloop *li, tn_msec_t timeout_ms,
+		     tn_lookup_ioloop_job_fn *job, void *job_context,
+		     void (*free_fn)(void *), tn_lookup_ioloop_job_cb *cb,
+		     void *context);
 
 void tn_lookup_ioloop_get_stats(struct tn_lookup_ioloop *li,
 				struct tn_lookup_ioloop_stats *stats_r);

@@ -30,6 +30,11 @@ password is "secret").  Checked with doveadm, Dovecot's own clients:
     frozen a mailbox looked up a moment ago still logs in at once (the
     in-process cache answers inside the auth process) while one never
     seen is a temporary failure within lookup_timeout;
+  * brute-force protection (dovecot_lockout_*, both modes): failed
+    passwords counted in Redis per address and per client IP, the right
+    password refused once a limit is reached, the reason in the log,
+    other addresses and IPs unaffected, counters expiring with the
+    window; off by default (no counter written);
   * a configuration error stops the auth process with the file and line;
   * the module exports only Dovecot's entry points, with Dovecot's ABI;
   * docs/dovecot.md's two conf.d snippets pass "doveconf -n";
@@ -326,6 +331,82 @@ def test_man_page_documents_every_parameter():
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+# --- brute-force protection ---------------------------------------------------
+
+FAIL_PREFIX = "tn:v1:authfail:"     # redis_key_prefix + docs/redis-keys.md
+
+
+@pytest.fixture(scope="module", params=["async", "blocking"])
+def guarded(stack, tmp_path_factory, request):
+    require_module()
+    d = tmp_path_factory.mktemp("lockout-" + request.param)
+    conf = write_conf(stack, str(d / "tenantmail.conf"), "\n".join([
+        "dovecot_blocking = %s" % ("yes" if request.param == "blocking" else "no"),
+        "dovecot_home = %s/home/%%d/%%n" % d,
+        "dovecot_lockout_user_failures = 3",
+        "dovecot_lockout_ip_failures = 5",
+        "dovecot_lockout_window = 60s",
+        ""]))
+    passdb, userdb = auth_blocks(conf)
+    dc = tndovecot.Dovecot(str(d / "dovecot"), passdb=passdb, userdb=userdb,
+                           auth_modules=[MODULE])
+    try:
+        yield dc
+    finally:
+        dc.stop()
+        stack.redis.cli("EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
+                        "redis.call('DEL', k) end", "0", FAIL_PREFIX + "*")
+
+
+def auth_from(dc, user, password, ip):
+    r = dc.doveadm("auth", "test", "-x", "rip=" + ip, user, password)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_lockout_per_address(stack, guarded):
+    user, key = "bob@acme.example", FAIL_PREFIX + "user:bob@acme.example"
+    stack.redis.cli("DEL", key)
+    for _ in range(3):
+        rc, out = auth_from(guarded, user, "wrong", "10.1.0.1")
+        assert rc != 0, out
+    assert stack.redis.cli("GET", key) == "3"
+    assert 0 < int(stack.redis.cli("PTTL", key)) <= 60000
+    mark = guarded.log_mark()
+    rc, out = auth_from(guarded, user, PASSWORD, "10.1.0.2")     # right password
+    assert rc != 0 and "auth failed" in out, out
+    guarded.wait_log(re.escape("tenant(%s,10.1.0.2): tenant=acme: login refused: "
+                               "locked out: 3 failed logins of the address" % user), mark)
+    rc, out = auth_from(guarded, "alice@acme.example", PASSWORD, "10.1.0.2")
+    assert rc == 0, out                                          # others unaffected
+    stack.redis.cli("DEL", key)                                  # the window ends
+    rc, out = auth_from(guarded, user, PASSWORD, "10.1.0.2")
+    assert rc == 0, out
+
+
+def test_lockout_per_client_ip(stack, guarded):
+    ip = "10.2.0.%d" % (1 if "async" in guarded.workdir else 2)
+    key = FAIL_PREFIX + "ip:" + ip
+    users = ["alice@acme.example", "bob@acme.example", "erin@acme-mail.example",
+             "peter@initech.example", "dave@acme.example"]
+    for u in users:                     # one failure each: no address locked
+        rc, out = auth_from(guarded, u, "wrong", ip)
+        assert rc != 0, out
+    assert stack.redis.cli("GET", key) == "5"
+    rc, out = auth_from(guarded, "alice@acme.example", PASSWORD, ip)
+    assert rc != 0, out
+    rc, out = auth_from(guarded, "alice@acme.example", PASSWORD, "10.2.0.99")
+    assert rc == 0, out
+    for u in users:
+        stack.redis.cli("DEL", FAIL_PREFIX + "user:" + u)
+    stack.redis.cli("DEL", key)
+
+
+def test_lockout_off_by_default(stack, store):
+    rc, _, out = auth_test(store, "alice@acme.example", "wrong")
+    assert rc != 0, out
+    assert stack.redis.cli("KEYS", FAIL_PREFIX + "*") == ""
+
+
 # --- asynchronous mode: answered in the auth process ---------------------------
 
 def process_titles(dc):
@@ -377,7 +458,7 @@ def test_async_cache_hit_answered_in_the_auth_process(stack, store):
     lookup_timeout -- the auth process was not blocked meanwhile."""
     if store.mode != "async":
         pytest.skip("asynchronous mode only (dovecot_blocking = no)")
-    warm, cold = "bob@acme.example", "dave@acme.example"    # dave: no other test
+    warm, cold = "bob@acme.example", "dave@acme.example"    # dave: not before, here
     rc, _, out = auth_test(store, warm)
     assert rc == 0, out
     stack.slapd.freeze()

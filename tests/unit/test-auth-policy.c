@@ -199,6 +199,23 @@ static void test_settings(void **state)
 	assert_int_equal(load("dovecot_lookup_threads = 0\n", &set, &conf, &error), -1);
 	tn_conf_destroy(&conf);
 
+	/* brute-force protection: off by default, either limit locks */
+	assert_int_equal(load("", &set, &conf, &error), 0);
+	assert_int_equal(set.lockout_user_failures, 0);
+	assert_int_equal(set.lockout_window, 15 * 60 * 1000);
+	assert_false(tn_auth_locked_out(&set, 1000, 1000));
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_lockout_user_failures = 3\n"
+			      "dovecot_lockout_ip_failures = 10\n"
+			      "dovecot_lockout_window = 1m\n", &set, &conf, &error), 0);
+	assert_int_equal(set.lockout_window, 60000);
+	assert_false(tn_auth_locked_out(&set, 2, 9));
+	assert_true(tn_auth_locked_out(&set, 3, 0));
+	assert_true(tn_auth_locked_out(&set, 0, 10));
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_lockout_window = 0\n", &set, &conf, &error), -1);
+	tn_conf_destroy(&conf);
+
 	assert_int_equal(load("ldap_uri = ldap://127.0.0.1:1/\n"
 			      "[dovecot-auth]\ndovecot_proxy = yes\n"
 			      "dovecot_proxy_port = 1143\n"
