@@ -10,4 +10,4 @@ bench_tn_bench_receiver_LDADD = lib/libtenantmail.la $(MICROHTTPD_LIBS) $(JANSSO
 bench_tn_bench_hookd_SOURCES = bench/tn-bench-hookd.c
 bench_tn_bench_hookd_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS) $(JANSSON_CFLAGS)
 bench_tn_bench_hookd_LDADD = lib/libtenantmail.la $(CURL_LIBS) $(JANSSON_LIBS) $(PTHREAD_LIBS)
-EXTRA_DIST += bench/lookup bench/hookd bench/provision bench/auth bench/README.md
+EXTRA_DIST += bench/lookup bench/hookd bench/provision bench/auth bench/quota bench/README.md
