@@ -64,6 +64,11 @@
  *	the mailbox quota, tenant=<id>, tenant_quota_bytes=<pooled limit>
  *	and, for a suspended mailbox, tenant_status=suspended. Deleted,
  *	alias or unknown: user unknown; no answer: internal failure.
+ *	The formatted fields (templates, quota_rule, tenant_quota_bytes)
+ *	are kept per address in the process and reused while the account
+ *	read for the request (from the in-process cache, which the
+ *	invalidation channel keeps fresh) still has the values they were
+ *	made from: a provisioning change shows in the next answer.
  *
  *	The lookup library's log lines go to Dovecot's log with their
  *	severity (lines from its own threads, which must not call Dovecot,
@@ -77,6 +82,7 @@
  *--*/
 #include "auth-common.h"
 #include "password-scheme.h"
+#include "hash.h"
 #include "module-dir.h"
 #include "passdb.h"
 #include "userdb.h"
@@ -100,6 +106,10 @@
 
 #define TENANT_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 #define TENANT_SUBSYS AUTH_SUBSYS_DB
+/* Formatted userdb answers kept per process; a full table is emptied. */
+#define TENANT_REPLIES_MAX 50000
+
+struct tenant_reply;
 
 /* One configuration file's settings and this process's lookup. */
 struct tenant_db {
@@ -114,6 +124,8 @@ struct tenant_db {
 	char *uid, *gid;		/* dovecot_uid/gid as numbers */
 	struct tn_cache *fails;		/* lock-out counters, or NULL: off */
 	struct tn_lookup_ioloop *ioloop;	/* async: made on first use */
+	/* address -> its formatted userdb fields (tenant_reply_get) */
+	HASH_TABLE(const char *, struct tenant_reply *) replies;
 };
 
 /* An asynchronous request: what to answer once the lookup is done. */
@@ -306,6 +318,8 @@ static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 	return db;
 }
 
+static void tenant_replies_free(struct tenant_db *db);
+
 static void tenant_db_unref(struct tenant_db **_db)
 {
 	struct tenant_db *db = *_db, **p;
@@ -318,6 +332,7 @@ static void tenant_db_unref(struct tenant_db **_db)
 	*p = db->next;
 	/* a lookup made by another process has threads that are not ours */
 	tn_lookup_ioloop_destroy(&db->ioloop);
+	tenant_replies_free(db);
 	if (db->lookup != NULL && db->lookup_pid == getpid())
 		tn_lookup_destroy(&db->lookup);
 	i_free(db->lookup_error);
@@ -825,44 +840,170 @@ static struct passdb_module_interface passdb_tenant = {
 
 /* --- userdb -------------------------------------------------------------- */
 
-/* A template field: 0, or -1 (logged) when the directory's values cannot
- * be put in it. */
-static int tenant_userdb_template(struct auth_request *request, const char *field,
-				  const char *tmpl, const struct tn_account *acct)
+/* A mailbox's userdb fields, formatted once and kept while the account
+ * they were made from stays the same: every lookup still reads the
+ * account from the in-process cache (which the invalidation channel
+ * keeps fresh) and compares what the fields depend on, so a change is
+ * seen at the next lookup. One malloc()ed block, strings after it. */
+struct tenant_reply {
+	const char *address;		/* the key */
+	const char *domain, *tenant;	/* what the templates may use */
+	int64_t quota, tenant_quota;
+	const char *home, *mail;	/* NULL: template empty */
+	const char *quota_rule, *tenant_quota_bytes;
+};
+
+static void tenant_replies_free(struct tenant_db *db)
+{
+	struct hash_iterate_context *iter;
+	const char *key;
+	struct tenant_reply *reply;
+
+	if (!hash_table_is_created(db->replies))
+		return;
+	iter = hash_table_iterate_init(db->replies);
+	while (hash_table_iterate(iter, db->replies, &key, &reply))
+		i_free(reply);
+	hash_table_iterate_deinit(&iter);
+	hash_table_destroy(&db->replies);
+}
+
+static bool tenant_reply_matches(const struct tenant_reply *reply,
+				 const struct tn_account *acct)
+{
+	return reply->quota == acct->quota.value &&
+		reply->tenant_quota == acct->tenant_storage.value &&
+		strcmp(reply->tenant, acct->tenant) == 0 &&
+		null_strcmp(reply->domain, acct->domain) == 0;
+}
+
+/* A template field expanded for acct: 0 with *value_r (NULL when the
+ * template is empty, else tn_mem_free()), or -1 (logged) when the
+ * directory's values cannot be put in it. */
+static int tenant_reply_template(struct auth_request *request, const char *field,
+				 const char *tmpl, const struct tn_account *acct,
+				 char **value_r)
 {
 	const char *error;
-	char *value;
 
+	*value_r = NULL;
 	if (tmpl[0] == '\0')
 		return 0;
-	if (tn_auth_expand(tmpl, acct, &value, &error) < 0) {
+	if (tn_auth_expand(tmpl, acct, value_r, &error) < 0) {
 		auth_request_log_error(request, TENANT_SUBSYS,
 				       "tenant=%s: %s: %s", acct->tenant, field, error);
 		return -1;
 	}
-	auth_request_set_userdb_field(request, field, value);
-	tn_mem_free(&value);
 	return 0;
 }
 
+/* Copy src (NULL stays NULL) to *pos, advancing it. */
+static const char *tenant_reply_put(char **pos, const char *src)
+{
+	char *dest = *pos;
+	size_t len;
+
+	if (src == NULL)
+		return NULL;
+	len = strlen(src) + 1;
+	memcpy(dest, src, len);
+	*pos = dest + len;
+	return dest;
+}
+
+/* Format acct's fields into a new reply: NULL (logged) when a template
+ * cannot take the directory's values. */
+static struct tenant_reply *
+tenant_reply_new(struct auth_request *request, const struct tn_auth_settings *set,
+		 const struct tn_account *acct)
+{
+	char quota_rule[48], tenant_quota[24], *home, *mail, *pos;
+	struct tenant_reply *reply;
+	size_t size;
+
+	if (tenant_reply_template(request, "home", set->home, acct, &home) < 0)
+		return NULL;
+	if (tenant_reply_template(request, "mail", set->mail, acct, &mail) < 0) {
+		tn_mem_free(&home);
+		return NULL;
+	}
+	i_snprintf(quota_rule, sizeof(quota_rule), "*:bytes=%"PRId64, acct->quota.value);
+	i_snprintf(tenant_quota, sizeof(tenant_quota), "%"PRId64,
+		   acct->tenant_storage.value);
+	size = sizeof(*reply) + strlen(acct->address) + 1 + strlen(acct->tenant) + 1 +
+		(acct->domain != NULL ? strlen(acct->domain) + 1 : 0) +
+		(home != NULL ? strlen(home) + 1 : 0) +
+		(mail != NULL ? strlen(mail) + 1 : 0) +
+		strlen(quota_rule) + 1 + strlen(tenant_quota) + 1;
+	reply = i_malloc(size);
+	pos = (char *)(reply + 1);
+	reply->address = tenant_reply_put(&pos, acct->address);
+	reply->domain = tenant_reply_put(&pos, acct->domain);
+	reply->tenant = tenant_reply_put(&pos, acct->tenant);
+	reply->quota = acct->quota.value;
+	reply->tenant_quota = acct->tenant_storage.value;
+	reply->home = tenant_reply_put(&pos, home);
+	reply->mail = tenant_reply_put(&pos, mail);
+	reply->quota_rule = tenant_reply_put(&pos, quota_rule);
+	reply->tenant_quota_bytes = tenant_reply_put(&pos, tenant_quota);
+	tn_mem_free(&home);
+	tn_mem_free(&mail);
+	return reply;
+}
+
+/* The formatted userdb fields of a mailbox account: the kept ones when
+ * acct still gives the same, else made (and kept) now; NULL (logged)
+ * when a template cannot take the directory's values. Valid until the
+ * next call. */
+static const struct tenant_reply *
+tenant_reply_get(struct auth_request *request, struct tenant_db *db,
+		 const struct tn_account *acct)
+{
+	struct tenant_reply *reply;
+
+	if (!hash_table_is_created(db->replies))
+		hash_table_create(&db->replies, default_pool, 0, str_hash, strcmp);
+	reply = hash_table_lookup(db->replies, (const char *)acct->address);
+	if (reply != NULL && tenant_reply_matches(reply, acct))
+		return reply;
+	if (reply != NULL) {
+		hash_table_remove(db->replies, reply->address);
+		i_free(reply);
+	}
+	reply = tenant_reply_new(request, &db->set, acct);
+	if (reply == NULL)
+		return NULL;
+	if (hash_table_count(db->replies) >= TENANT_REPLIES_MAX) {
+		tenant_replies_free(db);
+		hash_table_create(&db->replies, default_pool, 0, str_hash, strcmp);
+	}
+	hash_table_insert(db->replies, reply->address, reply);
+	return reply;
+}
+
 static enum userdb_result tenant_userdb_fill(struct auth_request *request,
-					     const struct tn_auth_settings *set,
+					     struct tenant_db *db,
 					     const struct tn_account *acct)
 {
-	if (tenant_userdb_template(request, "home", set->home, acct) < 0 ||
-	    tenant_userdb_template(request, "mail", set->mail, acct) < 0)
+	const struct tn_auth_settings *set = &db->set;
+	const struct tenant_reply *reply = tenant_reply_get(request, db, acct);
+
+	if (reply == NULL)
 		return USERDB_RESULT_INTERNAL_FAILURE;
+	if (reply->home != NULL)
+		auth_request_set_userdb_field(request, "home", reply->home);
+	if (reply->mail != NULL)
+		auth_request_set_userdb_field(request, "mail", reply->mail);
 	if (strcmp(acct->address, request->fields.user) != 0)
 		auth_request_set_userdb_field(request, "user", acct->address);
 	if (set->uid[0] != '\0')
 		auth_request_set_userdb_field(request, "uid", set->uid);
 	if (set->gid[0] != '\0')
 		auth_request_set_userdb_field(request, "gid", set->gid);
-	auth_request_set_userdb_field(request, "quota_rule",
-		t_strdup_printf("*:bytes=%"PRId64, acct->quota.value));
-	auth_request_set_userdb_field(request, "tenant", acct->tenant);
+	auth_request_set_userdb_field(request, "quota_rule", reply->quota_rule);
+	auth_request_set_userdb_field(request, "tenant", reply->tenant);
 	auth_request_set_userdb_field(request, "tenant_quota_bytes",
-		t_strdup_printf("%"PRId64, acct->tenant_storage.value));
+				      reply->tenant_quota_bytes);
 	if (acct->status != TN_STATUS_ACTIVE) {
 		auth_request_set_userdb_field(request, "tenant_status",
 					      tn_status_name(acct->status));
@@ -884,7 +1025,7 @@ static void tenant_userdb_finish(struct auth_request *request, enum tn_result re
 		result = USERDB_RESULT_INTERNAL_FAILURE;
 		break;
 	case TN_AUTH_OK:
-		result = tenant_userdb_fill(request, &module->db->set, acct);
+		result = tenant_userdb_fill(request, module->db, acct);
 		break;
 	default:
 		if (acct != NULL) {
