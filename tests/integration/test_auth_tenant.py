@@ -428,9 +428,8 @@ def auth_workers(dc):
             if re.search(r"/auth[- ]worker", title)]
 
 
+@pytest.mark.parametrize("store", ["async"], indirect=True)
 def test_async_mode_needs_no_auth_worker(store):
-    if store.mode != "async":
-        pytest.skip("asynchronous mode only (dovecot_blocking = no)")
     mark = store.log_mark()
     for user in ("alice@acme.example", "carol@acme.example", "nobody@acme.example"):
         auth_test(store, user)
@@ -442,22 +441,20 @@ def test_async_mode_needs_no_auth_worker(store):
     assert auth_workers(store) == []
 
 
+@pytest.mark.parametrize("store", ["blocking"], indirect=True)
 def test_blocking_mode_uses_auth_workers(store):
-    if store.mode != "blocking":
-        pytest.skip("blocking mode only (dovecot_blocking = yes)")
     rc, _, out = auth_test(store, "alice@acme.example")
     assert rc == 0, out
     assert auth_workers(store), "\n".join(process_titles(store).values())
 
 
+@pytest.mark.parametrize("store", ["async"], indirect=True)
 def test_async_cache_hit_answered_in_the_auth_process(stack, store):
     """slapd and Redis both frozen: nothing outside the auth process can
     answer. A mailbox looked up a moment ago logs in at once (the
     in-process cache, kept by the invalidation subscriber, answers inside
     the auth process); one never looked up is a temporary failure within
     lookup_timeout -- the auth process was not blocked meanwhile."""
-    if store.mode != "async":
-        pytest.skip("asynchronous mode only (dovecot_blocking = no)")
     warm, cold = "bob@acme.example", "dave@acme.example"    # dave: not before, here
     rc, _, out = auth_test(store, warm)
     assert rc == 0, out
