@@ -18,6 +18,15 @@ HARNESS = os.path.dirname(os.path.abspath(td.__file__))
 USERS = {"alice@a.example": "alice-pw", "bob@b.example": "bob-pw"}
 
 
+def _title(pid):
+    """The process title (cmdline) of pid, b"" when it has exited."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def require_dovecot():
     """Missing prerequisites FAIL (never skip), as in conftest.py."""
     require_prerequisites()
@@ -218,9 +227,10 @@ def test_side_by_side_with_an_auth_module_from_a_namespace_and_clean_stop(
         assert sorted(os.listdir(td.AUTH_MODULE_DIR)) == system_before
         assert "libauthdb_tntest.so" not in system_before
         pids = second.processes()
-        # process titles are "dovecot-<instance_name>/auth [...]"
-        auth = [p for p in pids if open("/proc/%d/cmdline" % p, "rb")
-                .read().startswith(("dovecot-%s/auth" % second.name).encode())]
+        # process titles are "dovecot-<instance_name>/auth [...]"; a
+        # process listed a moment ago (a login process) may be gone now
+        auth = [p for p in pids if _title(p).startswith(("dovecot-%s/auth" %
+                                                          second.name).encode())]
         assert auth, pids
         seen = os.listdir("/proc/%d/root%s" % (auth[0], td.AUTH_MODULE_DIR))
         assert "libauthdb_tntest.so" in seen
