@@ -1136,16 +1136,16 @@ struct tn_prov_batch {
 	size_t n;
 	struct tn_prov_wr *w;
 	struct tn_prov_result *res;
-	bool *todo;		/* passed the input checks: to be written */
+	bool *pending;	/* passed the input checks: to be written */
 };
 
 static void tn_prov_batch_not_attempted(struct tn_prov_batch *b, size_t from,
 					const struct tn_prov_result *why)
 {
 	for (size_t j = from; j < b->n; j++) {
-		if (!b->todo[j])
+		if (!b->pending[j])
 			continue;
-		b->todo[j] = false;
+		b->pending[j] = false;
 		tn_prov_result_clear(&b->res[j]);
 		b->res[j].status = why->status;
 		b->res[j].message = tn_mem_printf("not attempted: %s",
@@ -1275,7 +1275,31 @@ static void tn_prov_batch_exists(struct tn_prov_op *op, struct tn_prov_batch *b,
 	op->res = &b->res[i];
 	tn_prov_fail(op, TN_PROV_CONFLICT, op->kd->fields[0].name,
 		     "%s: already exists (here or under another tenant)", op->kd->fields[0].name);
-	b->todo[i] = false;
+	b->pending[i] = false;
+}
+
+/* A filter matching the keys of the items from..to-1 that are in which:
+ * head "(|(key=v)...)" tail, the values escaped; NULL when none is. */
+static char *tn_prov_batch_filter(struct tn_prov_op *op, const struct tn_prov_batch *b,
+				  const bool *which, size_t from, size_t to, const char *head,
+				  const char *tail)
+{
+	char *filter = tn_mem_printf("%s(|", head), *piece, *v;
+	bool any = false;
+
+	for (size_t i = from; i < to; i++) {
+		if (!which[i])
+			continue;
+		v = tn_escape_filter_value(b->w[i].key, strlen(b->w[i].key));
+		piece = tn_mem_printf("%s(%s=%s)", filter, op->kd->key_attr, v);
+		tn_mem_free(&filter);
+		tn_mem_free(&v);
+		filter = piece;
+		any = true;
+	}
+	piece = any ? tn_mem_printf("%s)%s", filter, tail) : NULL;
+	tn_mem_free(&filter);
+	return piece;
 }
 
 /* Keys that exist already, or twice in the batch: 409 before anything
@@ -1290,45 +1314,28 @@ static int tn_prov_batch_dups(struct tn_prov_op *op, struct tn_prov_batch *b,
 	char *attrs[] = { (char *)attr, NULL };
 
 	for (size_t i = 0; i < b->n; i++) {
-		for (size_t j = 0; b->todo[i] && j < i; j++) {
+		for (size_t j = 0; b->pending[i] && j < i; j++) {
 			if (b->w[j].key != NULL && strcmp(b->w[j].key, b->w[i].key) == 0 &&
 			    b->res[j].status != TN_PROV_BAD_INPUT)
 				tn_prov_batch_exists(op, b, i);
 		}
 	}
 	for (size_t from = 0; from < b->n; from += 100) {
-		size_t to = from + 100 < b->n ? from + 100 : b->n, len = 0;
-		char *filter = tn_mem_strdup("(|"), *piece;
+		size_t to = from + 100 < b->n ? from + 100 : b->n;
+		char *filter = tn_prov_batch_filter(op, b, b->pending, from, to, "", "");
 		LDAPMessage *res = NULL;
-		bool any = false;
 
-		for (size_t i = from; i < to; i++) {
-			char *v;
-
-			if (!b->todo[i])
-				continue;
-			v = tn_escape_filter_value(b->w[i].key, strlen(b->w[i].key));
-			piece = tn_mem_printf("%s(%s=%s)", filter, attr, v);
-			tn_mem_free(&filter);
-			tn_mem_free(&v);
-			filter = piece;
-			any = true;
-		}
-		piece = tn_mem_printf("%s)", filter);
-		tn_mem_free(&filter);
-		filter = piece;
-		(void)len;
-		if (any && tn_prov_search(op, op->p->tenants_dn, LDAP_SCOPE_SUBTREE, filter, attrs,
-					  &res, st_r) < 0) {
+		if (filter != NULL && tn_prov_search(op, op->p->tenants_dn, LDAP_SCOPE_SUBTREE,
+						     filter, attrs, &res, st_r) < 0) {
 			tn_mem_free(&filter);
 			return -1;
 		}
-		for (LDAPMessage *e = any ? ldap_first_entry(op->ld, res) : NULL; e != NULL;
+		for (LDAPMessage *e = res != NULL ? ldap_first_entry(op->ld, res) : NULL; e != NULL;
 		     e = ldap_next_entry(op->ld, e)) {
 			struct berval **v = ldap_get_values_len(op->ld, e, attr);
 
 			for (size_t i = from; v != NULL && v[0] != NULL && i < to; i++) {
-				if (b->todo[i] && strlen(b->w[i].key) == v[0]->bv_len &&
+				if (b->pending[i] && strlen(b->w[i].key) == v[0]->bv_len &&
 				    strncasecmp(b->w[i].key, v[0]->bv_val, v[0]->bv_len) == 0)
 					tn_prov_batch_exists(op, b, i);
 			}
@@ -1348,33 +1355,18 @@ static void tn_prov_batch_read_back(struct tn_prov_op *op, struct tn_prov_batch 
 				    bool *added)
 {
 	char **attrs = tn_prov_entry_attrs(op->kd);
-	const char *attr = op->kd->key_attr;
 	enum tn_prov_status st = TN_PROV_OK;
 
 	for (size_t from = 0; from < b->n && !op->broken; from += 100) {
 		size_t to = from + 100 < b->n ? from + 100 : b->n;
-		char *filter = tn_mem_printf("(&(objectClass=%s)(|", op->kd->objectclass), *piece;
+		char *head = tn_mem_printf("(&(objectClass=%s)", op->kd->objectclass);
+		char *filter = tn_prov_batch_filter(op, b, added, from, to, head, ")");
 		LDAPMessage *res = NULL;
-		bool any = false;
 		const char *why;
 
-		for (size_t i = from; i < to; i++) {
-			char *v;
-
-			if (!added[i])
-				continue;
-			v = tn_escape_filter_value(b->w[i].key, strlen(b->w[i].key));
-			piece = tn_mem_printf("%s(%s=%s)", filter, attr, v);
-			tn_mem_free(&filter);
-			tn_mem_free(&v);
-			filter = piece;
-			any = true;
-		}
-		piece = tn_mem_printf("%s))", filter);
-		tn_mem_free(&filter);
-		filter = piece;
-		if (any && tn_prov_search(op, op->p->tenants_dn, LDAP_SCOPE_SUBTREE, filter, attrs,
-					  &res, &st) == 0) {
+		tn_mem_free(&head);
+		if (filter != NULL && tn_prov_search(op, op->p->tenants_dn, LDAP_SCOPE_SUBTREE,
+						     filter, attrs, &res, &st) == 0) {
 			for (LDAPMessage *e = ldap_first_entry(op->ld, res); e != NULL;
 			     e = ldap_next_entry(op->ld, e)) {
 				struct tn_prov_entry *ent = tn_prov_entry_from(op, op->kd, e, &why);
@@ -1417,7 +1409,7 @@ static void tn_prov_batch_shares(struct tn_prov_op *op, struct tn_prov_batch *b,
 	bool *grouped = tn_mem_calloc(b->n, sizeof(*grouped));
 
 	for (size_t i = 0; i < b->n; i++) {
-		if (!b->todo[i])
+		if (!b->pending[i])
 			continue;
 		reqs[i].tenant = b->w[i].tenant;
 		tn_prov_usage_of(json_object_get(b->w[i].norm, "quota_bytes"), 1, &reqs[i].d);
@@ -1426,10 +1418,10 @@ static void tn_prov_batch_shares(struct tn_prov_op *op, struct tn_prov_batch *b,
 	for (size_t i = 0; i < b->n; i++) {
 		struct tn_prov_share_req *head = NULL, **tail = &head;
 
-		if (!b->todo[i] || grouped[i])
+		if (!b->pending[i] || grouped[i])
 			continue;
 		for (size_t j = i; j < b->n; j++) {	/* this tenant's, in order */
-			if (b->todo[j] && !grouped[j] && strcmp(b->w[j].tenant, b->w[i].tenant) == 0) {
+			if (b->pending[j] && !grouped[j] && strcmp(b->w[j].tenant, b->w[i].tenant) == 0) {
 				grouped[j] = true;
 				*tail = &reqs[j];
 				tail = &reqs[j].next;
@@ -1440,7 +1432,7 @@ static void tn_prov_batch_shares(struct tn_prov_op *op, struct tn_prov_batch *b,
 		for (size_t j = i; j < b->n; j++) {
 			struct tn_prov_share_req *r = &reqs[j];
 
-			if (!b->todo[j] || strcmp(b->w[j].tenant, b->w[i].tenant) != 0 ||
+			if (!b->pending[j] || strcmp(b->w[j].tenant, b->w[i].tenant) != 0 ||
 			    r->tenant == NULL)
 				continue;
 			op->res = &b->res[j];
@@ -1453,7 +1445,7 @@ static void tn_prov_batch_shares(struct tn_prov_op *op, struct tn_prov_batch *b,
 				else
 					tn_prov_fail(op, r->st, NULL, "%s", r->message != NULL ?
 						     r->message : "plan counters");
-				b->todo[j] = false;
+				b->pending[j] = false;
 			}
 			tn_mem_free(&r->message);
 			r->tenant = NULL;	/* settled */
@@ -1479,7 +1471,7 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 	/* 1. owners, each read once; nothing is written yet, so a lost
 	 * connection leaves every item to do (the runner may start again) */
 	for (size_t i = 0; i < b->n && st == TN_PROV_OK; i++) {
-		if (!b->todo[i])
+		if (!b->pending[i])
 			continue;
 		op->res = &b->res[i];
 		tn_prov_result_clear(op->res);
@@ -1490,7 +1482,7 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 			st = b->res[i].status;
 			why = tn_mem_strdup(b->res[i].message != NULL ? b->res[i].message : "?");
 		} else {
-			b->todo[i] = false;
+			b->pending[i] = false;
 		}
 	}
 	/* 2. duplicates, then the plan counters of the mailboxes */
@@ -1505,7 +1497,7 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 		tn_prov_batch_shares(op, b, tenants);
 	/* 3. one add each, in order */
 	for (size_t i = 0; i < b->n && st == TN_PROV_OK; i++) {
-		if (!b->todo[i] || op->broken)
+		if (!b->pending[i] || op->broken)
 			continue;
 		op->res = &b->res[i];
 		dn = tn_prov_dn(op->p, op->kd->kind == TN_PROV_TENANT ? NULL : b->w[i].tenant,
@@ -1532,7 +1524,7 @@ static enum tn_prov_status tn_prov_batch_step(struct tn_prov_op *op, void *arg)
 				   "plan counters may count the items not attempted until "
 				   "recounted", op->kd->name, why);
 		}
-		b->todo[i] = false;
+		b->pending[i] = false;
 		tn_mem_free(&dn);
 	}
 	/* 4. read back, invalidation and events of what was added */
@@ -1577,7 +1569,7 @@ enum tn_prov_status tn_prov_create_batch(struct tn_prov *p, const struct tn_prov
 		if (st == TN_PROV_OK) {
 			b.w[i].key = json_string_value(json_object_get(b.w[i].norm,
 								      op.kd->fields[0].name));
-			b.todo[i] = true;
+			b.pending[i] = true;
 		}
 		res_v[i].status = st;
 		tn_mem_free(&self);
@@ -1587,7 +1579,7 @@ enum tn_prov_status tn_prov_create_batch(struct tn_prov *p, const struct tn_prov
 	if (st != TN_PROV_OK) {
 		/* the run never got a connection, or the step was cut short */
 		for (size_t i = 0; i < n; i++) {
-			if (b.todo[i]) {
+			if (b.pending[i]) {
 				tn_prov_result_clear(&res_v[i]);
 				res_v[i].status = st;
 				res_v[i].message = tn_mem_printf("not attempted: %s", outer.message != NULL ?
@@ -1598,7 +1590,7 @@ enum tn_prov_status tn_prov_create_batch(struct tn_prov *p, const struct tn_prov
 	for (size_t i = 0; i < n; i++)
 		tn_prov_wr_clear(&b.w[i]);
 	tn_mem_free(&b.w);
-	tn_mem_free(&b.todo);
+	tn_mem_free(&b.pending);
 	tn_prov_result_clear(&outer);
 	return st;
 }

@@ -82,9 +82,9 @@
 #define IMP_TTY_TICK_MS 200
 #define IMP_PLAIN_TICK_MS 2000
 
-enum imp_status { IMP_TODO, IMP_CREATED, IMP_EXISTS, IMP_FAILED, IMP_INVALID, IMP_SKIPPED };
+enum imp_status { IMP_PENDING, IMP_CREATED, IMP_EXISTS, IMP_FAILED, IMP_INVALID, IMP_SKIPPED };
 
-/* What a line still TODO after a batch needs */
+/* What a line still pending after a batch needs */
 enum imp_next {
 	IMP_NEXT_CREATE,	/* its create (in a batch with --batch > 1) */
 	IMP_NEXT_CHECK,		/* the GET after a batch item's 409 */
@@ -92,7 +92,7 @@ enum imp_next {
 };
 
 static const char *const imp_status_names[] = {
-	"todo", "created", "exists", "failed", "invalid", "skipped",
+	"pending", "created", "exists", "failed", "invalid", "skipped",
 };
 
 struct imp_line {
@@ -393,7 +393,7 @@ static enum imp_status imp_status_parse(const char *s)
 		if (strcmp(s, imp_status_names[i]) == 0)
 			return (enum imp_status)i;
 	}
-	return IMP_TODO;
+	return IMP_PENDING;
 }
 
 /* The records of the results file with a line number, sorted. A torn
@@ -449,7 +449,7 @@ static void imp_resume(struct imp *im)
 			j++;
 		while (j < n && prev[j].line == l->line)
 			last = &prev[j++];
-		if (last != NULL && l->status == IMP_TODO && last->key != NULL &&
+		if (last != NULL && l->status == IMP_PENDING && last->key != NULL &&
 		    l->key != NULL && strcmp(last->key, l->key) == 0 &&
 		    (last->status == IMP_CREATED || last->status == IMP_EXISTS))
 			l->status = IMP_SKIPPED;
@@ -857,7 +857,7 @@ static size_t imp_pick(struct imp *im, int kind, enum imp_next next, void **out)
 	for (size_t i = 0; i < im->nlines; i++) {
 		struct imp_line *l = &im->lines[i];
 
-		if (l->kind == kind && l->status == IMP_TODO && l->next == next)
+		if (l->kind == kind && l->status == IMP_PENDING && l->next == next)
 			out[n++] = l;
 	}
 	return n;
@@ -898,14 +898,14 @@ static void imp_batch_round(struct imp *im, void **lines, size_t n)
 /* The lines of kind in batches, round after round while items are to
  * be tried again (503, 429, a batch too large). Lines left: a 409 to
  * check, or single creates (no batch route). */
-static void imp_batches(struct imp *im, int kind, void **todo)
+static void imp_batches(struct imp *im, int kind, void **pending)
 {
 	size_t n;
 
-	while ((n = imp_pick(im, kind, IMP_NEXT_CREATE, todo)) > 0 && !im->no_batch_route) {
+	while ((n = imp_pick(im, kind, IMP_NEXT_CREATE, pending)) > 0 && !im->no_batch_route) {
 		if (tnctl_bulk_stopping(&im->bulk)) {
 			for (size_t i = 0; i < n; i++) {
-				struct imp_line *l = todo[i];
+				struct imp_line *l = pending[i];
 
 				if (l->item_tries > 0)
 					imp_done(im, l, IMP_FAILED, 0,
@@ -913,37 +913,37 @@ static void imp_batches(struct imp *im, int kind, void **todo)
 			}
 			return;
 		}
-		imp_batch_round(im, todo, n);
+		imp_batch_round(im, pending, n);
 		if (im->item_wait > 0)
 			imp_pause(im, im->item_wait);
 	}
 	if (im->no_batch_route) {
 		for (size_t i = 0; i < n; i++)
-			((struct imp_line *)todo[i])->next = IMP_NEXT_SINGLE;
+			((struct imp_line *)pending[i])->next = IMP_NEXT_SINGLE;
 	}
 }
 
 /* The lines of kind with next step next, one request each */
-static void imp_lines(struct imp *im, int kind, enum imp_next next, void **todo)
+static void imp_lines(struct imp *im, int kind, enum imp_next next, void **pending)
 {
-	size_t n = imp_pick(im, kind, next, todo);
+	size_t n = imp_pick(im, kind, next, pending);
 
 	im->bulk.send = next == IMP_NEXT_CHECK ? imp_send_check : imp_send;
 	im->bulk.answer = imp_answer;
-	tnctl_bulk_run(&im->bulk, todo, n);
+	tnctl_bulk_run(&im->bulk, pending, n);
 }
 
 /* A kind: in batches (--batch), else or then (no batch route) one
  * create per line; the 409s of batch items checked last. */
 static void imp_kind(struct imp *im, int kind)
 {
-	void **todo = tn_mem_calloc(im->nlines + 1, sizeof(*todo));
+	void **pending = tn_mem_calloc(im->nlines + 1, sizeof(*pending));
 
 	if (im->batch > 1)
-		imp_batches(im, kind, todo);
-	imp_lines(im, kind, im->batch > 1 ? IMP_NEXT_SINGLE : IMP_NEXT_CREATE, todo);
-	imp_lines(im, kind, IMP_NEXT_CHECK, todo);
-	tn_mem_free(&todo);
+		imp_batches(im, kind, pending);
+	imp_lines(im, kind, im->batch > 1 ? IMP_NEXT_SINGLE : IMP_NEXT_CREATE, pending);
+	imp_lines(im, kind, IMP_NEXT_CHECK, pending);
+	tn_mem_free(&pending);
 }
 
 /* --- the command ------------------------------------------------------------------------- */
@@ -1041,7 +1041,7 @@ static int imp_dry_run(struct imp *im)
 
 	imp_count_local(im);
 	for (size_t i = 0; i < im->nlines; i++) {
-		if (im->lines[i].status == IMP_TODO)
+		if (im->lines[i].status == IMP_PENDING)
 			per_kind[im->lines[i].kind]++;
 	}
 	printf("dry run: %zu lines: would create", im->nlines);

@@ -92,7 +92,7 @@ static const char *const sync_action_names[A_N] = {
 	"create", "update", "resume", "suspend", "delete",
 };
 
-enum sync_result { R_TODO, R_DONE, R_FAILED };
+enum sync_result { R_PENDING, R_DONE, R_FAILED };
 
 static const char *const sync_result_names[] = { "not_tried", "done", "failed" };
 
@@ -981,7 +981,7 @@ static int sync_item_rank(const struct sync_item *it)
 
 static void sync_print_results(const struct sync *s)
 {
-	size_t done = 0, failed = 0, todo = 0;
+	size_t done = 0, failed = 0, pending = 0;
 	char buf[TN_LOG_VALUE_MAX];
 
 	for (size_t i = 0; i < s->n; i++) {
@@ -994,9 +994,9 @@ static void sync_print_results(const struct sync *s)
 		failed += it->result == R_FAILED;
 	}
 	for (size_t i = 0; i < s->n; i++)
-		todo += s->items[i].result == R_TODO && s->items[i].planned != 0;
+		pending += s->items[i].result == R_PENDING && s->items[i].planned != 0;
 	printf("sync %s: %zu done, %zu failed, %zu not tried; %.1fs\n", s->k->name, done, failed,
-	       todo, (double)(tn_time_now_ms() - s->start) / 1000.0);
+	       pending, (double)(tn_time_now_ms() - s->start) / 1000.0);
 }
 
 static int sync_exit(const struct sync *s)
@@ -1019,22 +1019,22 @@ static int sync_exit(const struct sync *s)
 
 static int sync_apply(struct sync *s)
 {
-	void **todo = tn_mem_calloc(s->n + 1, sizeof(*todo));
+	void **pending = tn_mem_calloc(s->n + 1, sizeof(*pending));
 	size_t n = 0;
 
 	for (int rank = 0; rank < 3; rank++) {
 		for (size_t i = 0; i < s->n; i++) {
 			if (s->items[i].actions != 0 && sync_item_rank(&s->items[i]) == rank)
-				todo[n++] = &s->items[i];
+				pending[n++] = &s->items[i];
 		}
 	}
 	s->bulk = (struct tnctl_bulk){ .api = s->api, .parallel = s->parallel,
 				       .send = sync_send, .answer = sync_answer, .ctx = s };
 	s->start = tn_time_now_ms();
 	tnctl_bulk_catch_sigint();
-	tnctl_bulk_run(&s->bulk, todo, n);
+	tnctl_bulk_run(&s->bulk, pending, n);
 	tnctl_bulk_release_sigint();
-	tn_mem_free(&todo);
+	tn_mem_free(&pending);
 	/* items not tried keep their actions; finished ones have none left */
 	return 0;
 }
