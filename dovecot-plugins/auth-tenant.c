@@ -64,6 +64,10 @@
  *	the mailbox quota, tenant=<id>, tenant_quota_bytes=<pooled limit>
  *	and, for a suspended mailbox, tenant_status=suspended. Deleted,
  *	alias or unknown: user unknown; no answer: internal failure.
+ *	A login's userdb step (the REQUEST of the post-login process, on
+ *	the same auth request) is answered from the account its passdb step
+ *	read a moment before, without a second lookup, unless the userdb
+ *	block has default_fields (asynchronous mode, not on a proxy).
  *	The formatted fields (templates, quota_rule, tenant_quota_bytes)
  *	are kept per address in the process and reused while the account
  *	read for the request (from the in-process cache, which the
@@ -86,6 +90,7 @@
 #include "module-dir.h"
 #include "passdb.h"
 #include "userdb.h"
+#include "userdb-template.h"
 
 #include <grp.h>
 #include <hiredis/hiredis.h>
@@ -445,6 +450,29 @@ static void tenant_passdb_proxy(struct auth_request *request,
 	tn_mem_free(&host);
 }
 
+static enum userdb_result tenant_userdb_fill(struct auth_request *request,
+					     struct tenant_db *db,
+					     const struct tn_account *acct);
+
+/* A login's userdb step follows its passdb step on the same request
+ * (the post-login process's REQUEST to auth-master), microseconds later:
+ * the account just read for the password gives the userdb fields now,
+ * the way Dovecot's "userdb_" passdb fields do for userdb prefetch, and
+ * the userdb step answers from them without a second lookup
+ * (tenant_userdb_prefetched). Not with auth workers: the userdb step
+ * would run in a worker anyway. A template error is left to the userdb
+ * step, which logs it. */
+static void tenant_passdb_prefetch(struct auth_request *request, struct tenant_db *db,
+				   const struct tn_account *acct)
+{
+	if (db->set.blocking)
+		return;
+	if (request->fields.userdb_reply == NULL)
+		auth_request_init_userdb_reply(request, TRUE);
+	if (tenant_userdb_fill(request, db, acct) == USERDB_RESULT_OK)
+		request->userdb_prefetch_set = TRUE;
+}
+
 /* Set the passdb fields from a lookup's answer: the result, with the
  * stored password and its scheme when OK. acct is freed. */
 static enum passdb_result
@@ -487,6 +515,8 @@ tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 			auth_request_set_field(request, "user", acct->address, NULL);
 		if (module->db->set.proxy)
 			tenant_passdb_proxy(request, &module->db->set, acct);
+		else
+			tenant_passdb_prefetch(request, module->db, acct);
 		*tenant_r = p_strdup(request->pool, acct->tenant);
 		*address_r = p_strdup(request->pool, acct->address);
 		result = PASSDB_RESULT_OK;
@@ -1041,6 +1071,19 @@ static void tenant_userdb_finish(struct auth_request *request, enum tn_result re
 	callback(result, request);
 }
 
+/* The passdb step of this login put the fields in (tenant_passdb_prefetch).
+ * Only when this userdb has no default_fields: Dovecot applies them to
+ * the fields already there before calling us, and they must not
+ * override the directory's. */
+static bool tenant_userdb_prefetched(struct auth_request *request)
+{
+	struct userdb_template *defaults = request->userdb->default_fields_tmpl;
+
+	return request->userdb_prefetch_set && request->fields.userdb_reply != NULL &&
+		auth_fields_find(request->fields.userdb_reply, "tenant") != NULL &&
+		(defaults == NULL || userdb_template_is_empty(defaults));
+}
+
 static void tenant_userdb_lookup(struct auth_request *request,
 				 userdb_callback_t *callback)
 {
@@ -1050,6 +1093,12 @@ static void tenant_userdb_lookup(struct auth_request *request,
 	struct tn_account *acct;
 	enum tn_result res;
 
+	if (tenant_userdb_prefetched(request)) {
+		auth_request_log_debug(request, TENANT_SUBSYS,
+				       "userdb fields from this login's passdb lookup");
+		callback(USERDB_RESULT_OK, request);
+		return;
+	}
 	if (!module->module.blocking) {
 		ctx = tenant_async_new(request);
 		ctx->userdb_cb = callback;

@@ -49,6 +49,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -495,6 +496,46 @@ def test_async_cache_hit_answered_in_the_auth_process(stack, store):
             break
         time.sleep(0.2)
     assert rc == 0, "no login after slapd and Redis came back: " + out
+
+
+def login_and_append(dc, user):
+    c = dc.imap(user, PASSWORD)
+    try:
+        typ, data = c.append("INBOX", None, None, b"Subject: t\r\n\r\nhi\r\n")
+        assert typ == "OK", data
+    finally:
+        c.logout()
+
+
+@pytest.mark.parametrize("defaults", [False, True], ids=["plain", "default_fields"])
+def test_login_userdb_step_reuses_the_passdb_lookup(stack, tmp_path, defaults):
+    """An IMAP login's userdb step (the post-login REQUEST, same auth
+    request) answers from the account the passdb step read, without a
+    second lookup -- unless the userdb block has default_fields, which
+    Dovecot applies before calling the driver: then the driver looks up
+    and the directory's values still win over the defaults."""
+    require_module()
+    base = tndovecot.home_dir_of(str(tmp_path / "dovecot"))   # vmail's, made at start
+    home, other = Path(base) / "dir", Path(base) / "default"
+    conf = write_conf(stack, str(tmp_path / "tenantmail.conf"),
+                      "dovecot_home = %s/%%d/%%n\n" % home)
+    passdb, userdb = auth_blocks(conf)
+    if defaults:
+        userdb = userdb.replace("}\n", "  default_fields = home=%s/%%u\n}\n" % other)
+    dc = tndovecot.Dovecot(str(tmp_path / "dovecot"), passdb=passdb, userdb=userdb,
+                           extra_config="auth_debug = yes\n", auth_modules=[MODULE])
+    try:
+        mark = dc.log_mark()
+        login_and_append(dc, "bob@acme.example")
+        assert os.path.isdir(home / "acme.example" / "bob" / "Maildir")
+        assert not other.exists()
+        reused = re.escape("tenant(bob@acme.example,") + r"[^\n]*" + \
+            re.escape("userdb fields from this login's passdb lookup")
+        dc.wait_log(r"userdb out: USER\t", mark)   # the userdb step was logged
+        assert (re.search(reused, dc.log_since(mark)) is None) == defaults, \
+            dc.log_since(mark)[-3000:]
+    finally:
+        dc.stop()
 
 
 # --- directory down: last, it leaves slapd frozen for a while ----------------
