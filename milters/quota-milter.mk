@@ -9,3 +9,14 @@ TESTS += tests/unit/test-quota-policy
 tests_unit_test_quota_policy_SOURCES = tests/unit/test-quota-policy.c $(QUOTA_POLICY_SOURCES)
 tests_unit_test_quota_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters
 tests_unit_test_quota_policy_LDADD = $(UNIT_LDADD)
+
+# The milter: libmilter callbacks and main(); tn-milter-common is the part
+# tn-submit-milter will share (socket options, reload thread, /metrics).
+sbin_PROGRAMS += milters/tn-quota-milter
+milters_tn_quota_milter_SOURCES = milters/tn-quota-milter.c $(QUOTA_POLICY_SOURCES) \
+	milters/quota-redis.c milters/quota-redis.h \
+	milters/tn-milter-common.c milters/tn-milter-common.h
+milters_tn_quota_milter_CFLAGS = $(AM_CFLAGS) $(MILTER_CFLAGS) $(JANSSON_CFLAGS) \
+	$(HIREDIS_CFLAGS) $(MICROHTTPD_CFLAGS)
+milters_tn_quota_milter_LDADD = lib/libtenantmail.la $(MILTER_LIBS) $(JANSSON_LIBS) \
+	$(HIREDIS_LIBS) $(MICROHTTPD_LIBS) $(PTHREAD_LIBS)

@@ -1,0 +1,179 @@
+/*++
+ * NAME
+ *	quota-redis 3
+ * SUMMARY
+ *	tn-quota-milter's own Redis keys (see quota-redis.h)
+ *--*/
+#include "tn-build.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "quota-redis.h"
+#include "tn-cache.h"
+#include "tn-log.h"
+#include "tn-lookup.h"
+#include "tn-mem.h"
+
+#define QUOTA_REDIS_KEEP (7 * 86400)	/* traffic kept after its hour */
+#define QUOTA_REDIS_TENANTS_MAX 64	/* tenants counted per message, at most */
+
+/* KEYS: traffic hashes. ARGV: bytes, expire-at (Unix s). */
+static const char quota_redis_script_traffic[] =
+	"for i = 1, #KEYS do\n"
+	"  redis.call('HINCRBY', KEYS[i], 'msgs_in', 1)\n"
+	"  redis.call('HINCRBY', KEYS[i], 'bytes_in', ARGV[1])\n"
+	"  redis.call('EXPIREAT', KEYS[i], ARGV[2])\n"
+	"end\n"
+	"return #KEYS\n";
+
+/* KEYS: rejected:<tenant>:<reason>. ARGV: window ms. The suppressed
+ * count when this refusal is reported, else -1 (and it is counted). */
+static const char quota_redis_script_rejected[] =
+	"local t = redis.call('TIME')\n"
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+	"local u = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')\n"
+	"if now < u then\n"
+	"  redis.call('HINCRBY', KEYS[1], 'suppressed', 1)\n"
+	"  return -1\n"
+	"end\n"
+	"local s = tonumber(redis.call('HGET', KEYS[1], 'suppressed') or '0')\n"
+	"redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[1]), 'suppressed', 0)\n"
+	"redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 10)\n"
+	"return s\n";
+
+struct quota_redis {
+	struct tn_cache *cache;
+	tn_msec_t timeout;
+};
+
+struct quota_redis *quota_redis_create(const struct tn_conf *conf, const char **error_r)
+{
+	struct tn_cache_settings set = {
+		.host = tn_conf_str(conf, "redis_host"),
+		.port = (int)tn_conf_int(conf, "redis_port"),
+		.socket_path = tn_conf_str(conf, "redis_socket"),
+		.db = (int)tn_conf_int(conf, "redis_db"),
+		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
+		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
+		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
+	};
+	struct quota_redis *qr;
+	char *password = NULL;
+
+	if (!tn_conf_bool(conf, "redis_enabled")) {
+		*error_r = "redis_enabled = no: quotas and traffic counters need Redis";
+		return NULL;
+	}
+	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"), &password,
+				  error_r) < 0)
+		return NULL;
+	set.password = password;
+	qr = tn_mem_calloc(1, sizeof(*qr));
+	qr->cache = tn_cache_create(&set);
+	qr->timeout = set.timeout;
+	if (password != NULL)
+		explicit_bzero(password, strlen(password));
+	tn_mem_free(&password);
+	return qr;
+}
+
+void quota_redis_destroy(struct quota_redis **qrp)
+{
+	struct quota_redis *qr = *qrp;
+
+	if (qr == NULL)
+		return;
+	tn_cache_destroy(&qr->cache);
+	tn_mem_free(qrp);
+}
+
+tn_msec_t quota_redis_timeout(const struct quota_redis *qr)
+{
+	return qr->timeout;
+}
+
+void quota_redis_period(int64_t wall_time, char buf[11])
+{
+	time_t t = (time_t)wall_time;
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	if (strftime(buf, 11, "%Y%m%d%H", &tm) != 10)
+		snprintf(buf, 11, "0000000000");
+}
+
+static int quota_redis_eval(struct quota_redis *qr, int argc, const char **argv,
+			    tn_msec_t deadline, long long *value_r)
+{
+	redisReply *r = tn_cache_command_argv(qr->cache, argc, argv, NULL, deadline);
+	int ret = -1;
+
+	if (r == NULL)
+		return -1;
+	if (r->type == REDIS_REPLY_INTEGER) {
+		*value_r = r->integer;
+		ret = 0;
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		tn_error("redis: tn-quota-milter keys: %s", r->str);
+	}
+	freeReplyObject(r);
+	return ret;
+}
+
+int quota_redis_traffic(struct quota_redis *qr, const char *const *tenants, size_t n,
+			int64_t bytes, int64_t wall_time, tn_msec_t deadline)
+{
+	const char *argv[3 + QUOTA_REDIS_TENANTS_MAX + 2];
+	char *keys[QUOTA_REDIS_TENANTS_MAX], nkeys[24], b[24], at[24], period[11];
+	long long v;
+	int argc = 0, ret;
+
+	if (n == 0)
+		return 0;
+	if (n > QUOTA_REDIS_TENANTS_MAX)
+		n = QUOTA_REDIS_TENANTS_MAX;
+	quota_redis_period(wall_time, period);
+	snprintf(nkeys, sizeof(nkeys), "%zu", n);
+	snprintf(b, sizeof(b), "%" PRId64, bytes);
+	snprintf(at, sizeof(at), "%" PRId64, wall_time - wall_time % 3600 + 3600 + QUOTA_REDIS_KEEP);
+	argv[argc++] = "EVAL";
+	argv[argc++] = quota_redis_script_traffic;
+	argv[argc++] = nkeys;
+	for (size_t i = 0; i < n; i++) {
+		keys[i] = tn_mem_printf("%straffic:%s:%s", tn_cache_key_prefix(qr->cache),
+					tenants[i], period);
+		argv[argc++] = keys[i];
+	}
+	argv[argc++] = b;
+	argv[argc++] = at;
+	ret = quota_redis_eval(qr, argc, argv, deadline, &v);
+	for (size_t i = 0; i < n; i++)
+		tn_mem_free(&keys[i]);
+	return ret;
+}
+
+int quota_redis_rejected(struct quota_redis *qr, const char *tenant, const char *reason,
+			 tn_msec_t window, tn_msec_t deadline, int64_t *suppressed_r)
+{
+	char *key = tn_mem_printf("%srejected:%s:%s", tn_cache_key_prefix(qr->cache), tenant,
+				  reason), w[24];
+	const char *argv[] = { "EVAL", quota_redis_script_rejected, "1", key, w };
+	long long v = 0;
+	int ret;
+
+	*suppressed_r = 0;
+	snprintf(w, sizeof(w), "%" PRId64, window);
+	ret = quota_redis_eval(qr, 5, argv, deadline, &v);
+	tn_mem_free(&key);
+	if (ret < 0)
+		return -1;
+	if (v < 0)
+		return 0;
+	*suppressed_r = v;
+	return 1;
+}
