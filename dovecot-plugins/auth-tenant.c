@@ -459,13 +459,14 @@ static enum userdb_result tenant_userdb_fill(struct auth_request *request,
  * the account just read for the password gives the userdb fields now,
  * the way Dovecot's "userdb_" passdb fields do for userdb prefetch, and
  * the userdb step answers from them without a second lookup
- * (tenant_userdb_prefetched). Not with auth workers: the userdb step
- * would run in a worker anyway. A template error is left to the userdb
- * step, which logs it. */
+ * (tenant_userdb_prefetched). Only on a login process's connection
+ * (auth_only: no REQUEST follows, e.g. SMTP AUTH or doveadm auth test),
+ * and not with auth workers (the userdb step would run in a worker
+ * anyway). A template error is left to the userdb step, which logs it. */
 static void tenant_passdb_prefetch(struct auth_request *request, struct tenant_db *db,
 				   const struct tn_account *acct)
 {
-	if (db->set.blocking)
+	if (db->set.blocking || request->auth_only)
 		return;
 	if (request->fields.userdb_reply == NULL)
 		auth_request_init_userdb_reply(request, TRUE);

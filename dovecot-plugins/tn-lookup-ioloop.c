@@ -28,6 +28,10 @@
 #include "tn-mem.h"
 
 #define TN_LOOKUP_IOLOOP_QUEUE_MAX 10000
+/* A lookup thread's stack: the default (ulimit -s, 8 MiB) would count
+ * against the process's vsz_limit for nothing; a lookup (libldap,
+ * OpenSSL, hiredis, getaddrinfo) needs far less. */
+#define TN_LOOKUP_IOLOOP_STACK (1024 * 1024)
 
 struct tn_lookup_ioloop_request {
 	struct tn_lookup_ioloop_request *next;		/* queue or done list */
@@ -233,6 +237,7 @@ struct tn_lookup_ioloop *tn_lookup_ioloop_create(struct tn_lookup *lk, unsigned 
 						 const char **error_r)
 {
 	struct tn_lookup_ioloop *li = tn_mem_calloc(1, sizeof(*li));
+	pthread_attr_t attr;
 
 	li->lk = lk;
 	li->queue_tail = &li->queue;
@@ -244,12 +249,15 @@ struct tn_lookup_ioloop *tn_lookup_ioloop_create(struct tn_lookup *lk, unsigned 
 		return NULL;
 	}
 	li->threads = tn_mem_calloc(threads > 0 ? threads : 1, sizeof(pthread_t));
+	pthread_attr_init(&attr);
+	(void)pthread_attr_setstacksize(&attr, TN_LOOKUP_IOLOOP_STACK);
 	for (unsigned i = 0; i < (threads > 0 ? threads : 1); i++) {
-		if (pthread_create(&li->threads[li->nthreads], NULL,
+		if (pthread_create(&li->threads[li->nthreads], &attr,
 				   tn_lookup_ioloop_thread, li) != 0)
 			break;
 		li->nthreads++;
 	}
+	pthread_attr_destroy(&attr);
 	if (li->nthreads == 0) {
 		*error_r = "lookup adapter: cannot start a thread";
 		close(li->pipe_fds[0]);

@@ -29,6 +29,7 @@
 #define TN_CACHE_MAX_KEYS 16
 #define TN_CACHE_BACKOFF_MIN 100
 #define TN_CACHE_BACKOFF_MAX 5000
+#define TN_CACHE_SUB_STACK (512 * 1024)
 #define TN_CACHE_PING_INTERVAL 1000
 #define TN_CACHE_PING_DEADLINE 2000
 #define TN_CACHE_NEGATIVE_VALUE "!"
@@ -859,13 +860,22 @@ static void *tn_cache_sub_main(void *arg)
 int tn_cache_subscribe(struct tn_cache *cache, tn_cache_message_cb *on_message,
 		       tn_cache_state_cb *on_state, void *context)
 {
+	pthread_attr_t attr;
+	int ret;
+
 	if (cache->sub_running)
 		return -1;
 	cache->on_message = on_message;
 	cache->on_state = on_state;
 	cache->sub_context = context;
 	on_state(false, context);
-	if (pthread_create(&cache->sub_thread, NULL, tn_cache_sub_main, cache) != 0)
+	/* the default stack (ulimit -s) counts against the address-space
+	 * limit of the process it runs in (Dovecot's vsz_limit) */
+	pthread_attr_init(&attr);
+	(void)pthread_attr_setstacksize(&attr, TN_CACHE_SUB_STACK);
+	ret = pthread_create(&cache->sub_thread, &attr, tn_cache_sub_main, cache);
+	pthread_attr_destroy(&attr);
+	if (ret != 0)
 		return -1;
 	cache->sub_running = true;
 	return 0;
