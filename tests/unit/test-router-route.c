@@ -1,0 +1,321 @@
+/*++
+ * NAME
+ *	test-router-route 1
+ * SUMMARY
+ *	unit tests of tn-lmtp-router's routing decisions (router-route.c)
+ * DESCRIPTION
+ *	Table-driven: pools from router_pool_members items, the decision
+ *	for each kind of lookup answer (host, pool, default pool, unknown
+ *	pool, tempfail, not found, alias, suspended and deleted at each
+ *	level of the cascade), the member order with members down and
+ *	drained, MAIL/RCPT argument parsing and reply formatting. The
+ *	cascade table is also checked against the Dovecot userdb's verdict
+ *	(tn_auth_user_verdict): a mailbox the store's userdb would not know
+ *	is one the router refuses, and the other way round.
+ *--*/
+#include "tn-build.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "router-route.h"
+#include "tn-auth-policy.h"
+#include "tn-mem.h"
+
+static const char *const pool_items[] = {
+	"pool-a=127.0.0.1:2401", "pool-a=127.0.0.2", "pool-b=[::1]:2403",
+	"pool-a=store3.example:2405", NULL,
+};
+
+static struct tn_router_pools *pools_make(const char *def)
+{
+	struct tn_router_pools *p;
+	const char *error;
+
+	assert_int_equal(tn_router_route_pools_parse(pool_items, def, 24, &p, &error), 0);
+	return p;
+}
+
+static void test_pools_parse(void **state)
+{
+	struct tn_router_pools *p = pools_make("pool-b");
+
+	(void)state;
+	assert_int_equal(tn_router_route_npools(p), 2);
+	assert_string_equal(tn_router_route_pool_name(p, 0), "pool-a");
+	assert_int_equal(tn_router_route_nmembers(p, 0), 3);
+	assert_string_equal(tn_router_route_member(p, 0, 0), "127.0.0.1:2401");
+	assert_string_equal(tn_router_route_member(p, 0, 1), "127.0.0.2:24");
+	assert_string_equal(tn_router_route_member(p, 0, 2), "store3.example:2405");
+	assert_string_equal(tn_router_route_member(p, 1, 0), "[::1]:2403");
+	assert_int_equal(tn_router_route_pool_find(p, "pool-b"), 1);
+	assert_int_equal(tn_router_route_pool_find(p, "pool-c"), -1);
+	tn_router_route_pools_free(&p);
+	assert_null(p);
+}
+
+static void test_pools_parse_errors(void **state)
+{
+	static const char *const bad[][3] = {
+		{ "no-equals", NULL, NULL },
+		{ "=127.0.0.1:24", NULL, NULL },
+		{ "p=127.0.0.1:0", NULL, NULL },
+		{ "p=127.0.0.1:99999", NULL, NULL },
+		{ "p=::1", NULL, NULL },
+		{ "p=host name", NULL, NULL },
+		{ "p=a:24", "p=a", NULL },		/* the same member twice */
+	};
+	struct tn_router_pools *p;
+	const char *error;
+	const char *const one[] = { "p=a:24", NULL };
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		error = NULL;
+		assert_int_equal(tn_router_route_pools_parse(bad[i], "", 24, &p, &error), -1);
+		assert_non_null(error);
+	}
+	assert_int_equal(tn_router_route_pools_parse(one, "nosuch", 24, &p, &error), -1);
+	assert_non_null(strstr(error, "router_default_pool"));
+}
+
+static struct tn_account *acct_make(enum tn_account_kind kind, enum tn_status status,
+				    enum tn_level from, const char *host, const char *pool)
+{
+	struct tn_account *a = tn_mem_calloc(1, sizeof(*a));
+
+	a->kind = kind;
+	a->status = status;
+	a->status_from = from;
+	a->tenant = tn_mem_strdup("acme");
+	a->address = tn_mem_strdup("alice@acme.example");
+	a->password = tn_mem_strdup("{PLAIN}x");
+	a->host = host != NULL ? tn_mem_strdup(host) : NULL;
+	a->pool = pool != NULL ? tn_mem_strdup(pool) : NULL;
+	return a;
+}
+
+struct decide_case {
+	enum tn_result res;
+	enum tn_account_kind kind;
+	enum tn_status status;
+	const char *host, *pool, *def;
+	enum tn_router_verdict verdict;
+	enum tn_router_via via;
+	const char *where;		/* host or pool name */
+	const char *reply;		/* prefix */
+};
+
+static const struct decide_case decide_cases[] = {
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, "10.0.0.1", "pool-a", "",
+	  TN_ROUTER_ROUTE, TN_ROUTER_VIA_HOST, "10.0.0.1:24", NULL },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, "store1.example:2424", NULL, "",
+	  TN_ROUTER_ROUTE, TN_ROUTER_VIA_HOST, "store1.example:2424", NULL },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, "", "pool-b", "pool-a",
+	  TN_ROUTER_ROUTE, TN_ROUTER_VIA_POOL, "pool-b", NULL },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, NULL, NULL, "pool-a",
+	  TN_ROUTER_ROUTE, TN_ROUTER_VIA_DEFAULT, "pool-a", NULL },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, NULL, NULL, "",
+	  TN_ROUTER_NOROUTE, TN_ROUTER_VIA_DEFAULT, NULL, "451 4.3.5" },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, NULL, "pool-z", "pool-a",
+	  TN_ROUTER_NOROUTE, TN_ROUTER_VIA_POOL, NULL, "451 4.3.5" },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, "bad host:x", NULL, "pool-a",
+	  TN_ROUTER_NOROUTE, TN_ROUTER_VIA_NONE, NULL, "451 4.3.5" },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_SUSPENDED, NULL, "pool-a", "",
+	  TN_ROUTER_ROUTE, TN_ROUTER_VIA_POOL, "pool-a", NULL },
+	{ TN_FOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_DELETED, NULL, "pool-a", "",
+	  TN_ROUTER_UNKNOWN, TN_ROUTER_VIA_NONE, NULL, "550 5.1.1" },
+	{ TN_FOUND, TN_ACCOUNT_ALIAS, TN_STATUS_ACTIVE, NULL, "pool-a", "",
+	  TN_ROUTER_UNKNOWN, TN_ROUTER_VIA_NONE, NULL, "550 5.1.1" },
+	{ TN_NOTFOUND, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, NULL, NULL, "pool-a",
+	  TN_ROUTER_UNKNOWN, TN_ROUTER_VIA_NONE, NULL, "550 5.1.1" },
+	{ TN_TEMPFAIL, TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE, NULL, NULL, "pool-a",
+	  TN_ROUTER_TEMPFAIL, TN_ROUTER_VIA_NONE, NULL, "451 4.3.0" },
+};
+
+static void test_decide(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < sizeof(decide_cases) / sizeof(decide_cases[0]); i++) {
+		const struct decide_case *c = &decide_cases[i];
+		struct tn_router_pools *p = pools_make(c->def);
+		struct tn_account *a = c->res == TN_FOUND ?
+			acct_make(c->kind, c->status, TN_LEVEL_OBJECT, c->host, c->pool) : NULL;
+		struct tn_router_route rt;
+
+		tn_router_route_decide(p, c->res, a, &rt);
+		if (rt.verdict != c->verdict)
+			fail_msg("case %zu: verdict %d, expected %d", i, rt.verdict, c->verdict);
+		if (c->verdict == TN_ROUTER_ROUTE) {
+			assert_int_equal(rt.via, c->via);
+			if (c->via == TN_ROUTER_VIA_HOST)
+				assert_string_equal(rt.host, c->where);
+			else
+				assert_string_equal(tn_router_route_pool_name(p, (size_t)rt.pool),
+						    c->where);
+		} else {
+			assert_non_null(rt.reply);
+			if (strncmp(rt.reply, c->reply, strlen(c->reply)) != 0)
+				fail_msg("case %zu: reply %s", i, rt.reply);
+			assert_non_null(rt.why);
+		}
+		tn_router_route_clear(&rt);
+		tn_account_free(&a);
+		tn_router_route_pools_free(&p);
+	}
+}
+
+/* Every status at every level of the cascade, and aliases: the router
+ * refuses exactly what the store's userdb would not know. */
+static void test_agrees_with_userdb(void **state)
+{
+	struct tn_router_pools *p = pools_make("pool-a");
+
+	(void)state;
+	for (int kind = TN_ACCOUNT_MAILBOX; kind <= TN_ACCOUNT_ALIAS; kind++) {
+		for (int st = TN_STATUS_ACTIVE; st <= TN_STATUS_DELETED; st++) {
+			for (int lv = TN_LEVEL_TENANT; lv <= TN_LEVEL_OBJECT; lv++) {
+				struct tn_account *a = acct_make(kind, st, lv, NULL, "pool-a");
+				struct tn_router_route rt;
+				const char *reason;
+				enum tn_auth_verdict v = tn_auth_user_verdict(TN_FOUND, a, &reason);
+
+				tn_router_route_decide(p, TN_FOUND, a, &rt);
+				if ((v == TN_AUTH_OK) != (rt.verdict == TN_ROUTER_ROUTE))
+					fail_msg("kind %d status %d level %d: userdb %d, router %d",
+						 kind, st, lv, v, rt.verdict);
+				tn_router_route_clear(&rt);
+				tn_account_free(&a);
+			}
+		}
+	}
+	tn_router_route_pools_free(&p);
+}
+
+static void test_order(void **state)
+{
+	static const struct {
+		struct tn_router_member_state st[4];
+		size_t n;
+		size_t order[4];
+		size_t k;
+	} cases[] = {
+		{ { { true, false }, { true, false }, { true, false } }, 3, { 0, 1, 2 }, 3 },
+		{ { { false, false }, { true, false }, { true, false } }, 3, { 1, 2 }, 2 },
+		{ { { true, true }, { true, false }, { true, false } }, 3, { 1, 2, 0 }, 3 },
+		{ { { true, true }, { false, false }, { true, true } }, 3, { 0, 2 }, 2 },
+		{ { { false, false }, { false, true } }, 2, { 0 }, 0 },
+		{ { { true, true } }, 1, { 0 }, 1 },
+	};
+	size_t order[4];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t k = tn_router_route_order(cases[i].st, cases[i].n, order);
+
+		assert_int_equal(k, cases[i].k);
+		for (size_t j = 0; j < k; j++)
+			assert_int_equal(order[j], cases[i].order[j]);
+	}
+}
+
+static void test_hostport(void **state)
+{
+	static const char *const ok[][2] = {
+		{ "host", "host:24" }, { "host:2424", "host:2424" },
+		{ "10.1.2.3", "10.1.2.3:24" }, { "[::1]", "[::1]:24" },
+		{ "[2001:db8::1]:25", "[2001:db8::1]:25" },
+	};
+	static const char *const bad[] = {
+		"", "host:", "host:x", ":24", "::1", "[::1", "[::1]x", "a b", "host:24:25",
+		"h\r\nost",
+	};
+	const char *error;
+	char *out, *host;
+	unsigned port;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		assert_int_equal(tn_router_route_hostport(ok[i][0], 24, &out, &error), 0);
+		assert_string_equal(out, ok[i][1]);
+		tn_mem_free(&out);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (tn_router_route_hostport(bad[i], 24, &out, &error) == 0)
+			fail_msg("%s accepted as %s", bad[i], out);
+	}
+	assert_int_equal(tn_router_route_split("[::1]:2403", &host, &port), 0);
+	assert_string_equal(host, "::1");
+	assert_int_equal(port, 2403);
+	tn_mem_free(&host);
+}
+
+static void test_parse_path(void **state)
+{
+	const char *rest;
+	char *path, kw[16], val[16];
+
+	(void)state;
+	assert_int_equal(tn_router_route_parse_path("<a@b.example> SIZE=12 BODY=8bitmime",
+						    &path, &rest), 0);
+	assert_string_equal(path, "a@b.example");
+	tn_mem_free(&path);
+	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), 1);
+	assert_string_equal(kw, "SIZE");
+	assert_string_equal(val, "12");
+	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), 1);
+	assert_string_equal(kw, "BODY");
+	assert_string_equal(val, "8bitmime");
+	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), 0);
+	assert_int_equal(tn_router_route_parse_path(" <>", &path, &rest), 0);
+	assert_string_equal(path, "");
+	tn_mem_free(&path);
+	assert_int_equal(tn_router_route_parse_path("a@b", &path, &rest), -1);
+	assert_int_equal(tn_router_route_parse_path("<a@b", &path, &rest), -1);
+	assert_int_equal(tn_router_route_parse_path("<a b@c>", &path, &rest), -1);
+	assert_int_equal(tn_router_route_parse_path("<a@b>x", &path, &rest), -1);
+	assert_int_equal(tn_router_route_parse_path("<a\x01@b>", &path, &rest), -1);
+	rest = " SIZE=";
+	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), -1);
+	rest = " X=0123456789abcdefghij";
+	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), -1);
+	rest = " S!ZE=1";
+	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), -1);
+}
+
+static void test_reply(void **state)
+{
+	char *r;
+
+	(void)state;
+	r = tn_router_route_reply(250, "2.0.0 <a@b> Saved", "S1");
+	assert_string_equal(r, "250 2.0.0 <a@b> Saved [S1]");
+	tn_mem_free(&r);
+	r = tn_router_route_reply(452, "4.2.2 over\r\nquota", "S2");
+	assert_string_equal(r, "452 4.2.2 over\\x0d\\x0aquota [S2]");
+	tn_mem_free(&r);
+	r = tn_router_route_reply(999, "x", "S3");
+	assert_string_equal(r, "451 x [S3]");
+	tn_mem_free(&r);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pools_parse),
+		cmocka_unit_test(test_pools_parse_errors),
+		cmocka_unit_test(test_decide),
+		cmocka_unit_test(test_agrees_with_userdb),
+		cmocka_unit_test(test_order),
+		cmocka_unit_test(test_hostport),
+		cmocka_unit_test(test_parse_path),
+		cmocka_unit_test(test_reply),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
