@@ -20,3 +20,7 @@ milters_tn_quota_milter_CFLAGS = $(AM_CFLAGS) $(MILTER_CFLAGS) $(JANSSON_CFLAGS)
 	$(HIREDIS_CFLAGS) $(MICROHTTPD_CFLAGS)
 milters_tn_quota_milter_LDADD = lib/libtenantmail.la $(MILTER_LIBS) $(JANSSON_LIBS) \
 	$(HIREDIS_LIBS) $(MICROHTTPD_LIBS) $(PTHREAD_LIBS)
+
+dist_man_MANS += man/tn-quota-milter.8
+EXTRA_DIST += tests/milter/negotiate.lua tests/milter/transaction.lua \
+	tests/integration/test_quota_milter.py
