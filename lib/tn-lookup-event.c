@@ -28,6 +28,7 @@ struct tn_lookup_request {
 	struct tn_lookup_request *next;
 	struct tn_lookup_event *le;
 	char *address;
+	bool domain;		/* resolve a bare domain, not an address */
 	tn_msec_t deadline;
 	tn_lookup_event_cb *cb;
 	void *context;
@@ -141,8 +142,11 @@ static void tn_lookup_event_work(struct tn_lookup_event *le, struct tn_lookup_re
 	skip = req->delivered;
 	pthread_mutex_unlock(&le->lock);
 	if (!skip && tn_time_left_ms(req->deadline) > 0) {
-		req->rc = tn_lookup_resolve(le->lk, req->address, req->deadline,
-					    &req->acct, &error);
+		req->rc = req->domain ?
+			tn_lookup_resolve_domain(le->lk, req->address, req->deadline,
+						 &req->acct, &error) :
+			tn_lookup_resolve(le->lk, req->address, req->deadline,
+					  &req->acct, &error);
 	} else {
 		req->rc = TN_TEMPFAIL;
 		error = "lookup timed out";
@@ -278,21 +282,9 @@ static void tn_request_arm(struct tn_lookup_request *req, tn_msec_t ms)
 	evtimer_add(req->timer, &tv);
 }
 
-struct tn_lookup_request *tn_lookup_event_resolve(struct tn_lookup_event *le,
-						  const char *address,
-						  tn_msec_t timeout_ms,
-						  tn_lookup_event_cb *cb,
-						  void *context)
+static struct tn_lookup_request *tn_request_queue(struct tn_lookup_event *le,
+						  struct tn_lookup_request *req)
 {
-	struct tn_lookup_request *req = tn_request_new(le, address, timeout_ms, cb, context);
-	enum tn_result rc = tn_lookup_resolve_cached(le->lk, address, &req->acct);
-
-	if (rc != TN_TEMPFAIL) {
-		req->rc = rc;
-		req->answered = true;
-		tn_request_arm(req, 0);
-		return req;
-	}
 	pthread_mutex_lock(&le->lock);
 	if (le->queued >= TN_LOOKUP_EVENT_QUEUE_MAX) {
 		pthread_mutex_unlock(&le->lock);
@@ -310,6 +302,38 @@ struct tn_lookup_request *tn_lookup_event_resolve(struct tn_lookup_event *le,
 	pthread_mutex_unlock(&le->lock);
 	tn_request_arm(req, tn_time_left_ms(req->deadline));
 	return req;
+}
+
+struct tn_lookup_request *tn_lookup_event_resolve(struct tn_lookup_event *le,
+						  const char *address,
+						  tn_msec_t timeout_ms,
+						  tn_lookup_event_cb *cb,
+						  void *context)
+{
+	struct tn_lookup_request *req = tn_request_new(le, address, timeout_ms, cb, context);
+	enum tn_result rc = tn_lookup_resolve_cached(le->lk, address, &req->acct);
+
+	if (rc != TN_TEMPFAIL) {
+		req->rc = rc;
+		req->answered = true;
+		tn_request_arm(req, 0);
+		return req;
+	}
+	return tn_request_queue(le, req);
+}
+
+/* Domains have no memory-only path: always a worker (whose lookup still
+ * answers from the in-process cache first). */
+struct tn_lookup_request *tn_lookup_event_resolve_domain(struct tn_lookup_event *le,
+							 const char *domain,
+							 tn_msec_t timeout_ms,
+							 tn_lookup_event_cb *cb,
+							 void *context)
+{
+	struct tn_lookup_request *req = tn_request_new(le, domain, timeout_ms, cb, context);
+
+	req->domain = true;
+	return tn_request_queue(le, req);
 }
 
 void tn_lookup_event_cancel(struct tn_lookup_request *req)

@@ -45,6 +45,12 @@ struct tn_lookup_request *tn_lookup_event_resolve(struct tn_lookup_event *le,
 						  tn_msec_t timeout_ms,
 						  tn_lookup_event_cb *cb,
 						  void *context);
+/* The same for a bare domain (tn_lookup_resolve_domain). */
+struct tn_lookup_request *tn_lookup_event_resolve_domain(struct tn_lookup_event *le,
+							 const char *domain,
+							 tn_msec_t timeout_ms,
+							 tn_lookup_event_cb *cb,
+							 void *context);
 void tn_lookup_event_cancel(struct tn_lookup_request *req);
 
 #endif
