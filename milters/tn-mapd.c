@@ -201,11 +201,10 @@ static void mapd_conn_fail(struct mapd_conn *conn, const char *why)
 	tn_warning("connection %llu: %s: answering PERM and closing",
 		   (unsigned long long)conn->id, tn_log_sanitize(safe, sizeof(safe), why,
 								 strlen(why)));
+	/* the write callback frees the connection once this is sent */
 	mapd_conn_write(conn, "PERM", why);
 	conn->closing = true;
 	bufferevent_disable(conn->bev, EV_READ);
-	if (evbuffer_get_length(bufferevent_get_output(conn->bev)) == 0)
-		mapd_conn_free(conn);
 }
 
 static const char *const mapd_status_names[TN_MAPD_NRESULTS] = {
@@ -299,6 +298,20 @@ static void mapd_owners_start(struct mapd_job *job, struct tn_account *alias)
 
 /* --- requests ------------------------------------------------------------------------ */
 
+/* An expansion that met a loop, a bound or nothing at all is logged
+ * (the lookup library skips what it cannot use; the admin must act). */
+static void mapd_alias_warn(const struct mapd_job *job, const struct tn_account *acct)
+{
+	if (!acct->alias_loop && !acct->targets_truncated && acct->ntargets > 0)
+		return;
+	tn_warning("alias %s: %s%s%s", acct->address,
+		   acct->alias_loop ? "loop or alias_max_depth met; " : "",
+		   acct->targets_truncated ? "alias_max_targets met; " : "",
+		   acct->ntargets == 0 ? "expands to nothing (answered NOTFOUND)" :
+		   job->map == TN_MAPD_SENDERS ? "owners from a partial expansion" :
+		   "partial expansion answered");
+}
+
 static void mapd_lookup_cb(enum tn_result rc, struct tn_account *acct, const char *error,
 			   void *context)
 {
@@ -314,6 +327,8 @@ static void mapd_lookup_cb(enum tn_result rc, struct tn_account *acct, const cha
 		mapd_job_finish(job, TN_MAPD_R_NOTFOUND, "");
 		return;
 	}
+	if (job->map != TN_MAPD_DOMAINS && acct->kind == TN_ACCOUNT_ALIAS)
+		mapd_alias_warn(job, acct);
 	switch (tn_mapd_answer(job->map, acct, &value)) {
 	case TN_MAPD_ANSWER_OK:
 		mapd_job_finish(job, TN_MAPD_R_OK, value);
