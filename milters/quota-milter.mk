@@ -23,4 +23,5 @@ milters_tn_quota_milter_LDADD = lib/libtenantmail.la $(MILTER_LIBS) $(JANSSON_LI
 
 dist_man_MANS += man/tn-quota-milter.8
 EXTRA_DIST += tests/milter/negotiate.lua tests/milter/transaction.lua \
-	tests/integration/test_quota_milter.py
+	tests/integration/test_quota_milter.py tests/integration/test_quota_milter_postfix.py \
+	docs/milters.md
