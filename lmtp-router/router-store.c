@@ -342,7 +342,9 @@ static void conn_fail(struct tn_router_conn *c, enum tn_router_store_error kind,
 		      const char *why)
 {
 	struct tn_router_dtx *d = c->dtx;
-	bool stale = c->reused && !c->replied && d != NULL && d->state <= DS_ENVELOPE;
+	/* an idle connection the store closed meanwhile: try a fresh one */
+	bool stale = kind == TN_SE_LOST && d != NULL && d->rset && !c->replied &&
+		d->state <= DS_ENVELOPE;
 
 	if (c->state == CS_IDLE || c->state == CS_QUIT) {
 		conn_close(c);
@@ -493,8 +495,10 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED) {
+		/* a store that accepts and does not greet is as bad as one that
+		 * does not accept: the same (short) timeout until LHLO is done */
 		c->state = CS_GREETING;
-		conn_set_timeouts(c, r->set.store_timeout, r->set.store_timeout);
+		conn_set_timeouts(c, r->set.connect_timeout, r->set.connect_timeout);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT)
@@ -706,6 +710,8 @@ static void dtx_conn_ready(struct tn_router_dtx *d)
 	c->state = CS_ENVELOPE;
 	d->rset = c->reused;
 	c->reused = true;
+	c->replied = false;
+	conn_set_timeouts(c, c->m->r->set.store_timeout, c->m->r->set.store_timeout);
 	d->ncmds = (d->rset ? 1 : 0) + 1 + d->nrcpts + 1;
 	if (c->pipelining) {
 		for (size_t k = 0; k < d->ncmds; k++)

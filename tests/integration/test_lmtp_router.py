@@ -69,7 +69,7 @@ class Topology:
             "router_health_interval": "200ms",
             "router_health_failures": "1",
             "router_store_connect_timeout": "1s",
-            "router_store_timeout": "5s",
+            "router_store_timeout": "2s",
             "router_recipient_limit": "100",
             "router_message_size_limit": "2m",
             "router_line_length_limit": "2k",
@@ -205,3 +205,387 @@ def test_pipelined_session_several_messages(topo):
         assert wait_counts(topo, "dave@acme.example", m, [1, 0, 0]) == [1, 0, 0]
         assert wait_counts(topo, "erin@acme-mail.example", m, [1, 0, 0]) == [1, 0, 0]
     assert topo.router.metric("tn_router_store_idle_connections", store=topo.member(0)) >= 1
+
+
+# --- stores failing, pools, drain ---------------------------------------------------------
+
+def wait_member(topo, i, state, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = topo.router.control("pools")
+        line = [l for l in lines if " %s " % topo.member(i) in l]
+        if line and (" %s " % state) in line[0]:
+            return line[0]
+        if time.monotonic() >= deadline:
+            raise AssertionError("member %d not %s: %s" % (i, state, lines))
+        time.sleep(0.05)
+
+
+def test_store_stopped_its_recipients_451_others_delivered(topo):
+    s2 = topo.stores[2]
+    s2.stop()
+    try:
+        m = marker()
+        rcpts, data = topo.router.transaction(SENDER, ["peter@initech.example",
+                                                       "bob@acme.example"], message(m))
+        assert [c for c, _ in rcpts] == [250, 250]
+        assert data[0][0] == 451 and data[0][1].startswith("4.4."), data
+        assert data[1][0] == 250, data
+        assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        wait_member(topo, 2, "down")
+    finally:
+        s2.start()
+    # the health check brings it back; the same mail is then delivered
+    wait_member(topo, 2, "up")
+    m = marker()
+    _, data = topo.router.transaction(SENDER, ["peter@initech.example"], message(m))
+    assert data[0][0] == 250, data
+    assert wait_counts(topo, "peter@initech.example", m, [0, 0, 1]) == [0, 0, 1]
+
+
+def test_member_down_fails_over_to_next_member(topo):
+    s0 = topo.stores[0]
+    s0.stop()
+    try:
+        for _ in range(2):      # before and after the member is marked down
+            m = marker()
+            _, data = topo.router.transaction(SENDER, ["bob@acme.example"], message(m))
+            assert data[0][0] == 250, data
+            assert wait_counts(topo, "bob@acme.example", m, [0, 1, 0]) == [0, 1, 0]
+        wait_member(topo, 0, "down")
+        assert sum(topo.router.metric("tn_router_store_errors_total", store=topo.member(0),
+                                      kind=k) for k in ("connect", "lost", "421")) >= 1
+    finally:
+        s0.start()
+    wait_member(topo, 0, "up")
+    m = marker()
+    _, data = topo.router.transaction(SENDER, ["bob@acme.example"], message(m))
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+
+
+def test_frozen_store_times_out_and_fails_over(topo):
+    """A store that accepts and never answers (SIGSTOP): the next member
+    takes the mail once router_store_timeout has passed."""
+    s0 = topo.stores[0]
+    # no idle connection to S0 may be reused: that would be a stale retry
+    s0.freeze()
+    try:
+        m = marker()
+        t0 = time.monotonic()
+        _, data = topo.router.transaction(SENDER, ["bob@acme.example"], message(m))
+        took = time.monotonic() - t0
+        assert data[0][0] == 250, data
+        assert took < 5, took                 # connect + store timeouts: 1 s + 2 s
+        assert wait_counts(topo, "bob@acme.example", m, [0, 1, 0]) == [0, 1, 0]
+    finally:
+        s0.thaw()
+    wait_member(topo, 0, "up", timeout=10)
+
+
+def test_all_members_down_451_for_those_recipients_only(topo):
+    td.stop_all(topo.stores[:2])
+    try:
+        m = marker()
+        rcpts, data = topo.router.transaction(SENDER, ["bob@acme.example",
+                                                       "peter@initech.example",
+                                                       "dave@acme.example"], message(m))
+        assert [c for c, _ in data] == [451, 250, 451], data
+        assert all(t.startswith("4.4.") for c, t in data if c == 451), data
+        assert wait_counts(topo, "peter@initech.example", m, [0, 0, 1]) == [0, 0, 1]
+        assert topo.counts("bob@acme.example", m) == [0, 0, 0]
+    finally:
+        for s in topo.stores[:2]:
+            s.start()
+    wait_member(topo, 0, "up")
+    wait_member(topo, 1, "up")
+
+
+def test_drain_moves_new_mail_to_next_member(topo):
+    r = topo.router
+    assert r.control("drain %s" % topo.member(0))[-1] == "ok drained %s" % topo.member(0)
+    try:
+        assert " drained " in wait_member(topo, 0, "up")
+        route = r.control("route bob@acme.example")[-1]
+        assert route.startswith("ok route via=pool pool=pool-a"), route
+        assert route.endswith("members=%s,%s" % (topo.member(1), topo.member(0))), route
+        marks = [marker() for _ in range(3)]
+        for m in marks:
+            rcpts, data = r.transaction(SENDER, ["bob@acme.example"], message(m))
+            assert data[0][0] == 250, data
+        for m in marks:
+            assert wait_counts(topo, "bob@acme.example", m, [0, 1, 0]) == [0, 1, 0]
+        # drained, and the only other member down: the drained one still
+        # takes the mail (drain never refuses any)
+        topo.stores[1].stop()
+        try:
+            m = marker()
+            _, data = r.transaction(SENDER, ["bob@acme.example"], message(m))
+            assert data[0][0] == 250, data
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        finally:
+            topo.stores[1].start()
+        wait_member(topo, 1, "up")
+    finally:
+        assert r.control("undrain %s" % topo.member(0))[-1].startswith("ok undrained")
+    m = marker()
+    r.transaction(SENDER, ["bob@acme.example"], message(m))
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+    assert r.control("drain 127.0.0.1:1")[-1].startswith("error no member")
+    assert r.control("drain not a member")[-1].startswith("error")
+
+
+def test_mailbox_moved_in_directory_followed_within_1s(topo):
+    stack, r = topo.stack, topo.router
+    m = marker()
+    r.transaction(SENDER, ["dave@acme.example"], message(m))
+    assert wait_counts(topo, "dave@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+    stack.slapd.modify("dn: %s\nchangetype: modify\nadd: tnMailHost\ntnMailHost: %s\n"
+                       % (dn_of("dave@acme.example"), topo.member(2)))
+    try:
+        res = tnctl(stack.conf, "cache", "invalidate", "--address", "dave@acme.example")
+        assert res.returncode == 0, res.stderr
+        t0 = time.monotonic()
+        where = None
+        while time.monotonic() - t0 < 1.0:
+            m = marker()
+            _, data = r.transaction(SENDER, ["dave@acme.example"], message(m))
+            assert data[0][0] == 250, data
+            where = wait_counts(topo, "dave@acme.example", m, [0, 0, 1], timeout=2)
+            if where == [0, 0, 1]:
+                break
+        assert where == [0, 0, 1], "still delivered to %s after 1 s" % where
+        assert r.control("route dave@acme.example")[-1].startswith(
+            "ok route via=host pool=- host=%s" % topo.member(2))
+    finally:
+        stack.slapd.modify("dn: %s\nchangetype: modify\ndelete: tnMailHost\n"
+                           % dn_of("dave@acme.example"))
+        tnctl(stack.conf, "cache", "invalidate", "--address", "dave@acme.example")
+
+
+def test_directory_frozen_451_within_deadline_others_served(topo):
+    stack, r = topo.stack, topo.router
+    r.transaction(SENDER, ["bob@acme.example"], message(marker()))   # cached now
+    stack.slapd.freeze()
+    try:
+        results = {}
+
+        def cold():
+            c = r.lmtp()
+            t0 = time.monotonic()
+            code, text = c.mail(SENDER)
+            code, text = c.rcpt("cold-%s@acme.example" % uuid.uuid4().hex[:8])
+            results["cold"] = (code, text.decode(), time.monotonic() - t0)
+            c.close()
+
+        t = threading.Thread(target=cold)
+        t.start()
+        # meanwhile another session is served from the cache
+        time.sleep(0.1)
+        m = marker()
+        t0 = time.monotonic()
+        _, data = r.transaction(SENDER, ["bob@acme.example"], message(m))
+        assert data[0][0] == 250 and time.monotonic() - t0 < 0.9, data
+        t.join(10)
+        code, text, took = results["cold"]
+        assert code == 451 and text.startswith("4.3.0"), (code, text)
+        assert took < 2.5, took                   # lookup_timeout = 1s
+    finally:
+        stack.slapd.thaw()
+    deadline = time.monotonic() + 10
+    while not r.control("route cold2@acme.example")[-1].startswith("ok refuse 550"):
+        assert time.monotonic() < deadline, "directory not back"
+        time.sleep(0.2)
+
+
+# --- malformed input ----------------------------------------------------------------------
+
+class Raw:
+    """A raw LMTP connection: bytes out, replies (multi-line aware) in."""
+
+    def __init__(self, router, timeout=10):
+        self.s = socket.create_connection(("127.0.0.1", router.port), timeout=timeout)
+        self.buf = b""
+        self.banner = self.reply()
+
+    def send(self, data):
+        self.s.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed; pending %r" % self.buf[:200])
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode(errors="replace")
+
+    def reply(self):
+        lines = []
+        while True:
+            line = self._line()
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return int(line[:3]), "\n".join(l[4:] for l in lines)
+
+    def replies(self, n):
+        return [self.reply() for _ in range(n)]
+
+    def closed(self, timeout=5):
+        self.s.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+
+def alive(topo):
+    c = Raw(topo.router)
+    c.send("NOOP\r\n")
+    ok = c.reply()[0] == 250
+    c.close()
+    return ok and topo.router.running()
+
+
+def test_commands_out_of_order(topo):
+    c = Raw(topo.router)
+    assert c.banner[0] == 220
+    c.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\n"
+           "HELO x\r\nEHLO x\r\nFOO bar\r\n\r\n")
+    got = c.replies(7)
+    assert [g[0] for g in got] == [503, 503, 503, 500, 500, 500, 500], got
+    assert got[0][1].startswith("5.5.1")
+    c.send("LHLO client.test\r\n")
+    code, text = c.reply()
+    assert code == 250
+    for cap in ("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE 2097152"):
+        assert cap in text.split("\n"), text
+    c.send("RCPT TO:<bob@acme.example>\r\nDATA\r\nMAIL FROM:<a@b.example>\r\n"
+           "MAIL FROM:<a@b.example>\r\nDATA\r\nRCPT TO:<nobody@acme.example>\r\nDATA\r\n"
+           "RCPT TO:bob@acme.example\r\nRCPT TO:<bob@acme.example> NOTIFY=NEVER\r\n"
+           "MAIL FROM:<a@b.example> SIZE=99999999\r\nRSET\r\n"
+           "MAIL FROM:<a@b.example> SIZE=99999999\r\nMAIL FROM:<a@b.example> X=1\r\n"
+           "VRFY bob\r\nQUIT\r\n")
+    got = c.replies(15)
+    codes = [g[0] for g in got]
+    assert codes == [503, 503, 250, 503, 503, 550, 503, 501, 501, 503, 250, 552, 555, 252,
+                     221], got
+    assert c.closed()
+    assert alive(topo)
+
+
+def test_bare_lf_commands_and_data(topo):
+    m = marker()
+    c = Raw(topo.router)
+    c.send("LHLO x\nMAIL FROM:<%s>\nRCPT TO:<bob@acme.example>\nDATA\n" % SENDER)
+    got = c.replies(4)
+    assert [g[0] for g in got] == [250, 250, 250, 354], got
+    c.send("Subject: %s\n\nline one\n..dotted\n.\n" % m)
+    code, text = c.reply()
+    assert code == 250, text
+    c.send("QUIT\n")
+    c.close()
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+    path = [os.path.join(topo.stores[0].maildir("bob@acme.example"), "new", n)
+            for n in os.listdir(os.path.join(topo.stores[0].maildir("bob@acme.example"),
+                                             "new"))]
+    texts = [open(p, "rb").read() for p in path]
+    mine = [t for t in texts if m.encode() in t][0]
+    assert b"\n.dotted" in mine and b"\n..dotted" not in mine, mine
+
+
+def test_long_lines(topo):
+    c = Raw(topo.router)
+    c.send("LHLO x\r\n")
+    c.reply()
+    c.send("NOOP " + "x" * 100000 + "\r\nNOOP\r\n")
+    got = c.replies(2)
+    assert got[0][0] == 500 and "too long" in got[0][1], got
+    assert got[1][0] == 250, got
+    # a 100 KB line inside a message is passed on (a store may refuse it)
+    m = marker()
+    c.send("MAIL FROM:<%s>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\n" % SENDER)
+    assert [g[0] for g in c.replies(3)] == [250, 250, 354]
+    c.send("Subject: %s\r\n\r\n%s\r\n.\r\n" % (m, "y" * 100000))
+    code, text = c.reply()
+    assert code == 250, text
+    c.close()
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+
+
+def test_recipient_limit(topo):
+    c = Raw(topo.router)
+    c.send("LHLO x\r\nMAIL FROM:<%s>\r\n" % SENDER)
+    c.replies(2)
+    c.send("RCPT TO:<bob@acme.example>\r\n" * 10000 + "RSET\r\n")
+    got = c.replies(10001)
+    codes = [g[0] for g in got]
+    assert codes[:100] == [250] * 100
+    assert codes[100:10000] == [452] * 9900 and got[100][1].startswith("4.5.3"), got[100]
+    assert codes[10000] == 250
+    c.close()
+    assert alive(topo)
+
+
+def test_message_size_limit(topo):
+    m = marker()
+    c = Raw(topo.router)
+    c.send("LHLO x\r\nMAIL FROM:<%s>\r\nRCPT TO:<bob@acme.example>\r\n"
+           "RCPT TO:<peter@initech.example>\r\nDATA\r\n" % SENDER)
+    assert [g[0] for g in c.replies(5)] == [250, 250, 250, 250, 354]
+    c.send(message(m, size=3 * 1024 * 1024) + ".\r\n")
+    got = c.replies(2)
+    assert [g[0] for g in got] == [552, 552], got
+    assert got[0][1].startswith("5.3.4")
+    c.send("NOOP\r\n")
+    assert c.reply()[0] == 250
+    c.close()
+    time.sleep(0.3)
+    assert topo.counts("bob@acme.example", m) == [0, 0, 0]
+    assert topo.counts("peter@initech.example", m) == [0, 0, 0]
+
+
+@pytest.mark.parametrize("size", [100, 1024 * 1024])
+def test_truncated_data_and_client_gone_deliver_nothing(topo, size):
+    m = marker()
+    c = Raw(topo.router)
+    c.send("LHLO x\r\nMAIL FROM:<%s>\r\nRCPT TO:<bob@acme.example>\r\n"
+           "RCPT TO:<peter@initech.example>\r\nDATA\r\n" % SENDER)
+    assert [g[0] for g in c.replies(5)] == [250, 250, 250, 250, 354]
+    c.send(message(m, size=size)[:-2])            # no final line end, no dot
+    time.sleep(0.2)
+    c.s.shutdown(socket.SHUT_WR)                  # truncated: EOF mid-DATA
+    assert c.closed()
+    c.close()
+    time.sleep(0.5)
+    assert topo.counts("bob@acme.example", m) == [0, 0, 0]
+    assert topo.counts("peter@initech.example", m) == [0, 0, 0]
+    assert alive(topo)
+    topo.router.wait_log(r"not delivered")
+
+
+def test_binary_junk_and_nul(topo):
+    c = Raw(topo.router)
+    c.send(b"LHLO x\r\n\x00\xff\xfe junk\r\nMAIL FROM:<a\x00b@c>\r\n" + bytes(range(1, 32)) +
+           b"\r\n")
+    got = c.replies(4)
+    assert got[0][0] == 250 and [g[0] for g in got[1:]] == [500, 500, 500], got
+    c.close()
+    assert alive(topo)
+
+
+def test_too_many_errors_end_the_session(topo):
+    c = Raw(topo.router)
+    c.send("BAD\r\n" * 25)
+    got = c.replies(21)
+    assert got[-1][0] == 421, got[-1]
+    assert c.closed()
+    c.close()
