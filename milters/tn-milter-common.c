@@ -172,6 +172,12 @@ void tn_milter_common_reload_block(void)
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
+	/* libmilter's signal thread waits for these with sigwait(); blocked
+	 * here, before any thread exists, no other thread (/metrics, the
+	 * lookup's subscriber) can take one and end the process abruptly */
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 

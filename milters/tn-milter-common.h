@@ -20,8 +20,10 @@
  *
  *	Reload. libmilter's own signal thread takes SIGHUP, SIGINT and
  *	SIGTERM as "stop". tn_milter_common_reload_block() blocks SIGUSR1
- *	in the calling thread (main, before any thread exists, so every
- *	thread inherits the mask); tn_milter_common_reload_start() starts
+ *	and those three in the calling thread (main, before any thread
+ *	exists, so every thread inherits the mask: only libmilter's signal
+ *	thread and ours take them, with sigwait());
+ *	tn_milter_common_reload_start() starts
  *	a thread that waits for SIGUSR1 with sigwait() and calls the
  *	callback in that thread, never in a signal handler.
  *

@@ -481,7 +481,8 @@ struct qm_lookup {
 	int64_t us;
 };
 
-static void qm_lookup(const struct qm_settings *set, const char *address, struct qm_lookup *l)
+static void qm_lookup(const struct qm_settings *set, const char *address,
+		      const struct tn_log_ctx *lc, struct qm_lookup *l)
 {
 	tn_msec_t deadline = tn_time_now_ms() + set->lookup_timeout;
 	int64_t t0 = tn_time_now_us();
@@ -501,7 +502,7 @@ static void qm_lookup(const struct qm_settings *set, const char *address, struct
 		l->tenant = l->dacct->tenant;
 	}
 	if (l->res == TN_TEMPFAIL || (l->res == TN_NOTFOUND && l->dres == TN_TEMPFAIL))
-		tn_log(TN_LOG_WARNING, NULL, "lookup of %s failed: %s", address, error);
+		tn_log(TN_LOG_WARNING, lc, "lookup of <%s> failed: %s", address, error);
 }
 
 static sfsistat qm_reply(SMFICTX *ctx, const struct quota_policy_decision *d)
@@ -538,8 +539,9 @@ static sfsistat qm_envrcpt(SMFICTX *ctx, char **argv)
 		return SMFIS_TEMPFAIL;		/* protocol out of order */
 	qm_msg_queue_id(ctx, m);
 	qm_rcpt_address(argv[0], address, sizeof(address));
-	qm_lookup(m->set, address, &l);
-	lc = (struct tn_log_ctx){ s->id, m->queue_id[0] != '\0' ? m->queue_id : NULL, l.tenant };
+	lc = (struct tn_log_ctx){ s->id, m->queue_id[0] != '\0' ? m->queue_id : NULL, NULL };
+	qm_lookup(m->set, address, &lc, &l);
+	lc.tenant = l.tenant;
 	if (l.res == TN_FOUND)
 		qm_read_usage(&l.pr, &lc);
 	quota_policy_rcpt(&m->set->policy, l.res, l.dres, &l.pr, m->declared, &d);
@@ -810,6 +812,22 @@ static void qm_save_args(int argc, char **argv)
 	}
 }
 
+/* -n: the settings that differ from the defaults, and what the table's
+ * types cannot check. */
+static int qm_check(void)
+{
+	unsigned mode;
+
+	tn_conf_dump(qm.conf, stdout, TN_CONF_DUMP_CHANGED);
+	if (tn_milter_common_parse_mode(tn_conf_str(qm.conf, "quota_milter_socket_mode"),
+					&mode) < 0) {
+		fprintf(stderr, "%s: quota_milter_socket_mode: expected an octal mode such as"
+			" 0660\n", QM_PROGRAM);
+		return EX_CONFIG;
+	}
+	return 0;
+}
+
 static int qm_backends(const char **error_r)
 {
 	if ((qm.lookup = tn_lookup_create(qm.conf, 0, error_r)) == NULL)
@@ -914,8 +932,7 @@ int main(int argc, char **argv)
 	qm_save_args(argc, argv);
 	qm.set = qm_settings_read(qm.conf);
 	if (check) {
-		tn_conf_dump(qm.conf, stdout, TN_CONF_DUMP_CHANGED);
-		ret = 0;
+		ret = qm_check();
 	} else {
 		ret = qm_run();
 	}

@@ -38,11 +38,13 @@ for that recipient, which each test provokes first.  Checked:
 Missing prerequisites fail (never skip): a skipped suite looks green.
 """
 
+import ctypes
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -79,12 +81,13 @@ def require_prerequisites():
 class QuotaMilter:
     """tn-quota-milter on a free TCP port, logging to WORKDIR/milter.log."""
 
-    def __init__(self, stack, workdir, extra=""):
+    def __init__(self, stack, workdir, extra="", unix=None):
         self.stack = stack
         self.workdir = str(workdir)
         self.port = th.free_port()
         self.metrics_port = th.free_port()
-        self.socket = "inet:%d@127.0.0.1" % self.port
+        self.unix = unix
+        self.socket = ("unix:" + unix) if unix else "inet:%d@127.0.0.1" % self.port
         self.outbox = os.path.join(self.workdir, "outbox")
         for sub in ("tmp", "new", "seq"):
             os.makedirs(os.path.join(self.outbox, sub), exist_ok=True)
@@ -130,6 +133,8 @@ class QuotaMilter:
                 raise th.HarnessError("tn-quota-milter exited %s:\n%s" % (
                     self.proc.returncode, self.log_text()[-3000:]))
             if "info: started:" in self.log_text():
+                if self.unix:
+                    return
                 try:
                     th.wait_port("127.0.0.1", self.port, timeout=0.2)
                     return
@@ -424,6 +429,75 @@ def test_events_are_recorded_and_rate_limited(milter, stack):
     assert (d["scope"], d["address"], d["where"], d["usage_bytes"], d["limit_bytes"]) == \
         ("mailbox", "dave@acme.example", "smtp", 5 * MiB, MiB)
     assert d["message_bytes"] == 48213
+
+
+SYS_pidfd_getfd = 438      # x86_64 and most others
+
+
+def milter_side_socket(pid, port, client_port, timeout=5):
+    """A duplicate of the milter's own descriptor for the connection from
+    client_port (pidfd_getfd(2)), as a socket object."""
+    deadline = time.monotonic() + timeout
+    inode = None
+    while inode is None:
+        with open("/proc/%d/net/tcp" % pid) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote = fields[1], fields[2]
+                if (int(local.split(":")[1], 16) == port and
+                        int(remote.split(":")[1], 16) == client_port and
+                        fields[9] != "0"):          # 0: not accepted yet
+                    inode = fields[9]
+        assert inode is not None or time.monotonic() < deadline, "not accepted"
+        time.sleep(0.02)
+    target = None
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "socket:[%s]" % inode:
+                target = int(fd)
+        except OSError:
+            pass
+    assert target is not None, "no descriptor of the milter holds socket %s" % inode
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        fd = libc.syscall(SYS_pidfd_getfd, pidfd, target, 0)
+        assert fd >= 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=fd)
+
+
+def test_tcp_connections_have_nodelay(milter):
+    with socket.create_connection(("127.0.0.1", milter.port), timeout=5) as c:
+        s = milter_side_socket(milter.proc.pid, milter.port, c.getsockname()[1])
+        with s:
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, \
+                "the milter's accepted connection has Nagle's algorithm on"
+
+
+def test_unix_socket_and_privilege_drop(stack, tmp_path):
+    require_prerequisites()
+    os.chmod(str(tmp_path), 0o755)
+    path = str(tmp_path / "quota-milter.sock")
+    m = QuotaMilter(stack, tmp_path, unix=path, extra="\n".join([
+        "quota_milter_socket = unix:%s" % path,
+        "quota_milter_socket_mode = 0600",
+        "quota_milter_user = nobody",
+        "quota_milter_events = no"]))
+    try:
+        st = os.stat(path)
+        assert oct(st.st_mode & 0o777) == oct(0o600)
+        assert st.st_uid == 65534, "socket not given to quota_milter_user"
+        with open("/proc/%d/status" % m.proc.pid) as f:
+            uids = re.search(r"^Uid:\s+(.*)$", f.read(), re.M).group(1).split()
+        assert uids == ["65534"] * 4, uids
+        _, eom, r = transaction(m, ["alice@acme.example", "dave@acme.example"], body=100)
+        assert r == {"alice@acme.example": ("pass", "continue"),
+                     "dave@acme.example": ("over_quota", "452 4.2.2")}
+        assert eom == "continue"
+    finally:
+        m.stop()
 
 
 # --- faults ------------------------------------------------------------------
