@@ -211,7 +211,8 @@ static const char *const mapd_status_names[TN_MAPD_NRESULTS] = {
 	"OK", "NOTFOUND", "TEMP", "PERM",
 };
 
-/* Answer the request in flight and go on with the next one. */
+/* Answer the request in flight (the job goes). Callers that run from a
+ * lookup callback then go on with the client's next request. */
 static void mapd_job_finish(struct mapd_job *job, enum tn_mapd_result result, const char *text)
 {
 	struct mapd_conn *conn = job->conn;
@@ -220,7 +221,6 @@ static void mapd_job_finish(struct mapd_job *job, enum tn_mapd_result result, co
 				tn_time_now_us() - job->start_us);
 	mapd_conn_write(conn, mapd_status_names[result], text);
 	mapd_job_free(&conn->job);
-	mapd_conn_process(conn);
 }
 
 static void mapd_job_temp(struct mapd_job *job, const char *error)
@@ -274,8 +274,12 @@ static void mapd_owner_cb(enum tn_result rc, struct tn_account *acct, const char
 	else if (rc == TN_FOUND && acct->kind == TN_ACCOUNT_MAILBOX)
 		sub->owner = true;
 	tn_account_free(&acct);
-	if (--job->pending == 0)
+	if (--job->pending == 0) {
+		struct mapd_conn *conn = job->conn;
+
 		mapd_owners_finish(job);
+		mapd_conn_process(conn);
+	}
 }
 
 /* Every target of the alias is looked up; the mailboxes own it. The
@@ -312,20 +316,20 @@ static void mapd_alias_warn(const struct mapd_job *job, const struct tn_account 
 		   "partial expansion answered");
 }
 
-static void mapd_lookup_cb(enum tn_result rc, struct tn_account *acct, const char *error,
-			   void *context)
+/* Answer a job from its lookup: true when it is answered (and gone),
+ * false when the owners of an alias are being looked up. */
+static bool mapd_job_result(struct mapd_job *job, enum tn_result rc, struct tn_account *acct,
+			    const char *error)
 {
-	struct mapd_job *job = context;
 	char *value = NULL;
 
-	job->req = NULL;
 	if (rc == TN_TEMPFAIL) {
 		mapd_job_temp(job, error);
-		return;
+		return true;
 	}
 	if (rc == TN_NOTFOUND) {
 		mapd_job_finish(job, TN_MAPD_R_NOTFOUND, "");
-		return;
+		return true;
 	}
 	if (job->map != TN_MAPD_DOMAINS && acct->kind == TN_ACCOUNT_ALIAS)
 		mapd_alias_warn(job, acct);
@@ -341,16 +345,30 @@ static void mapd_lookup_cb(enum tn_result rc, struct tn_account *acct, const cha
 		break;
 	case TN_MAPD_ANSWER_OWNERS:
 		mapd_owners_start(job, acct);
-		return;		/* the job keeps the account */
+		return false;	/* the job keeps the account */
 	}
 	tn_mem_free(&value);
 	tn_account_free(&acct);
+	return true;
+}
+
+static void mapd_lookup_cb(enum tn_result rc, struct tn_account *acct, const char *error,
+			   void *context)
+{
+	struct mapd_job *job = context;
+	struct mapd_conn *conn = job->conn;
+
+	job->req = NULL;
+	if (mapd_job_result(job, rc, acct, error))
+		mapd_conn_process(conn);
 }
 
 static void mapd_dispatch(struct mapd_conn *conn, const char *payload, size_t len)
 {
 	struct mapd *md = conn->md;
+	struct tn_account *acct;
 	struct mapd_job *job;
+	enum tn_result rc;
 	enum tn_mapd_map map;
 	const char *key, *why;
 	size_t key_len;
@@ -372,16 +390,22 @@ static void mapd_dispatch(struct mapd_conn *conn, const char *payload, size_t le
 	job->key = tn_mem_strndup(key, key_len);
 	job->start_us = tn_time_now_us();
 	conn->job = job;
-	if (map == TN_MAPD_DOMAINS)
+	if (map == TN_MAPD_DOMAINS) {
 		job->req = tn_lookup_event_resolve_domain(md->le, job->key, md->timeout,
 							  mapd_lookup_cb, job);
+		return;
+	}
+	/* the in-process cache answers at once, without a loop turn */
+	rc = tn_lookup_resolve_cached(md->lk, job->key, &acct);
+	if (rc != TN_TEMPFAIL)
+		(void)mapd_job_result(job, rc, acct, NULL);
 	else
 		job->req = tn_lookup_event_resolve(md->le, job->key, md->timeout,
 						   mapd_lookup_cb, job);
 }
 
 /* Parse and answer what the client sent, one request at a time. */
-static void mapd_conn_process(struct mapd_conn *conn)
+static void mapd_conn_parse(struct mapd_conn *conn)
 {
 	struct evbuffer *in = bufferevent_get_input(conn->bev);
 	struct evbuffer *out = bufferevent_get_output(conn->bev);
@@ -408,6 +432,18 @@ static void mapd_conn_process(struct mapd_conn *conn)
 		mapd_dispatch(conn, payload, plen);
 		evbuffer_drain(in, used);
 	}
+}
+
+/* Answers go out now rather than on the next loop turn (the bufferevent
+ * writes whatever the socket does not take at once). A closing
+ * connection is left to the write callback, which frees it. */
+static void mapd_conn_process(struct mapd_conn *conn)
+{
+	struct evbuffer *out = bufferevent_get_output(conn->bev);
+
+	mapd_conn_parse(conn);
+	if (!conn->closing && evbuffer_get_length(out) > 0)
+		(void)evbuffer_write(out, bufferevent_getfd(conn->bev));
 }
 
 static void mapd_read_cb(struct bufferevent *bev, void *arg)
