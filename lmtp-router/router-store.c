@@ -114,6 +114,11 @@ struct tn_router_dtx {
 	char *mail_text;
 	int64_t t_dot_us;
 	char *member;			/* the member that answered */
+	/* waiting for a connection of a member at router_store_max_connections */
+	struct tn_router_member *waiting;
+	struct tn_router_dtx *wait_next;
+	struct event *wait_ev;
+	bool busy;			/* the last member tried was full */
 };
 
 static const double store_lat_bounds[ROUTER_LAT_BUCKETS] = {
@@ -127,6 +132,7 @@ static void dtx_next_member(struct tn_router_dtx *d);
 static void dtx_conn_ready(struct tn_router_dtx *d);
 static void dtx_conn_failed(struct tn_router_dtx *d, const char *why);
 static void dtx_reply(struct tn_router_dtx *d, int code, const char *text);
+static void member_wake(struct tn_router_member *m);
 
 const char *tn_router_store_error_name(enum tn_router_store_error e)
 {
@@ -257,6 +263,7 @@ static void conn_close(struct tn_router_conn *c)
 	c->bev = NULL;
 	c->dtx = NULL;
 	event_base_once(c->m->r->base, -1, EV_TIMEOUT, conn_free_cb, c, &(struct timeval){ 0, 0 });
+	member_wake(c->m);
 }
 
 static void conn_send(struct tn_router_conn *c, const char *fmt, ...)
@@ -319,6 +326,7 @@ static void conn_to_idle(struct tn_router_conn *c)
 	m->idle = c;
 	m->nidle++;
 	conn_set_timeouts(c, m->r->set.idle_timeout, m->r->set.store_timeout);
+	member_wake(m);
 }
 
 static struct tn_router_conn *conn_take_idle(struct tn_router_member *m)
@@ -649,15 +657,97 @@ static void dtx_reset_answers(struct tn_router_dtx *d)
 	tn_mem_free(&d->mail_text);
 }
 
+/* A connection of m for d: an idle one, or a new one below the limit. */
+static bool dtx_use_member(struct tn_router_dtx *d, struct tn_router_member *m)
+{
+	struct tn_router_conn *c = conn_take_idle(m);
+
+	if (c == NULL) {
+		if (m->nconns >= m->r->set.conns_max)
+			return false;
+		c = conn_open(m, false);
+	}
+	d->busy = false;
+	c->dtx = d;
+	d->conn = c;
+	if (c->state == CS_IDLE)
+		dtx_conn_ready(d);
+	return true;
+}
+
+static void dtx_unwait(struct tn_router_dtx *d)
+{
+	struct tn_router_member *m = d->waiting;
+	struct tn_router_dtx **pp;
+
+	if (m == NULL)
+		return;
+	for (pp = &m->wait_head; *pp != NULL; pp = &(*pp)->wait_next) {
+		if (*pp == d) {
+			*pp = d->wait_next;
+			break;
+		}
+	}
+	m->wait_tail = &m->wait_head;
+	while (*m->wait_tail != NULL)
+		m->wait_tail = &(*m->wait_tail)->wait_next;
+	d->waiting = NULL;
+	d->wait_next = NULL;
+	event_del(d->wait_ev);
+}
+
+/* Waited router_store_timeout for a connection: the next member. */
+static void dtx_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct tn_router_dtx *d = arg;
+
+	(void)fd;
+	(void)what;
+	tn_log(TN_LOG_WARNING, NULL, "session=%s: store %s busy (%u connections): next member",
+	       tn_router_session_id(d->s), d->waiting->name, d->waiting->nconns);
+	dtx_unwait(d);
+	d->busy = true;
+	dtx_next_member(d);
+}
+
+static void dtx_wait(struct tn_router_dtx *d, struct tn_router_member *m)
+{
+	struct timeval tv;
+
+	store_timeval(m->r->set.store_timeout, &tv);
+	if (m->wait_tail == NULL)
+		m->wait_tail = &m->wait_head;
+	d->waiting = m;
+	d->wait_next = NULL;
+	*m->wait_tail = d;
+	m->wait_tail = &d->wait_next;
+	if (d->wait_ev == NULL)
+		d->wait_ev = evtimer_new(m->r->base, dtx_wait_timeout, d);
+	evtimer_add(d->wait_ev, &tv);
+}
+
+/* A connection of m became idle, or one closed: waiters go on. */
+static void member_wake(struct tn_router_member *m)
+{
+	struct tn_router_dtx *d;
+
+	while ((d = m->wait_head) != NULL && !m->r->stopping &&
+	       (m->idle != NULL || m->nconns < m->r->set.conns_max)) {
+		dtx_unwait(d);
+		if (!dtx_use_member(d, m))
+			break;
+	}
+}
+
 static void dtx_next_member(struct tn_router_dtx *d)
 {
 	struct tn_router_member *m;
-	struct tn_router_conn *c;
 
 	if (d->cand >= d->ncands) {
 		tn_mem_free(&d->member);
 		dtx_answer_all(d, 451, d->ncands == 0 ?
 			       "4.4.1 no store of this pool is available, try again later" :
+			       d->busy ? "4.4.5 the stores are busy, try again later" :
 			       "4.4.1 no store answered, try again later");
 		dtx_commit(d);
 		return;
@@ -665,12 +755,8 @@ static void dtx_next_member(struct tn_router_dtx *d)
 	m = d->cands[d->cand++];
 	d->state = DS_CONNECTING;
 	dtx_reset_answers(d);
-	if ((c = conn_take_idle(m)) == NULL)
-		c = conn_open(m, false);
-	c->dtx = d;
-	d->conn = c;
-	if (c->state == CS_IDLE)
-		dtx_conn_ready(d);
+	if (!dtx_use_member(d, m))
+		dtx_wait(d, m);
 }
 
 void tn_router_store_dtx_start(struct tn_router_dtx *d)
@@ -869,6 +955,9 @@ void tn_router_store_dtx_destroy(struct tn_router_dtx **dp)
 	if (d == NULL)
 		return;
 	*dp = NULL;
+	dtx_unwait(d);
+	if (d->wait_ev != NULL)
+		event_free(d->wait_ev);
 	if (d->conn != NULL) {
 		d->conn->dtx = NULL;
 		conn_close(d->conn);	/* mid-transaction: never reused */

@@ -79,6 +79,7 @@ struct tn_router_settings {
 	tn_msec_t idle_timeout;
 	tn_msec_t health_interval;
 	unsigned idle_max;
+	unsigned conns_max;		/* per store */
 	unsigned fail_threshold;
 	unsigned max_sessions;
 	unsigned error_limit;
@@ -101,6 +102,8 @@ struct tn_router_member {
 	struct tn_router_conn *idle;	/* idle connections (list) */
 	unsigned nidle;
 	unsigned nconns;		/* all open connections */
+	struct tn_router_dtx *wait_head;	/* transactions waiting for a connection */
+	struct tn_router_dtx **wait_tail;
 	struct tn_router_conn *health;	/* health check in flight */
 	char *last_error;
 	/* counters */

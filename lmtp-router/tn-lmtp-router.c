@@ -90,6 +90,8 @@ const struct tn_conf_param tn_router_params[] = {
 	  "an idle pooled connection is closed after this" },
 	{ "router_store_idle_max", TN_CONF_INT, "16", 0, 10000, NULL,
 	  "idle connections kept per store" },
+	{ "router_store_max_connections", TN_CONF_INT, "50", 1, 100000, NULL,
+	  "connections to one store at once (more transactions wait for one)" },
 	{ "router_health_interval", TN_CONF_TIME, "5s", 10, TN_MS(3600), NULL,
 	  "active health check of every store (NOOP or LHLO)" },
 	{ "router_health_failures", TN_CONF_INT, "2", 1, 1000, NULL,
@@ -128,6 +130,7 @@ static int router_settings(struct tn_router *r, const char **error_r)
 	set->store_timeout = tn_conf_time_ms(r->conf, "router_store_timeout");
 	set->idle_timeout = tn_conf_time_ms(r->conf, "router_store_idle_timeout");
 	set->idle_max = (unsigned)tn_conf_int(r->conf, "router_store_idle_max");
+	set->conns_max = (unsigned)tn_conf_int(r->conf, "router_store_max_connections");
 	set->health_interval = tn_conf_time_ms(r->conf, "router_health_interval");
 	set->fail_threshold = (unsigned)tn_conf_int(r->conf, "router_health_failures");
 	set->high_wm = tn_conf_size(r->conf, "router_buffer_high_watermark");
