@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,6 +104,8 @@ static const struct tn_conf_param quota_milter_params[] = {
 	  "at most one event per quota, and per tenant and reason, in this interval" },
 	{ "quota_milter_count_traffic", TN_CONF_BOOL, "yes", 0, 0, NULL,
 	  "count accepted messages and bytes per tenant for usage.rollup" },
+	{ "quota_milter_tenant_header", TN_CONF_STR, "", 0, 0, NULL,
+	  "header naming the recipients' tenants, incoming copies removed (empty: none)" },
 	{ "quota_milter_metrics_listen", TN_CONF_STR, "127.0.0.1:9466", 0, 0, NULL,
 	  "address:port of the Prometheus /metrics endpoint (empty: off)" },
 	{ "quota_milter_log_level", TN_CONF_ENUM, "info", 0, 0, "debug|info|warning|error",
@@ -157,6 +160,7 @@ struct qm_daemon {
 	pthread_mutex_t set_lock;
 	struct qm_settings *set;	/* under set_lock */
 	struct tn_milter_common_metrics *http;
+	const char *tenant_header;	/* "" none (read at start: negotiated) */
 	struct qm_metrics m;
 };
 
@@ -171,6 +175,7 @@ struct qm_msg {
 	struct qm_settings *set;
 	int64_t declared;		/* SIZE=, -1 none */
 	int64_t size;			/* headers and body as received */
+	int header_copies;		/* incoming tenant headers */
 	char queue_id[32];
 	struct qm_rcpt *rcpts;
 	size_t n, cap;
@@ -578,6 +583,8 @@ static sfsistat qm_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 		atomic_fetch_add(&qm.m.sessions, 1);
 	}
 	*pf0 = f0 & SMFIF_SETSYMLIST;
+	if (*qm.tenant_header != '\0')
+		*pf0 |= f0 & (SMFIF_ADDHDRS | SMFIF_CHGHDRS);
 	*pf1 = f1 & (skip | noreply);
 	*pf2 = *pf3 = 0;
 	s->nr_mail = (*pf1 & SMFIP_NR_MAIL) != 0;
@@ -608,8 +615,11 @@ static sfsistat qm_header(SMFICTX *ctx, char *name, char *value)
 {
 	struct qm_session *s = qm_session(ctx);
 
-	if (s != NULL && s->msg != NULL)
+	if (s != NULL && s->msg != NULL) {
 		s->msg->size += (int64_t)(strlen(name) + 2 + strlen(value) + 2);
+		if (*qm.tenant_header != '\0' && strcasecmp(name, qm.tenant_header) == 0)
+			s->msg->header_copies++;
+	}
 	return s != NULL && s->nr_hdr ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 
@@ -623,12 +633,14 @@ static sfsistat qm_body(SMFICTX *ctx, unsigned char *chunk, size_t len)
 	return s != NULL && s->nr_body ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 
-static void qm_count_traffic(const struct qm_msg *m, const struct tn_log_ctx *lc)
+#define QM_TENANTS_MAX 64
+
+/* The tenants among the accepted recipients, each once, in RCPT order. */
+static size_t qm_tenants(const struct qm_msg *m, const char *tenants[QM_TENANTS_MAX])
 {
-	const char *tenants[64];
 	size_t n = 0;
 
-	for (size_t i = 0; i < m->n && n < 64; i++) {
+	for (size_t i = 0; i < m->n && n < QM_TENANTS_MAX; i++) {
 		bool seen = m->rcpts[i].tenant == NULL;
 
 		for (size_t j = 0; j < n && !seen; j++)
@@ -636,6 +648,38 @@ static void qm_count_traffic(const struct qm_msg *m, const struct tn_log_ctx *lc
 		if (!seen)
 			tenants[n++] = m->rcpts[i].tenant;
 	}
+	return n;
+}
+
+/* Incoming copies of the tenant header go (a sender must not choose the
+ * tenant downstream sees); ours names the recipients' tenants. */
+static void qm_tenant_header(SMFICTX *ctx, const struct qm_msg *m,
+			     const struct tn_log_ctx *lc)
+{
+	const char *tenants[QM_TENANTS_MAX];
+	size_t n = qm_tenants(m, tenants), len = 0;
+	char value[QM_TENANTS_MAX * (TN_OUTBOX_TENANT_MAX + 2) + 1];
+
+	if (*qm.tenant_header == '\0')
+		return;
+	for (int i = m->header_copies; i >= 1; i--) {
+		if (smfi_chgheader(ctx, (char *)qm.tenant_header, i, NULL) == MI_FAILURE)
+			tn_log(TN_LOG_WARNING, lc, "could not remove an incoming %s header",
+			       qm.tenant_header);
+	}
+	value[0] = '\0';
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(value + len, sizeof(value) - len, "%s%.*s",
+					i > 0 ? ", " : "", TN_OUTBOX_TENANT_MAX, tenants[i]);
+	if (n > 0 && smfi_addheader(ctx, (char *)qm.tenant_header, value) == MI_FAILURE)
+		tn_log(TN_LOG_WARNING, lc, "could not add the %s header", qm.tenant_header);
+}
+
+static void qm_count_traffic(const struct qm_msg *m, const struct tn_log_ctx *lc)
+{
+	const char *tenants[QM_TENANTS_MAX];
+	size_t n = qm_tenants(m, tenants);
+
 	if (n == 0)
 		return;
 	atomic_fetch_add(&qm.m.messages, 1);
@@ -684,8 +728,10 @@ static sfsistat qm_eom(SMFICTX *ctx)
 	       " result=%s reply=%s%s%s", m->size, m->n, failing,
 	       quota_policy_result_name(d.result), d.rcode != NULL ? d.rcode : "continue",
 	       d.xcode != NULL ? " " : "", d.xcode != NULL ? d.xcode : "");
-	if (!quota_policy_refuses(&d))
+	if (!quota_policy_refuses(&d)) {
+		qm_tenant_header(ctx, m, &lc);
 		qm_count_traffic(m, &lc);
+	}
 	ret = qm_reply(ctx, &d);
 	qm_msg_free(&s->msg);
 	return ret;
@@ -812,18 +858,35 @@ static void qm_save_args(int argc, char **argv)
 	}
 }
 
-/* -n: the settings that differ from the defaults, and what the table's
- * types cannot check. */
-static int qm_check(void)
+/* A header field name (RFC 5322 ftext), at most 64 bytes. */
+static bool qm_header_name_ok(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (name[i] < 33 || name[i] > 126 || name[i] == ':')
+			return false;
+	}
+	return true;
+}
+
+/* What the table's types cannot check; -1 after an error line on stderr. */
+static int qm_validate(void)
 {
 	unsigned mode;
 
-	tn_conf_dump(qm.conf, stdout, TN_CONF_DUMP_CHANGED);
 	if (tn_milter_common_parse_mode(tn_conf_str(qm.conf, "quota_milter_socket_mode"),
 					&mode) < 0) {
 		fprintf(stderr, "%s: quota_milter_socket_mode: expected an octal mode such as"
 			" 0660\n", QM_PROGRAM);
-		return EX_CONFIG;
+		return -1;
+	}
+	if (!qm_header_name_ok(qm.tenant_header)) {
+		fprintf(stderr, "%s: quota_milter_tenant_header: not a header field name\n",
+			QM_PROGRAM);
+		return -1;
 	}
 	return 0;
 }
@@ -931,11 +994,13 @@ int main(int argc, char **argv)
 		return ret;
 	qm_save_args(argc, argv);
 	qm.set = qm_settings_read(qm.conf);
-	if (check) {
-		ret = qm_check();
-	} else {
+	qm.tenant_header = tn_conf_str(qm.conf, "quota_milter_tenant_header");
+	if (qm_validate() < 0)
+		ret = EX_CONFIG;
+	else if (check)
+		tn_conf_dump(qm.conf, stdout, TN_CONF_DUMP_CHANGED);
+	else
 		ret = qm_run();
-	}
 	qm_teardown();
 	return ret;
 }

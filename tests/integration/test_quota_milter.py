@@ -63,6 +63,7 @@ PAGE = os.path.join(TOP, "man", "tn-quota-milter.8")
 LUA = os.path.join(TOP, "tests", "milter")
 PREFIX = "tn:v1:"
 LOOKUP_TIMEOUT = 1.0            # quota_milter_lookup_timeout below
+HEADER = "X-Tenantmail-Tenant"  # quota_milter_tenant_header of the module's milter
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -81,8 +82,9 @@ def require_prerequisites():
 class QuotaMilter:
     """tn-quota-milter on a free TCP port, logging to WORKDIR/milter.log."""
 
-    def __init__(self, stack, workdir, extra="", unix=None):
+    def __init__(self, stack, workdir, extra="", unix=None, header=""):
         self.stack = stack
+        self.header = header
         self.workdir = str(workdir)
         self.port = th.free_port()
         self.metrics_port = th.free_port()
@@ -116,6 +118,7 @@ class QuotaMilter:
                 "quota_milter_metrics_listen = 127.0.0.1:%d" % self.metrics_port,
                 "quota_milter_lookup_timeout = %gs" % LOOKUP_TIMEOUT,
                 "quota_milter_event_interval = 2s",
+                "quota_milter_tenant_header = %s" % self.header,
                 self.extra, ""]))
 
     def start(self):
@@ -243,7 +246,7 @@ def drop_lookup_cache(stack):
 @pytest.fixture(scope="module")
 def milter(stack, tmp_path_factory):
     require_prerequisites()
-    m = QuotaMilter(stack, tmp_path_factory.mktemp("qmilter"))
+    m = QuotaMilter(stack, tmp_path_factory.mktemp("qmilter"), header=HEADER)
     try:
         yield m
     finally:
@@ -266,8 +269,8 @@ def seeded(stack):
 # --- protocol ----------------------------------------------------------------
 
 def test_negotiates_only_the_steps_it_uses(milter):
-    out = miltertest("negotiate.lua", socket=milter.socket)
-    assert "negotiate ok" in out
+    out = miltertest("negotiate.lua", socket=milter.socket, header="yes")
+    assert "negotiate ok" in out and "header actions yes" in out
     for opt in ("NOCONNECT", "NOHELO", "NOEOH", "NODATA", "NOUNKNOWN",
                 "NR_MAIL", "NR_HDR", "NR_BODY"):
         assert "option SMFIP_%s yes" % opt in out
@@ -384,6 +387,21 @@ def test_end_of_message_rechecks_with_the_real_size(milter, stack):
     assert "recipients=2 failing=1 result=pass" in milter.log_since(mark)
 
 
+def test_tenant_header_names_the_tenants_and_replaces_forgeries(milter):
+    mark = milter.log_mark()
+    out = miltertest("transaction.lua", socket=milter.socket, inhdr=2, hdrname=HEADER,
+                     rcpts="alice@acme.example,peter@initech.example,bob@acme.example,"
+                           "partner@external.example")
+    assert "eom continue" in out
+    assert "hdradd acme, initech" in out
+    assert "hdrdelete yes" in out
+    # without forgeries nothing is deleted; a message for no tenant gets none
+    out = miltertest("transaction.lua", socket=milter.socket, hdrname=HEADER,
+                     rcpts="partner@external.example")
+    assert "hdradd (none)" in out and "hdrdelete no" in out
+    assert "could not" not in milter.log_since(mark)
+
+
 def test_abort_and_disconnect_free_the_state(milter):
     before = milter.metrics()
     transaction(milter, ["alice@acme.example", "bob@acme.example"], finish="abort")
@@ -496,6 +514,9 @@ def test_unix_socket_and_privilege_drop(stack, tmp_path):
         assert r == {"alice@acme.example": ("pass", "continue"),
                      "dave@acme.example": ("over_quota", "452 4.2.2")}
         assert eom == "continue"
+        # no tenant header configured: no header action negotiated
+        out = miltertest("negotiate.lua", socket=m.socket, header="no")
+        assert "header actions no" in out
     finally:
         m.stop()
 

@@ -1,8 +1,10 @@
 -- negotiate.lua: tn-quota-milter asks only for the steps it uses.
--- miltertest -D socket=inet:PORT@127.0.0.1 -s negotiate.lua
+-- miltertest -D socket=inet:PORT@127.0.0.1 [-D header=yes] -s negotiate.lua
 -- Prints one "option NAME yes|no" line per protocol option; fails
 -- (error) when a step the milter needs is skipped or one it does not
--- use is still sent.
+-- use is still sent, or when it asks for an action it does not use
+-- (adding and changing headers only with header=yes: the tenant header
+-- is configured).
 conn = mt.connect(socket, 20, 0.1)
 if conn == nil then error("cannot connect to " .. socket) end
 err = mt.negotiate(conn, nil, nil, nil)
@@ -30,9 +32,16 @@ for name, bit in pairs(wanted_on) do
   mt.echo("option " .. name .. " " .. (set and "yes" or "no"))
   if set then error(name .. " requested: the milter needs that step") end
 end
-for _, a in ipairs({SMFIF_ADDHDRS, SMFIF_CHGBODY, SMFIF_ADDRCPT, SMFIF_DELRCPT,
-                    SMFIF_CHGHDRS, SMFIF_QUARANTINE, SMFIF_CHGFROM}) do
+for _, a in ipairs({SMFIF_CHGBODY, SMFIF_ADDRCPT, SMFIF_DELRCPT,
+                    SMFIF_QUARANTINE, SMFIF_CHGFROM}) do
   if mt.test_action(conn, a) then error("action " .. a .. " requested") end
 end
+local hdr = (header == "yes")
+for _, a in ipairs({SMFIF_ADDHDRS, SMFIF_CHGHDRS}) do
+  if mt.test_action(conn, a) ~= hdr then
+    error("header action " .. a .. (hdr and " not requested" or " requested"))
+  end
+end
+mt.echo("header actions " .. (hdr and "yes" or "no"))
 mt.disconnect(conn)
 mt.echo("negotiate ok")

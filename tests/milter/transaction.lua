@@ -1,7 +1,7 @@
 -- transaction.lua: one SMTP transaction through tn-quota-milter.
 -- miltertest -D socket=inet:PORT@127.0.0.1 -D rcpts=a@x,b@y
 --            [-D size=N] [-D body=N] [-D qid=ID] [-D finish=eom|abort|none]
---            -s transaction.lua
+--            [-D inhdr=N -D hdrname=NAME] -s transaction.lua
 -- Prints "rcpt ADDRESS continue|replycode|tempfail|reject|accept" per
 -- recipient and "eom continue|replycode|..." (with finish=eom, after
 -- `body` bytes of body). An SMFIR_ACCEPT at RCPT is an error: it would
@@ -48,6 +48,11 @@ if finish == "abort" then
 elseif finish == "eom" and accepted > 0 then
   err = mt.header(conn, "Subject", "tn-quota-milter test")
   if err ~= nil then error("header: " .. err) end
+  -- incoming copies of the tenant header (a sender's forgery)
+  for i = 1, tonumber(inhdr or "0") do
+    err = mt.header(conn, hdrname, "forged-" .. i)
+    if err ~= nil then error("header: " .. err) end
+  end
   -- no mt.eoh(): the milter asked Postfix not to send end-of-header
   local n = tonumber(body or "100")
   local line = string.rep("x", 78) .. "\r\n"
@@ -62,6 +67,11 @@ elseif finish == "eom" and accepted > 0 then
   err = mt.eom(conn)
   if err ~= nil then error("eom: " .. err) end
   mt.echo("eom " .. name(mt.getreply(conn)))
+  if hdrname ~= nil then
+    local v = mt.getheader(conn, hdrname, 0)
+    mt.echo("hdradd " .. (v or "(none)"))
+    mt.echo("hdrdelete " .. (mt.eom_check(conn, MT_HDRDELETE, hdrname) and "yes" or "no"))
+  end
 end
 mt.disconnect(conn)
 mt.echo("done")
