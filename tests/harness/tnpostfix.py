@@ -7,7 +7,8 @@ listens on 127.0.0.1 and lives in one work directory:
 
     WORKDIR/etc/main.cf, master.cf   config_directory (postfix -c)
     WORKDIR/queue/                   queue_directory (Postfix makes it)
-    WORKDIR/data/                    data_directory
+    /tmp/tnpostfix-data-XXXX/        data_directory, outside WORKDIR (see
+                                     below); removed by stop()
     WORKDIR/postfix.log              maillog_file (postlogd): tests read it
 
     p = Postfix(workdir, main_cf=None, master_extra="", services=None,
@@ -48,6 +49,12 @@ Facts this relies on (see /work/shared/RUNNING-SERVERS.md):
   * Readiness is the 220 banner of every listener.
   * The master holds WORKDIR/queue/pid/master.pid; stop() waits until
     that process is gone (PID 1 reaps slowly: a zombie counts as gone).
+  * The master opens data_directory/master.lock as the postfix user, so
+    every directory above it must be traversable by that user. pytest
+    resets /tmp/pytest-of-root to 0700 whenever any pytest session
+    starts (colleagues run theirs at the same time): the data directory
+    lives in /tmp itself. The queue directory needs no such care (the
+    master enters it as root; daemons use relative paths).
 """
 
 import json
@@ -58,6 +65,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import tnharness as th
@@ -158,7 +166,7 @@ class Postfix:
         _counter[0] += 1
         self.config_dir = os.path.join(self.workdir, "etc")
         self.queue_dir = os.path.join(self.workdir, "queue")
-        self.data_dir = os.path.join(self.workdir, "data")
+        self.data_dir = tempfile.mkdtemp(prefix="tnpostfix-data-", dir="/tmp")
         self.log_path = os.path.join(self.workdir, "postfix.log")
         self.main_cf = dict(main_cf or {})
         self.master_extra = master_extra or ""
@@ -177,12 +185,8 @@ class Postfix:
         if not self.postfix or not self.postconf_bin:
             raise PostfixError("postfix not found (apt-get install postfix)")
         os.makedirs(self.config_dir, exist_ok=True)
-        os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(self.queue_dir, exist_ok=True)
-        # data_directory belongs to mail_owner (master.lock, caches)
-        pw = pwd.getpwnam("postfix")
-        os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
-        os.chmod(self.data_dir, 0o700)
+        self._make_data_dir()
         self.write_conf()
         if start:
             self.start()
@@ -333,10 +337,18 @@ class Postfix:
     def _ports(self):
         return [p for p in (self.smtp_port, self.submission_port) if p]
 
+    def _make_data_dir(self):
+        """data_directory belongs to mail_owner (master.lock, caches)."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        pw = pwd.getpwnam("postfix")
+        os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+        os.chmod(self.data_dir, 0o700)
+
     def start(self, timeout=15.0):
         if self.running():
             return
         _make_traversable(self.workdir)
+        self._make_data_dir()
         self._age_config()
         r = self._run([self.postfix, "-c", self.config_dir, "start"])
         if r.returncode != 0:
@@ -371,6 +383,7 @@ class Postfix:
         after timeout).  Safe after a failed start and to call twice."""
         pid = self._read_master_pid() or self.master_pid
         if pid is None or not th.pid_alive(pid):
+            shutil.rmtree(self.data_dir, ignore_errors=True)
             return
         try:
             self._run([self.postfix, "-c", self.config_dir, "stop"],
@@ -390,6 +403,7 @@ class Postfix:
         deadline = time.monotonic() + 5
         while self._children_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _children_alive(self):
         """Live processes that run a Postfix daemon with our config dir."""
