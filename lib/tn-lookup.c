@@ -932,6 +932,29 @@ enum tn_result tn_lookup_resolve_cached(struct tn_lookup *lk, const char *addres
 	return rc;
 }
 
+enum tn_result tn_lookup_resolve_domain_cached(struct tn_lookup *lk, const char *domain,
+					       struct tn_account **acct_r)
+{
+	struct tn_fetch f;
+	enum tn_result rc = TN_TEMPFAIL;
+	const char *why;
+	char *norm;
+
+	*acct_r = NULL;
+	if (tn_domain_normalize(domain, strlen(domain), &norm, &why) < 0)
+		return TN_NOTFOUND;
+	tn_fetch_init(&f, TN_FETCH_DOMAIN, norm, NULL);
+	if (tn_fetch_memory(lk, &f)) {
+		f.layer = TN_LAYER_MEMORY;
+		tn_lookup_count(&lk->stats.resolves);
+		rc = tn_lookup_compose(lk, &f, tn_time_now_ms(), acct_r, &why);
+		rc = tn_lookup_done(lk, rc, *acct_r, acct_r);
+	}
+	tn_fetch_deinit(&f);
+	tn_mem_free(&norm);
+	return rc;
+}
+
 /* --- invalidation, usage, stats ------------------------------------------------------ */
 
 static int tn_lookup_invalidate_key(struct tn_lookup *lk, const char *key,

@@ -86,6 +86,9 @@ enum tn_result tn_lookup_resolve_tenant(struct tn_lookup *lk, const char *tenant
  * path). Aliases always need the full path. */
 enum tn_result tn_lookup_resolve_cached(struct tn_lookup *lk, const char *address,
 					struct tn_account **acct_r);
+/* The same for a bare domain. */
+enum tn_result tn_lookup_resolve_domain_cached(struct tn_lookup *lk, const char *domain,
+					       struct tn_account **acct_r);
 
 /* Provisioning side: drop the cached objects everywhere (Redis DEL +
  * generation bump + PUBLISH, and this process's memory at once). */

@@ -390,15 +390,15 @@ static void mapd_dispatch(struct mapd_conn *conn, const char *payload, size_t le
 	job->key = tn_mem_strndup(key, key_len);
 	job->start_us = tn_time_now_us();
 	conn->job = job;
-	if (map == TN_MAPD_DOMAINS) {
-		job->req = tn_lookup_event_resolve_domain(md->le, job->key, md->timeout,
-							  mapd_lookup_cb, job);
-		return;
-	}
-	/* the in-process cache answers at once, without a loop turn */
-	rc = tn_lookup_resolve_cached(md->lk, job->key, &acct);
+	/* the in-process cache answers at once, without a loop turn and
+	 * without waiting for a worker (they may all wait on a hung server) */
+	rc = map == TN_MAPD_DOMAINS ? tn_lookup_resolve_domain_cached(md->lk, job->key, &acct) :
+		tn_lookup_resolve_cached(md->lk, job->key, &acct);
 	if (rc != TN_TEMPFAIL)
 		(void)mapd_job_result(job, rc, acct, NULL);
+	else if (map == TN_MAPD_DOMAINS)
+		job->req = tn_lookup_event_resolve_domain(md->le, job->key, md->timeout,
+							  mapd_lookup_cb, job);
 	else
 		job->req = tn_lookup_event_resolve(md->le, job->key, md->timeout,
 						   mapd_lookup_cb, job);

@@ -122,6 +122,9 @@ class Mapd:
                 "ldap_retry_down = 500ms",
                 "ldap_network_timeout = 1s",
                 "ldap_timeout = 1s",
+                # entries filled during the module stay in memory (a hit
+                # does not renew them): the hung-directory test relies on it
+                "memory_cache_ttl = 60s",
             ]) + "\n" + extra)
         self.proc = None
         self.start()
@@ -449,9 +452,12 @@ def test_postfix_check_accepts_the_doc_snippets(mapd, store, tmp_path):
     p = tnpostfix.Postfix(str(tmp_path / "pf"),
                           main_cf=doc_main_cf(mapd.port, store.lmtp_port),
                           master_extra=doc_block("master.cf"), start=False)
-    r = subprocess.run(["postfix", "-c", p.config_dir, "check"],
-                       capture_output=True, text=True, timeout=60)
-    out = p._tty_output("postfix -c %s check" % p.config_dir)
+    try:
+        r = subprocess.run(["postfix", "-c", p.config_dir, "check"],
+                           capture_output=True, text=True, timeout=60)
+        out = p._tty_output("postfix -c %s check" % p.config_dir)
+    finally:
+        p.stop()                            # its data directory goes
     assert r.returncode == 0, out
     assert not re.search(r"warning|error|fatal", out + r.stderr, re.I), out
     # and postconf sees the four tables as written in the doc
@@ -584,6 +590,41 @@ def test_directory_down_gives_451_then_recovers(postfix, mapd, stack, fault):
     assert temps() >= before + 2
     assert "temporary failure" in mapd.log_text()
     _wait_recovered(postfix)
+    assert mapd.q("domains", "acme.example") == "OK acme"
+
+
+def test_a_hung_directory_delays_only_the_lookups_that_need_it(mapd, stack):
+    """More requests for uncached addresses than there are lookup threads,
+    all stuck on a frozen slapd: cached answers still come at once, the
+    stuck ones get TEMP by the deadline, clients that leave early cost
+    nothing."""
+    assert mapd.q("domains", "acme.example") == "OK acme"
+    assert mapd.q("mailboxes", "alice@acme.example") == "OK alice@acme.example"
+    stack.slapd.freeze()
+    waiting = []
+    try:
+        for i in range(20):                     # mapd_workers is 8
+            c = mapd.client()
+            c.send_raw(c.request("mailboxes hung-%d-%d@acme.example"
+                                 % (i, time.monotonic_ns())))
+            waiting.append(c)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        assert mapd.q("domains", "acme.example") == "OK acme"
+        assert mapd.q("mailboxes", "alice@acme.example") == "OK alice@acme.example"
+        assert mapd.q("aliases", "alice@acme.example") == "NOTFOUND "
+        assert time.monotonic() - t0 < 0.3
+        for c in waiting[:10]:                  # gone before their answer
+            c.close()
+        for c in waiting[10:]:
+            reply = c.read_reply()
+            assert reply is not None and reply.startswith("TEMP "), reply
+        assert time.monotonic() - t0 < LOOKUP_TIMEOUT + 0.5
+    finally:
+        stack.slapd.thaw()
+        for c in waiting:
+            c.close()
+    assert mapd.proc.poll() is None
     assert mapd.q("domains", "acme.example") == "OK acme"
 
 
