@@ -19,5 +19,5 @@ tests_unit_test_mapd_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters
 tests_unit_test_mapd_policy_LDADD = $(UNIT_LDADD)
 
 dist_man_MANS += man/tn-mapd.8
-EXTRA_DIST += docs/postfix.md tests/harness/tnpostfix.py \
+EXTRA_DIST += docs/postfix.md bench/mapd tests/harness/tnpostfix.py \
 	tests/integration/test_postfix_harness.py tests/integration/test_mapd.py
