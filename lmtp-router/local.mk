@@ -19,3 +19,7 @@ tests_unit_test_router_route_SOURCES = tests/unit/test-router-route.c \
 tests_unit_test_router_route_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) \
 	-I$(top_srcdir)/lmtp-router -I$(top_srcdir)/dovecot-plugins
 tests_unit_test_router_route_LDADD = lib/libtenantmail.la $(CMOCKA_LIBS)
+
+dist_man_MANS += man/tn-lmtp-router.8
+EXTRA_DIST += docs/lmtp-router.md tests/harness/tnrouter.py \
+	tests/integration/test_lmtp_router.py tests/integration/test_lmtp_router_postfix.py

@@ -45,6 +45,7 @@ struct control_conn {
 	struct tn_lookup_request *req;
 	char *address;
 	bool closing;
+	bool quitting;			/* close once the output is written */
 };
 
 struct tn_router_control {
@@ -229,11 +230,22 @@ static void control_pools(struct control_conn *cc, const char *arg)
 	control_send(cc, "ok %zu", n);
 }
 
+/* Close once what was said is written (and the rest is discarded). */
+static void control_finish(struct control_conn *cc)
+{
+	struct evbuffer *in = bufferevent_get_input(cc->bev);
+
+	cc->quitting = true;
+	evbuffer_drain(in, evbuffer_get_length(in));
+	bufferevent_disable(cc->bev, EV_READ);
+	shutdown(bufferevent_getfd(cc->bev), SHUT_RD);
+}
+
 static void control_quit(struct control_conn *cc, const char *arg)
 {
 	(void)arg;
 	control_send(cc, "ok bye");
-	control_close(cc);
+	control_finish(cc);
 }
 
 static const struct control_cmd control_cmds[] = {
@@ -271,13 +283,13 @@ static void control_process(struct control_conn *cc)
 	char *line;
 	size_t len;
 
-	while (!cc->closing && cc->req == NULL) {
+	while (!cc->closing && !cc->quitting && cc->req == NULL) {
 		in = bufferevent_get_input(cc->bev);
 		line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
 		if (line == NULL) {
 			if (evbuffer_get_length(in) > CONTROL_LINE_MAX) {
 				control_send(cc, "error line too long");
-				control_close(cc);
+				control_finish(cc);
 			}
 			return;
 		}
@@ -293,6 +305,15 @@ static void control_read_cb(struct bufferevent *bev, void *arg)
 {
 	(void)bev;
 	control_process(arg);
+}
+
+static void control_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct control_conn *cc = arg;
+
+	(void)bev;
+	if (cc->quitting)
+		control_close(cc);
 }
 
 static void control_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -314,7 +335,7 @@ static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 	(void)salen;
 	cc->r = r;
 	cc->bev = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(cc->bev, control_read_cb, NULL, control_event_cb, cc);
+	bufferevent_setcb(cc->bev, control_read_cb, control_write_cb, control_event_cb, cc);
 	bufferevent_set_timeouts(cc->bev, &tv, &tv);
 	bufferevent_enable(cc->bev, EV_READ | EV_WRITE);
 }

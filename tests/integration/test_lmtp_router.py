@@ -684,3 +684,112 @@ def test_a_thousand_concurrent_sessions(topo):
     while r.metric("tn_router_sessions_active") > 1:
         assert time.monotonic() < deadline, "sessions not closed"
         time.sleep(0.05)
+
+
+# --- operation ----------------------------------------------------------------------------
+
+def test_control_socket(topo):
+    r = topo.router
+    r.transaction(SENDER, ["alice@acme.example"], message(marker()))   # a pinned host
+    lines = r.control("pools")
+    assert lines[-1] == "ok %d" % (len(lines) - 1), lines
+    for i, pool in ((0, "pool-a"), (1, "pool-a"), (2, "pool-b")):
+        assert any(l.startswith("member %s %s up active failures=0" % (pool, topo.member(i)))
+                   for l in lines), lines
+    assert any(l.startswith("member - 127.0.0.1:%d down" % topo.dead_port) for l in lines)
+    assert r.control("route nobody@acme.example")[-1] == \
+        "ok refuse 550 5.1.1 no such mailbox (no such address)"
+    assert r.control("route zed@acme.example")[-1].startswith("ok refuse 550 5.1.1")
+    route = r.control("route peter@initech.example")[-1]
+    assert route == ("ok route via=default pool=pool-b host=- tenant=initech status=active "
+                     "members=%s" % topo.member(2)), route
+    route = r.control("route hank@globex.example")[-1]
+    assert "status=suspended" in route and route.startswith("ok route"), route
+    assert r.control("frobnicate")[-1].startswith("error unknown command")
+    assert r.control("route")[-1].startswith("error usage")
+    assert r.control("x" * 5000)[-1].startswith("error")
+
+
+def test_metrics(topo):
+    r = topo.router
+    r.transaction(SENDER, ["bob@acme.example", "nobody@acme.example", "alice@acme.example"],
+                  message(marker()))
+    text = r.metrics()
+    for series in ("tn_router_sessions_active", "tn_router_sessions_total",
+                   "tn_router_messages_total", "tn_router_store_up",
+                   "tn_router_store_latency_seconds_bucket", "tn_router_lookup_"):
+        assert series in text, series
+    assert r.metric("tn_router_recipients_total", result="delivered") > 0
+    assert r.metric("tn_router_recipients_total", result="unknown") > 0
+    assert r.metric("tn_router_recipients_total", result="store_unavailable") > 0
+    assert r.metric("tn_router_store_latency_seconds_count", store=topo.member(0)) > 0
+    assert r.metric("tn_router_store_transactions_total", store=topo.member(0)) > 0
+    assert r.metric("tn_router_store_up", store=topo.member(0)) == 1
+    assert r.metric("tn_router_store_up", store="127.0.0.1:%d" % topo.dead_port) == 0
+    import urllib.error
+    import urllib.request
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen("http://127.0.0.1:%d/other" % r.metrics_port, timeout=5)
+    assert e.value.code == 404
+
+
+def test_privileges_dropped(topo):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    with open("/proc/%d/status" % topo.router.pid) as f:
+        status = dict(l.split(":", 1) for l in f if ":" in l)
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4, status["Uid"]
+    assert status["Gid"].split() == [str(nobody.pw_gid)] * 4, status["Gid"]
+    assert os.stat(topo.router.control_path).st_uid == nobody.pw_uid
+    assert os.stat(topo.router.control_path).st_mode & 0o077 == 0
+
+
+def test_check_mode_and_bad_configuration(topo, tmp_path):
+    r = topo.router
+    base = [r.binary, "-c", topo.stack.conf]
+    out = subprocess.run(base + ["-n", "-o", "router_pool_members=p=127.0.0.1:1 p=h2"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "pool p: 127.0.0.1:1 h2:24" in out.stdout
+    for bad in ("router_pool_members=nopool", "router_default_pool=none",
+                "router_buffer_low_watermark=1m", "router_nosuch=1"):
+        out = subprocess.run(base + ["-n", "-o", bad], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 78, (bad, out.returncode, out.stderr)
+        assert out.stderr.strip(), bad
+
+
+def test_man_page_documents_every_parameter():
+    with open(SOURCE) as f:
+        text = f.read()
+    m = re.search(r"tn_router_params\[\]\s*=\s*\{(.*?)TN_CONF_END", text, re.S)
+    assert m, "no tn_router_params table in %s" % SOURCE
+    code = {name: (ptype.lower(), default)
+            for name, ptype, default in TABLE_ENTRY_RE.findall(m.group(1))}
+    assert len(code) >= 20
+    page, problems = page_parameters(PAGE)
+    for name, (ptype, default) in sorted(code.items()):
+        if name not in page:
+            problems.append("%s is not documented" % name)
+            continue
+        if page[name][:2] != (ptype, default):
+            problems.append("line %d: %s: %r in the page, %r in the code"
+                            % (page[name][2], name, page[name][:2], (ptype, default)))
+    problems += ["%s is not in tn_router_params" % n for n in sorted(page) if n not in code]
+    report(problems, "%s disagrees with %s" % (PAGE, SOURCE))
+    with open(PAGE) as f:
+        assert "\n.SH SECURITY\n" in f.read()
+    r = subprocess.run(["groff", "-man", "-ww", "-Tutf8", PAGE], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_zz_router_stops_cleanly(topo):
+    """Last: SIGTERM ends the router with status 0; under ASan its exit
+    checks (leaks included) would make that non-zero and log the report."""
+    r = topo.router
+    rc = r.stop()
+    text = r.log_text()
+    assert rc == 0, "exit status %s:\n%s" % (rc, text[-3000:])
+    for bad in ("Sanitizer", "runtime error", "LeakSanitizer"):
+        assert bad not in text, text[text.index(bad) - 200:][:3000]
+    assert "info: stopped" in text
