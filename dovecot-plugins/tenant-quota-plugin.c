@@ -360,6 +360,8 @@ static int tenant_quota_init(struct quota_root *root, const char *args,
 		return -1;
 	root->bytes_limit = tq->tc != NULL ? tq->set.limit : 0;
 	root->count_limit = 0;
+	/* Dovecot's own quota2_warning percentages: of the pool */
+	quota_root_recalculate_relative_rules(root->set, root->bytes_limit, 0);
 	if (tenant_quota_super_test_alloc == NULL)
 		tenant_quota_super_test_alloc = root->quota->set->test_alloc;
 	root->quota->set->test_alloc = tenant_quota_test_alloc;
@@ -379,6 +381,7 @@ static int tenant_quota_init_limits(struct quota_root *root, const char **error_
 
 	root->bytes_limit = tq->tc == NULL || tn_time_now_ms() < tq->tc->down_until ?
 		0 : tq->set.limit;
+	quota_root_recalculate_relative_rules(root->set, root->bytes_limit, 0);
 	return 0;
 }
 

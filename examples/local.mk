@@ -1,2 +1,3 @@
 ## examples/: configuration examples.
-EXTRA_DIST += examples/tenantmail.conf examples/webhook-receiver.py examples/tn-hookd.service
+EXTRA_DIST += examples/tenantmail.conf examples/webhook-receiver.py examples/tn-hookd.service \
+	examples/quota-warning.sh

@@ -136,7 +136,7 @@ class Topology:
         os.chmod(path, 0o644)
         return path
 
-    def _store(self, name):
+    def _store(self, name, extra_plugin="", extra_config=""):
         d = os.path.join(self.workdir, "store-" + name)
         os.makedirs(d, exist_ok=True)
         conf = self._write_conf(name, os.path.join(td.home_dir_of(d), "%d", "%n"))
@@ -145,9 +145,9 @@ class Topology:
                "userdb {\n  driver = tenant\n  args = %s\n}\n" % conf)
         extra = ("plugin {\n  quota = count:User quota\n  quota2 = tenant:Tenant pool\n"
                  "  quota_vsizes = yes\n  tenant_quota_config = %s\n"
-                 "  tenant_quota_warning = 50 90\n}\n"
-                 "protocol imap {\n  mail_plugins = $mail_plugins imap_quota\n}\n"
-                 % conf)
+                 "  tenant_quota_warning = 50 90\n%s}\n"
+                 "protocol imap {\n  mail_plugins = $mail_plugins imap_quota\n}\n%s"
+                 % (conf, extra_plugin, extra_config))
         return td.Dovecot(d, passdb=dbs[0], userdb=dbs[1], extra_config=extra,
                           mail_plugins="quota tenant_quota", extra_plugins=[PLUGIN],
                           auth_modules=[AUTH_MODULE])
@@ -338,6 +338,51 @@ def test_warnings_once_per_crossing_and_rearmed(topo):
     topo.set_usage(POOL // 2 - 100)
     assert append(topo.a, "alice@acme.example")[0] == "OK"
     assert (count(50), count(90)) == (base50 + 2, base90 + 1)
+
+
+QUOTA_WARNING_SCRIPT = os.path.join(TOP, "examples", "quota-warning.sh")
+
+
+def test_dovecot_quota_warning_mails_the_user_from_the_pool_root(topo):
+    """Dovecot's own quota2_warning on the pool root (backend tenant) runs
+    examples/quota-warning.sh once when an APPEND takes the pool across
+    the threshold; the warning mail lands in the user's INBOX, the pool
+    not enforced for it."""
+    wd = os.path.join(topo.workdir, "store-W")
+    store = topo._store("W", extra_plugin=(
+        "  quota2_warning = storage=50%% quota-warning pool 50 %u\n"), extra_config=(
+        "service quota-warning {\n  executable = script %s -c %s/dovecot.conf\n"
+        "  user = vmail\n"
+        "  unix_listener quota-warning {\n    user = vmail\n  }\n}\n"
+        # dovecot-lda, run by the script as vmail, asks auth-userdb, reports
+        # to stats-writer and writes the log itself
+        "service auth {\n  unix_listener auth-userdb {\n    user = vmail\n  }\n}\n"
+        "service stats {\n  unix_listener stats-writer {\n    mode = 0666\n  }\n}\n"
+        % (QUOTA_WARNING_SCRIPT, wd)))
+    topo.stores.append(store)
+    os.chmod(store.log_path(), 0o666)
+    subject = "Subject: The mail storage shared by your organisation is 50% full"
+    inbox = os.path.join(td.home_dir_of(wd), "acme.example", "bob", "Maildir")
+
+    def warnings():
+        found = []
+        for sub in ("new", "cur"):
+            for f in glob.glob(os.path.join(inbox, sub, "*")):
+                with open(f, "rb") as fh:
+                    if subject.encode() in fh.read():
+                        found.append(f)
+        return found
+
+    topo.reset(POOL // 2 - 1000)
+    assert append(store, "bob@acme.example", size=500)[0] == "OK"     # below 50 %
+    assert append(store, "bob@acme.example")[0] == "OK"               # crosses it
+    deadline = time.monotonic() + 10
+    while not warnings() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(warnings()) == 1, store.log_text()[-3000:]
+    assert append(store, "bob@acme.example", size=500)[0] == "OK"     # still above
+    time.sleep(1)
+    assert len(warnings()) == 1
 
 
 def test_mailbox_warnings_scope_mailbox(topo):
