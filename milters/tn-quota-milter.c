@@ -236,17 +236,20 @@ static void qm_settings_replace(struct qm_settings *s)
 	qm_settings_unref(&old);
 }
 
-/* A fresh configuration from the file and the -o overrides. */
-static struct tn_conf *qm_conf_load(const char **error_r)
+/* A fresh configuration from the file and the -o overrides, or NULL
+ * after an error line (the error text lives in the configuration, so it
+ * is logged before that is destroyed). */
+static struct tn_conf *qm_conf_load(void)
 {
 	struct tn_conf *conf = tn_conf_create(QM_PROGRAM, quota_milter_tables);
+	const char *error;
 
-	if (tn_conf_load_file(conf, qm.conf_path, error_r) < 0)
+	if (tn_conf_load_file(conf, qm.conf_path, &error) < 0)
 		goto fail;
 	for (size_t i = 0; i < qm.noverrides; i++) {
 		const char *arg = qm.overrides[i], *eq = strchr(arg, '=');
 		char *name = tn_mem_strndup(arg, (size_t)(eq - arg));
-		int ret = tn_conf_set(conf, name, eq + 1, error_r);
+		int ret = tn_conf_set(conf, name, eq + 1, &error);
 
 		tn_mem_free(&name);
 		if (ret < 0)
@@ -254,22 +257,21 @@ static struct tn_conf *qm_conf_load(const char **error_r)
 	}
 	return conf;
 fail:
+	tn_error("reload: %s (the running settings stay)", error);
 	tn_conf_destroy(&conf);
 	return NULL;
 }
 
 /* SIGUSR1, in the reload thread: the settings of struct qm_settings and
- * the log level; sockets, user, directory, Redis and outbox settings
- * need a restart. A bad file changes nothing. */
+ * the log level; sockets, user, tenant header, directory, Redis and
+ * outbox settings need a restart. A bad file changes nothing. */
 static void qm_reload(void *context)
 {
-	const char *error;
-	struct tn_conf *conf = qm_conf_load(&error);
+	struct tn_conf *conf = qm_conf_load();
 
 	(void)context;
 	if (conf == NULL) {
 		atomic_fetch_add(&qm.m.reload_failures, 1);
-		tn_error("reload: %s (the running settings stay)", error);
 		return;
 	}
 	qm_settings_replace(qm_settings_read(conf));
