@@ -119,11 +119,13 @@ struct mapd {
 	tn_msec_t timeout;
 	struct timeval idle;
 	uint64_t nconns, max_conns, next_id;
+	struct mapd_conn *conns;	/* every open connection */
 };
 
 struct mapd_job;
 
 struct mapd_conn {
+	struct mapd_conn *prev, *next;
 	struct mapd *md;
 	struct bufferevent *bev;
 	struct mapd_job *job;		/* the request in flight, or NULL */
@@ -175,6 +177,12 @@ static void mapd_job_free(struct mapd_job **jobp)
 
 static void mapd_conn_free(struct mapd_conn *conn)
 {
+	if (conn->prev != NULL)
+		conn->prev->next = conn->next;
+	else
+		conn->md->conns = conn->next;
+	if (conn->next != NULL)
+		conn->next->prev = conn->prev;
 	mapd_job_free(&conn->job);
 	bufferevent_free(conn->bev);
 	tn_mapd_metrics_add(&conn->md->stats.connections, -1);
@@ -503,6 +511,10 @@ static void mapd_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 	bufferevent_setwatermark(conn->bev, EV_READ, 0, md->max_request + MAPD_FRAMING);
 	bufferevent_set_timeouts(conn->bev, &md->idle, &md->idle);
 	bufferevent_enable(conn->bev, EV_READ | EV_WRITE);
+	conn->next = md->conns;
+	if (md->conns != NULL)
+		md->conns->prev = conn;
+	md->conns = conn;
 	md->nconns++;
 	tn_mapd_metrics_add(&md->stats.connections, 1);
 	tn_mapd_metrics_add(&md->stats.connections_total, 1);
@@ -711,8 +723,10 @@ static void mapd_teardown(struct mapd *md)
 		tn_mem_free(&md->listeners[i].unix_path);
 	}
 	tn_mem_free(&md->listeners);
-	/* open connections are dropped with the process; the adapter first,
-	 * so that no callback runs after this point */
+	/* open connections first (their lookups are cancelled), then the
+	 * adapter, so that no callback runs after this point */
+	while (md->conns != NULL)
+		mapd_conn_free(md->conns);
 	tn_lookup_event_destroy(&md->le);
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
 		if (evs[i] != NULL)
