@@ -521,6 +521,58 @@ def test_unix_socket_and_privilege_drop(stack, tmp_path):
         m.stop()
 
 
+def test_hostile_recipients_are_answered_and_logged_safely(milter):
+    """Injection: LDAP filter and DN metacharacters, CR/LF, a NUL-free
+    byte soup, invalid UTF-8 and very long addresses reach the lookup,
+    the log and the events only escaped; each gets a clear answer."""
+    hostile = ["a*@acme.example", "(|(mail=*))@acme.example", "x\\y@acme.example",
+               "a,b=c+d@acme.example", "caf\xc3@acme.example", "\xff\xfe@acme.example",
+               "a@acme.example\r\nRCPT TO:<b@acme.example>", "A" * 900 + "@acme.example",
+               "bob@" + "x" * 300 + ".example", "@acme.example", "nobody@"]
+    mark = milter.log_mark()
+    for rcpt in hostile:
+        out = miltertest("transaction.lua", socket=milter.socket, rcpts=rcpt,
+                         finish="abort", sep="\t")
+        assert "rcpt " in out and "accept" not in out.split("rcpt ")[1].split()[1:2]
+    log = milter.log_since(mark)
+    results = re.findall(r"result=(\S+) reply=(continue|\d{3} \d\.\d\.\d+)", log)
+    assert len(results) == len(hostile), log[-3000:]
+    for res, rep in results:
+        assert res in ("unknown", "foreign"), (res, rep)
+        assert rep in ("550 5.1.1", "continue"), (res, rep)
+    for line in log.splitlines():
+        assert len(line) < 2100 and "\r" not in line
+        assert all(0x20 <= ord(c) < 0x7f or c == "\t" for c in line), repr(line)
+    assert milter.proc.poll() is None
+    for e in milter.events():
+        assert all(0x20 <= ord(c) < 0x7f for c in e["data"].get("address", ""))
+
+
+def test_concurrent_sessions(milter):
+    """Twenty SMTP sessions at once, each three tenants' recipients: every
+    answer right, every state freed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rcpts = ["alice@acme.example", "hank@globex.example", "peter@initech.example",
+             "dave@acme.example", "nobody@acme.example"]
+    want = {"alice@acme.example": "continue", "hank@globex.example": "replycode",
+            "peter@initech.example": "continue", "dave@acme.example": "replycode",
+            "nobody@acme.example": "replycode"}
+
+    def one(i):
+        out = miltertest("transaction.lua", socket=milter.socket, rcpts=",".join(rcpts),
+                         size=100, body=500, qid="4QCONC%04d" % i)
+        return dict(re.findall(r"^rcpt (\S+) (\S+)$", out, re.M)), \
+            re.search(r"^eom (\S+)$", out, re.M).group(1)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(40)))
+    for answers, eom in results:
+        assert answers == want and eom == "continue"
+    th_wait(lambda: milter.metrics()["tn_quota_milter_sessions"] == 0 and
+            milter.metrics()["tn_quota_milter_transactions"] == 0)
+
+
 # --- faults ------------------------------------------------------------------
 
 def assert_tempfail_within_deadline(milter, rcpt):

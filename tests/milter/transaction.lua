@@ -1,7 +1,7 @@
 -- transaction.lua: one SMTP transaction through tn-quota-milter.
 -- miltertest -D socket=inet:PORT@127.0.0.1 -D rcpts=a@x,b@y
 --            [-D size=N] [-D body=N] [-D qid=ID] [-D finish=eom|abort|none]
---            [-D inhdr=N -D hdrname=NAME] -s transaction.lua
+--            [-D inhdr=N -D hdrname=NAME] [-D sep=C] -s transaction.lua
 -- Prints "rcpt ADDRESS continue|replycode|tempfail|reject|accept" per
 -- recipient and "eom continue|replycode|..." (with finish=eom, after
 -- `body` bytes of body). An SMFIR_ACCEPT at RCPT is an error: it would
@@ -31,7 +31,9 @@ end
 if err ~= nil then error("mailfrom: " .. err) end
 
 local accepted = 0
-for r in string.gmatch(rcpts, "[^,]+") do
+-- sep: the recipients' separator (default ","; a tab for addresses
+-- holding commas)
+for r in string.gmatch(rcpts, "[^" .. (sep or ",") .. "]+") do
   mt.macro(conn, SMFIC_RCPT, "i", qid)
   err = mt.rcptto(conn, "<" .. r .. ">")
   if err ~= nil then error("rcptto " .. r .. ": " .. err) end
