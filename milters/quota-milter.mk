@@ -6,8 +6,9 @@ QUOTA_POLICY_SOURCES = milters/quota-policy.c milters/quota-policy.h
 
 check_PROGRAMS += tests/unit/test-quota-policy
 TESTS += tests/unit/test-quota-policy
-tests_unit_test_quota_policy_SOURCES = tests/unit/test-quota-policy.c $(QUOTA_POLICY_SOURCES)
-tests_unit_test_quota_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters
+tests_unit_test_quota_policy_SOURCES = tests/unit/test-quota-policy.c $(QUOTA_POLICY_SOURCES) \
+	milters/quota-redis.c milters/quota-redis.h
+tests_unit_test_quota_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters $(HIREDIS_CFLAGS)
 tests_unit_test_quota_policy_LDADD = $(UNIT_LDADD)
 
 # The milter: libmilter callbacks and main(); tn-milter-common is the part

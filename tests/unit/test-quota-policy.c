@@ -8,7 +8,8 @@
  *	usage, declared size, settings) and the one line the milter's
  *	answer must format to: "<code> <enhanced> <reason> <scope>" for a
  *	refusal, "continue <result>" otherwise. Then end-of-message
- *	cases, and SIZE= parsing.
+ *	cases, SIZE= parsing, the account's flattening and the traffic
+ *	counters' hour (milters/quota-redis.c).
  *--*/
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 #include <cmocka.h>
 
 #include "quota-policy.h"
+#include "quota-redis.h"
 
 #define MiB (INT64_C(1024) * 1024)
 
@@ -304,6 +306,43 @@ static void test_result_names(void **state)
 	assert_string_equal(quota_policy_result_name(QUOTA_POLICY_RESULTS), "invalid");
 }
 
+static void test_rcpt_from_account(void **state)
+{
+	struct tn_account acct = {
+		.kind = TN_ACCOUNT_MAILBOX, .address = "dave@acme.example", .tenant = "acme",
+		.status = TN_STATUS_SUSPENDED, .quota = { MiB, TN_LEVEL_OBJECT },
+		.tenant_storage = { 10 * MiB, TN_LEVEL_TENANT },
+		.max_msg_size = { 25 * MiB, TN_LEVEL_TENANT },
+	};
+	struct quota_policy_rcpt r;
+
+	(void)state;
+	quota_policy_rcpt_from_account(&acct, &r);
+	assert_ptr_equal(r.address, acct.address);
+	assert_ptr_equal(r.tenant, acct.tenant);
+	assert_int_equal(r.kind, TN_ACCOUNT_MAILBOX);
+	assert_int_equal(r.status, TN_STATUS_SUSPENDED);
+	assert_int_equal(r.quota, MiB);
+	assert_int_equal(r.tenant_storage, 10 * MiB);
+	assert_int_equal(r.max_size, 25 * MiB);
+	assert_false(r.usage_known);
+}
+
+static void test_traffic_period(void **state)
+{
+	char buf[11];
+
+	(void)state;
+	quota_redis_period(0, buf);
+	assert_string_equal(buf, "1970010100");
+	quota_redis_period(INT64_C(1795379099), buf);	/* 2026-11-22 20:24:59 UTC */
+	assert_string_equal(buf, "2026112220");
+	quota_redis_period(INT64_C(1795381199), buf);	/* the hour's last second */
+	assert_string_equal(buf, "2026112220");
+	quota_redis_period(INT64_C(1795381200), buf);
+	assert_string_equal(buf, "2026112221");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -313,6 +352,8 @@ int main(void)
 		cmocka_unit_test(test_eom),
 		cmocka_unit_test(test_parse_size),
 		cmocka_unit_test(test_result_names),
+		cmocka_unit_test(test_rcpt_from_account),
+		cmocka_unit_test(test_traffic_period),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
