@@ -184,9 +184,9 @@ static void mapd_conn_free(struct mapd_conn *conn)
 	if (conn->next != NULL)
 		conn->next->prev = conn->prev;
 	mapd_job_free(&conn->job);
-	bufferevent_free(conn->bev);
 	tn_mapd_metrics_add(&conn->md->stats.connections, -1);
 	conn->md->nconns--;
+	bufferevent_free(conn->bev);
 	tn_mem_free(&conn);
 }
 

@@ -772,6 +772,30 @@ def test_metrics_count_requests_by_map_and_result(mapd):
     assert re.search(r"^tn_mapd_cache_subscribed 1$", text, re.M)
 
 
+def test_connection_limit_and_idle_timeout(stack, tmp_path):
+    m = Mapd(tmp_path, stack, extra="mapd_max_connections = 2\n"
+                                     "mapd_idle_timeout = 1s\n")
+    try:
+        deadline = time.monotonic() + 5         # the readiness probe has left
+        while m.metric("tn_mapd_connections") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        a, b = m.client(), m.client()
+        assert a.query("domains", "acme.example") == "OK acme"
+        assert b.query("domains", "acme.example") == "OK acme"
+        c = m.client()                          # the third is closed at once
+        assert c.closed()
+        assert m.metric("tn_mapd_connections_refused_total") == 1
+        assert m.metric("tn_mapd_connections") == 2
+        t0 = time.monotonic()
+        assert a.closed() and b.closed()        # idle: closed by the server
+        assert 0.5 < time.monotonic() - t0 < 3
+        assert m.metric("tn_mapd_connections") == 0
+        assert m.q("domains", "acme.example") == "OK acme"
+    finally:
+        m.stop()
+
+
 # --- documentation -------------------------------------------------------------
 
 def test_man_page_documents_every_parameter():
