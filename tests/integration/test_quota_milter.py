@@ -710,6 +710,38 @@ def test_bad_configuration_names_file_and_line(tmp_path):
     assert "%s:2:" % conf in r.stderr and "quota_milter_lookup_timeout" in r.stderr
 
 
+def test_one_shared_tenantmail_conf(stack, tmp_path):
+    """lib/tn-conf-shared.h: the milter accepts the other programs'
+    top-level lines, and its own section is no error for them."""
+    require_prerequisites()
+    conf = tmp_path / "tenantmail.conf"
+    with open(stack.conf) as f:
+        base = f.read()
+    conf.write_text(base + "\n".join([
+        "outbox_dir = %s" % (tmp_path / "outbox"),
+        "hookd_endpoints_dir = %s" % (tmp_path / "hooks.d"),
+        "prov_timeout = 12s",
+        "[tn-quota-milter]",
+        "quota_milter_over_quota_reply = permanent",
+        "quota_milter_socket = inet:10025@127.0.0.1",
+        "[tn-provisiond]",
+        "provd_listen = 127.0.0.1:8080",
+        ""]))
+    r = subprocess.run([MILTER, "-c", str(conf), "-n"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "quota_milter_over_quota_reply = permanent" in r.stdout
+    tnctl = os.path.join(BUILD, "provisioning", "tnctl")
+    r = subprocess.run([tnctl, "-c", str(conf), "config"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    # its parameters belong in its section: elsewhere they are unknown
+    conf.write_text(base + "quota_milter_events = no\n")
+    r = subprocess.run([tnctl, "-c", str(conf), "config"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and "quota_milter_events" in r.stderr
+
+
 def test_man_page_documents_every_parameter():
     with open(SOURCE) as f:
         text = f.read()
