@@ -4,15 +4,15 @@
  * SUMMARY
  *	idempotency records in Redis (see tn-idem.h)
  * DESCRIPTION
- *	A small pool of blocking hiredis connections of its own (the
- *	cache's pool is private to tn-cache.c and treats Redis as optional;
- *	here a failure must reach the caller). A connection that failed is
- *	dropped and made again by the next call: with Redis stopped, calls
- *	fail at once (connection refused) or by redis_timeout.
+ *	Commands go through the lookup cache's connection pool
+ *	(tn_cache_command_argv, as tn-usage.c does): its per-command
+ *	timeout, deadline and down-marking -- after a failure calls fail
+ *	at once for a short backoff, so a stopped Redis costs a request
+ *	nothing but the error. Unlike the lookup cache, a failure here
+ *	reaches the caller.
  *--*/
 #include <ctype.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,6 +23,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
 
+#include "tn-cache.h"
 #include "tn-idem.h"
 #include "tn-lookup.h"
 #include "tn-mem.h"
@@ -44,14 +45,8 @@ static const char tn_idem_script_release[] =
 
 struct tn_idem {
 	bool enabled;
-	char *host, *socket_path, *password, *prefix;
-	int port, db;
-	tn_msec_t timeout;
-	unsigned nconns;
-	redisContext **conns;		/* NULL: not connected */
-	bool *busy;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	char *prefix;
+	struct tn_cache *cache;
 };
 
 static __thread char tn_idem_errbuf[256];
@@ -67,33 +62,32 @@ static const char *tn_idem_err(const char *fmt, ...)
 	return tn_idem_errbuf;
 }
 
-static char *tn_idem_strdup_opt(const char *s)
-{
-	return s != NULL && *s != '\0' ? tn_mem_strdup(s) : NULL;
-}
-
 struct tn_idem *tn_idem_create(const struct tn_conf *conf, const char **error_r)
 {
+	struct tn_cache_settings set = {
+		.host = tn_conf_str(conf, "redis_host"),
+		.port = (int)tn_conf_int(conf, "redis_port"),
+		.socket_path = tn_conf_str(conf, "redis_socket"),
+		.db = (int)tn_conf_int(conf, "redis_db"),
+		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
+		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
+		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
+	};
 	struct tn_idem *im;
 	char *password = NULL;
 
 	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"), &password,
 				  error_r) < 0)
 		return NULL;
+	set.password = password;
 	im = tn_mem_calloc(1, sizeof(*im));
 	im->enabled = tn_conf_bool(conf, "redis_enabled");
-	im->host = tn_mem_strdup(tn_conf_str(conf, "redis_host"));
-	im->socket_path = tn_idem_strdup_opt(tn_conf_str(conf, "redis_socket"));
-	im->password = password;
-	im->prefix = tn_mem_strdup(tn_conf_str(conf, "redis_key_prefix"));
-	im->port = (int)tn_conf_int(conf, "redis_port");
-	im->db = (int)tn_conf_int(conf, "redis_db");
-	im->timeout = tn_conf_time_ms(conf, "redis_timeout");
-	im->nconns = (unsigned)tn_conf_int(conf, "redis_connections");
-	im->conns = tn_mem_calloc(im->nconns, sizeof(*im->conns));
-	im->busy = tn_mem_calloc(im->nconns, sizeof(*im->busy));
-	pthread_mutex_init(&im->lock, NULL);
-	pthread_cond_init(&im->cond, NULL);
+	im->prefix = tn_mem_strdup(set.key_prefix);
+	if (im->enabled)
+		im->cache = tn_cache_create(&set);
+	if (password != NULL)
+		explicit_bzero(password, strlen(password));
+	tn_mem_free(&password);
 	return im;
 }
 
@@ -103,20 +97,9 @@ void tn_idem_destroy(struct tn_idem **imp)
 
 	if (im == NULL)
 		return;
-	for (unsigned i = 0; i < im->nconns; i++) {
-		if (im->conns[i] != NULL)
-			redisFree(im->conns[i]);
-	}
-	if (im->password != NULL)
-		explicit_bzero(im->password, strlen(im->password));
-	tn_mem_free(&im->password);
-	tn_mem_free(&im->host);
-	tn_mem_free(&im->socket_path);
+	if (im->cache != NULL)
+		tn_cache_destroy(&im->cache);
 	tn_mem_free(&im->prefix);
-	tn_mem_free(&im->conns);
-	tn_mem_free(&im->busy);
-	pthread_mutex_destroy(&im->lock);
-	pthread_cond_destroy(&im->cond);
 	tn_mem_free(imp);
 }
 
@@ -126,40 +109,20 @@ void tn_idem_slot_clear(struct tn_idem_slot *slot)
 	tn_mem_free(&slot->marker);
 }
 
-/* --- connections ------------------------------------------------------------------ */
-
-/* min(redis_timeout, time left), at least 1 ms */
-static struct timeval tn_idem_tv(const struct tn_idem *im, tn_msec_t deadline)
-{
-	tn_msec_t left = tn_time_left_ms(deadline);
-	struct timeval tv;
-
-	if (im->timeout < left)
-		left = im->timeout;
-	if (left < 1)
-		left = 1;
-	tv.tv_sec = left / 1000;
-	tv.tv_usec = (left % 1000) * 1000;
-	return tv;
-}
-
-/* One command; NULL with *error_r on a transport failure or an error
- * reply (the connection is then unusable: *broken_r). */
-static redisReply *tn_idem_command(struct tn_idem *im, redisContext *ctx, tn_msec_t deadline,
-				   int argc, const char **argv, const size_t *lens,
-				   bool *broken_r, const char **error_r)
+/* Runs one command; NULL with *error_r on a transport failure or an
+ * error reply. */
+static redisReply *tn_idem_run(struct tn_idem *im, tn_msec_t deadline, int argc,
+			       const char **argv, const size_t *lens, const char **error_r)
 {
 	redisReply *r;
 
-	if (redisSetTimeout(ctx, tn_idem_tv(im, deadline)) != REDIS_OK) {
-		*broken_r = true;
-		*error_r = tn_idem_err("redis: cannot set the socket timeout");
+	if (!im->enabled) {
+		*error_r = "redis is disabled (redis_enabled = no)";
 		return NULL;
 	}
-	if ((r = redisCommandArgv(ctx, argc, argv, lens)) == NULL) {
-		*broken_r = true;
-		*error_r = tn_idem_err("redis: %s: %s", argv[0],
-				       ctx->errstr[0] != '\0' ? ctx->errstr : "no reply");
+	r = tn_cache_command_argv(im->cache, argc, argv, lens, deadline);
+	if (r == NULL) {
+		*error_r = tn_idem_err("redis: %s: %s", argv[0], tn_cache_last_error());
 		return NULL;
 	}
 	if (r->type == REDIS_REPLY_ERROR) {
@@ -167,112 +130,6 @@ static redisReply *tn_idem_command(struct tn_idem *im, redisContext *ctx, tn_mse
 		freeReplyObject(r);
 		return NULL;
 	}
-	return r;
-}
-
-static int tn_idem_simple(struct tn_idem *im, redisContext *ctx, tn_msec_t deadline,
-			  int argc, const char **argv, const char **error_r)
-{
-	bool broken = false;
-	redisReply *r = tn_idem_command(im, ctx, deadline, argc, argv, NULL, &broken, error_r);
-
-	if (r == NULL)
-		return -1;
-	freeReplyObject(r);
-	return 0;
-}
-
-static redisContext *tn_idem_connect(struct tn_idem *im, tn_msec_t deadline,
-				     const char **error_r)
-{
-	struct timeval tv = tn_idem_tv(im, deadline);
-	redisContext *ctx = im->socket_path != NULL ?
-		redisConnectUnixWithTimeout(im->socket_path, tv) :
-		redisConnectWithTimeout(im->host, im->port, tv);
-	char db[16];
-
-	if (ctx == NULL || ctx->err) {
-		*error_r = tn_idem_err("redis connect: %s",
-				       ctx != NULL ? ctx->errstr : "out of memory");
-		goto fail;
-	}
-	if (im->password != NULL &&
-	    tn_idem_simple(im, ctx, deadline, 2, (const char *[]){ "AUTH", im->password },
-			   error_r) < 0)
-		goto fail;
-	snprintf(db, sizeof(db), "%d", im->db);
-	if (im->db != 0 &&
-	    tn_idem_simple(im, ctx, deadline, 2, (const char *[]){ "SELECT", db }, error_r) < 0)
-		goto fail;
-	return ctx;
-fail:
-	if (ctx != NULL)
-		redisFree(ctx);
-	return NULL;
-}
-
-/* A connection of the pool (index), connected; -1 with *error_r. */
-static int tn_idem_acquire(struct tn_idem *im, tn_msec_t deadline, const char **error_r)
-{
-	struct timespec ts;
-	int idx = -1;
-
-	if (!im->enabled) {
-		*error_r = "redis is disabled (redis_enabled = no)";
-		return -1;
-	}
-	tn_time_deadline_timespec(deadline, &ts);
-	pthread_mutex_lock(&im->lock);
-	for (;;) {
-		for (unsigned i = 0; i < im->nconns && idx < 0; i++) {
-			if (!im->busy[i])
-				idx = (int)i;
-		}
-		if (idx >= 0 || pthread_cond_timedwait(&im->cond, &im->lock, &ts) == ETIMEDOUT)
-			break;
-	}
-	if (idx >= 0)
-		im->busy[idx] = true;
-	pthread_mutex_unlock(&im->lock);
-	if (idx < 0) {
-		*error_r = "redis: no connection free in time";
-		return -1;
-	}
-	if (im->conns[idx] == NULL &&
-	    (im->conns[idx] = tn_idem_connect(im, deadline, error_r)) == NULL) {
-		pthread_mutex_lock(&im->lock);
-		im->busy[idx] = false;
-		pthread_cond_signal(&im->cond);
-		pthread_mutex_unlock(&im->lock);
-		return -1;
-	}
-	return idx;
-}
-
-static void tn_idem_put_back(struct tn_idem *im, int idx, bool broken)
-{
-	if (broken && im->conns[idx] != NULL) {
-		redisFree(im->conns[idx]);
-		im->conns[idx] = NULL;
-	}
-	pthread_mutex_lock(&im->lock);
-	im->busy[idx] = false;
-	pthread_cond_signal(&im->cond);
-	pthread_mutex_unlock(&im->lock);
-}
-
-/* Runs one command on a pooled connection. */
-static redisReply *tn_idem_run(struct tn_idem *im, tn_msec_t deadline, int argc,
-			       const char **argv, const size_t *lens, const char **error_r)
-{
-	int idx = tn_idem_acquire(im, deadline, error_r);
-	bool broken = false;
-	redisReply *r;
-
-	if (idx < 0)
-		return NULL;
-	r = tn_idem_command(im, im->conns[idx], deadline, argc, argv, lens, &broken, error_r);
-	tn_idem_put_back(im, idx, broken);
 	return r;
 }
 
