@@ -8,7 +8,9 @@ check_PROGRAMS += tests/unit/test-quota-policy
 TESTS += tests/unit/test-quota-policy
 tests_unit_test_quota_policy_SOURCES = tests/unit/test-quota-policy.c $(QUOTA_POLICY_SOURCES) \
 	milters/quota-redis.c milters/quota-redis.h
-tests_unit_test_quota_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters $(HIREDIS_CFLAGS)
+tests_unit_test_quota_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters $(HIREDIS_CFLAGS) \
+	-DTN_QUOTA_GOLDEN_DIR='"$(abs_top_srcdir)/tests/unit"'
+EXTRA_DIST += tests/unit/test-quota-policy.in tests/unit/test-quota-policy.ref
 tests_unit_test_quota_policy_LDADD = $(UNIT_LDADD)
 
 # The milter: libmilter callbacks and main(); tn-milter-common is the part

@@ -4,18 +4,22 @@
  * SUMMARY
  *	unit tests: tn-quota-milter's decisions (milters/quota-policy.c)
  * DESCRIPTION
- *	Golden cases: each row is a recipient (lookup results, account,
- *	usage, declared size, settings) and the one line the milter's
- *	answer must format to: "<code> <enhanced> <reason> <scope>" for a
- *	refusal, "continue <result>" otherwise. Then end-of-message
- *	cases, SIZE= parsing, the account's flattening and the traffic
+ *	Golden cases: each line of test-quota-policy.in is a recipient
+ *	(lookup results, account, usage, declared size, settings) and the
+ *	same line of test-quota-policy.ref the answer it must format to:
+ *	"<code> <enhanced> <reason> <scope>" for a refusal, "continue
+ *	<result>" otherwise (TN_GOLDEN_PRINT=1 prints what the code
+ *	answers instead of comparing). Then end-of-message cases, SIZE= parsing, the account's flattening and the traffic
  *	counters' hour (milters/quota-redis.c).
  *--*/
+#include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -30,101 +34,14 @@
 #define S_SUSP_TEMP 2		/* suspended_temporary */
 #define S_REDIS_TEMP 4		/* usage_unavailable_tempfail */
 
-struct rcpt_case {
-	const char *name;
-	unsigned settings;
-	enum tn_result lookup, domain;
-	enum tn_account_kind kind;
-	enum tn_status status;
-	int64_t quota, pool, max_size;
-	bool usage_known;
-	int64_t mbx_bytes, ten_bytes;
-	int64_t size;
-	const char *expect;
-};
-
 #define MBX TN_ACCOUNT_MAILBOX
 #define ALIAS TN_ACCOUNT_ALIAS
 #define ACTIVE TN_STATUS_ACTIVE
 #define SUSP TN_STATUS_SUSPENDED
-#define DEL TN_STATUS_DELETED
 
-static const struct rcpt_case rcpt_cases[] = {
-	/* the lookup's three states */
-	{ "directory down", S_DEFAULT, TN_TEMPFAIL, TN_FOUND, MBX, ACTIVE, 0, 0, 0, true, 0, 0, -1,
-	  "451 4.3.0 - -" },
-	{ "directory down, even configured permanent", S_PERM, TN_TEMPFAIL, TN_NOTFOUND, MBX,
-	  ACTIVE, 0, 0, 0, true, 0, 0, -1, "451 4.3.0 - -" },
-	{ "unknown user in our domain", S_DEFAULT, TN_NOTFOUND, TN_FOUND, MBX, ACTIVE, 0, 0, 0,
-	  true, 0, 0, -1, "550 5.1.1 unknown_recipient -" },
-	{ "not found, domain lookup failed", S_DEFAULT, TN_NOTFOUND, TN_TEMPFAIL, MBX, ACTIVE,
-	  0, 0, 0, true, 0, 0, -1, "451 4.3.0 - -" },
-	{ "not our domain", S_DEFAULT, TN_NOTFOUND, TN_NOTFOUND, MBX, ACTIVE, 0, 0, 0, true, 0,
-	  0, -1, "continue foreign" },
-	/* status after the cascade */
-	{ "deleted", S_DEFAULT, TN_FOUND, 0, MBX, DEL, 0, 0, 0, true, 0, 0, -1,
-	  "550 5.1.1 deleted -" },
-	{ "deleted, suspended_temporary set", S_SUSP_TEMP, TN_FOUND, 0, MBX, DEL, 0, 0, 0,
-	  true, 0, 0, -1, "550 5.1.1 deleted -" },
-	{ "suspended", S_DEFAULT, TN_FOUND, 0, MBX, SUSP, 0, 0, 0, true, 0, 0, -1,
-	  "550 5.2.1 suspended -" },
-	{ "suspended, temporary", S_SUSP_TEMP, TN_FOUND, 0, MBX, SUSP, 0, 0, 0, true, 0, 0, -1,
-	  "450 4.2.1 suspended -" },
-	{ "suspended beats over quota", S_DEFAULT, TN_FOUND, 0, MBX, SUSP, MiB, 0, 0, true,
-	  5 * MiB, 0, -1, "550 5.2.1 suspended -" },
-	{ "suspended alias", S_DEFAULT, TN_FOUND, 0, ALIAS, SUSP, 0, 0, 0, true, 0, 0, -1,
-	  "550 5.2.1 suspended -" },
-	/* message size */
-	{ "too large for the plan", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 0, 0, 10 * MiB, true, 0,
-	  0, 10 * MiB + 1, "552 5.3.4 message_too_large -" },
-	{ "exactly the plan's size", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 0, 0, 10 * MiB, true,
-	  0, 0, 10 * MiB, "continue pass" },
-	{ "size unknown, limit set", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 0, 0, 10 * MiB, true,
-	  0, 0, -1, "continue pass" },
-	{ "too large beats over quota", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, MiB, 0, 10, true,
-	  5 * MiB, 0, 11, "552 5.3.4 message_too_large -" },
-	{ "alias too large", S_DEFAULT, TN_FOUND, 0, ALIAS, ACTIVE, 0, 0, 100, true, 0, 0, 101,
-	  "552 5.3.4 message_too_large -" },
-	/* mailbox quota */
-	{ "mailbox over quota (dave)", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, MiB, 10240 * MiB,
-	  25 * MiB, true, 5 * MiB, 5 * MiB, -1, "452 4.2.2 over_quota mailbox" },
-	{ "mailbox over quota, permanent", S_PERM, TN_FOUND, 0, MBX, ACTIVE, MiB, 0, 0, true,
-	  5 * MiB, 0, -1, "552 5.2.2 over_quota mailbox" },
-	{ "mailbox exactly full, no SIZE", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 1000, 0, 0, true,
-	  1000, 0, -1, "452 4.2.2 over_quota mailbox" },
-	{ "mailbox with room, no SIZE", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 1000, 0, 0, true,
-	  999, 0, -1, "continue pass" },
-	{ "SIZE= fits exactly", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 1000, 0, 0, true, 900, 0,
-	  100, "continue pass" },
-	{ "SIZE= one byte too many", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 1000, 0, 0, true, 900,
-	  0, 101, "452 4.2.2 over_quota mailbox" },
-	{ "huge SIZE= does not overflow", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 1000, 0, 0, true,
-	  900, 0, INT64_MAX, "452 4.2.2 over_quota mailbox" },
-	{ "unlimited mailbox", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 0, 0, 0, true, 5 * MiB, 0,
-	  MiB, "continue pass" },
-	/* tenant pool */
-	{ "tenant pool full", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 0, 10 * MiB, 0, true, 0,
-	  10 * MiB, -1, "452 4.2.2 over_quota tenant" },
-	{ "tenant pool would overflow", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 10 * MiB, 10 * MiB,
-	  0, true, 0, 9 * MiB, 2 * MiB, "452 4.2.2 over_quota tenant" },
-	{ "tenant pool, permanent", S_PERM, TN_FOUND, 0, MBX, ACTIVE, 0, 100, 0, true, 0, 100,
-	  -1, "552 5.2.2 over_quota tenant" },
-	{ "mailbox checked before the pool", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 100, 100, 0,
-	  true, 100, 100, -1, "452 4.2.2 over_quota mailbox" },
-	{ "both with room", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 100, 1000, 0, true, 10, 500,
-	  50, "continue pass" },
-	{ "alias: quotas not checked", S_DEFAULT, TN_FOUND, 0, ALIAS, ACTIVE, 100, 100, 0, true,
-	  500, 500, -1, "continue pass" },
-	/* Redis failed */
-	{ "usage unknown: unenforced", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 100, 100, 0, false,
-	  0, 0, -1, "continue unenforced" },
-	{ "usage unknown: tempfail policy", S_REDIS_TEMP, TN_FOUND, 0, MBX, ACTIVE, 100, 100, 0,
-	  false, 0, 0, -1, "451 4.3.0 - -" },
-	{ "usage unknown, no quota: pass", S_REDIS_TEMP, TN_FOUND, 0, MBX, ACTIVE, 0, 0, 0,
-	  false, 0, 0, -1, "continue pass" },
-	{ "usage unknown, still too large", S_DEFAULT, TN_FOUND, 0, MBX, ACTIVE, 100, 0, 10,
-	  false, 0, 0, 11, "552 5.3.4 message_too_large -" },
-};
+#ifndef TN_QUOTA_GOLDEN_DIR
+#define TN_QUOTA_GOLDEN_DIR "tests/unit"
+#endif
 
 static struct quota_policy_settings settings_of(unsigned bits)
 {
@@ -136,21 +53,6 @@ static struct quota_policy_settings settings_of(unsigned bits)
 	return set;
 }
 
-static void rcpt_of(const struct rcpt_case *c, struct quota_policy_rcpt *r)
-{
-	memset(r, 0, sizeof(*r));
-	r->address = "rcpt@acme.example";
-	r->tenant = "acme";
-	r->kind = c->kind;
-	r->status = c->status;
-	r->quota = c->quota;
-	r->tenant_storage = c->pool;
-	r->max_size = c->max_size;
-	r->usage_known = c->usage_known;
-	r->mailbox_bytes = c->mbx_bytes;
-	r->tenant_bytes = c->ten_bytes;
-}
-
 static void format(const struct quota_policy_decision *d, char *buf, size_t size)
 {
 	if (!quota_policy_refuses(d))
@@ -160,26 +62,158 @@ static void format(const struct quota_policy_decision *d, char *buf, size_t size
 			 d->reason != NULL ? d->reason : "-", d->scope != NULL ? d->scope : "-");
 }
 
+/* --- the golden files: test-quota-policy.in -> .ref --------------------------- */
+
+struct golden_word {
+	const char *word;
+	int value;
+};
+
+static const struct golden_word golden_results[] = {
+	{ "found", TN_FOUND }, { "notfound", TN_NOTFOUND }, { "tempfail", TN_TEMPFAIL },
+	{ "-", TN_NOTFOUND }, { NULL, 0 },
+};
+static const struct golden_word golden_kinds[] = {
+	{ "mailbox", TN_ACCOUNT_MAILBOX }, { "alias", TN_ACCOUNT_ALIAS }, { NULL, 0 },
+};
+static const struct golden_word golden_statuses[] = {
+	{ "active", TN_STATUS_ACTIVE }, { "suspended", TN_STATUS_SUSPENDED },
+	{ "deleted", TN_STATUS_DELETED }, { NULL, 0 },
+};
+static const struct golden_word golden_usage[] = {
+	{ "known", 1 }, { "unknown", 0 }, { NULL, 0 },
+};
+
+static int golden_word(const struct golden_word *words, const char *w, int lineno)
+{
+	for (; words->word != NULL; words++) {
+		if (strcmp(words->word, w) == 0)
+			return words->value;
+	}
+	fail_msg("test-quota-policy.in:%d: unknown word '%s'", lineno, w);
+	return 0;
+}
+
+static int64_t golden_number(const char *w, int lineno)
+{
+	char *end;
+	long long n;
+
+	if (strcmp(w, "-") == 0)
+		return -1;
+	if (strcmp(w, "max") == 0)
+		return INT64_MAX;
+	n = strtoll(w, &end, 10);
+	if (end == w)
+		fail_msg("test-quota-policy.in:%d: not a number '%s'", lineno, w);
+	switch (*end) {
+	case 'K': return n * 1024;
+	case 'M': return n * MiB;
+	case 'G': return n * 1024 * MiB;
+	case '\0': return n;
+	}
+	fail_msg("test-quota-policy.in:%d: bad number '%s'", lineno, w);
+	return 0;
+}
+
+static unsigned golden_settings(const char *w)
+{
+	return (strstr(w, "perm") != NULL ? S_PERM : 0) |
+		(strstr(w, "susptemp") != NULL ? S_SUSP_TEMP : 0) |
+		(strstr(w, "redistemp") != NULL ? S_REDIS_TEMP : 0);
+}
+
+/* One .in line to its "<name>: <answer>" line. */
+static void golden_case(char *line, int lineno, char *out, size_t size)
+{
+	char *f[14], *save = NULL;
+	int n = 0;
+	struct quota_policy_settings set;
+	struct quota_policy_rcpt r = { .address = "rcpt@acme.example", .tenant = "acme" };
+	struct quota_policy_decision d;
+	enum tn_result lookup, domain;
+	char answer[128];
+
+	for (char *t = strtok_r(line, " \t\n", &save); t != NULL && n < 14;
+	     t = strtok_r(NULL, " \t\n", &save))
+		f[n++] = t;
+	if (n != 13)
+		fail_msg("test-quota-policy.in:%d: %d fields, expected 13", lineno, n);
+	set = settings_of(golden_settings(f[1]));
+	lookup = (enum tn_result)golden_word(golden_results, f[2], lineno);
+	domain = (enum tn_result)golden_word(golden_results, f[3], lineno);
+	r.kind = (enum tn_account_kind)golden_word(golden_kinds, f[4], lineno);
+	r.status = (enum tn_status)golden_word(golden_statuses, f[5], lineno);
+	r.quota = golden_number(f[6], lineno);
+	r.tenant_storage = golden_number(f[7], lineno);
+	r.max_size = golden_number(f[8], lineno);
+	r.usage_known = golden_word(golden_usage, f[9], lineno) != 0;
+	r.mailbox_bytes = golden_number(f[10], lineno);
+	r.tenant_bytes = golden_number(f[11], lineno);
+	quota_policy_rcpt(&set, lookup, domain, lookup == TN_FOUND ? &r : NULL,
+			  golden_number(f[12], lineno), &d);
+	if (quota_policy_refuses(&d) && d.text == NULL)
+		fail_msg("test-quota-policy.in:%d: a refusal without a text", lineno);
+	format(&d, answer, sizeof(answer));
+	snprintf(out, size, "%s: %s", f[0], answer);
+}
+
+static FILE *golden_open(const char *name)
+{
+	char path[1024];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", TN_QUOTA_GOLDEN_DIR, name);
+	if ((f = fopen(path, "r")) == NULL)
+		fail_msg("%s: %s", path, strerror(errno));
+	return f;
+}
+
 static void test_rcpt_golden(void **state)
 {
-	(void)state;
-	for (size_t i = 0; i < sizeof(rcpt_cases) / sizeof(rcpt_cases[0]); i++) {
-		const struct rcpt_case *c = &rcpt_cases[i];
-		struct quota_policy_settings set = settings_of(c->settings);
-		struct quota_policy_rcpt r;
-		struct quota_policy_decision d;
-		char got[128];
+	FILE *in = golden_open("test-quota-policy.in"), *ref = golden_open("test-quota-policy.ref");
+	char line[512], want[512], got[512];
+	bool print = getenv("TN_GOLDEN_PRINT") != NULL;
+	int lineno = 0, cases = 0;
 
-		rcpt_of(c, &r);
-		quota_policy_rcpt(&set, c->lookup, c->domain, c->lookup == TN_FOUND ? &r : NULL,
-				  c->size, &d);
-		format(&d, got, sizeof(got));
-		if (strcmp(got, c->expect) != 0)
-			fail_msg("case \"%s\": got \"%s\", expected \"%s\"", c->name, got,
-				 c->expect);
-		if (quota_policy_refuses(&d))
-			assert_non_null(d.text);
+	(void)state;
+	while (fgets(line, sizeof(line), in) != NULL) {
+		lineno++;
+		if (line[0] == '#' || strspn(line, " \t\n") == strlen(line))
+			continue;
+		golden_case(line, lineno, got, sizeof(got));
+		cases++;
+		if (print) {
+			printf("%s\n", got);
+			continue;
+		}
+		if (fgets(want, sizeof(want), ref) == NULL)
+			fail_msg("test-quota-policy.ref ends before case %d (%s)", cases, got);
+		want[strcspn(want, "\n")] = '\0';
+		if (strcmp(got, want) != 0)
+			fail_msg("test-quota-policy.in:%d: got \"%s\", test-quota-policy.ref says "
+				 "\"%s\"", lineno, got, want);
 	}
+	if (!print && fgets(want, sizeof(want), ref) != NULL)
+		fail_msg("test-quota-policy.ref has more lines than the %d cases", cases);
+	assert_true(cases >= 30);
+	fclose(in);
+	fclose(ref);
+}
+
+static void rcpt_dave(struct quota_policy_rcpt *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->address = "dave@acme.example";
+	r->tenant = "acme";
+	r->kind = MBX;
+	r->status = ACTIVE;
+	r->quota = MiB;
+	r->tenant_storage = 10240 * MiB;
+	r->max_size = 25 * MiB;
+	r->usage_known = true;
+	r->mailbox_bytes = 5 * MiB;
+	r->tenant_bytes = 5 * MiB;
 }
 
 static void test_over_quota_event_fields(void **state)
@@ -189,7 +223,7 @@ static void test_over_quota_event_fields(void **state)
 	struct quota_policy_decision d;
 
 	(void)state;
-	rcpt_of(&rcpt_cases[16], &r);	/* dave */
+	rcpt_dave(&r);
 	quota_policy_rcpt(&set, TN_FOUND, TN_FOUND, &r, 48213, &d);
 	assert_string_equal(d.scope, "mailbox");
 	assert_int_equal(d.usage, 5 * MiB);
