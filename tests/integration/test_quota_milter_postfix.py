@@ -17,6 +17,9 @@ test says) checks:
   * recipients of three tenants in one transaction, each with its own
     answer, the message delivered to the accepted ones only;
   * one tenant's pool shared by two mailboxes, with SIZE=;
+  * slapd frozen, and killed, in the middle of one SMTP transaction:
+    451 4.3.0 for the recipient asked meanwhile, the real answer for the
+    next once slapd is back, the message delivered to the accepted one;
   * the milter killed: Postfix tempfails and accepts nothing unchecked
     (no message in the queue, nothing delivered);
   * docs/milters.md's main.cf and master.cf blocks pass
@@ -188,6 +191,44 @@ def test_slapd_frozen_is_451_through_postfix(postfix, milter, stack):
         stack.slapd.thaw()
     answers, _ = transaction(postfix, ["bob@acme.example", "nobody@acme.example"])
     assert answers == {"bob@acme.example": "250 2.1.5", "nobody@acme.example": "550 5.1.1"}
+
+
+@pytest.mark.parametrize("fault", ["frozen", "killed"])
+def test_slapd_lost_in_the_middle_of_a_transaction(postfix, milter, stack, fault):
+    """One SMTP transaction: a recipient before, one while slapd is
+    frozen or killed (451 4.3.0 within the deadline), one after it is
+    back (its real answer); the message goes to the accepted ones."""
+    mark = postfix.log_mark()
+    s = session(postfix)
+    try:
+        assert s.mail("sender@external.example", ["SIZE=500"])[0] == 250
+        assert reply(*s.rcpt("alice@acme.example")) == "250 2.1.5"
+        drop_lookup_cache(stack)
+        if fault == "frozen":
+            stack.slapd.freeze()
+        else:
+            stack.slapd.kill()
+        try:
+            t0 = time.monotonic()
+            assert reply(*s.rcpt("bob@acme.example")) == "451 4.3.0"
+            assert time.monotonic() - t0 < LOOKUP_TIMEOUT + 1.5
+        finally:
+            if fault == "frozen":
+                stack.slapd.thaw()
+            else:
+                stack.slapd.start()
+        deadline = time.monotonic() + 15     # a killed URI is retried after ldap_retry_down
+        while True:
+            got = reply(*s.rcpt("carol@acme.example"))
+            if got != "451 4.3.0" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert got == "550 5.2.1"
+        assert reply(*s.data(b"Subject: mid-run\r\n\r\nhello\r\n")) == "250 2.0.0"
+    finally:
+        s.close()
+    sent = postfix.wait_sent(1, mark)
+    assert [re.search(r"to=<([^>]+)>", x).group(1) for x in sent] == ["alice@acme.example"]
 
 
 def test_docs_snippets_pass_postfix_check(tmp_path):
