@@ -33,6 +33,9 @@
  *	Counters are atomics; the settings a message uses are a reference
  *	taken at MAIL FROM, so a reload never changes a transaction midway.
  *
+ *	Names: qm_ for everything of this file (all static: main() is its
+ *	only external symbol), quota_milter_ for its parameters.
+ *
  *	Memory: fail-stop tn_mem_* allocation. Per-session state is made
  *	at negotiation and freed at close; per-message state is made at
  *	MAIL FROM and freed at end of message, abort and close.
