@@ -488,7 +488,7 @@ static struct tn_router_dtx *session_dtx_for(struct tn_router_session *s,
 					     const struct session_rcpt *rc)
 {
 	struct tn_router *r = s->r;
-	struct tn_router_member *m[64];
+	struct tn_router_member *m[64], *cands[64];
 	struct tn_router_member_state st[64];
 	size_t order[64], n = 0, k;
 	char key[300];
@@ -515,8 +515,8 @@ static struct tn_router_dtx *session_dtx_for(struct tn_router_session *s,
 		st[j] = (struct tn_router_member_state){ m[j]->up, m[j]->drained };
 	k = tn_router_route_order(st, n, order);
 	for (size_t j = 0; j < k; j++)
-		m[j] = m[order[j]];
-	d = tn_router_store_dtx_create(s, key, m, k);
+		cands[j] = m[order[j]];
+	d = tn_router_store_dtx_create(s, key, cands, k);
 	s->dtxs = tn_mem_realloc(s->dtxs, (s->ndtx + 1) * sizeof(d));
 	s->dtxs[s->ndtx++] = d;
 	return d;

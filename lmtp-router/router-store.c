@@ -141,6 +141,12 @@ const char *tn_router_store_error_name(enum tn_router_store_error e)
 	return names[e];
 }
 
+/* A store's reply text, bounded (tn_mem_strndup copies exactly n bytes). */
+static char *store_text_dup(const char *text)
+{
+	return tn_mem_strndup(text, strnlen(text, STORE_TEXT_MAX));
+}
+
 static void store_timeval(tn_msec_t ms, struct timeval *tv)
 {
 	tv->tv_sec = ms / 1000;
@@ -366,6 +372,12 @@ static void conn_fail(struct tn_router_conn *c, enum tn_router_store_error kind,
 		tn_log(TN_LOG_DEBUG, NULL, "session=%s: store %s failed: %s",
 		       tn_router_session_id(d->s), c->m->name, why);
 	conn_close(c);
+	if (stale) {
+		/* the store restarted or dropped its idle clients: the other
+		 * idle connections of this member are as old as this one */
+		while (c->m->idle != NULL)
+			conn_close(c->m->idle);
+	}
 	if (d != NULL) {
 		d->conn = NULL;
 		if (stale && !d->retried_fresh) {
@@ -530,6 +542,7 @@ static void store_health_member(struct tn_router_member *m)
 		return;
 	if (m->up && (c = conn_take_idle(m)) != NULL) {
 		c->state = CS_NOOP;
+		conn_set_timeouts(c, m->r->set.connect_timeout, m->r->set.connect_timeout);
 		conn_send(c, "NOOP\r\n");
 		return;
 	}
@@ -610,7 +623,7 @@ static void dtx_set_answer(struct dtx_rcpt *rc, int code, const char *text)
 {
 	tn_mem_free(&rc->text);
 	rc->code = code;
-	rc->text = tn_mem_strndup(text, STORE_TEXT_MAX);
+	rc->text = store_text_dup(text);
 	rc->answered = true;
 }
 
@@ -797,7 +810,10 @@ static void dtx_conn_ready(struct tn_router_dtx *d)
 	d->rset = c->reused;
 	c->reused = true;
 	c->replied = false;
-	conn_set_timeouts(c, c->m->r->set.store_timeout, c->m->r->set.store_timeout);
+	/* a pooled connection proves itself with its answer to RSET, within
+	 * the connect timeout (a frozen store keeps its connections open) */
+	conn_set_timeouts(c, d->rset ? c->m->r->set.connect_timeout : c->m->r->set.store_timeout,
+			  c->m->r->set.store_timeout);
 	d->ncmds = (d->rset ? 1 : 0) + 1 + d->nrcpts + 1;
 	if (c->pipelining) {
 		for (size_t k = 0; k < d->ncmds; k++)
@@ -849,10 +865,12 @@ static void dtx_envelope_reply(struct tn_router_dtx *d, int code, const char *te
 			conn_fail(d->conn, TN_SE_LOST, "RSET refused");
 			return;
 		}
+		conn_set_timeouts(d->conn, d->conn->m->r->set.store_timeout,
+				  d->conn->m->r->set.store_timeout);
 	} else if (k == first_rcpt - 1) {
 		if (code / 100 != 2) {
 			d->mail_code = code;
-			d->mail_text = tn_mem_strndup(text, STORE_TEXT_MAX);
+			d->mail_text = store_text_dup(text);
 		}
 	} else if (k < first_rcpt + d->nrcpts) {
 		struct dtx_rcpt *rc = &d->rcpts[k - first_rcpt];

@@ -83,7 +83,7 @@ const struct tn_conf_param tn_router_params[] = {
 	{ "router_error_limit", TN_CONF_INT, "20", 1, 1000, NULL,
 	  "protocol errors after which a session ends with 421" },
 	{ "router_store_connect_timeout", TN_CONF_TIME, "5s", 10, TN_MS(600), NULL,
-	  "connecting to a store, up to its answer to LHLO" },
+	  "connecting to a store up to its LHLO reply; a pooled one's RSET/NOOP reply" },
 	{ "router_store_timeout", TN_CONF_TIME, "120s", 10, TN_MS(3600), NULL,
 	  "waiting for a store's reply or for it to take data" },
 	{ "router_store_idle_timeout", TN_CONF_TIME, "30s", 10, TN_MS(3600), NULL,
