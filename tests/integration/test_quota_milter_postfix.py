@@ -17,6 +17,8 @@ test says) checks:
   * recipients of three tenants in one transaction, each with its own
     answer, the message delivered to the accepted ones only;
   * one tenant's pool shared by two mailboxes, with SIZE=;
+  * Redis stopped: quotas unenforced, the directory's answers unchanged;
+  * the queue id macro requested with smfi_setsymlist reaches the milter;
   * slapd frozen, and killed, in the middle of one SMTP transaction:
     451 4.3.0 for the recipient asked meanwhile, the real answer for the
     next once slapd is back, the message delivered to the accepted one;
@@ -125,6 +127,7 @@ def transaction(postfix, rcpts, size=None, body_bytes=200):
 
 def test_every_reply_through_postfix(postfix, milter):
     mark = postfix.log_mark()
+    milter_mark = milter.log_mark()
     answers, data = transaction(postfix, [
         "alice@acme.example", "nobody@acme.example", "zed@acme.example",
         "carol@acme.example", "milton@old-initech.example", "hank@globex.example",
@@ -145,6 +148,14 @@ def test_every_reply_through_postfix(postfix, milter):
     sent = postfix.wait_sent(3, mark)
     got = sorted(re.search(r"to=<([^>]+)>", line).group(1) for line in sent)
     assert got == ["alice@acme.example", "partner@external.example", "sales@acme.example"]
+    milter_log = milter.log_since(milter_mark)
+    # the macro asked for with smfi_setsymlist reached the milter: its
+    # lines carry Postfix's queue id (from the second RCPT on: smtpd opens
+    # the queue file after the first valid recipient)
+    qid = re.search(r"([0-9A-F]{8,}): milter-reject: RCPT", postfix.log_since(mark)).group(1)
+    assert "queue=%s tenant=acme: rcpt=<nobody@acme.example>" % qid in milter_log
+    assert re.search(r"queue=%s tenant=acme: end of message: size=\d+ recipients=3" % qid,
+                     milter.log_text())
     # too large for the plan: erin's 10 MiB
     answers, _ = transaction(postfix, ["erin@acme-mail.example"], size=10 * MiB + 1)
     assert answers == {"erin@acme-mail.example": "552 5.3.4"}
@@ -191,6 +202,28 @@ def test_slapd_frozen_is_451_through_postfix(postfix, milter, stack):
         stack.slapd.thaw()
     answers, _ = transaction(postfix, ["bob@acme.example", "nobody@acme.example"])
     assert answers == {"bob@acme.example": "250 2.1.5", "nobody@acme.example": "550 5.1.1"}
+
+
+def test_redis_stopped_through_postfix(postfix, milter, stack):
+    """The documented policy: quotas unenforced, the directory's answers
+    unchanged, mail delivered; enforced again once Redis is back."""
+    mark = postfix.log_mark()
+    stack.redis.stop()
+    try:
+        answers, data = transaction(postfix, ["dave@acme.example", "nobody@acme.example",
+                                              "hank@globex.example"], size=100)
+        assert answers == {"dave@acme.example": "250 2.1.5",
+                           "nobody@acme.example": "550 5.1.1",
+                           "hank@globex.example": "550 5.2.1"}
+        assert data == "250 2.0.0"
+        postfix.wait_sent(1, mark)
+    finally:
+        stack.redis.start()
+    seed_usage(stack, {"mbx:dave@acme.example": 5 * MiB, "ten:acme": 5 * MiB})
+    deadline = time.monotonic() + 10     # the cache's down-marking backs off to 5 s
+    while transaction(postfix, ["dave@acme.example"])[0]["dave@acme.example"] != "452 4.2.2":
+        assert time.monotonic() < deadline, "quota not enforced again"
+        time.sleep(0.3)
 
 
 @pytest.mark.parametrize("fault", ["frozen", "killed"])
