@@ -77,6 +77,7 @@ struct tn_router_conn {
 	bool health;			/* a health check connection */
 	struct tn_router_dtx *dtx;
 	struct tn_router_conn *next;	/* idle list */
+	struct tn_router_conn *all_prev, *all_next;	/* member's conns */
 };
 
 enum dtx_state {
@@ -265,6 +266,12 @@ static void conn_close(struct tn_router_conn *c)
 		c->m->health = NULL;
 	c->state = CS_DEAD;
 	c->m->nconns--;
+	if (c->all_prev != NULL)
+		c->all_prev->all_next = c->all_next;
+	else
+		c->m->conns = c->all_next;
+	if (c->all_next != NULL)
+		c->all_next->all_prev = c->all_prev;
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 	c->dtx = NULL;
@@ -305,6 +312,10 @@ static struct tn_router_conn *conn_open(struct tn_router_member *m, bool health)
 	c->state = CS_CONNECTING;
 	c->bev = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE);
 	m->nconns++;
+	c->all_next = m->conns;
+	if (c->all_next != NULL)
+		c->all_next->all_prev = c;
+	m->conns = c;
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, r->set.low_wm, 0);
 	conn_set_timeouts(c, r->set.connect_timeout + r->set.store_timeout, r->set.connect_timeout);
@@ -576,10 +587,9 @@ void tn_router_store_free_all(struct tn_router *r)
 	for (size_t i = 0; i < r->nmembers; i++) {
 		struct tn_router_member *m = r->members[i];
 
-		while (m->idle != NULL)
-			conn_close(m->idle);
-		if (m->health != NULL)
-			conn_close(m->health);
+		/* idle, health checks, QUIT sent: whatever no dtx holds */
+		while (m->conns != NULL)
+			conn_close(m->conns);
 	}
 	/* let the deferred frees run */
 	event_base_loop(r->base, EVLOOP_NONBLOCK);

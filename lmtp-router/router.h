@@ -99,6 +99,7 @@ struct tn_router_member {
 	bool up;
 	bool drained;
 	unsigned failures;		/* consecutive */
+	struct tn_router_conn *conns;	/* every open connection (list) */
 	struct tn_router_conn *idle;	/* idle connections (list) */
 	unsigned nidle;
 	unsigned nconns;		/* all open connections */
