@@ -476,7 +476,11 @@ static void mapd_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct mapd_conn *conn = arg;
 
-	(void)bev;
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && conn->job != NULL) {
+		/* not idle: waiting for its answer (mapd_lookup_timeout) */
+		bufferevent_enable(bev, EV_READ);
+		return;
+	}
 	if (what & BEV_EVENT_TIMEOUT)
 		tn_debug("connection %llu: idle, closed", (unsigned long long)conn->id);
 	else if (what & BEV_EVENT_ERROR)

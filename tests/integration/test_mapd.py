@@ -842,15 +842,25 @@ def test_check_mode_and_bad_settings(stack, tmp_path):
 
 # --- memory safety --------------------------------------------------------------
 
-def test_no_memory_errors_under_asan(stack, tmp_path):
-    """The ASan+UBSan build through the paths where connections, jobs and
-    lookups end in unusual orders: pipelining, malformed input, clients
-    leaving while their lookups (and an alias's owner fan-out) wait on a
-    frozen slapd, then a clean stop, leaks checked."""
+SANITIZERS = {
+    "asan": ({"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23",
+              "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"},
+             ("AddressSanitizer", "LeakSanitizer", "runtime error")),
+    "tsan": ({"TSAN_OPTIONS": "halt_on_error=0:exitcode=23"},
+             ("ThreadSanitizer",)),
+}
+
+
+@pytest.mark.parametrize("flavour", sorted(SANITIZERS))
+def test_no_memory_errors_or_races_under_sanitizers(stack, tmp_path, flavour):
+    """The ASan+UBSan and the TSan builds through the paths where
+    connections, jobs and lookups end in unusual orders: pipelining,
+    malformed input, clients leaving while their lookups (and an alias's
+    owner fan-out) wait on a frozen slapd, /metrics read meanwhile, then
+    a clean stop (leaks checked)."""
     _require()
-    m = Mapd(tmp_path, stack, extra="mapd_user =\n", flavour="asan",
-             env={"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23",
-                  "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"})
+    env, markers = SANITIZERS[flavour]
+    m = Mapd(tmp_path, stack, extra="mapd_user =\n", flavour=flavour, env=env)
     try:
         c = m.client()
         c.send_raw(b"".join(c.request(x) for x in (
@@ -883,11 +893,12 @@ def test_no_memory_errors_under_asan(stack, tmp_path):
             stack.slapd.thaw()
         assert m.q("senders", "sales@acme.example") == \
             "OK alice@acme.example,bob@acme.example"
+        assert m.metric("tn_mapd_protocol_errors_total") == 1
         open_conn = m.client()                   # still open at the stop
         open_conn.send_raw(b"3:dom")
         time.sleep(0.1)
     finally:
         rc = m.stop()
     log = m.log_text()
-    assert "AddressSanitizer" not in log and "runtime error" not in log, log[-6000:]
+    assert not [x for x in markers if x in log], log[-6000:]
     assert rc == 0, (rc, log[-3000:])
