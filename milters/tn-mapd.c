@@ -23,6 +23,13 @@
  *
  *	The protocol and the decisions (which keys can be ours, what each
  *	map answers) live in mapd-policy.c; /metrics in mapd-metrics.c.
+ *	Names here are mapd_ (all static) besides the parameter table.
+ *
+ *	Object lifetimes: a connection owns its job (the request in
+ *	flight); a job owns its lookup requests and cancels them when it
+ *	goes, so a client that leaves early leaves no callback behind.
+ *	Connections are freed only from their own bufferevent callbacks
+ *	(or at stop), never while a lookup callback of theirs runs.
  *
  *	Lookup failures (directory or cache unreachable, deadline passed)
  *	answer TEMP, never NOTFOUND; Postfix turns them into 4xx. A request
