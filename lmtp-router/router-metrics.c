@@ -12,7 +12,7 @@
  *
  *	Series (prefix tn_router_):
  *	    sessions_active, sessions_total, sessions_refused_total,
- *	    messages_total, recipients_total{result},
+ *	    messages_total, flow_control_pauses_total, recipients_total{result},
  *	    store_up{store}, store_drained{store}, store_connections{store},
  *	    store_idle_connections{store}, store_transactions_total{store},
  *	    store_errors_total{store,kind},
@@ -59,6 +59,10 @@ static void metrics_router(struct tn_router *r, struct evbuffer *b)
 			    (unsigned long long)r->sessions_refused);
 	metrics_header(b, "messages_total", "counter", "transactions that reached the final dot");
 	evbuffer_add_printf(b, "tn_router_messages_total %llu\n", (unsigned long long)r->messages);
+	metrics_header(b, "flow_control_pauses_total", "counter",
+		       "times a session stopped reading the client (high watermark)");
+	evbuffer_add_printf(b, "tn_router_flow_control_pauses_total %llu\n",
+			    (unsigned long long)r->throttled);
 	metrics_header(b, "recipients_total", "counter", "recipients routed, by result");
 	for (int i = 0; i < TN_RR_N; i++)
 		evbuffer_add_printf(b, "tn_router_recipients_total{result=\"%s\"} %llu\n",

@@ -478,6 +478,7 @@ static void session_data(struct tn_router_session *s)
 	while (!s->closing && s->state == SS_DATA && !s->throttled && session_data_step(s) > 0) {
 		if (s->state == SS_DATA && session_backlog_over(s, s->r->set.high_wm)) {
 			s->throttled = true;
+			s->r->throttled++;
 			bufferevent_disable(s->bev, EV_READ);
 		}
 	}

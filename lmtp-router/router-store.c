@@ -42,6 +42,8 @@
 #include "tn-build.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +112,7 @@ struct tn_router_dtx {
 	bool finished;			/* the session's data is complete */
 	bool retried_fresh;
 	bool rset;
+	bool pooled;			/* the connection came from the idle pool */
 	size_t ncmds, nsent, nreplies;
 	int mail_code;
 	char *mail_text;
@@ -526,6 +529,9 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED) {
+		int one = 1;
+
+		setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		/* a store that accepts and does not greet is as bad as one that
 		 * does not accept: the same (short) timeout until LHLO is done */
 		c->state = CS_GREETING;
@@ -693,7 +699,8 @@ static bool dtx_use_member(struct tn_router_dtx *d, struct tn_router_member *m)
 	d->busy = false;
 	c->dtx = d;
 	d->conn = c;
-	if (c->state == CS_IDLE)
+	d->pooled = c->state == CS_IDLE;
+	if (d->pooled)
 		dtx_conn_ready(d);
 	return true;
 }
@@ -820,10 +827,11 @@ static void dtx_conn_ready(struct tn_router_dtx *d)
 	d->rset = c->reused;
 	c->reused = true;
 	c->replied = false;
-	/* a pooled connection proves itself with its answer to RSET, within
-	 * the connect timeout (a frozen store keeps its connections open) */
-	conn_set_timeouts(c, d->rset ? c->m->r->set.connect_timeout : c->m->r->set.store_timeout,
-			  c->m->r->set.store_timeout);
+	/* a pooled connection proves itself with its first answer (to RSET
+	 * or MAIL) within the connect timeout: a frozen store keeps its
+	 * connections open */
+	conn_set_timeouts(c, d->pooled ? c->m->r->set.connect_timeout :
+			  c->m->r->set.store_timeout, c->m->r->set.store_timeout);
 	d->ncmds = (d->rset ? 1 : 0) + 1 + d->nrcpts + 1;
 	if (c->pipelining) {
 		for (size_t k = 0; k < d->ncmds; k++)
@@ -870,13 +878,15 @@ static void dtx_envelope_reply(struct tn_router_dtx *d, int code, const char *te
 {
 	size_t k = d->nreplies++, first_rcpt = (d->rset ? 1 : 0) + 1;
 
+	if (k == 0 && d->pooled)
+		conn_set_timeouts(d->conn, d->conn->m->r->set.store_timeout,
+				  d->conn->m->r->set.store_timeout);
+
 	if (d->rset && k == 0) {
 		if (code != 250) {
 			conn_fail(d->conn, TN_SE_LOST, "RSET refused");
 			return;
 		}
-		conn_set_timeouts(d->conn, d->conn->m->r->set.store_timeout,
-				  d->conn->m->r->set.store_timeout);
 	} else if (k == first_rcpt - 1) {
 		if (code / 100 != 2) {
 			d->mail_code = code;

@@ -142,6 +142,7 @@ struct tn_router {
 	uint64_t sessions_total;
 	uint64_t sessions_refused;
 	uint64_t messages;
+	uint64_t throttled;		/* times a session stopped reading (watermark) */
 	uint64_t results[TN_RR_N];
 };
 

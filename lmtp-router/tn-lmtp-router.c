@@ -37,6 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -83,7 +85,7 @@ const struct tn_conf_param tn_router_params[] = {
 	{ "router_error_limit", TN_CONF_INT, "20", 1, 1000, NULL,
 	  "protocol errors after which a session ends with 421" },
 	{ "router_store_connect_timeout", TN_CONF_TIME, "5s", 10, TN_MS(600), NULL,
-	  "connecting to a store up to its LHLO reply; a pooled one's RSET/NOOP reply" },
+	  "connecting to a store up to its LHLO reply; a pooled one's first reply" },
 	{ "router_store_timeout", TN_CONF_TIME, "120s", 10, TN_MS(3600), NULL,
 	  "waiting for a store's reply or for it to take data" },
 	{ "router_store_idle_timeout", TN_CONF_TIME, "30s", 10, TN_MS(3600), NULL,
@@ -153,8 +155,13 @@ static int router_settings(struct tn_router *r, const char **error_r)
 static void router_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 			     struct sockaddr *sa, int salen, void *arg)
 {
+	int one = 1;
+
 	(void)l;
 	evutil_make_socket_nonblocking(fd);
+	/* replies are small and come as lookups finish: no Nagle delay */
+	if (sa->sa_family != AF_UNIX)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	tn_router_session_accept(arg, fd, sa, salen);
 }
 
@@ -318,6 +325,19 @@ static int router_drop(struct tn_router *r)
 	return tn_daemon_drop_privileges("router_user", user);
 }
 
+/* Store names resolve within about router_store_connect_timeout (the
+ * bufferevent's timeouts do not cover the DNS step). */
+static void router_dns_options(struct tn_router *r)
+{
+	char secs[32];
+	int64_t ms = r->set.connect_timeout / 2;
+
+	snprintf(secs, sizeof(secs), "%lld.%03lld", (long long)(ms / 1000),
+		 (long long)(ms % 1000));
+	evdns_base_set_option(r->dns, "timeout:", secs);
+	evdns_base_set_option(r->dns, "attempts:", "2");
+}
+
 static int router_run(struct tn_router *r)
 {
 	const char *error;
@@ -328,6 +348,7 @@ static int router_run(struct tn_router *r)
 				EVDNS_BASE_DISABLE_WHEN_INACTIVE);
 	if (r->dns == NULL)
 		r->dns = evdns_base_new(r->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	router_dns_options(r);
 	router_members_init(r);
 	if ((ret = router_open(r)) != 0)
 		return ret;

@@ -417,6 +417,105 @@ def test_directory_frozen_451_within_deadline_others_served(topo):
         time.sleep(0.2)
 
 
+def test_slow_store_does_not_stall_other_deliveries(topo):
+    """S2 frozen: a message for it waits for the store's timeout, while
+    messages of other sessions to S0 go through at once."""
+    r = topo.router
+    topo.stores[2].freeze()
+    try:
+        result = {}
+
+        def slow():
+            t0 = time.monotonic()
+            _, data = r.transaction(SENDER, ["peter@initech.example"], message(marker()))
+            result["slow"] = (data, time.monotonic() - t0)
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.2)
+        for _ in range(3):
+            m = marker()
+            t0 = time.monotonic()
+            _, data = r.transaction(SENDER, ["bob@acme.example"], message(m))
+            assert data[0][0] == 250 and time.monotonic() - t0 < 1.0, data
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        assert t.is_alive(), "the frozen store answered?"
+        t.join(15)
+        data, took = result["slow"]
+        assert data[0][0] == 451 and data[0][1].startswith("4.4."), data
+        assert 2.5 < took < 8, took
+    finally:
+        topo.stores[2].thaw()
+    wait_member(topo, 2, "up", timeout=10)
+
+
+def big_message(m, size):
+    """A message of about size bytes with long lines (above the router's
+    8 KiB pieces), lines starting with a dot and varied content."""
+    import random
+    rnd = random.Random(m)
+    parts = ["From: %s\r\nSubject: %s\r\n\r\n" % (SENDER, m)]
+    n = len(parts[0])
+    while n < size:
+        kind = rnd.randrange(4)
+        if kind == 0:
+            line = "." + "d" * rnd.randrange(0, 80)
+        elif kind == 1:
+            line = "L" * rnd.randrange(8000, 30000)
+        else:
+            line = "".join(rnd.choice("abcdefghij ") for _ in range(rnd.randrange(0, 200)))
+        parts.append(line + "\r\n")
+        n += len(line) + 2
+    return "".join(parts)
+
+
+def stored(topo, i, user, m):
+    d = os.path.join(topo.stores[i].maildir(user), "new")
+    for name in os.listdir(d):
+        with open(os.path.join(d, name), "rb") as f:
+            data = f.read()
+        if m.encode() in data:
+            return data
+    return None
+
+
+def test_flow_control_streams_large_message_intact(topo, tmp_path):
+    """A second router with 4 KiB / 1 KiB watermarks: a 1.5 MB message to
+    two stores pauses the client many times and arrives byte for byte in
+    both; with one store frozen the other still gets it once the frozen
+    one has timed out."""
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    overrides.update({"router_buffer_high_watermark": "4k",
+                      "router_buffer_low_watermark": "1k"})
+    r2 = tnrouter.Router(tmp_path / "r2", topo.stack.conf, overrides)
+    try:
+        m = marker()
+        body = big_message(m, 1500000)
+        _, data = r2.transaction(SENDER, ["bob@acme.example", "peter@initech.example"], body)
+        assert [c for c, _ in data] == [250, 250], data
+        want = body.replace("\r\n", "\n").encode()
+        for i, user in ((0, "bob@acme.example"), (2, "peter@initech.example")):
+            assert wait_counts(topo, user, m, [int(i == 0), 0, int(i == 2)]) == \
+                [int(i == 0), 0, int(i == 2)]
+            got = stored(topo, i, user, m)
+            assert got.endswith(want), "store %d: message altered" % i
+        assert r2.metric("tn_router_flow_control_pauses_total") > 10
+        topo.stores[2].freeze()
+        try:
+            m = marker()
+            _, data = r2.transaction(SENDER, ["bob@acme.example", "peter@initech.example"],
+                                     big_message(m, 300000))
+            assert [c for c, _ in data] == [250, 451], data
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        finally:
+            topo.stores[2].thaw()
+    finally:
+        assert r2.stop() == 0
+    wait_member(topo, 2, "up", timeout=10)
+
+
 # --- malformed input ----------------------------------------------------------------------
 
 class Raw:
