@@ -57,6 +57,7 @@ Facts this relies on (see /work/shared/RUNNING-SERVERS.md):
     master enters it as root; daemons use relative paths).
 """
 
+import atexit
 import json
 import os
 import pwd
@@ -97,6 +98,19 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 _counter = [0]
+_instances = []
+
+
+def _cleanup_at_exit():
+    """Data directories of instances that are not running (never started,
+    or never stopped after a failure) go when the test process ends; a
+    running instance is left alone with its directory."""
+    for p in _instances:
+        if not p.running():
+            shutil.rmtree(p.data_dir, ignore_errors=True)
+
+
+atexit.register(_cleanup_at_exit)
 
 
 class PostfixError(th.HarnessError):
@@ -167,6 +181,7 @@ class Postfix:
         self.config_dir = os.path.join(self.workdir, "etc")
         self.queue_dir = os.path.join(self.workdir, "queue")
         self.data_dir = tempfile.mkdtemp(prefix="tnpostfix-data-", dir="/tmp")
+        _instances.append(self)
         self.log_path = os.path.join(self.workdir, "postfix.log")
         self.main_cf = dict(main_cf or {})
         self.master_extra = master_extra or ""
