@@ -265,9 +265,10 @@ fail:
 	return NULL;
 }
 
-/* SIGUSR1, in the reload thread: the settings of struct qm_settings and
- * the log level; sockets, user, tenant header, directory, Redis and
- * outbox settings need a restart. A bad file changes nothing. */
+/* SIGUSR1, in the reload thread: the settings of struct qm_settings;
+ * sockets, user, tenant header, log level (tn-log's level is set once,
+ * before threads exist), directory, Redis and outbox settings need a
+ * restart. A bad file changes nothing. */
 static void qm_reload(void *context)
 {
 	struct tn_conf *conf = qm_conf_load();
@@ -278,7 +279,6 @@ static void qm_reload(void *context)
 		return;
 	}
 	qm_settings_replace(qm_settings_read(conf));
-	tn_log_set_level((enum tn_log_level)tn_conf_enum(conf, "quota_milter_log_level"));
 	tn_conf_destroy(&conf);
 	atomic_fetch_add(&qm.m.reloads, 1);
 	tn_info("reloaded %s", qm.conf_path);
@@ -975,6 +975,25 @@ static int qm_run(void)
 	return ret;
 }
 
+/* libmilter's session threads are detached and may outlive smfi_main():
+ * the shared backends go only once every session has closed (the
+ * gauge's atomic decrement in qm_close() orders their last use before
+ * this). false when some never does: then they are left allocated. */
+static bool qm_quiesce(void)
+{
+	tn_msec_t deadline = tn_time_now_ms() + 5000;
+
+	while (atomic_load(&qm.m.sessions) > 0) {
+		if (tn_time_now_ms() > deadline) {
+			tn_warning("%lld SMTP sessions still open at exit",
+				   (long long)atomic_load(&qm.m.sessions));
+			return false;
+		}
+		usleep(10 * 1000);
+	}
+	return true;
+}
+
 static void qm_teardown(void)
 {
 	tn_milter_common_metrics_stop(&qm.http);
@@ -1004,8 +1023,8 @@ int main(int argc, char **argv)
 		ret = EX_CONFIG;
 	else if (check)
 		tn_conf_dump(qm.conf, stdout, TN_CONF_DUMP_CHANGED);
-	else
-		ret = qm_run();
+	else if ((ret = qm_run()) == 0 && !qm_quiesce())
+		return ret;
 	qm_teardown();
 	return ret;
 }
