@@ -4,8 +4,10 @@ Run as root with Debian's pytest from the top of the tree, after a build:
     TN_BUILD_DIR=build-smilter pytest-3 -q tests/integration/test_submit_milter.py
 
 Environment:
-  TN_BUILD_DIR  the build directory holding milters/tn-submit-milter
-                (default: the top of the source tree, an in-tree build)
+  TN_BUILD_DIR       the build directory holding milters/tn-submit-milter
+                     (default: the top of the source tree, an in-tree build)
+  TN_ASAN_BUILD_DIR  the ASan+UBSan build (default: build-asan), as
+                     scripts/test makes it
 
 The milter runs as a real process on a TCP socket; miltertest (Debian
 package miltertest) plays Postfix with tests/milter/submit-*.lua, sending
@@ -30,8 +32,15 @@ test provokes first.  Checked:
   * faults: Redis killed and frozen -> the configured policy (accept,
     counted in /metrics; tempfail when configured) within the deadline;
     slapd frozen -> 451 4.3.0 within the deadline, normal once thawed;
-  * configuration: -n, a hold longer than the window refused, and
-    man/tn-submit-milter.8 documents exactly the parameter table.
+  * twenty concurrent sessions for ten free slots: exactly ten pass;
+    EVALSHA after SCRIPT FLUSH falls back to EVAL;
+  * TCP_NODELAY on accepted connections, a unix socket with its mode and
+    owner, the process running as submit_milter_user;
+  * the ASan+UBSan build (TN_ASAN_BUILD_DIR) through refusals, limits,
+    aborts, faults and a reload: clean exit, no sanitizer report;
+  * configuration: -n, a hold longer than the window refused, a bad
+    reload changes nothing, and man/tn-submit-milter.8 documents exactly
+    the parameter table.
 
 Missing prerequisites fail (never skip): a skipped suite looks green.
 """
@@ -48,7 +57,9 @@ import urllib.request
 import pytest
 
 import tnharness as th
+import tnprobe
 from test_docs import TABLE_ENTRY_RE, page_parameters, report
+from test_quota_milter import milter_side_socket
 
 TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "..", ".."))
@@ -77,12 +88,15 @@ def require_prerequisites():
 class SubmitMilter:
     """tn-submit-milter on a free TCP port, logging to WORKDIR/milter.log."""
 
-    def __init__(self, stack, workdir, extra=""):
+    def __init__(self, stack, workdir, extra="", unix=None, program=MILTER, env=None):
         self.stack = stack
+        self.program = program
+        self.env = dict(os.environ, **(env or {}))
+        self.unix = unix
         self.workdir = str(workdir)
         self.port = th.free_port()
         self.metrics_port = th.free_port()
-        self.socket = "inet:%d@127.0.0.1" % self.port
+        self.socket = ("unix:" + unix) if unix else "inet:%d@127.0.0.1" % self.port
         self.outbox = os.path.join(self.workdir, "outbox")
         for sub in ("tmp", "new", "seq"):
             os.makedirs(os.path.join(self.outbox, sub), exist_ok=True)
@@ -116,9 +130,9 @@ class SubmitMilter:
     def start(self):
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen([MILTER, "-c", self.conf, "-e"],
+            self.proc = subprocess.Popen([self.program, "-c", self.conf, "-e"],
                                          stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT,
+                                         stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
         finally:
             log.close()
@@ -129,6 +143,8 @@ class SubmitMilter:
                 raise th.HarnessError("tn-submit-milter exited %s:\n%s" % (
                     self.proc.returncode, self.log_text()[-3000:]))
             if self.log_text().count("info: started:") > mark:
+                if self.unix:
+                    return
                 try:
                     th.wait_port("127.0.0.1", self.port, timeout=0.2)
                     return
@@ -146,9 +162,9 @@ class SubmitMilter:
         mark = self.log_text().count("info: started:")
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen([MILTER, "-c", self.conf, "-e"],
+            self.proc = subprocess.Popen([self.program, "-c", self.conf, "-e"],
                                          stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT,
+                                         stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True)
         finally:
             log.close()
@@ -686,6 +702,140 @@ def test_every_state_freed(milter):
     assert m["tn_submit_milter_sessions"] == 0
     assert m["tn_submit_milter_transactions"] == 0
     assert m["tn_submit_milter_reservations"] == 0
+
+
+def test_concurrent_sessions_take_exactly_the_free_slots(milter, stack):
+    """Twenty sessions at once for ten free slots: the reservations are
+    atomic, exactly ten messages pass, every state is freed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed_window(stack, "mbx:erin@acme-mail.example", 40)
+
+    def one(i):
+        return transaction(milter, "erin@acme-mail.example",
+                           login="erin@acme-mail.example", qid="4QCONC%02d" % i)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    eoms = sum(len(r.eoms) for r in results)
+    assert eoms == 10, [r.out for r in results]
+    assert sum(1 for r in results for _, a in r.rcpts if a == "replycode") == 10
+    assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
+    th_wait(lambda: milter.metrics()["tn_submit_milter_transactions"] == 0)
+    assert milter.metrics()["tn_submit_milter_reservations"] == 0
+
+
+def test_scripts_come_back_after_script_flush(milter, stack):
+    """EVALSHA answered NOSCRIPT (a restarted or flushed Redis): EVAL."""
+    stack.redis.cli("SCRIPT", "FLUSH")
+    seed_window(stack, "mbx:erin@acme-mail.example", 50)
+    r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
+    assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")]
+    clear_rate_keys(stack)
+    stack.redis.cli("SCRIPT", "FLUSH")
+    r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
+    assert r.eoms == ["continue"]
+    assert [m[:2] for m in members(stack, "mbx:erin@acme-mail.example")] == ["c:"]
+
+
+def test_tcp_connections_have_nodelay(milter):
+    import socket
+    with socket.create_connection(("127.0.0.1", milter.port), timeout=5) as c:
+        s = milter_side_socket(milter.proc.pid, milter.port, c.getsockname()[1])
+        with s:
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_unix_socket_and_privilege_drop(stack, tmp_path):
+    require_prerequisites()
+    os.chmod(str(tmp_path), 0o755)
+    path = str(tmp_path / "submit-milter.sock")
+    m = SubmitMilter(stack, tmp_path, unix=path, extra="\n".join([
+        "submit_milter_socket = unix:%s" % path,
+        "submit_milter_socket_mode = 0600",
+        "submit_milter_user = nobody",
+        "submit_milter_events = no"]))
+    try:
+        st = os.stat(path)
+        assert oct(st.st_mode & 0o777) == oct(0o600)
+        assert st.st_uid == 65534, "socket not given to submit_milter_user"
+        with open("/proc/%d/status" % m.proc.pid) as f:
+            uids = re.search(r"^Uid:\s+(.*)$", f.read(), re.M).group(1).split()
+        assert uids == ["65534"] * 4, uids
+        assert mail(m, "alice@acme.example", "ceo@bank.example") == \
+            ("not_owned", "553 5.7.1", "")
+        assert mail(m, "alice@acme.example", "sales@acme.example") == \
+            ("pass", "continue", "alias")
+    finally:
+        m.stop()
+
+
+def test_sigusr1_bad_file_changes_nothing(milter):
+    try:
+        milter.reload("submit_milter_tenant_domains = yes")
+        milter.write_conf("submit_milter_null_sender = maybe")
+        mark = milter.log_mark()
+        milter.proc.send_signal(signal.SIGUSR1)
+        th_wait(lambda: "reload:" in milter.log_since(mark))
+        assert "the running settings stay" in milter.log_since(mark)
+        assert mail(milter, "bob@acme.example", "alice@acme.example")[:2] == \
+            ("pass", "continue")
+        milter.write_conf("submit_milter_window = 1s")     # hold 3s > window
+        mark = milter.log_mark()
+        milter.proc.send_signal(signal.SIGUSR1)
+        th_wait(lambda: "reload:" in milter.log_since(mark))
+        assert "submit_milter_reservation_hold" in milter.log_since(mark)
+        assert milter.metrics()['tn_submit_milter_reloads_total{outcome="failed"}'] >= 2
+        assert milter.proc.poll() is None
+    finally:
+        milter.reload("")
+
+
+def test_no_memory_errors_under_asan(stack, tmp_path):
+    """The ASan+UBSan build through refusals, limits, aborts, sessions
+    ending mid-transaction, Redis and slapd faults and a reload, then a
+    clean stop: status 0 and no sanitizer report (leaks included)."""
+    require_prerequisites()
+    program = tnprobe.binary("milters/tn-submit-milter", "asan")
+    env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:exitcode=23",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    m = SubmitMilter(stack, tmp_path, program=program, env=env,
+                     extra="submit_milter_rcpt_rate = 4")
+    try:
+        seed_window(stack, "mbx:erin@acme-mail.example", 48)
+        transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example", count=3,
+                    rcpts=["a@x.example", "b@x.example"])
+        transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example",
+                    finish="abort")
+        transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example",
+                    finish="quit")
+        for sender in ("ceo@bank.example", "sales@acme.example", "", "x" * 900):
+            transaction(m, sender, login="alice@acme.example")
+        transaction(m, "alice@acme.example")
+        stack.redis.freeze()
+        try:
+            transaction(m, "bob@acme.example", login="bob@acme.example")
+        finally:
+            stack.redis.thaw()
+        drop_lookup_cache(stack)
+        stack.slapd.freeze()
+        try:
+            transaction(m, "bob@acme.example", login="bob@acme.example")
+        finally:
+            stack.slapd.thaw()
+        m.reload("submit_milter_tenant_domains = yes")
+        urllib.request.urlopen("http://127.0.0.1:%d/metrics" % m.metrics_port,
+                               timeout=5).read()
+    finally:
+        m.stop()
+    log = m.log_text()
+    assert m.proc.returncode == 0, log[-4000:]
+    # the paths were taken (a run that did nothing proves nothing)
+    for seen in ("result=rate_limited", "result=not_owned", "end of message:",
+                 "result=unlimited", "reply=451 4.3.0", "reloaded"):
+        assert seen in log, (seen, log[-4000:])
+    for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+        assert marker not in log, log[-4000:]
 
 
 # --- configuration -------------------------------------------------------------
