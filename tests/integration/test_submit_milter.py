@@ -481,6 +481,9 @@ def test_limit_reached_exactly_at_n(milter, stack):
                                      "address": "erin@acme-mail.example",
                                      "limit_per_hour": 50, "window_seconds": 3600,
                                      "count": 50}
+    assert any(e["data"]["reason"] == "rate_limited" and
+               e["data"]["login"] == "erin@acme-mail.example" and
+               e["data"]["smtp_code"] == 450 for e in milter.events("message.rejected"))
     # once per crossing: refused again, no second event
     n = len(milter.events("ratelimit.exceeded"))
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
