@@ -935,5 +935,5 @@ void tn_router_session_accept(struct tn_router *r, evutil_socket_t fd,
 	r->sessions = s;
 	r->nsessions++;
 	r->sessions_total++;
-	session_reply(s, "220 %s LMTP tn-lmtp-router ready [%s]", r->set.hostname, s->id);
+	session_reply(s, "220 %s LMTP %s ready [%s]", r->set.hostname, r->instance, s->id);
 }

@@ -447,6 +447,15 @@ static void conn_final_reply(struct tn_router_conn *c, int code, const char *tex
 			conn_fail(c, TN_SE_LOST, "bad greeting");
 			return;
 		}
+		if (strstr(text, c->m->r->instance) != NULL) {
+			if (!c->m->loop)
+				tn_error("store %s is this tn-lmtp-router itself (a routing loop): "
+					 "fix router_pool_members or the mailbox's tnMailHost",
+					 c->m->name);
+			c->m->loop = true;
+			conn_fail(c, TN_SE_LOST, "routing loop: the store is this router");
+			return;
+		}
 		c->state = CS_LHLO;
 		conn_send(c, "LHLO %s\r\n", c->m->r->set.hostname);
 		return;

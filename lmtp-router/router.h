@@ -107,6 +107,7 @@ struct tn_router_member {
 	struct tn_router_dtx **wait_tail;
 	struct tn_router_conn *health;	/* health check in flight */
 	char *last_error;
+	bool loop;			/* answered with our own greeting */
 	/* counters */
 	uint64_t transactions;
 	uint64_t errors[TN_SE_N];
@@ -137,6 +138,8 @@ struct tn_router {
 	unsigned nsessions;
 	uint64_t session_seq;
 	char sid_prefix[8];
+	char instance[24];		/* "tn-lmtp-router/<random>": in our greeting,
+					   so that a store answering with it is us */
 	bool stopping;
 	/* counters */
 	uint64_t sessions_total;

@@ -40,6 +40,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
@@ -416,6 +417,16 @@ static int router_check(struct tn_router *r)
 	return 0;
 }
 
+static void router_instance(struct tn_router *r)
+{
+	uint32_t rnd;
+
+	if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+		rnd = (uint32_t)getpid() ^ (uint32_t)time(NULL) ^ (uint32_t)tn_time_now_us();
+	snprintf(r->sid_prefix, sizeof(r->sid_prefix), "%04X", (unsigned)(rnd & 0xffff));
+	snprintf(r->instance, sizeof(r->instance), "tn-lmtp-router/%08X", (unsigned)rnd);
+}
+
 int main(int argc, char **argv)
 {
 	struct tn_router r = { 0 };
@@ -427,8 +438,7 @@ int main(int argc, char **argv)
 	if ((ret = tn_daemon_configure("tn-lmtp-router", router_tables, "router_log_level", argc,
 				       argv, &r.conf, &check)) != 0)
 		return ret;
-	snprintf(r.sid_prefix, sizeof(r.sid_prefix), "%04X",
-		 (unsigned)((getpid() ^ (unsigned)time(NULL)) & 0xffff));
+	router_instance(&r);
 	if (router_settings(&r, &error) < 0) {
 		fprintf(stderr, "tn-lmtp-router: %s\n", error);
 		tn_error("%s", error);

@@ -3,7 +3,7 @@
 
 Python 3 standard library only, run as root.
 
-    r = Router(workdir, conf, overrides={...}, start=True)
+    r = Router(workdir, conf, overrides={...}, start=True, wrapper=None)
     r.port, r.unix_path, r.control_path, r.metrics_port, r.pid
     r.start() / r.stop() -> exit status / r.kill()
     r.control("pools")          -> [lines], the last one "ok ..." or "error ..."
@@ -14,7 +14,8 @@ Python 3 standard library only, run as root.
                                    per accepted RCPT after DATA])
     r.log_text(), r.log_mark(), r.log_since(mark), r.wait_log(regex, mark)
 
-The binary is TN_BUILD_DIR/lmtp-router/tn-lmtp-router (tnprobe.binary).
+The binary is TN_BUILD_DIR/lmtp-router/tn-lmtp-router (tnprobe.binary);
+wrapper is a command run in front of it (valgrind).
 It runs in the foreground with -e: its log lines go to WORKDIR/router.log.
 Its file descriptor limit is raised to 65536 (sessions are sockets).
 smtplib.LMTP does not read LMTP's one reply per recipient after DATA:
@@ -45,7 +46,8 @@ def _raise_nofile():
 
 
 class Router:
-    def __init__(self, workdir, conf, overrides=None, start=True):
+    def __init__(self, workdir, conf, overrides=None, start=True, wrapper=None,
+                 start_timeout=10.0):
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, exist_ok=True)
         self.conf = conf
@@ -62,6 +64,8 @@ class Router:
         self.overrides.update(overrides or {})
         self._log = os.path.join(self.workdir, "router.log")
         self.binary = tnprobe.binary("lmtp-router/tn-lmtp-router")
+        self.wrapper = list(wrapper or [])
+        self.start_timeout = start_timeout
         self.proc = None
         if start:
             self.start()
@@ -71,12 +75,13 @@ class Router:
         return self.proc.pid if self.proc else None
 
     def argv(self):
-        argv = [self.binary, "-c", self.conf, "-e"]
+        argv = self.wrapper + [self.binary, "-c", self.conf, "-e"]
         for k, v in self.overrides.items():
             argv += ["-o", "%s=%s" % (k, v)]
         return argv
 
-    def start(self, timeout=10.0):
+    def start(self, timeout=None):
+        timeout = timeout or self.start_timeout
         log = open(self._log, "ab")
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,

@@ -516,6 +516,29 @@ def test_flow_control_streams_large_message_intact(topo, tmp_path):
     wait_member(topo, 2, "up", timeout=10)
 
 
+def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
+    """A pool whose member is the router itself: its recipients get 451
+    (Postfix keeps the mail), an error line names the loop, and the
+    router does not talk to itself in circles."""
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    r3 = tnrouter.Router(tmp_path / "r3", topo.stack.conf, overrides, start=False)
+    r3.overrides["router_pool_members"] = "pool-a=127.0.0.1:%d pool-b=127.0.0.1:%d" % (
+        topo.stores[0].lmtp_port, r3.port)
+    r3.start()
+    try:
+        m = marker()
+        _, data = r3.transaction(SENDER, ["peter@initech.example", "bob@acme.example"],
+                                 message(m))
+        assert [c for c, _ in data] == [451, 250], data
+        r3.wait_log(r"error: store 127\.0\.0\.1:%d is this tn-lmtp-router itself" % r3.port)
+        assert r3.metric("tn_router_sessions_total") < 10
+        assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+    finally:
+        assert r3.stop() == 0
+
+
 # --- malformed input ----------------------------------------------------------------------
 
 class Raw:
@@ -882,6 +905,56 @@ def test_man_page_documents_every_parameter():
         assert "\n.SH SECURITY\n" in f.read()
     r = subprocess.run(["groff", "-man", "-ww", "-Tutf8", PAGE], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_valgrind_malformed_input_no_errors_no_leaks(topo, tmp_path):
+    """The router under valgrind (memcheck): deliveries, protocol errors,
+    a long line, a message too big, truncated DATA, a client gone
+    mid-DATA, the control socket; it exits 0 after SIGTERM, which with
+    --error-exitcode means no invalid access and no definite leak.
+    (Needs the plain build: TN_BUILD_DIR is not an ASan build here.)"""
+    if not shutil.which("valgrind"):
+        pytest.fail("valgrind missing (apt-get install valgrind)", pytrace=False)
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    vglog = str(tmp_path / "valgrind.log")
+    vg = tnrouter.Router(tmp_path / "vg", topo.stack.conf, overrides, start_timeout=60,
+                         wrapper=["valgrind", "--vgdb=no", "--log-file=" + vglog,
+                                  "--error-exitcode=99", "--leak-check=full",
+                                  "--show-leak-kinds=definite",
+                                  "--errors-for-leak-kinds=definite"])
+    try:
+        m = marker()
+        _, data = vg.transaction(SENDER, ["bob@acme.example", "nobody@acme.example",
+                                          "peter@initech.example"], message(m, size=100000))
+        assert [c for c, _ in data] == [250, 250], data
+        c = Raw(vg, timeout=30)
+        c.send("MAIL FROM:<a@b.example>\r\nLHLO x\r\nNOOP " + "x" * 50000 + "\r\n"
+               "MAIL FROM:<a@b.example> SIZE=99999999\r\nDATA\r\nQUIT\r\n")
+        assert [g[0] for g in c.replies(6)] == [503, 250, 500, 552, 503, 221]
+        c.close()
+        for size, finish in ((3 * 1024 * 1024, True), (200000, False), (100, False)):
+            c = Raw(vg, timeout=30)
+            c.send("LHLO x\r\nMAIL FROM:<%s>\r\nRCPT TO:<bob@acme.example>\r\n"
+                   "RCPT TO:<peter@initech.example>\r\nDATA\r\n" % SENDER)
+            assert [g[0] for g in c.replies(5)][-1] == 354
+            c.send(message(marker(), size=size) + (".\r\n" if finish else ""))
+            if finish:
+                assert [g[0] for g in c.replies(2)] == [552, 552]
+            c.close()
+        assert vg.control("pools")[-1].startswith("ok")
+        assert vg.control("route bob@acme.example")[-1].startswith("ok route")
+        time.sleep(0.5)
+    finally:
+        rc = vg.stop(timeout=60)
+    with open(vglog) as f:
+        report_text = f.read()
+    assert rc == 0, "valgrind: exit status %s\n%s" % (rc, report_text[-5000:])
+    assert "Memcheck" in report_text and "ERROR SUMMARY: 0 errors" in report_text, \
+        report_text[-5000:]
+    assert re.search(r"definitely lost: 0 bytes|All heap blocks were freed", report_text), \
+        report_text[-5000:]
 
 
 def test_zz_router_stops_cleanly(topo):
