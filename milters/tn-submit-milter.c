@@ -296,8 +296,9 @@ fail:
 	return NULL;
 }
 
-/* SIGUSR1, in the reload thread: struct sm_settings and the log level;
- * sockets, user, directory, Redis and outbox need a restart. */
+/* SIGUSR1, in the reload thread: struct sm_settings; sockets, user, log
+ * level (tn-log's level is a plain global set once, before threads
+ * exist), directory, Redis and outbox need a restart. */
 static void sm_reload(void *context)
 {
 	struct tn_conf *conf = sm_conf_load();
@@ -308,7 +309,6 @@ static void sm_reload(void *context)
 		return;
 	}
 	sm_settings_replace(sm_settings_read(conf));
-	tn_log_set_level((enum tn_log_level)tn_conf_enum(conf, "submit_milter_log_level"));
 	tn_conf_destroy(&conf);
 	atomic_fetch_add(&sm.m.reloads, 1);
 	tn_info("reloaded %s", sm.conf_path);
@@ -991,6 +991,25 @@ static int sm_run(void)
 	return ret;
 }
 
+/* libmilter's session threads are detached and may outlive smfi_main():
+ * the shared backends go only once every session has closed (the
+ * gauge's atomic decrement, last in sm_close(), orders their last use
+ * before this). false when some never does: then they stay allocated. */
+static bool sm_quiesce(void)
+{
+	tn_msec_t deadline = tn_time_now_ms() + 5000;
+
+	while (atomic_load(&sm.m.sessions) > 0) {
+		if (tn_time_now_ms() > deadline) {
+			tn_warning("%lld SMTP sessions still open at exit",
+				   (long long)atomic_load(&sm.m.sessions));
+			return false;
+		}
+		usleep(10 * 1000);
+	}
+	return true;
+}
+
 static void sm_teardown(void)
 {
 	tn_milter_common_metrics_stop(&sm.http);
@@ -1022,8 +1041,8 @@ int main(int argc, char **argv)
 		ret = EX_CONFIG;
 	} else if (check) {
 		tn_conf_dump(sm.conf, stdout, TN_CONF_DUMP_CHANGED);
-	} else {
-		ret = sm_run();
+	} else if ((ret = sm_run()) == 0 && !sm_quiesce()) {
+		return ret;
 	}
 	sm_teardown();
 	return ret;
