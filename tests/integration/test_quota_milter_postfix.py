@@ -40,7 +40,7 @@ import pytest
 import tnharness as th
 import tnpostfix
 from test_quota_milter import (LOOKUP_TIMEOUT, MiB, GiB, QuotaMilter, drop_lookup_cache,
-                               require_prerequisites, seed_usage)
+                               require_prerequisites, seed_usage, settle_directory)
 
 TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "..", ".."))
@@ -260,6 +260,8 @@ def test_slapd_lost_in_the_middle_of_a_transaction(postfix, milter, stack, fault
         assert reply(*s.data(b"Subject: mid-run\r\n\r\nhello\r\n")) == "250 2.0.0"
     finally:
         s.close()
+        if fault == "killed":
+            settle_directory(milter, stack)
     sent = postfix.wait_sent(1, mark)
     assert [re.search(r"to=<([^>]+)>", x).group(1) for x in sent] == ["alice@acme.example"]
 
