@@ -10,7 +10,8 @@ TESTS += tests/unit/test-submit-policy
 tests_unit_test_submit_policy_SOURCES = tests/unit/test-submit-policy.c \
 	$(SUBMIT_POLICY_SOURCES) $(SUBMIT_REDIS_SOURCES)
 tests_unit_test_submit_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters \
-	$(HIREDIS_CFLAGS) $(OPENSSL_CFLAGS)
+	$(HIREDIS_CFLAGS) $(OPENSSL_CFLAGS) -DTN_SUBMIT_GOLDEN_DIR='"$(abs_top_srcdir)/tests/unit"'
+EXTRA_DIST += tests/unit/test-submit-policy.in tests/unit/test-submit-policy.ref
 tests_unit_test_submit_policy_LDADD = $(UNIT_LDADD) $(OPENSSL_LIBS)
 
 # The milter: libmilter callbacks and main(), with tn-milter-common

@@ -4,14 +4,17 @@
  * SUMMARY
  *	unit tests: tn-submit-milter's decisions (milters/submit-policy.c)
  * DESCRIPTION
- *	Golden cases in tables: each row of mail_cases is a MAIL FROM
+ *	Golden cases: each line of test-submit-policy.in is a MAIL FROM
  *	(login and its lookup, sender and its lookups, SIZE=, settings)
- *	with the answer it must format to, "<code> <enhanced> <reason>"
- *	for a refusal and "continue <result> <how>" otherwise; rcpt_cases
- *	the same for a send-limit reservation's outcome. Then the limits
+ *	and the same line of test-submit-policy.ref the answer it must
+ *	format to, "<code> <enhanced> <reason>" for a refusal and
+ *	"continue <result> <how>" otherwise (TN_GOLDEN_PRINT=1 prints what
+ *	the code answers instead of comparing); rcpt_cases, a table, the
+ *	same for a send-limit reservation's outcome. Then the limits
  *	after the configured defaults, end of message, addresses, SIZE=
  *	and the hour of the traffic counters (milters/submit-redis.c).
  *--*/
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,109 +67,164 @@ static void format(const struct submit_policy_decision *d, char *buf, size_t siz
 			 d->how != NULL ? d->how : "-");
 }
 
-static const char *const alice_targets[] = { "alice@acme.example", "bob@acme.example", NULL };
-static const char *const other_targets[] = { "bob@acme.example", NULL };
+/* --- the golden file: test-submit-policy.in -> .ref ------------------------- */
 
-struct mail_case {
-	const char *name;
-	unsigned set;
-	const char *login;
-	enum tn_result lres;
-	enum tn_account_kind lkind;
-	enum tn_status lstatus;
-	int64_t max_size, size;
-	const char *sender;
-	enum tn_result sres;
-	enum tn_account_kind skind;
-	const char *stenant;
-	const char *const *targets;
-	enum tn_result dres;
-	const char *dtenant;
-	const char *expect;
+#ifndef TN_SUBMIT_GOLDEN_DIR
+#define TN_SUBMIT_GOLDEN_DIR "tests/unit"
+#endif
+
+struct golden_word {
+	const char *word;
+	int value;
 };
 
-#define L(addr) addr, F, MBX, ACT
-static const struct mail_case mail_cases[] = {
-	{ "own address", 0, L("alice@acme.example"), 0, -1, "alice@acme.example",
-	  N, MBX, NULL, NULL, N, NULL, "continue pass own" },
-	{ "alias including the login", 0, L("alice@acme.example"), 0, -1, "sales@acme.example",
-	  F, ALIAS, "acme", alice_targets, N, NULL, "continue pass alias" },
-	{ "alias not including the login", 0, L("alice@acme.example"), 0, -1,
-	  "sales@acme.example", F, ALIAS, "acme", other_targets, N, NULL,
-	  "553 5.7.1 sender_not_owned" },
-	{ "alias of another tenant", 0, L("alice@acme.example"), 0, -1, "info@globex.example",
-	  F, ALIAS, "globex", alice_targets, N, NULL, "553 5.7.1 sender_not_owned" },
-	{ "another mailbox of the tenant", 0, L("alice@acme.example"), 0, -1,
-	  "bob@acme.example", F, MBX, "acme", NULL, N, NULL, "553 5.7.1 sender_not_owned" },
-	{ "another mailbox, tenant_domains", S_TENDOM, L("alice@acme.example"), 0, -1,
-	  "bob@acme.example", F, MBX, "acme", NULL, N, NULL, "continue pass tenant_domain" },
-	{ "other tenant's mailbox, tenant_domains", S_TENDOM, L("alice@acme.example"), 0, -1,
-	  "hank@globex.example", F, MBX, "globex", NULL, N, NULL,
-	  "553 5.7.1 sender_not_owned" },
-	{ "unknown address of the tenant's domain", 0, L("alice@acme.example"), 0, -1,
-	  "nobody@acme.example", N, MBX, NULL, NULL, F, "acme", "553 5.7.1 sender_not_owned" },
-	{ "same, tenant_domains", S_TENDOM, L("alice@acme.example"), 0, -1,
-	  "nobody@acme.example", N, MBX, NULL, NULL, F, "acme", "continue pass tenant_domain" },
-	{ "same, domain of another tenant", S_TENDOM, L("alice@acme.example"), 0, -1,
-	  "nobody@globex.example", N, MBX, NULL, NULL, F, "globex",
-	  "553 5.7.1 sender_not_owned" },
-	{ "same, domain lookup tempfail", S_TENDOM, L("alice@acme.example"), 0, -1,
-	  "nobody@acme.example", N, MBX, NULL, NULL, T, NULL, "451 4.3.0 -" },
-	{ "spoofed external sender", S_TENDOM, L("alice@acme.example"), 0, -1,
-	  "ceo@bank.example", N, MBX, NULL, NULL, N, NULL, "553 5.7.1 sender_not_owned" },
-	{ "sender lookup tempfail", 0, L("alice@acme.example"), 0, -1, "sales@acme.example",
-	  T, MBX, NULL, NULL, N, NULL, "451 4.3.0 -" },
-	{ "null sender", 0, L("alice@acme.example"), 0, -1, "", N, MBX, NULL, NULL, N, NULL,
-	  "continue pass null" },
-	{ "null sender refused", S_NONULL, L("alice@acme.example"), 0, -1, "", N, MBX, NULL,
-	  NULL, N, NULL, "553 5.7.1 sender_not_owned" },
-	{ "unauthenticated", 0, NULL, N, MBX, ACT, 0, -1, "alice@acme.example", N, MBX, NULL,
-	  NULL, N, NULL, "530 5.7.0 -" },
-	{ "unauthenticated, empty macro", 0, "", N, MBX, ACT, 0, -1, "alice@acme.example", N,
-	  MBX, NULL, NULL, N, NULL, "530 5.7.0 -" },
-	{ "unauthenticated allowed", S_NOAUTH, NULL, N, MBX, ACT, 0, -1, "x@y.example", N, MBX,
-	  NULL, NULL, N, NULL, "continue unchecked -" },
-	{ "login lookup tempfail", 0, "alice@acme.example", T, MBX, ACT, 0, -1,
-	  "alice@acme.example", N, MBX, NULL, NULL, N, NULL, "451 4.3.0 -" },
-	{ "login unknown", 0, "ghost@acme.example", N, MBX, ACT, 0, -1, "ghost@acme.example",
-	  N, MBX, NULL, NULL, N, NULL, "553 5.7.1 sender_not_owned" },
-	{ "login is an alias", 0, "sales@acme.example", F, ALIAS, ACT, 0, -1,
-	  "sales@acme.example", N, MBX, NULL, NULL, N, NULL, "553 5.7.1 sender_not_owned" },
-	{ "login suspended", 0, "carol@acme.example", F, MBX, SUSP, 0, -1, "carol@acme.example",
-	  N, MBX, NULL, NULL, N, NULL, "550 5.7.1 -" },
-	{ "login suspended, temporary", S_SUSP_TEMP, "carol@acme.example", F, MBX, SUSP, 0, -1,
-	  "carol@acme.example", N, MBX, NULL, NULL, N, NULL, "450 4.7.1 -" },
-	{ "login deleted, even temporary", S_SUSP_TEMP, "zed@acme.example", F, MBX, DEL, 0, -1,
-	  "zed@acme.example", N, MBX, NULL, NULL, N, NULL, "550 5.7.1 -" },
-	{ "SIZE= over the plan", 0, "erin@acme-mail.example", F, MBX, ACT, 1000, 1001,
-	  "erin@acme-mail.example", N, MBX, NULL, NULL, N, NULL,
-	  "552 5.3.4 message_too_large" },
-	{ "SIZE= at the plan", 0, "erin@acme-mail.example", F, MBX, ACT, 1000, 1000,
-	  "erin@acme-mail.example", N, MBX, NULL, NULL, N, NULL, "continue pass own" },
-	{ "SIZE= unlimited plan", 0, "erin@acme-mail.example", F, MBX, ACT, 0, 1 << 30,
-	  "erin@acme-mail.example", N, MBX, NULL, NULL, N, NULL, "continue pass own" },
+static const struct golden_word golden_results[] = {
+	{ "found", TN_FOUND }, { "notfound", TN_NOTFOUND }, { "tempfail", TN_TEMPFAIL },
+	{ "-", TN_NOTFOUND }, { NULL, 0 },
 };
+static const struct golden_word golden_kinds[] = {
+	{ "mailbox", TN_ACCOUNT_MAILBOX }, { "alias", TN_ACCOUNT_ALIAS }, { NULL, 0 },
+};
+static const struct golden_word golden_statuses[] = {
+	{ "active", TN_STATUS_ACTIVE }, { "suspended", TN_STATUS_SUSPENDED },
+	{ "deleted", TN_STATUS_DELETED }, { NULL, 0 },
+};
+
+static int golden_word(const struct golden_word *words, const char *w, int lineno)
+{
+	for (; words->word != NULL; words++) {
+		if (strcmp(words->word, w) == 0)
+			return words->value;
+	}
+	fail_msg("test-submit-policy.in:%d: unknown word '%s'", lineno, w);
+	return 0;
+}
+
+static int64_t golden_number(const char *w, int lineno)
+{
+	char *end;
+	long long n;
+
+	if (strcmp(w, "-") == 0)
+		return -1;
+	n = strtoll(w, &end, 10);
+	if (end == w || *end != '\0')
+		fail_msg("test-submit-policy.in:%d: not a number '%s'", lineno, w);
+	return n;
+}
+
+static unsigned golden_settings(const char *w)
+{
+	return (strstr(w, "noauth") != NULL ? S_NOAUTH : 0) |
+		(strstr(w, "tendom") != NULL ? S_TENDOM : 0) |
+		(strstr(w, "nonull") != NULL ? S_NONULL : 0) |
+		(strstr(w, "susptemp") != NULL ? S_SUSP_TEMP : 0);
+}
+
+static const char *golden_string(const char *w)
+{
+	return strcmp(w, "-") == 0 ? NULL : w;
+}
+
+/* A comma list into targets (at most 7, NULL-terminated), "-": none. */
+static const char *const *golden_targets(char *w, const char *targets[8])
+{
+	char *save = NULL;
+	size_t n = 0;
+
+	if (strcmp(w, "-") == 0)
+		return NULL;
+	for (char *t = strtok_r(w, ",", &save); t != NULL && n < 7; t = strtok_r(NULL, ",", &save))
+		targets[n++] = t;
+	targets[n] = NULL;
+	return targets;
+}
+
+#define GOLDEN_FIELDS 15
+
+/* One .in line to its "<name>: <answer>" line. */
+static void golden_case(char *line, int lineno, char *out, size_t size)
+{
+	char *f[GOLDEN_FIELDS + 1], *save = NULL, answer[128];
+	const char *targets[8], *login, *sender;
+	int n = 0;
+	struct submit_policy_settings set;
+	struct submit_policy_login l = { .tenant = "acme" };
+	struct submit_policy_sender sd;
+	struct submit_policy_decision d;
+
+	for (char *t = strtok_r(line, " \t\n", &save); t != NULL && n <= GOLDEN_FIELDS;
+	     t = strtok_r(NULL, " \t\n", &save))
+		f[n++] = t;
+	if (n != GOLDEN_FIELDS)
+		fail_msg("test-submit-policy.in:%d: %d fields, expected %d", lineno, n,
+			 GOLDEN_FIELDS);
+	set = settings_of(golden_settings(f[1]));
+	login = strcmp(f[2], "empty") == 0 ? "" : golden_string(f[2]);
+	l.address = login;
+	l.res = (enum tn_result)golden_word(golden_results, f[3], lineno);
+	l.kind = (enum tn_account_kind)golden_word(golden_kinds, f[4], lineno);
+	l.status = (enum tn_status)golden_word(golden_statuses, f[5], lineno);
+	l.max_size = golden_number(f[6], lineno);
+	sender = strcmp(f[8], "<>") == 0 ? "" : f[8];
+	sd = (struct submit_policy_sender){
+		.address = sender,
+		.res = (enum tn_result)golden_word(golden_results, f[9], lineno),
+		.kind = (enum tn_account_kind)golden_word(golden_kinds, f[10], lineno),
+		.tenant = golden_string(f[11]),
+		.targets = golden_targets(f[12], targets),
+		.domain_res = (enum tn_result)golden_word(golden_results, f[13], lineno),
+		.domain_tenant = golden_string(f[14]),
+	};
+	submit_policy_mail(&set, &l, sender, &sd, golden_number(f[7], lineno), &d);
+	if (submit_policy_refuses(&d) && d.text == NULL)
+		fail_msg("test-submit-policy.in:%d: a refusal without a text", lineno);
+	format(&d, answer, sizeof(answer));
+	snprintf(out, size, "%s: %s", f[0], answer);
+}
+
+static FILE *golden_open(const char *name)
+{
+	char path[1024];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", TN_SUBMIT_GOLDEN_DIR, name);
+	if ((f = fopen(path, "r")) == NULL)
+		fail_msg("%s: %s", path, strerror(errno));
+	return f;
+}
 
 static void test_mail_golden(void **state)
 {
-	(void)state;
-	for (size_t i = 0; i < sizeof(mail_cases) / sizeof(mail_cases[0]); i++) {
-		const struct mail_case *c = &mail_cases[i];
-		struct submit_policy_settings set = settings_of(c->set);
-		struct submit_policy_login login = {
-			c->login, c->lres, c->lkind, "acme", c->lstatus, c->max_size,
-		};
-		struct submit_policy_sender sender = {
-			c->sender, c->sres, c->skind, c->stenant, c->targets, c->dres, c->dtenant,
-		};
-		struct submit_policy_decision d;
-		char got[128];
+	FILE *in = golden_open("test-submit-policy.in");
+	FILE *ref = golden_open("test-submit-policy.ref");
+	char line[1024], want[512], got[512];
+	bool print = getenv("TN_GOLDEN_PRINT") != NULL;
+	int lineno = 0, cases = 0;
 
-		submit_policy_mail(&set, &login, c->sender, &sender, c->size, &d);
-		format(&d, got, sizeof(got));
-		if (strcmp(got, c->expect) != 0)
-			fail_msg("%s: got \"%s\", expected \"%s\"", c->name, got, c->expect);
+	(void)state;
+	while (fgets(line, sizeof(line), in) != NULL) {
+		lineno++;
+		if (line[0] == '#' || strspn(line, " \t\n") == strlen(line))
+			continue;
+		golden_case(line, lineno, got, sizeof(got));
+		cases++;
+		if (print) {
+			printf("%s\n", got);
+			continue;
+		}
+		if (fgets(want, sizeof(want), ref) == NULL)
+			fail_msg("test-submit-policy.ref ends before case %d (%s)", cases, got);
+		want[strcspn(want, "\n")] = '\0';
+		if (strcmp(got, want) != 0)
+			fail_msg("test-submit-policy.in:%d: got \"%s\", test-submit-policy.ref says"
+				 " \"%s\"", lineno, got, want);
 	}
+	if (!print && fgets(want, sizeof(want), ref) != NULL)
+		fail_msg("test-submit-policy.ref has more lines than the %d cases", cases);
+	assert_true(cases >= 30);
+	fclose(in);
+	fclose(ref);
 }
 
 static void test_needs_lookups(void **state)
