@@ -418,13 +418,17 @@ def test_tables_answer_from_the_example_directory(mapd):
     assert got == expect
 
 
-def test_postfix_own_client_reads_the_tables(mapd):
+def test_postfix_own_client_reads_the_tables(mapd, tmp_path):
     """postmap -q uses Postfix's socketmap client: the protocol as Postfix
     speaks it, answers as Postfix reads them."""
+    # a configuration directory of its own: a fresh machine has no
+    # /etc/postfix/main.cf (the package is installed "No configuration")
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\n")
+
     def postmap(key, name):
-        return subprocess.run(["postmap", "-q", key, "socketmap:inet:127.0.0.1:%d:%s"
-                               % (mapd.port, name)], capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(["postmap", "-c", str(tmp_path), "-q", key,
+                               "socketmap:inet:127.0.0.1:%d:%s" % (mapd.port, name)],
+                              capture_output=True, text=True, timeout=30)
     r = postmap("team@acme.example", "aliases")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ("alice@acme.example,bob@acme.example,"
