@@ -21,6 +21,7 @@ always does.
 """
 
 import base64
+import collections
 import glob
 import json
 import os
@@ -431,8 +432,8 @@ def test_50_concurrent_creates_of_one_address(stack, prov):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         results.append(json.loads(out)["status"])
-    assert results.count("created") == 1, results
-    assert results.count("conflict") == 49, results
+    assert results.count("created") == 1, collections.Counter(results)
+    assert results.count("conflict") == 49, collections.Counter(results)
     evs = [e for e in prov.events("race") if e["type"] == "mailbox.created"]
     assert len(evs) == 1 and evs[0]["data"]["address"] == "hot@race.example"
 
