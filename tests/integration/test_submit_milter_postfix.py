@@ -22,6 +22,8 @@ Checked with smtplib:
   * the send limit reached through Postfix: erin's 50th message of the
     hour delivered, the 51st 450 4.7.1 at RCPT with the wait in the text;
     a transaction abandoned with RSET gives its slot back;
+  * Redis stopped: the limits unenforced, mail delivered, enforced again
+    once it is back; slapd frozen: 451 4.3.0 within the deadline;
   * the milter killed: Postfix tempfails and queues nothing;
   * docs/submit-milter.md's main.cf and master.cf blocks pass
     "postfix -c DIR check" and "postconf -n" without a warning.
@@ -37,8 +39,8 @@ import time
 import pytest
 
 import tnpostfix
-from test_submit_milter import (SubmitMilter, clear_rate_keys, members, require_prerequisites,
-                                seed_window)
+from test_submit_milter import (LOOKUP_TIMEOUT, SubmitMilter, clear_rate_keys,
+                                drop_lookup_cache, members, require_prerequisites, seed_window)
 
 TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "..", ".."))
@@ -164,6 +166,42 @@ def test_send_limit_reached_through_postfix(postfix, milter, stack):
         s.close()
     assert len(postfix.wait_sent(2, mark)) == 2
     assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
+
+
+def test_redis_stopped_through_postfix(postfix, milter, stack):
+    """The documented policy: limits unenforced, mail delivered; enforced
+    again once Redis is back."""
+    seed_window(stack, "mbx:erin@acme-mail.example", 50)
+    mark = postfix.log_mark()
+    stack.redis.stop()
+    try:
+        got = send(postfix, "erin@acme-mail.example", "erin@acme-mail.example")
+        assert got == ("250 2.1.0", {"friend@external.example": "250 2.1.5"}, "250 2.0.0")
+        postfix.wait_sent(1, mark)
+    finally:
+        stack.redis.start()
+    deadline = time.monotonic() + 10     # the cache's down-marking backs off to 5 s
+    while True:
+        clear_rate_keys(stack)
+        seed_window(stack, "mbx:erin@acme-mail.example", 50)
+        got = send(postfix, "erin@acme-mail.example", "erin@acme-mail.example")
+        if got[1] == {"friend@external.example": "450 4.7.1"}:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.3)
+
+
+def test_slapd_frozen_is_451_through_postfix(postfix, milter, stack):
+    drop_lookup_cache(stack)
+    stack.slapd.freeze()
+    try:
+        t0 = time.monotonic()
+        got = send(postfix, "alice@acme.example", "sales@acme.example")
+        assert time.monotonic() - t0 < LOOKUP_TIMEOUT + 3
+        assert got == ("451 4.3.0", {}, None)
+    finally:
+        stack.slapd.thaw()
+    assert send(postfix, "alice@acme.example", "sales@acme.example")[2] == "250 2.0.0"
 
 
 def test_docs_snippets_pass_postfix_check(tmp_path):
