@@ -6,7 +6,7 @@ sbin_PROGRAMS += lmtp-router/tn-lmtp-router
 lmtp_router_tn_lmtp_router_SOURCES = lmtp-router/tn-lmtp-router.c lmtp-router/router.h \
 	lmtp-router/router-route.c lmtp-router/router-route.h \
 	lmtp-router/router-session.c lmtp-router/router-store.c \
-	lmtp-router/router-control.c lmtp-router/router-metrics.c
+	lmtp-router/router-control.c lmtp-router/router-metrics.c lmtp-router/router-spool.c
 lmtp_router_tn_lmtp_router_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
 lmtp_router_tn_lmtp_router_LDADD = lib/libtenantmail.la $(LIBEVENT_LIBS) $(PTHREAD_LIBS)
 

@@ -12,7 +12,8 @@
  *
  *	Series (prefix tn_router_):
  *	    sessions_active, sessions_total, sessions_refused_total,
- *	    messages_total, flow_control_pauses_total, recipients_total{result},
+ *	    messages_total, flow_control_pauses_total, spooled_total,
+ *	    spool_errors_total, recipients_total{result},
  *	    store_up{store}, store_drained{store}, store_connections{store},
  *	    store_idle_connections{store}, store_transactions_total{store},
  *	    store_errors_total{store,kind},
@@ -63,6 +64,12 @@ static void metrics_router(struct tn_router *r, struct evbuffer *b)
 		       "times a session stopped reading the client (high watermark)");
 	evbuffer_add_printf(b, "tn_router_flow_control_pauses_total %llu\n",
 			    (unsigned long long)r->throttled);
+	metrics_header(b, "spooled_total", "counter", "messages spooled to disk");
+	evbuffer_add_printf(b, "tn_router_spooled_total %llu\n", (unsigned long long)r->spooled);
+	metrics_header(b, "spool_errors_total", "counter",
+		       "spool files that could not be made or written");
+	evbuffer_add_printf(b, "tn_router_spool_errors_total %llu\n",
+			    (unsigned long long)r->spool_errors);
 	metrics_header(b, "recipients_total", "counter", "recipients routed, by result");
 	for (int i = 0; i < TN_RR_N; i++)
 		evbuffer_add_printf(b, "tn_router_recipients_total{result=\"%s\"} %llu\n",

@@ -105,6 +105,8 @@ struct tn_router_session {
 	size_t ndtx;
 	uint64_t data_bytes;
 	bool too_big, linestart, skipping, throttled, closing;
+	int spool_fd;			/* this message is spooled, or -1 */
+	bool spool_error;
 	unsigned errors;
 	struct event *progress_ev;
 	const char *tenant;		/* for log lines: the first recipient's */
@@ -227,6 +229,10 @@ static void session_reset(struct tn_router_session *s)
 	s->body8 = false;
 	s->too_big = false;
 	s->tenant = NULL;
+	if (s->spool_fd >= 0)
+		close(s->spool_fd);
+	s->spool_fd = -1;
+	s->spool_error = false;
 	if (s->throttled && s->bev != NULL)
 		bufferevent_enable(s->bev, EV_READ);
 	s->throttled = false;
@@ -401,6 +407,66 @@ static void session_progress_cb(evutil_socket_t fd, short what, void *arg)
 
 /* --- DATA ------------------------------------------------------------------------------ */
 
+/* A spooled message goes to its file; the stores get it at the end. */
+static void session_spool_write(struct tn_router_session *s, const void *data, size_t len)
+{
+	const char *p = data;
+	ssize_t n;
+
+	while (len > 0 && !s->spool_error) {
+		n = write(s->spool_fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			session_log(s, TN_LOG_ERROR, s->tenant, "writing the spool file in %s: %s",
+				    s->r->set.spool_dir, strerror(errno));
+			s->r->spool_errors++;
+			s->spool_error = true;
+			return;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Messages declared at router_spool_threshold or above are spooled, so
+ * each store takes it at its own pace and none holds the others back. */
+static void session_spool_begin(struct tn_router_session *s)
+{
+	const struct tn_router_settings *set = &s->r->set;
+
+	if (set->spool_threshold == 0 || s->size_decl < set->spool_threshold)
+		return;
+	if ((s->spool_fd = tn_router_spool_open(s->r)) < 0) {
+		session_log(s, TN_LOG_WARNING, s->tenant, "cannot spool in %s (%s): the message "
+			    "is streamed from memory", set->spool_dir, strerror(errno));
+		s->r->spool_errors++;
+		return;
+	}
+	s->r->spooled++;
+}
+
+/* The spooled message to every destination (one shared file segment). */
+static void session_spool_end(struct tn_router_session *s)
+{
+	struct evbuffer_file_segment *seg;
+
+	if (s->data_bytes > 0) {
+		seg = evbuffer_file_segment_new(s->spool_fd, 0, (ev_off_t)s->data_bytes,
+						EVBUF_FS_CLOSE_ON_FREE);
+		if (seg == NULL) {
+			session_log(s, TN_LOG_ERROR, s->tenant, "cannot map the spool file");
+			s->r->spool_errors++;
+			s->spool_error = true;
+			return;
+		}
+		s->spool_fd = -1;	/* the segment owns it now */
+		for (size_t i = 0; i < s->ndtx; i++)
+			tn_router_store_dtx_write_file(s->dtxs[i], seg, s->data_bytes);
+		evbuffer_file_segment_free(seg);
+	}
+}
+
 static void session_data_write(struct tn_router_session *s, const void *data, size_t len)
 {
 	s->data_bytes += len;
@@ -411,6 +477,10 @@ static void session_data_write(struct tn_router_session *s, const void *data, si
 		for (size_t i = 0; i < s->ndtx; i++)
 			tn_router_store_dtx_destroy(&s->dtxs[i]);
 		s->ndtx = 0;
+		return;
+	}
+	if (s->spool_fd >= 0) {
+		session_spool_write(s, data, len);
 		return;
 	}
 	for (size_t i = 0; i < s->ndtx; i++)
@@ -427,6 +497,21 @@ static void session_data_end(struct tn_router_session *s)
 				tn_router_session_rcpt_reply(s, i, 552,
 							     "5.3.4 message too big", TN_RR_TOO_BIG,
 							     "-");
+		}
+		session_final_replies(s);
+		return;
+	}
+	if (s->spool_fd >= 0 && !s->spool_error)
+		session_spool_end(s);
+	if (s->spool_error) {
+		for (size_t i = 0; i < s->ndtx; i++)
+			tn_router_store_dtx_destroy(&s->dtxs[i]);
+		s->ndtx = 0;
+		for (size_t i = 0; i < s->nrcpts; i++) {
+			if (s->rcpts[i]->accepted)
+				tn_router_session_rcpt_reply(s, i, 451,
+							     "4.3.0 local error, try again later",
+							     TN_RR_UNAVAILABLE, "-");
 		}
 		session_final_replies(s);
 		return;
@@ -706,6 +791,7 @@ static void cmd_data(struct tn_router_session *s, const char *args)
 		return;
 	}
 	session_start_dtxs(s);
+	session_spool_begin(s);
 	s->state = SS_DATA;
 	s->data_bytes = 0;
 	s->linestart = true;
@@ -919,6 +1005,7 @@ void tn_router_session_accept(struct tn_router *r, evutil_socket_t fd,
 	}
 	s = tn_mem_calloc(1, sizeof(*s));
 	s->r = r;
+	s->spool_fd = -1;
 	snprintf(s->id, sizeof(s->id), "%s%06llX", r->sid_prefix,
 		 (unsigned long long)++r->session_seq);
 	session_peer(s, sa);

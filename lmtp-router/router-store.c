@@ -963,6 +963,18 @@ void tn_router_store_dtx_write(struct tn_router_dtx *d, const void *data, size_t
 		evbuffer_add(d->pending, data, len);
 }
 
+void tn_router_store_dtx_write_file(struct tn_router_dtx *d, struct evbuffer_file_segment *seg,
+				    size_t len)
+{
+	if (d->state == DS_DONE)
+		return;
+	if (d->state == DS_DATA)
+		evbuffer_add_file_segment(bufferevent_get_output(d->conn->bev), seg, 0,
+					  (ev_off_t)len);
+	else
+		evbuffer_add_file_segment(d->pending, seg, 0, (ev_off_t)len);
+}
+
 void tn_router_store_dtx_finish(struct tn_router_dtx *d)
 {
 	tn_router_store_dtx_write(d, ".\r\n", 3);

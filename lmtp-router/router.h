@@ -85,6 +85,8 @@ struct tn_router_settings {
 	unsigned error_limit;
 	size_t high_wm;
 	size_t low_wm;
+	uint64_t spool_threshold;	/* 0: never */
+	const char *spool_dir;
 	const char *hostname;
 };
 
@@ -146,6 +148,8 @@ struct tn_router {
 	uint64_t sessions_refused;
 	uint64_t messages;
 	uint64_t throttled;		/* times a session stopped reading (watermark) */
+	uint64_t spooled;		/* messages spooled to disk */
+	uint64_t spool_errors;
 	uint64_t results[TN_RR_N];
 };
 
@@ -168,6 +172,9 @@ void tn_router_store_dtx_add_rcpt(struct tn_router_dtx *d, size_t rcpt);
 void tn_router_store_dtx_start(struct tn_router_dtx *d);
 /* message data (already dot-stuffed, CRLF lines) */
 void tn_router_store_dtx_write(struct tn_router_dtx *d, const void *data, size_t len);
+/* a spooled message: the first len bytes of seg (shared, reference counted) */
+void tn_router_store_dtx_write_file(struct tn_router_dtx *d, struct evbuffer_file_segment *seg,
+				    size_t len);
 /* the end of the data: ".\r\n" follows */
 void tn_router_store_dtx_finish(struct tn_router_dtx *d);
 /* bytes waiting for this destination (flow control) */
@@ -176,6 +183,10 @@ bool tn_router_store_dtx_done(const struct tn_router_dtx *d);
 const char *tn_router_store_dtx_key(const struct tn_router_dtx *d);
 /* session gone or message aborted: connection closed, nothing delivered */
 void tn_router_store_dtx_destroy(struct tn_router_dtx **d);
+
+/* router-spool.c: an unlinked file in router_spool_directory, or -1
+ * with errno */
+int tn_router_spool_open(struct tn_router *r);
 
 /* router-session.c */
 void tn_router_session_accept(struct tn_router *r, evutil_socket_t fd,

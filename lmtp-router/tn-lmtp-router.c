@@ -103,6 +103,10 @@ const struct tn_conf_param tn_router_params[] = {
 	  "data held for one store above which the client is not read" },
 	{ "router_buffer_low_watermark", TN_CONF_SIZE, "64k", 0, 1024 * 1024 * 1024, NULL,
 	  "data held for every store below which reading resumes" },
+	{ "router_spool_threshold", TN_CONF_SIZE, "1m", 0, 0, NULL,
+	  "messages declared (SIZE=) this large are spooled to disk (0: never)" },
+	{ "router_spool_directory", TN_CONF_STR, "/var/spool/tenantmail/lmtp-router", 0, 0, NULL,
+	  "where spooled messages are kept, as unlinked files" },
 	{ "router_lookup_threads", TN_CONF_INT, "4", 1, 256, NULL,
 	  "worker threads for lookups that miss the in-process cache" },
 	{ "router_log_level", TN_CONF_ENUM, "info", 0, 0, "debug|info|warning|error",
@@ -138,6 +142,8 @@ static int router_settings(struct tn_router *r, const char **error_r)
 	set->fail_threshold = (unsigned)tn_conf_int(r->conf, "router_health_failures");
 	set->high_wm = tn_conf_size(r->conf, "router_buffer_high_watermark");
 	set->low_wm = tn_conf_size(r->conf, "router_buffer_low_watermark");
+	set->spool_threshold = tn_conf_size(r->conf, "router_spool_threshold");
+	set->spool_dir = tn_conf_str(r->conf, "router_spool_directory");
 	if (set->low_wm >= set->high_wm) {
 		*error_r = "router_buffer_low_watermark must be below router_buffer_high_watermark";
 		return -1;
@@ -326,6 +332,22 @@ static int router_drop(struct tn_router *r)
 	return tn_daemon_drop_privileges("router_user", user);
 }
 
+/* After the privilege drop: can this user spool? (Mail is never refused
+ * for it: messages are then streamed from memory.) */
+static void router_spool_check(struct tn_router *r)
+{
+	int fd;
+
+	if (r->set.spool_threshold == 0)
+		return;
+	if ((fd = tn_router_spool_open(r)) < 0) {
+		tn_warning("router_spool_directory %s: %s: large messages are streamed from "
+			   "memory", r->set.spool_dir, strerror(errno));
+		return;
+	}
+	close(fd);
+}
+
 /* Store names resolve within about router_store_connect_timeout (the
  * bufferevent's timeouts do not cover the DNS step). */
 static void router_dns_options(struct tn_router *r)
@@ -359,6 +381,7 @@ static int router_run(struct tn_router *r)
 		tn_error("lookup: %s", error);
 		return EX_UNAVAILABLE;
 	}
+	router_spool_check(r);
 	r->le = tn_lookup_event_create(r->base, r->lk,
 				       (unsigned)tn_conf_int(r->conf, "router_lookup_threads"));
 	tn_router_store_health_start(r);

@@ -81,6 +81,7 @@ class Topology:
             "router_health_failures": "2",
             "router_store_connect_timeout": "3s",
             "router_store_timeout": "10s",
+            "router_store_max_connections": "10",
             "router_recipient_limit": "100",
             "router_message_size_limit": "2m",
             "router_line_length_limit": "2k",
@@ -514,6 +515,87 @@ def test_flow_control_streams_large_message_intact(topo, tmp_path):
     finally:
         assert r2.stop() == 0
     wait_member(topo, 2, "up", timeout=10)
+
+
+def test_large_message_spooled_each_store_at_its_own_pace(topo, tmp_path):
+    """A router spooling messages declared at 100 KB or more: a 1.5 MB
+    message arrives byte for byte in two stores, the spool directory
+    shows no file at any time, and with S2 frozen S0 has its copy while
+    the transaction still waits for S2 (a slow store holds nobody back)."""
+    spool = os.path.join(topo.workdir, "spool")      # nobody must reach it
+    os.makedirs(spool, exist_ok=True)
+    os.chmod(spool, 0o777)
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    overrides.update({"router_spool_threshold": "100k", "router_spool_directory": spool})
+    r5 = tnrouter.Router(tmp_path / "r5", topo.stack.conf, overrides)
+
+    def send(m, size, result):
+        body = big_message(m, size)
+        wire = re.sub(r"(?m)^\.", "..", body)
+        c = Raw(r5, timeout=30)
+        c.send("LHLO x\r\nMAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<bob@acme.example>\r\n"
+               "RCPT TO:<peter@initech.example>\r\nDATA\r\n" % (SENDER, len(wire)))
+        assert [g[0] for g in c.replies(5)] == [250, 250, 250, 250, 354]
+        c.send(wire + ".\r\n")
+        result["spool"] = os.listdir(spool)
+        result["data"] = c.replies(2)
+        c.close()
+        return body
+
+    try:
+        m, result = marker(), {}
+        body = send(m, 1500000, result)
+        assert [g[0] for g in result["data"]] == [250, 250], result
+        assert result["spool"] == []
+        want = body.replace("\r\n", "\n").encode()
+        assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        assert wait_counts(topo, "peter@initech.example", m, [0, 0, 1]) == [0, 0, 1]
+        assert stored(topo, 0, "bob@acme.example", m).endswith(want)
+        assert stored(topo, 2, "peter@initech.example", m).endswith(want)
+        assert r5.metric("tn_router_spooled_total") == 1
+        topo.stores[2].freeze()
+        try:
+            m, result = marker(), {}
+            t = threading.Thread(target=send, args=(m, 500000, result))
+            t.start()
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0], timeout=2.5) == \
+                [1, 0, 0]
+            assert t.is_alive(), "the transaction did not wait for the frozen store"
+            t.join(20)
+            assert [g[0] for g in result["data"]] == [250, 451], result
+        finally:
+            topo.stores[2].thaw()
+        assert os.listdir(spool) == []
+    finally:
+        assert r5.stop() == 0
+    wait_member(topo, 2, "up", timeout=10)
+
+
+def test_spool_unavailable_streams_from_memory(topo, tmp_path):
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    overrides.update({"router_spool_threshold": "1k",
+                      "router_spool_directory": str(tmp_path / "nosuch")})
+    r6 = tnrouter.Router(tmp_path / "r6", topo.stack.conf, overrides)
+    try:
+        r6.wait_log(r"warning: router_spool_directory .*/nosuch: .*streamed from memory")
+        m = marker()
+        c = Raw(r6)
+        body = message(m, size=5000)
+        c.send("LHLO x\r\nMAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<bob@acme.example>\r\n"
+               "DATA\r\n" % (SENDER, len(body)))
+        assert [g[0] for g in c.replies(4)] == [250, 250, 250, 354]
+        c.send(body + ".\r\n")
+        assert c.reply()[0] == 250
+        c.close()
+        assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        assert r6.metric("tn_router_spool_errors_total") == 1
+        assert r6.metric("tn_router_spooled_total") == 0
+    finally:
+        assert r6.stop() == 0
 
 
 def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
