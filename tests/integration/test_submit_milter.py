@@ -606,6 +606,26 @@ def test_recipient_limits_and_commit_with_the_real_count(milter, stack):
         milter.reload("")
 
 
+def test_message_too_large_for_the_plan(milter, stack):
+    """erin's plan allows 10 MiB: SIZE= above it is 552 5.3.4 at MAIL FROM;
+    a message that turns out larger is 552 5.3.4 at end of message and
+    its reservation goes back."""
+    mib = 1024 * 1024
+    assert mail(milter, "erin@acme-mail.example", "erin@acme-mail.example",
+                size=10 * mib + 1) == ("too_large", "552 5.3.4", "")
+    seed_window(stack, "mbx:erin@acme-mail.example", 49)
+    mark = milter.log_mark()
+    r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
+                    body=10 * mib + 100)
+    assert r.rcpts == [("someone@external.example", "continue")]
+    assert r.eoms == ["replycode"]
+    assert re.search(r"end of message: .* result=too_large reply=552 5\.3\.4",
+                     milter.log_since(mark))
+    assert len(members(stack, "mbx:erin@acme-mail.example")) == 49
+    r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
+    assert r.eoms == ["continue"]
+
+
 def test_traffic_out_is_counted(milter, stack):
     hour = time.strftime("%Y%m%d%H", time.gmtime())
     key = PREFIX + "traffic:acme:" + hour
