@@ -118,6 +118,7 @@ struct session_cmd {
 };
 
 static void session_process(struct tn_router_session *s);
+static void session_start_dtxs(struct tn_router_session *s);
 
 /* --- small helpers ---------------------------------------------------------------- */
 
@@ -501,8 +502,10 @@ static void session_data_end(struct tn_router_session *s)
 		session_final_replies(s);
 		return;
 	}
-	if (s->spool_fd >= 0 && !s->spool_error)
+	if (s->spool_fd >= 0 && !s->spool_error) {
+		session_start_dtxs(s);
 		session_spool_end(s);
+	}
 	if (s->spool_error) {
 		for (size_t i = 0; i < s->ndtx; i++)
 			tn_router_store_dtx_destroy(&s->dtxs[i]);
@@ -608,12 +611,16 @@ static struct tn_router_dtx *session_dtx_for(struct tn_router_session *s,
 	return d;
 }
 
-static void session_start_dtxs(struct tn_router_session *s)
+static void session_make_dtxs(struct tn_router_session *s)
 {
 	for (size_t i = 0; i < s->nrcpts; i++) {
 		if (s->rcpts[i]->accepted)
 			tn_router_store_dtx_add_rcpt(session_dtx_for(s, s->rcpts[i]), i);
 	}
+}
+
+static void session_start_dtxs(struct tn_router_session *s)
+{
 	for (size_t i = 0; i < s->ndtx; i++)
 		tn_router_store_dtx_start(s->dtxs[i]);
 }
@@ -790,8 +797,12 @@ static void cmd_data(struct tn_router_session *s, const char *args)
 		session_error(s, "503 5.5.1 no valid recipients");
 		return;
 	}
-	session_start_dtxs(s);
+	session_make_dtxs(s);
 	session_spool_begin(s);
+	/* a spooled message meets the stores once it is complete, so none
+	 * waits through a long upload */
+	if (s->spool_fd < 0)
+		session_start_dtxs(s);
 	s->state = SS_DATA;
 	s->data_bytes = 0;
 	s->linestart = true;

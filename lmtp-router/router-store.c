@@ -137,6 +137,7 @@ static void dtx_conn_ready(struct tn_router_dtx *d);
 static void dtx_conn_failed(struct tn_router_dtx *d, const char *why);
 static void dtx_reply(struct tn_router_dtx *d, int code, const char *text);
 static void member_wake(struct tn_router_member *m);
+static void dtx_dot_sent(struct tn_router_dtx *d);
 
 const char *tn_router_store_error_name(enum tn_router_store_error e)
 {
@@ -877,10 +878,22 @@ static void dtx_data_reply(struct tn_router_dtx *d, int code, const char *text)
 	c->state = CS_DATA;
 	bufferevent_write_buffer(c->bev, d->pending);
 	if (d->finished) {
-		d->state = DS_DOT;
-		c->state = CS_DOT;
-		d->t_dot_us = tn_time_now_us();
+		dtx_dot_sent(d);
+		return;
 	}
+	/* nothing to read until the dot: only the store's taking of the data
+	 * is timed (the client's pace is the session's timeout) */
+	bufferevent_set_timeouts(c->bev, NULL, &(struct timeval){
+		c->m->r->set.store_timeout / 1000, (c->m->r->set.store_timeout % 1000) * 1000 });
+}
+
+static void dtx_dot_sent(struct tn_router_dtx *d)
+{
+	d->state = DS_DOT;
+	d->conn->state = CS_DOT;
+	d->t_dot_us = tn_time_now_us();
+	conn_set_timeouts(d->conn, d->conn->m->r->set.store_timeout,
+			  d->conn->m->r->set.store_timeout);
 }
 
 static void dtx_envelope_reply(struct tn_router_dtx *d, int code, const char *text)
@@ -979,11 +992,8 @@ void tn_router_store_dtx_finish(struct tn_router_dtx *d)
 {
 	tn_router_store_dtx_write(d, ".\r\n", 3);
 	d->finished = true;
-	if (d->state == DS_DATA) {
-		d->state = DS_DOT;
-		d->conn->state = CS_DOT;
-		d->t_dot_us = tn_time_now_us();
-	}
+	if (d->state == DS_DATA)
+		dtx_dot_sent(d);
 }
 
 size_t tn_router_store_dtx_backlog(const struct tn_router_dtx *d)

@@ -598,6 +598,41 @@ def test_spool_unavailable_streams_from_memory(topo, tmp_path):
         assert r6.stop() == 0
 
 
+def test_slow_client_upload_longer_than_store_timeout(topo, tmp_path):
+    """While the message streams in, only the store's taking of data is
+    timed: a client that needs 2.5 s for its message is delivered with
+    router_store_timeout = 1s (spooled or not)."""
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    spool = os.path.join(topo.workdir, "spool7")
+    os.makedirs(spool, exist_ok=True)
+    os.chmod(spool, 0o777)
+    overrides.update({"router_store_timeout": "1s", "router_spool_threshold": "10k",
+                      "router_spool_directory": spool})
+    r7 = tnrouter.Router(tmp_path / "r7", topo.stack.conf, overrides)
+    try:
+        for declared in (False, True):
+            m = marker()
+            body = message(m, size=20000)
+            c = Raw(r7)
+            c.send("LHLO x\r\nMAIL FROM:<%s>%s\r\nRCPT TO:<bob@acme.example>\r\n"
+                   "DATA\r\n" % (SENDER, " SIZE=%d" % len(body) if declared else ""))
+            assert [g[0] for g in c.replies(4)] == [250, 250, 250, 354]
+            step = len(body) // 5
+            for i in range(5):
+                c.send(body[i * step:(i + 1) * step])
+                time.sleep(0.5)
+            c.send(body[5 * step:] + ".\r\n")
+            code, text = c.reply()
+            assert code == 250, (declared, code, text)
+            c.close()
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        assert r7.metric("tn_router_spooled_total") == 1
+    finally:
+        assert r7.stop() == 0
+
+
 def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
     """A pool whose member is the router itself: its recipients get 451
     (Postfix keeps the mail), an error line names the loop, and the
