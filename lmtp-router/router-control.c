@@ -51,6 +51,7 @@ struct control_conn {
 struct tn_router_control {
 	struct evconnlistener *listener;
 	char *path;
+	ino_t ino;			/* removed at exit only if still ours */
 };
 
 struct control_cmd {
@@ -345,6 +346,7 @@ int tn_router_control_start(struct tn_router *r, const char *path, const char **
 	static char err[300];
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	struct tn_router_control *ctl;
+	struct stat st;
 	mode_t old;
 
 	if (strlen(path) >= sizeof(sun.sun_path)) {
@@ -366,6 +368,7 @@ int tn_router_control_start(struct tn_router *r, const char *path, const char **
 		return -1;
 	}
 	ctl->path = tn_mem_strdup(path);
+	ctl->ino = stat(path, &st) == 0 ? st.st_ino : 0;
 	r->control = ctl;
 	return 0;
 }
@@ -381,12 +384,14 @@ int tn_router_control_chown(struct tn_router *r, uid_t uid, gid_t gid)
 void tn_router_control_stop(struct tn_router *r)
 {
 	struct tn_router_control *ctl = r->control;
+	struct stat st;
 
 	if (ctl == NULL)
 		return;
 	r->control = NULL;
 	evconnlistener_free(ctl->listener);
-	unlink(ctl->path);
+	if (stat(ctl->path, &st) == 0 && st.st_ino == ctl->ino)
+		unlink(ctl->path);
 	tn_mem_free(&ctl->path);
 	tn_mem_free(&ctl);
 }

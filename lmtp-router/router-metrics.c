@@ -175,6 +175,9 @@ static void metrics_request(struct evhttp_request *req, void *arg)
 
 int tn_router_metrics_start(struct tn_router *r, const char *listen, const char **error_r)
 {
+	struct sockaddr_storage ss;
+	struct evconnlistener *l;
+	int len = sizeof(ss);
 	char *host;
 	unsigned port;
 
@@ -184,15 +187,21 @@ int tn_router_metrics_start(struct tn_router *r, const char *listen, const char 
 		*error_r = "router_metrics_listen: expected address:port";
 		return -1;
 	}
+	tn_mem_free(&host);
 	r->http = evhttp_new(r->base);
 	evhttp_set_cb(r->http, "/metrics", metrics_request, r);
 	evhttp_set_timeout(r->http, 10);
-	if (evhttp_bind_socket(r->http, host, (uint16_t)port) < 0) {
-		tn_mem_free(&host);
+	/* SO_REUSEPORT, as the LMTP listeners: a restarted router binds it
+	 * while the old one finishes */
+	if (evutil_parse_sockaddr_port(listen, (struct sockaddr *)&ss, &len) < 0 ||
+	    (l = evconnlistener_new_bind(r->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE |
+					 LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE |
+					 LEV_OPT_REUSEABLE_PORT, 128,
+					 (struct sockaddr *)&ss, len)) == NULL ||
+	    evhttp_bind_listener(r->http, l) == NULL) {
 		*error_r = "router_metrics_listen: cannot listen (address in use?)";
 		return -1;
 	}
-	tn_mem_free(&host);
 	return 0;
 }
 

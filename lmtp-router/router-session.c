@@ -283,8 +283,11 @@ void tn_router_session_stop_idle(struct tn_router *r)
 
 	for (s = r->sessions; s != NULL; s = next) {
 		next = s->next;
-		if (s->state != SS_DATA && s->state != SS_WAIT)
-			session_close(s, "router stopping");
+		if ((s->state == SS_START || s->state == SS_READY) && s->lookups == 0 &&
+		    s->rhead == NULL) {
+			session_reply(s, "421 4.3.2 router restarting, try again [%s]", s->id);
+			s->state = SS_QUIT;
+		}
 	}
 }
 
@@ -362,10 +365,7 @@ static void session_final_replies(struct tn_router_session *s)
 	s->r->messages++;
 	session_reset(s);
 	s->state = SS_READY;
-	if (s->r->stopping) {
-		session_reply(s, "421 4.3.2 router stopping [%s]", s->id);
-		s->state = SS_QUIT;
-	}
+
 }
 
 static bool session_dtxs_done(struct tn_router_session *s)
@@ -934,6 +934,14 @@ static void session_process(struct tn_router_session *s)
 	for (;;) {
 		if (s->closing || s->state == SS_QUIT || s->state == SS_WAIT)
 			return;
+		if (s->r->stopping && (s->state == SS_START || s->state == SS_READY) &&
+		    s->lookups == 0) {
+			/* the transaction in flight is done: the client goes on
+			 * with the router that replaces this one */
+			session_reply(s, "421 4.3.2 router restarting, try again [%s]", s->id);
+			s->state = SS_QUIT;
+			return;
+		}
 		if (s->state == SS_DATA) {
 			session_data(s);
 			if (s->state == SS_DATA || s->closing)

@@ -131,6 +131,7 @@ struct tn_router {
 	struct evconnlistener **listeners;
 	size_t nlisteners;
 	char **unix_paths;		/* unix sockets we created (removed at exit) */
+	ino_t *unix_inodes;		/* ... unless another process replaced them */
 	size_t nunix;
 	struct evhttp *http;
 	struct tn_router_control *control;
@@ -192,8 +193,8 @@ int tn_router_spool_open(struct tn_router *r);
 void tn_router_session_accept(struct tn_router *r, evutil_socket_t fd,
 			      const struct sockaddr *sa, int salen);
 void tn_router_session_close_all(struct tn_router *r);
-/* Stopping: close the sessions outside a transaction now; the others
- * end after their replies. */
+/* Stopping: the sessions outside a transaction get 421 now, the others
+ * after their transaction's replies. */
 void tn_router_session_stop_idle(struct tn_router *r);
 /* callbacks from router-store.c */
 const char *tn_router_session_rcpt_address(struct tn_router_session *s, size_t rcpt);

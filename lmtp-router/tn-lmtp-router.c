@@ -195,10 +195,14 @@ static struct evconnlistener *router_listen_unix(struct tn_router *r, const char
 				    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 1024,
 				    (struct sockaddr *)&sun, sizeof(sun));
 	if (l != NULL) {
+		struct stat st;
+
 		/* Postfix's lmtp client runs as another user: the directory
 		 * the socket is in decides who reaches it */
 		chmod(path, 0666);
 		r->unix_paths = tn_mem_realloc(r->unix_paths, (r->nunix + 1) * sizeof(char *));
+		r->unix_inodes = tn_mem_realloc(r->unix_inodes, (r->nunix + 1) * sizeof(ino_t));
+		r->unix_inodes[r->nunix] = stat(path, &st) == 0 ? st.st_ino : 0;
 		r->unix_paths[r->nunix++] = tn_mem_strdup(path);
 	}
 	return l;
@@ -215,9 +219,12 @@ static struct evconnlistener *router_listen_inet(struct tn_router *r, const char
 		*error_r = "router_listen: items are host:port, [IPv6]:port or unix:/path";
 		return NULL;
 	}
+	/* SO_REUSEPORT: a new router can listen beside this one before this
+	 * one is stopped (a restart that refuses no connection) */
 	return evconnlistener_new_bind(r->base, router_accept_cb, r,
 				       LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
-				       LEV_OPT_REUSEABLE, 1024, (struct sockaddr *)&ss, len);
+				       LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT, 1024,
+				       (struct sockaddr *)&ss, len);
 }
 
 static int router_listen(struct tn_router *r)
@@ -419,10 +426,15 @@ static void router_teardown(struct tn_router *r)
 		event_base_free(r->base);
 	}
 	for (size_t i = 0; i < r->nunix; i++) {
-		unlink(r->unix_paths[i]);
+		struct stat st;
+
+		/* a router started after this one has its own socket there now */
+		if (stat(r->unix_paths[i], &st) == 0 && st.st_ino == r->unix_inodes[i])
+			unlink(r->unix_paths[i]);
 		tn_mem_free(&r->unix_paths[i]);
 	}
 	tn_mem_free(&r->unix_paths);
+	tn_mem_free(&r->unix_inodes);
 	tn_lookup_destroy(&r->lk);
 	tn_router_route_pools_free(&r->pools);
 	tn_conf_destroy(&r->conf);

@@ -633,6 +633,59 @@ def test_slow_client_upload_longer_than_store_timeout(topo, tmp_path):
         assert r7.stop() == 0
 
 
+def test_restart_beside_the_old_router_drops_nothing(topo, tmp_path):
+    """A new router started on the same addresses (SO_REUSEPORT, the unix
+    and control sockets replaced), then SIGTERM to the old one: its
+    message in flight is delivered, its idle session is told 421, it
+    exits 0 without removing the new one's sockets, and the new one
+    serves everything from then on."""
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    old = tnrouter.Router(tmp_path / "old", topo.stack.conf, overrides)
+    new = tnrouter.Router(tmp_path / "new", topo.stack.conf, overrides, start=False)
+    new.port, new.metrics_port = old.port, old.metrics_port
+    new.unix_path, new.control_path = old.unix_path, old.control_path
+    new.overrides.update({k: old.overrides[k] for k in (
+        "router_listen", "router_control_socket", "router_metrics_listen")})
+    try:
+        m = marker()
+        body = message(m, size=50000)
+        busy = Raw(old)
+        busy.send("LHLO x\r\nMAIL FROM:<%s>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\n"
+                  % SENDER)
+        assert [g[0] for g in busy.replies(4)] == [250, 250, 250, 354]
+        busy.send(body[:20000])
+        idle = Raw(old)
+        idle.send("LHLO x\r\n")
+        idle.reply()
+        new.start()
+        new.wait_log(r"info: started")
+        old.proc.send_signal(15)
+        old.wait_log(r"stopping \(signal 15\)")
+        code, text = idle.reply()
+        assert code == 421, (code, text)
+        busy.send(body[20000:] + ".\r\n")
+        code, text = busy.reply()
+        assert code == 250, text
+        assert busy.reply()[0] == 421
+        assert old.proc.wait(15) == 0
+        assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        assert os.path.exists(new.unix_path) and os.path.exists(new.control_path)
+        for unix in (False, True):
+            m = marker()
+            c = new.lmtp(unix=unix)
+            _, data = tnrouter.lmtp_transaction(c, SENDER, ["bob@acme.example"], message(m))
+            c.quit()
+            assert data[0][0] == 250, data
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        assert new.control("pools")[-1].startswith("ok")
+        assert new.metric("tn_router_messages_total") == 2
+    finally:
+        old.kill()
+        assert new.stop() == 0
+
+
 def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
     """A pool whose member is the router itself: its recipients get 451
     (Postfix keeps the mail), an error line names the loop, and the
