@@ -975,8 +975,14 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct tn_router_session *s = arg;
 
 	(void)bev;
-	if (what & BEV_EVENT_TIMEOUT) {
-		session_reply(s, "421 4.4.2 timeout, closing [%s]", s->id);
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && s->state != SS_QUIT &&
+	    s->state != SS_DATA && s->state != SS_WAIT) {
+		/* say why, then close once it is written (or the write times out) */
+		bufferevent_disable(s->bev, EV_READ);
+		session_reply(s, "421 4.4.2 idle too long, closing [%s]", s->id);
+		session_log(s, TN_LOG_DEBUG, NULL, "idle timeout");
+		s->state = SS_QUIT;
+	} else if (what & BEV_EVENT_TIMEOUT) {
 		session_close(s, "timeout");
 	} else if (what & BEV_EVENT_EOF) {
 		session_close(s, "client closed the connection");

@@ -686,6 +686,32 @@ def test_restart_beside_the_old_router_drops_nothing(topo, tmp_path):
         assert new.stop() == 0
 
 
+def test_session_limit_and_idle_timeout(topo, tmp_path):
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    overrides.update({"router_max_sessions": "3", "router_session_timeout": "700ms"})
+    r8 = tnrouter.Router(tmp_path / "r8", topo.stack.conf, overrides)
+    try:
+        time.sleep(0.2)                         # the harness's probe session is gone
+        held = [Raw(r8) for _ in range(3)]
+        assert all(c.banner[0] == 220 for c in held)
+        over = Raw(r8)
+        assert over.banner[0] == 421 and over.banner[1].startswith("4.3.2"), over.banner
+        assert over.closed()
+        time.sleep(1.0)
+        for c in held:
+            code, text = c.reply()
+            assert code == 421 and "idle" in text, (code, text)
+            assert c.closed()
+        assert r8.metric("tn_router_sessions_refused_total") >= 1
+        c = Raw(r8)                             # room again
+        assert c.banner[0] == 220
+        c.close()
+    finally:
+        assert r8.stop() == 0
+
+
 def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
     """A pool whose member is the router itself: its recipients get 451
     (Postfix keeps the mail), an error line names the loop, and the

@@ -8,7 +8,8 @@ virtual_transport = lmtp:inet:127.0.0.1:<router port>, retrying deferred
 mail after 1 s. The router and its three stores are the topology of
 test_lmtp_router (pool-a = S0, S1; pool-b = S2, the default pool).
 
-Checked: one message for recipients on two stores arrives once in each;
+Checked: one message for recipients on two stores arrives once in each
+(one domain through the router's unix socket);
 with S2 stopped in the middle of a run its recipients are deferred by
 Postfix with the router's 451 4.4.x while the others are delivered, and
 after S2's restart Postfix's retries deliver them: every message exactly
@@ -51,6 +52,8 @@ def postfix(topo, tmp_path_factory):
         "virtual_mailbox_domains": " ".join(DOMAINS),
         "virtual_mailbox_maps": "static:ok",
         "virtual_transport": "lmtp:inet:127.0.0.1:%d" % topo.router.port,
+        # one domain through the router's unix socket
+        "transport_maps": "inline:{globex.example=lmtp:unix:%s}" % topo.router.unix_path,
     })
     try:
         yield p
@@ -71,6 +74,17 @@ def test_postfix_router_two_stores(topo, postfix):
     assert all("relay=127.0.0.1[127.0.0.1]:%d" % topo.router.port in l for l in lines), lines
     assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
     assert wait_counts(topo, "peter@initech.example", m, [0, 0, 1]) == [0, 0, 1]
+
+
+def test_postfix_through_the_unix_socket(topo, postfix):
+    m = marker()
+    mark = postfix.log_mark()
+    send(postfix, ["hank@globex.example", "bob@acme.example"], message(m))
+    lines = postfix.wait_sent(2, mark)
+    hank = [l for l in lines if "hank@globex.example" in l]
+    assert hank and "[%s]" % topo.router.unix_path in hank[0], lines
+    assert wait_counts(topo, "hank@globex.example", m, [0, 0, 1]) == [0, 0, 1]
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
 
 
 def test_store_stopped_mid_run_postfix_retries_no_duplicates(topo, postfix):
