@@ -712,6 +712,153 @@ def test_session_limit_and_idle_timeout(topo, tmp_path):
         assert r8.stop() == 0
 
 
+class ScriptedPeer:
+    """An LMTP peer with scripted answers, for the protocol cases a Dovecot
+    cannot be made to produce (no PIPELINING, 421 at MAIL, a refused RCPT,
+    multi-line replies). Delivery itself is always tested with Dovecot."""
+
+    def __init__(self, pipelining=False, mail_reply=None, rcpt_replies=None,
+                 data_reply="250 2.0.0 ok from peer"):
+        self.pipelining = pipelining
+        self.mail_reply = mail_reply
+        self.rcpt_replies = rcpt_replies or {}
+        self.data_reply = data_reply
+        self.messages = []
+        self.pipelined = 0          # commands that came before our reply
+        self.commands = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+
+        def line():
+            nonlocal buf
+            while b"\r\n" not in buf:
+                chunk = c.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+            out, buf = buf.split(b"\r\n", 1)
+            return out.decode(errors="replace")
+
+        try:
+            c.sendall(b"220 peer ready\r\n")
+            rcpts = []
+            while True:
+                cmd = line()
+                if cmd is None:
+                    return
+                self.commands.append(cmd)
+                time.sleep(0.01)            # let anything pipelined arrive
+                c.setblocking(False)
+                try:
+                    more = c.recv(65536)
+                    buf += more
+                except BlockingIOError:
+                    pass
+                c.setblocking(True)
+                if buf and not self.pipelining:
+                    self.pipelined += 1
+                if cmd.upper().startswith("DATA") and rcpts:
+                    c.sendall(b"354 go\r\n")
+                    lines = []
+                    while True:
+                        l = line()
+                        if l is None or l == ".":
+                            break
+                        lines.append(l)
+                    self.messages.append((list(rcpts), "\n".join(lines)))
+                    c.sendall("".join("%s <%s>\r\n" % (self.data_reply, r)
+                                      for r in rcpts).encode())
+                    continue
+                c.sendall(self._reply(cmd, rcpts).encode())
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def _reply(self, cmd, rcpts):
+        up = cmd.upper()
+        if up.startswith("LHLO"):
+            caps = ["peer", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE"]
+            if self.pipelining:
+                caps.append("PIPELINING")
+            return "".join("250-%s\r\n" % x for x in caps[:-1]) + "250 %s\r\n" % caps[-1]
+        if up.startswith("MAIL"):
+            rcpts.clear()
+            return (self.mail_reply or "250 2.1.0 ok") + "\r\n"
+        if up.startswith("RCPT"):
+            addr = re.search(r"<(.*)>", cmd).group(1)
+            r = self.rcpt_replies.get(addr, "250 2.1.5 ok")
+            if r.startswith("2"):
+                rcpts.append(addr)
+            return r + "\r\n"
+        if up.startswith("DATA"):
+            return "554 5.5.1 no valid recipients\r\n"
+        if up in ("RSET", "NOOP"):
+            return "250 2.0.0 ok\r\n"
+        if up == "QUIT":
+            return "221 2.0.0 bye\r\n"
+        return "500 5.5.2 what\r\n"
+
+    def stop(self):
+        self.stopped = True
+        self.srv.close()
+
+
+def scripted_router(topo, tmp_path, name, members):
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    overrides["router_pool_members"] = " ".join(
+        ["pool-a=%s" % topo.member(0)] + ["pool-b=%s" % m for m in members])
+    return tnrouter.Router(tmp_path / name, topo.stack.conf, overrides)
+
+
+def test_store_protocol_cases(topo, tmp_path):
+    """A store without PIPELINING gets one command at a time; a RCPT the
+    store refuses gets the store's own refusal after DATA, in order; a
+    member answering 421 to MAIL is left for the next member."""
+    plain = ScriptedPeer(pipelining=False,
+                         rcpt_replies={"peter@initech.example": "552 5.2.2 peter is over quota"})
+    busy = ScriptedPeer(pipelining=True, mail_reply="421 4.3.2 shutting down")
+    r9 = scripted_router(topo, tmp_path, "r9", ["127.0.0.1:%d" % busy.port,
+                                                "127.0.0.1:%d" % plain.port])
+    try:
+        _, data = r9.transaction(SENDER, ["bob@acme.example", "peter@initech.example",
+                                          "hank@globex.example"], message(marker()))
+        assert [c for c, _ in data] == [250, 552, 250], data
+        assert data[1][1].startswith("5.2.2 peter is over quota ["), data
+        assert data[2][1].startswith("2.0.0 ok from peer <hank@globex.example> ["), data
+        assert plain.pipelined == 0, plain.commands
+        assert [cmd.split(":")[0] for cmd in plain.commands[1:5]] == \
+            ["MAIL FROM", "RCPT TO", "RCPT TO", "DATA"], plain.commands
+        assert len(plain.messages) == 1 and plain.messages[0][0] == ["hank@globex.example"]
+        assert any(cmd.upper().startswith("MAIL") for cmd in busy.commands)
+        assert busy.messages == []
+        # a second transaction reuses the connection with RSET first
+        _, data = r9.transaction(SENDER, ["hank@globex.example"], message(marker()))
+        assert data[0][0] == 250, data
+        assert "RSET" in plain.commands
+    finally:
+        r9.stop()
+        plain.stop()
+        busy.stop()
+
+
 def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
     """A pool whose member is the router itself: its recipients get 451
     (Postfix keeps the mail), an error line names the loop, and the
