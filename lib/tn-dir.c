@@ -386,10 +386,42 @@ static struct tn_dir_conn *tn_dir_acquire(struct tn_dir *dir, tn_msec_t deadline
 	return c;
 }
 
+/* A connection to uri broke: the idle ones to the same server are most
+ * likely dead too (a restarted slapd drops them all), and a lookup that
+ * drew them one after the other would fail although the server answers
+ * again. Close them now; the next lookups connect afresh. Connections in
+ * use find out for themselves. */
+static void tn_dir_drop_idle(struct tn_dir *dir, size_t uri)
+{
+	struct tn_dir_conn *drop[dir->set.max_connections];
+	unsigned n = 0;
+
+	pthread_mutex_lock(&dir->lock);
+	for (unsigned i = 0; i < dir->set.max_connections; i++) {
+		struct tn_dir_conn *c = &dir->conns[i];
+
+		if (!c->busy && c->ld != NULL && c->uri == uri) {
+			c->busy = true;
+			drop[n++] = c;
+		}
+	}
+	pthread_mutex_unlock(&dir->lock);
+	for (unsigned i = 0; i < n; i++)
+		tn_dir_conn_close(drop[i]);
+	pthread_mutex_lock(&dir->lock);
+	for (unsigned i = 0; i < n; i++)
+		drop[i]->busy = false;
+	if (n > 0)
+		pthread_cond_broadcast(&dir->cond);
+	pthread_mutex_unlock(&dir->lock);
+}
+
 static void tn_dir_release(struct tn_dir *dir, struct tn_dir_conn *c, bool broken)
 {
-	if (broken)
+	if (broken) {
 		tn_dir_conn_close(c);
+		tn_dir_drop_idle(dir, c->uri);
+	}
 	c->last_used = tn_time_now_ms();
 	pthread_mutex_lock(&dir->lock);
 	c->busy = false;

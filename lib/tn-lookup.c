@@ -1034,6 +1034,11 @@ int tn_lookup_usage(struct tn_lookup *lk, const char *kind, const char *id,
 	return 0;
 }
 
+void tn_lookup_get_dir_stats(struct tn_lookup *lk, struct tn_dir_stats *stats_r)
+{
+	tn_dir_get_stats(lk->dir, stats_r);
+}
+
 void tn_lookup_get_stats(struct tn_lookup *lk, struct tn_lookup_stats *stats_r)
 {
 	uint64_t *src = (uint64_t *)&lk->stats, *dst = (uint64_t *)stats_r;

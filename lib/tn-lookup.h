@@ -120,6 +120,9 @@ tn_msec_t tn_lookup_default_timeout(struct tn_lookup *lk);
 /* True while the in-process cache is in use (subscribed). */
 bool tn_lookup_memory_active(struct tn_lookup *lk);
 void tn_lookup_get_stats(struct tn_lookup *lk, struct tn_lookup_stats *stats_r);
+/* The directory client's counters (connections opened, searches, ...). */
+struct tn_dir_stats;
+void tn_lookup_get_dir_stats(struct tn_lookup *lk, struct tn_dir_stats *stats_r);
 /* Prometheus text for the lookup, directory and cache counters. */
 char *tn_lookup_metrics(struct tn_lookup *lk, const char *prefix);
 

@@ -14,7 +14,7 @@
  *	resolve: one blocking resolve per address (no in-process cache).
  *	serve: a long-lived process with the in-process cache and the
  *	invalidation subscriber, reading commands from stdin:
- *	"resolve ADDRESS", "stats", "quit".
+ *	"resolve ADDRESS", "parallel ADDRESS...", "stats", "quit".
  *	storm: THREADS threads resolve ADDRESS at the same moment.
  *	event: a libevent loop with a 1 ms timer resolves COUNT addresses
  *	(prefix + number + "@" domain part of the prefix) through the
@@ -32,6 +32,7 @@
 #include <jansson.h>
 
 #include "tn-conf.h"
+#include "tn-dir.h"
 #include "tn-log.h"
 #include "tn-lookup-event.h"
 #include "tn-lookup.h"
@@ -77,15 +78,62 @@ static void probe_resolve(struct tn_lookup *lk, const char *addr)
 static void probe_stats(struct tn_lookup *lk)
 {
 	struct tn_lookup_stats s;
+	struct tn_dir_stats ds;
 
 	tn_lookup_get_stats(lk, &s);
+	tn_lookup_get_dir_stats(lk, &ds);
 	printf("{\"resolves\":%llu,\"memory\":%llu,\"redis\":%llu,\"ldap\":%llu,"
-	       "\"tempfails\":%llu,\"coalesced\":%llu,\"subscribed\":%llu}\n",
+	       "\"tempfails\":%llu,\"coalesced\":%llu,\"subscribed\":%llu,"
+	       "\"ldap_connects\":%llu}\n",
 	       (unsigned long long)s.resolves, (unsigned long long)s.memory_answers,
 	       (unsigned long long)s.redis_answers, (unsigned long long)s.ldap_answers,
 	       (unsigned long long)s.tempfails, (unsigned long long)s.coalesced,
-	       (unsigned long long)s.subscribed);
+	       (unsigned long long)s.subscribed, (unsigned long long)ds.connects);
 	fflush(stdout);
+}
+
+struct probe_parallel {
+	struct tn_lookup *lk;
+	const char *addr;
+	pthread_barrier_t *barrier;
+	enum tn_result rc;
+};
+
+static void *probe_parallel_thread(void *arg)
+{
+	struct probe_parallel *pp = arg;
+	struct tn_account *acct = NULL;
+	const char *error;
+
+	pthread_barrier_wait(pp->barrier);
+	pp->rc = tn_lookup_resolve(pp->lk, pp->addr, 0, &acct, &error);
+	tn_account_free(&acct);
+	return NULL;
+}
+
+/* "parallel A B C ...": one thread per address, all at once (opens as
+ * many pooled directory connections as run together); the results in
+ * order. */
+static void probe_parallel(struct tn_lookup *lk, char *list)
+{
+	struct probe_parallel pp[64];
+	pthread_t th[64];
+	pthread_barrier_t barrier;
+	char *save = NULL, *a;
+	unsigned n = 0;
+
+	for (a = strtok_r(list, " ", &save); a != NULL && n < 64; a = strtok_r(NULL, " ", &save))
+		pp[n++] = (struct probe_parallel){ .lk = lk, .addr = a, .barrier = &barrier };
+	pthread_barrier_init(&barrier, NULL, n > 0 ? n : 1);
+	for (unsigned i = 0; i < n; i++)
+		pthread_create(&th[i], NULL, probe_parallel_thread, &pp[i]);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(th[i], NULL);
+	pthread_barrier_destroy(&barrier);
+	printf("{\"results\":[");
+	for (unsigned i = 0; i < n; i++)
+		printf("%s\"%s\"", i > 0 ? "," : "", probe_results[pp[i].rc + 1]);
+	printf("]}\n");
 }
 
 static int probe_serve(struct tn_lookup *lk)
@@ -105,6 +153,8 @@ static int probe_serve(struct tn_lookup *lk)
 			probe_resolve(lk, line + 8);
 		else if (strcmp(line, "stats") == 0)
 			probe_stats(lk);
+		else if (strncmp(line, "parallel ", 9) == 0)
+			probe_parallel(lk, line + 9);
 		else if (strcmp(line, "quit") == 0)
 			break;
 		else

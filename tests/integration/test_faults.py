@@ -137,6 +137,35 @@ def test_redis_down_answers_from_ldap(redis_restored, how):
         assert s.resolve("alice@acme.example")["layer"] == "memory"
 
 
+def test_restarted_directory_answers_the_next_lookups(slapd_restored):
+    """slapd killed and started again while a long-lived client holds
+    several idle pooled connections to it, all of which died with it: no
+    lookup after the restart fails, one after the other or all at once
+    (a connection found dead closes the other idle ones to the same
+    server; milter threads saw bursts of 451 after restarts)."""
+    stack = slapd_restored
+    addrs = ["alice@acme.example", "bob@acme.example", "carol@acme.example",
+             "dave@acme.example", "erin@acme-mail.example", "peter@initech.example",
+             "hank@globex.example", "zed@acme.example"]
+    over = dict(FAST, redis_enabled="no", memory_cache_ttl="0", ldap_connections="8")
+    with Serve(stack.conf, overrides=over, wait_subscribed=False) as s:
+        for how in ("sequential", "parallel"):
+            for _ in range(5):
+                got = s.send("parallel " + " ".join(addrs))["results"]
+                assert got == ["found"] * len(addrs), got
+                if s.stats()["ldap_connects"] >= 4:
+                    break
+            assert s.stats()["ldap_connects"] >= 4, s.stats()   # a pool of connections
+            stack.slapd.kill()
+            stack.slapd.start()
+            for _ in range(3):
+                if how == "sequential":
+                    got = [s.resolve(a)["result"] for a in addrs]
+                else:
+                    got = s.send("parallel " + " ".join(addrs))["results"]
+                assert got == ["found"] * len(addrs), (how, got)
+
+
 def test_replica_answers_when_provider_is_gone(stack, tmp_path):
     consumer = tnharness.Slapd(str(tmp_path / "consumer"), provider=stack.slapd)
     try:
