@@ -28,8 +28,23 @@ afterwards. What it holds the sandbox to:
     usage; the 80 % warning and the refusal in the logs and as
     quota.warning and quota.exceeded events at the receiver; tnctl usage
     reconcile --check finds no drift;
+  * Postfix (issues 6 and 7): a private Postfix whose tables are
+    tn-mapd's, tn-quota-milter on its SMTP listener, tn-submit-milter on
+    submission (XCLIENT LOGIN=, no SASL), virtual_transport to
+    tn-lmtp-router, whose pools are the two stores' LMTP listeners:
+    1. one message to peter (pool-a, store A) and samir (pool-b, store B):
+       the router's route answers, its per-recipient log lines and
+       Postfix's, one copy in each store's Maildir;
+    2. store A drained: peter's next message lands on store B, undrain;
+    3. dave (over his quota) and art (vandelay's pool, SIZE=) refused
+       452 4.2.2 at RCPT, nothing accepted;
+    4. a spoofed sender 553 5.7.1 at MAIL FROM; bill's send rate set to
+       2 through tnctl: two messages leave, the third 450 4.7.1 at RCPT;
+    5. the milters' message.rejected and ratelimit.exceeded events as the
+       receiver stored them;
   * "stop" stops every process the sandbox started, every Dovecot
-    process included.
+    process, Postfix and its children included, and removes Postfix's
+    data directory.
 """
 
 import hashlib
@@ -46,6 +61,7 @@ from tnprobe import ROOT, binary
 
 SCRIPT = os.path.join(ROOT, "scripts", "sandbox")
 DOVECOTS = ("proxy", "store-A", "store-B")
+DAEMONS = ("tn-mapd", "tn-quota-milter", "tn-submit-milter", "tn-lmtp-router")
 
 
 def _sandbox(d, *args, timeout=60):
@@ -59,9 +75,11 @@ def _sandbox(d, *args, timeout=60):
 
 def _pids(d):
     pids = {}
-    for name in ("tn-provisiond", "tn-hookd", "receiver"):
+    for name in ("tn-provisiond", "tn-hookd", "receiver") + DAEMONS:
         with open(os.path.join(str(d), name + ".pid")) as f:
             pids[name] = int(f.read())
+    with open(os.path.join(str(d), "postfix", "queue", "pid", "master.pid")) as f:
+        pids["postfix master"] = int(f.read())
     for name, pid in tnharness._read_pids(str(d)):
         pids[name] = pid
     return pids
@@ -92,10 +110,13 @@ def test_sandbox(tmp_path):
     d = tmp_path / "sbx"
     pids = {}
     masters = {}
+    pfdata = None
     try:
         r = _sandbox(d)
-        if os.path.exists(os.path.join(str(d), "tn-provisiond.pid")):
+        if os.path.exists(os.path.join(str(d), "tn-lmtp-router.pid")):
             pids = _pids(d)
+        with open(os.path.join(str(d), "postfix", "data-dir")) as f:
+            pfdata = f.read().strip()
         masters = _dovecot_masters(d)
         out = r.stdout
         assert r.returncode == 0, out + r.stderr
@@ -106,6 +127,12 @@ def test_sandbox(tmp_path):
         _check_tokens(d)
         _check_dovecot(d, out, masters)
         _check_pool(out)
+        ports = _check_postfix(out)
+        _check_two_stores(d, out, ports)
+        _check_drain(d, out, ports)
+        _check_over_quota(out)
+        _check_submission(out)
+        _check_smtp_events(d, out)
         _check_by_hand(d, out)
     finally:
         s = _sandbox(d, "stop")
@@ -119,6 +146,26 @@ def test_sandbox(tmp_path):
         assert not left, "Dovecot %s: pids %s still run" % (name, left)
     for name in DOVECOTS:
         assert not os.path.exists(os.path.join(str(d), "dovecot", name, "pid")), name
+    # no Postfix process of the sandbox's config dir, its data directory gone
+    left = _postfix_pids(os.path.join(str(d), "postfix", "etc"))
+    assert not left, "Postfix: pids %s still run" % left
+    assert pfdata and pfdata.startswith("/tmp/tn-sandbox-postfix-"), pfdata
+    assert not os.path.exists(pfdata), pfdata
+
+
+def _postfix_pids(config_dir):
+    found = []
+    want = b"MAIL_CONFIG=" + config_dir.encode() + b"\0"
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % p, "rb") as f:
+                if want in f.read() and tnharness.pid_alive(int(p)):
+                    found.append(int(p))
+        except OSError:
+            pass
+    return found
 
 
 def _check_lookups_and_hook(out):
@@ -215,6 +262,16 @@ def _check_by_hand(d, out):
     r = subprocess.run(["sh", "-c", line.strip() + " -sf"], capture_output=True,
                        text=True, timeout=20)
     assert r.returncode == 0 and '"address":"michael@initrode.example"' in r.stdout, r
+    # the SMTP and submission ports, the router's control socket, which answers
+    m = re.search(r"Postfix: SMTP \(port 25's role\) on 127\.0\.0\.1:(\d+), submission on "
+                  r"127\.0\.0\.1:(\d+) ", tail)
+    assert m, tail
+    ctl = "%s/router/control.sock" % d
+    assert "the router's control socket: %s\n" % ctl in tail, tail
+    line = [x for x in tail.splitlines() if "router-ctl.py" in x][0].split()
+    assert line[:3] == ["python3", "%s/router-ctl.py" % d, ctl], line
+    r = subprocess.run(line[:3] + ["pools"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0 and r.stdout.endswith("ok 4\n"), r
 
 
 def _check_dovecot(d, out, masters):
@@ -264,7 +321,7 @@ def _check_dovecot(d, out, masters):
 
 
 def _check_pool(out):
-    pool = _section(out, "== Dovecot: a tenant's storage pool", "The sandbox is running")
+    pool = _section(out, "== Dovecot: a tenant's storage pool", "== Postfix:")
     assert "(exit status" not in pool, pool
     assert "quota2 = tenant:Tenant pool" in pool, pool
     appends = re.findall(r"^(\w+)@vandelay\.example +APPEND 300 KiB: (OK|NO) ?(.*)$", pool, re.M)
@@ -289,3 +346,126 @@ def _check_pool(out):
     assert [e[0] for e in events] == ["quota.warning", "quota.exceeded"], pool
     assert events[0][1].startswith("80 % reached"), events
     assert events[1][1].startswith("kel@vandelay.example refused "), events
+
+
+def _check_postfix(out):
+    """The wiring shown; returns the ports {smtp, submission, router, A, B}."""
+    pf = _section(out, "== Postfix:", "== 1. ")
+    assert "(exit status" not in pf, pf
+    m = re.search(r"^Postfix +SMTP 127\.0\.0\.1:(\d+) \(tn-quota-milter\), "
+                  r"submission 127\.0\.0\.1:(\d+) \(tn-submit-milter\)$", pf, re.M)
+    assert m, pf
+    ports = {"smtp": int(m.group(1)), "submission": int(m.group(2))}
+    m = re.search(r"^tn-mapd +socketmap 127\.0\.0\.1:(\d+) ", pf, re.M)
+    assert m, pf
+    mapd = m.group(1)
+    m = re.search(r"^tn-lmtp-router +LMTP 127\.0\.0\.1:(\d+), control socket ", pf, re.M)
+    assert m, pf
+    ports["router"] = int(m.group(1))
+    m = re.search(r"stores: store A's LMTP 127\.0\.0\.2:(\d+), store B's 127\.0\.0\.3:(\d+)$",
+                  pf, re.M)
+    assert m, pf
+    ports["A"], ports["B"] = "127.0.0.2:" + m.group(1), "127.0.0.3:" + m.group(2)
+    for table in ("domains", "mailboxes", "aliases", "senders"):
+        assert "socketmap:inet:127.0.0.1:%s:%s\n" % (mapd, table) in pf, table
+    # tn-mapd's alias expansion, asked with Postfix's own client
+    assert "\nbill@initrode.example,peter@initrode.example\n" in pf, pf
+    return ports
+
+
+_SENT = r"^to=<(\w+)@initrode\.example> via=pool store=(127\.0\.0\.\d:\d+) status=sent \(250 2\.0\.0 "
+
+
+def _maildir_files(section, d, subject):
+    """(store, user) of the message files listed, each checked to hold subject."""
+    found = []
+    for path in re.findall(r"^%s/dovecot/\S+$" % re.escape(str(d)), section, re.M):
+        m = re.match(r".*/dovecot/(store-[AB])/home/initrode\.example/(\w+)/Maildir/new/[^/]+$",
+                     path)
+        assert m, path
+        with open(path) as f:
+            assert "\nSubject: %s\n" % subject in f.read().replace("\r", ""), path
+        found.append(m.groups())
+    return sorted(found)
+
+
+def _check_two_stores(d, out, ports):
+    one = _section(out, "== 1. ", "== 2. ")
+    assert "(exit status" not in one, one
+    # the router's answers: peter to pool-a (A first), samir to pool-b (B first)
+    assert "ok route via=pool pool=pool-a host=- tenant=initrode status=active members=%s,%s" \
+        % (ports["A"], ports["B"]) in one, one
+    assert "ok route via=pool pool=pool-b host=- tenant=initrode status=active members=%s,%s" \
+        % (ports["B"], ports["A"]) in one, one
+    assert re.search(r"^member pool-a %s up active " % re.escape(ports["A"]), one, re.M), one
+    # the SMTP dialogue: both accepted, the message queued
+    assert re.search(r"^RCPT TO:<peter@initrode\.example> +250 2\.1\.5", one, re.M), one
+    assert re.search(r"^RCPT TO:<samir@initrode\.example> +250 2\.1\.5", one, re.M), one
+    assert re.search(r"^DATA \(sandbox: to two stores\) +250 2\.0\.0 Ok: queued as", one, re.M), one
+    # Postfix's log: both sent through the router
+    sent = re.findall(r"^to=<(\w+)@initrode\.example>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:(\d+), "
+                      r".*status=sent \(250 2\.0\.0 ", one, re.M)
+    assert sorted(sent) == [("peter", str(ports["router"])), ("samir", str(ports["router"]))], one
+    # the router's log: one line per recipient, to the store the directory names
+    assert sorted(re.findall(_SENT, one, re.M)) == [("peter", ports["A"]), ("samir", ports["B"])], one
+    # one copy in each store's Maildir
+    assert _maildir_files(one, d, "sandbox: to two stores") == [
+        ("store-A", "peter"), ("store-B", "samir")], one
+
+
+def _check_drain(d, out, ports):
+    two = _section(out, "== 2. ", "== 3. ")
+    assert "(exit status" not in two, two
+    assert "ok drained %s\n" % ports["A"] in two, two
+    assert "members=%s,%s\n" % (ports["B"], ports["A"]) in two, two
+    assert re.search(r"^DATA \(sandbox: during the drain\) +250 2\.0\.0 ", two, re.M), two
+    assert re.findall(_SENT, two, re.M) == [("peter", ports["B"])], two
+    assert _maildir_files(two, d, "sandbox: during the drain") == [("store-B", "peter")], two
+    after = _section(two, "ok undrained %s\n" % ports["A"])
+    assert re.search(r"^member pool-a %s up active " % re.escape(ports["A"]), after, re.M), after
+
+
+def _check_over_quota(out):
+    three = _section(out, "== 3. ", "== 4. ")
+    assert "(exit status" not in three, three
+    assert re.search(r"^RCPT TO:<dave@acme\.example> +452 4\.2\.2 ", three, re.M), three
+    assert re.search(r"^RCPT TO:<art@vandelay\.example> +452 4\.2\.2 ", three, re.M), three
+    assert "\nDATA " not in three, three
+    assert len(re.findall(r"^milter-reject: RCPT .*: 452 4\.2\.2 ", three, re.M)) == 2, three
+
+
+def _check_submission(out):
+    four = _section(out, "== 4. ", "== 5. ")
+    assert "(exit status" not in four, four
+    assert "XCLIENT LOGIN=" in four and "SASL" in four, four
+    assert re.search(r"^MAIL FROM:<michael@initrode\.example> +553 5\.7\.1 ", four, re.M), four
+    assert re.search(r"^send rate: +2 messages/hour", four, re.M), four
+    msgs = re.split(r"^message \d+:\n", _section(four, "--count 3"), flags=re.M)[1:]
+    assert len(msgs) == 3, four
+    for m in msgs[:2]:
+        assert re.search(r"^DATA \(sandbox: from bill \d\) +250 2\.0\.0 ", m, re.M), m
+    assert re.search(r"^RCPT TO:<friend@external\.example> +450 4\.7\.1 Send limit reached "
+                     r"\(2 messages per hour", msgs[2], re.M), msgs[2]
+    assert "\nDATA " not in msgs[2], msgs[2]
+
+
+def _check_smtp_events(d, out):
+    five = _section(out, "== 5. ", "The sandbox is running")
+    rows = re.findall(r"^    (\w+) +(\d+) +([a-z]+\.[a-z]+) +(.*)$", five, re.M)
+    shown = {(t, e, det) for t, _, e, det in rows}
+    for want in (
+            ("acme", "message.rejected", "inbound dave@acme.example: over_quota 452 4.2.2"),
+            ("vandelay", "message.rejected", "inbound art@vandelay.example: over_quota 452 4.2.2"),
+            ("initrode", "message.rejected", "outbound michael@initrode.example: sender_not_owned "
+             "553 5.7.1, login bill@initrode.example"),
+            ("initrode", "message.rejected", "outbound bill@initrode.example: rate_limited "
+             "450 4.7.1, login bill@initrode.example"),
+            ("initrode", "ratelimit.exceeded", "mailbox bill@initrode.example: 2 of 2 messages "
+             "per hour")):
+        assert want in shown, (want, five)
+    # what was shown is what the receiver stored
+    db = sqlite3.connect(os.path.join(str(d), "receiver.sqlite3"))
+    stored = set(db.execute("SELECT tenant, sequence, type FROM events").fetchall())
+    db.close()
+    for t, seq, e, _ in rows:
+        assert (t, int(seq), e) in stored, (t, seq, e)
