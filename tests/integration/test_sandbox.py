@@ -430,8 +430,13 @@ def _check_over_quota(out):
     assert "(exit status" not in three, three
     assert re.search(r"^RCPT TO:<dave@acme\.example> +452 4\.2\.2 ", three, re.M), three
     assert re.search(r"^RCPT TO:<art@vandelay\.example> +452 4\.2\.2 ", three, re.M), three
+    # unknown: refused by Postfix itself, from tn-mapd's table, no milter asked
+    assert re.search(r"^RCPT TO:<nobody@acme\.example> +550 5\.1\.1 .*User unknown in virtual "
+                     r"mailbox table", three, re.M), three
     assert "\nDATA " not in three, three
     assert len(re.findall(r"^milter-reject: RCPT .*: 452 4\.2\.2 ", three, re.M)) == 2, three
+    assert len(re.findall(r"^reject: RCPT .*: 550 5\.1\.1 <nobody@acme\.example>", three,
+                          re.M)) == 1, three
 
 
 def _check_submission(out):
