@@ -349,6 +349,12 @@ def test_dovecot_quota_warning_mails_the_user_from_the_pool_root(topo):
     the threshold; the warning mail lands in the user's INBOX, the pool
     not enforced for it."""
     wd = os.path.join(topo.workdir, "store-W")
+    # the script runs as vmail: a copy where vmail can reach it (the
+    # checkout may be under a directory only root enters, /root)
+    os.makedirs(wd, exist_ok=True)
+    script = os.path.join(wd, "quota-warning.sh")
+    shutil.copy(QUOTA_WARNING_SCRIPT, script)
+    os.chmod(script, 0o755)
     store = topo._store("W", extra_plugin=(
         "  quota2_warning = storage=50%% quota-warning pool 50 %u\n"), extra_config=(
         "service quota-warning {\n  executable = script %s -c %s/dovecot.conf\n"
@@ -358,7 +364,7 @@ def test_dovecot_quota_warning_mails_the_user_from_the_pool_root(topo):
         # to stats-writer and writes the log itself
         "service auth {\n  unix_listener auth-userdb {\n    user = vmail\n  }\n}\n"
         "service stats {\n  unix_listener stats-writer {\n    mode = 0666\n  }\n}\n"
-        % (QUOTA_WARNING_SCRIPT, wd)))
+        % (script, wd)))
     topo.stores.append(store)
     os.chmod(store.log_path(), 0o666)
     subject = "Subject: The mail storage shared by your organisation is 50% full"
