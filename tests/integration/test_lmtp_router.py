@@ -87,7 +87,7 @@ class Topology:
             "router_line_length_limit": "2k",
             "router_user": "nobody",
             "router_log_level": os.environ.get("TN_ROUTER_LOG_LEVEL", "info"),
-            "lookup_timeout": "1s",
+            "lookup_timeout": "3s",
             "ldap_retry_down": "0",
         })
 
@@ -405,11 +405,12 @@ def test_directory_frozen_451_within_deadline_others_served(topo):
         m = marker()
         t0 = time.monotonic()
         _, data = r.transaction(SENDER, ["bob@acme.example"], message(m))
-        assert data[0][0] == 250 and time.monotonic() - t0 < 0.9, data
+        assert data[0][0] == 250 and time.monotonic() - t0 < 2.0, data
+        assert t.is_alive(), "the cold lookup did not wait for the directory"
         t.join(10)
         code, text, took = results["cold"]
         assert code == 451 and text.startswith("4.3.0"), (code, text)
-        assert took < 2.5, took                   # lookup_timeout = 1s
+        assert 2.5 < took < 4.5, took             # lookup_timeout = 3s
     finally:
         stack.slapd.thaw()
     deadline = time.monotonic() + 10
@@ -438,7 +439,7 @@ def test_slow_store_does_not_stall_other_deliveries(topo):
             m = marker()
             t0 = time.monotonic()
             _, data = r.transaction(SENDER, ["bob@acme.example"], message(m))
-            assert data[0][0] == 250 and time.monotonic() - t0 < 1.0, data
+            assert data[0][0] == 250 and time.monotonic() - t0 < 2.0, data
             assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
         assert t.is_alive(), "the frozen store answered?"
         t.join(15)
@@ -528,7 +529,8 @@ def test_large_message_spooled_each_store_at_its_own_pace(topo, tmp_path):
     overrides = dict(topo.router.overrides)
     for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
         overrides.pop(k)
-    overrides.update({"router_spool_threshold": "100k", "router_spool_directory": spool})
+    overrides.update({"router_spool_threshold": "100k", "router_spool_directory": spool,
+                      "router_store_connect_timeout": "6s"})
     r5 = tnrouter.Router(tmp_path / "r5", topo.stack.conf, overrides)
 
     def send(m, size, result):
@@ -560,7 +562,7 @@ def test_large_message_spooled_each_store_at_its_own_pace(topo, tmp_path):
             m, result = marker(), {}
             t = threading.Thread(target=send, args=(m, 500000, result))
             t.start()
-            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0], timeout=2.5) == \
+            assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0], timeout=5) == \
                 [1, 0, 0]
             assert t.is_alive(), "the transaction did not wait for the frozen store"
             t.join(20)
