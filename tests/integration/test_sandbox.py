@@ -64,7 +64,7 @@ DOVECOTS = ("proxy", "store-A", "store-B")
 DAEMONS = ("tn-mapd", "tn-quota-milter", "tn-submit-milter", "tn-lmtp-router")
 
 
-def _sandbox(d, *args, timeout=60):
+def _sandbox(d, *args, timeout=120):
     env = dict(os.environ)
     env.update({"TN_SANDBOX_DIR": str(d), "TN_SANDBOX_NO_BUILD": "1",
                 "TN_BUILD_DIR": os.path.dirname(os.path.dirname(
