@@ -1069,6 +1069,35 @@ def test_binary_junk_and_nul(topo):
     assert alive(topo)
 
 
+def test_random_input_keeps_the_router_serving(topo):
+    """Seeded random sessions: fragments of valid commands, CR/LF/NUL,
+    bytes above 127, long runs, DATA with and without recipients, cut at
+    random points. The router keeps answering (and, under ASan, stays
+    clean: test_zz checks its exit)."""
+    import random
+    rnd = random.Random(6)
+    words = [b"LHLO x", b"MAIL FROM:<a@b.example>", b"RCPT TO:<bob@acme.example>",
+             b"RCPT TO:<nobody@acme.example>", b"DATA", b"RSET", b"NOOP", b".", b"..",
+             b"QUIT", b"MAIL FROM:<a@b.example> SIZE=", b"RCPT TO:<", b"\x00", b"\xff\xfe",
+             b"\r", b"\n", b"\r\n", b"x" * 3000, b"LHLO", b"MAIL FROM:<@>", b"BODY=8BITMIME"]
+    for _ in range(60):
+        try:
+            c = Raw(topo.router, timeout=5)
+            data = b"".join(rnd.choice(words) + rnd.choice([b"\r\n", b"\n", b" ", b""])
+                            for _ in range(rnd.randrange(1, 60)))
+            c.send(data[:rnd.randrange(1, len(data) + 1)])
+            if rnd.random() < 0.5:
+                c.s.shutdown(socket.SHUT_WR)
+            c.close()
+        except OSError:
+            pass
+    time.sleep(0.5)
+    assert alive(topo)
+    m = marker()
+    _, data = topo.router.transaction(SENDER, ["bob@acme.example"], message(m))
+    assert data[0][0] == 250, data
+
+
 def test_too_many_errors_end_the_session(topo):
     c = Raw(topo.router)
     c.send("BAD\r\n" * 25)
