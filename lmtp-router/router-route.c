@@ -368,6 +368,32 @@ int tn_router_route_parse_param(const char **rest, char *kw, size_t kwsize,
 	return 1;
 }
 
+char *tn_router_route_xtext(const char *v, size_t n)
+{
+	char *out, *o;
+
+	if (n > 255)
+		return NULL;
+	out = o = tn_mem_alloc(n + 1);
+	for (size_t i = 0; i < n; i++) {
+		unsigned x;
+
+		if (v[i] == '+' && i + 2 < n && isxdigit((unsigned char)v[i + 1]) &&
+		    isxdigit((unsigned char)v[i + 2]) && sscanf(v + i + 1, "%2X", &x) == 1) {
+			*o++ = (char)x;
+			i += 2;
+		} else {
+			*o++ = v[i];
+		}
+		if ((unsigned char)o[-1] < 0x20 || (unsigned char)o[-1] > 0x7e) {
+			tn_mem_free(&out);
+			return NULL;
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
 /* --- replies ---------------------------------------------------------------------- */
 
 char *tn_router_route_reply(int code, const char *text, const char *session)

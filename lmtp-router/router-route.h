@@ -110,6 +110,11 @@ int tn_router_route_parse_path(const char *args, char **path_r, const char **res
 int tn_router_route_parse_param(const char **rest, char *kw, size_t kwsize,
 				char *val, size_t valsize);
 
+/* An XFORWARD value (n bytes): xtext ("+XX", RFC 3461) decoded; NULL
+ * when malformed, longer than 255 bytes or not printable ASCII.
+ * Caller frees. */
+char *tn_router_route_xtext(const char *v, size_t n);
+
 /* The reply to the client for a store's answer: the store's code and
  * text (the last line of a multi-line reply), plus our session id:
  * "250 2.0.0 <text> [session]". text is sanitised and bounded. */

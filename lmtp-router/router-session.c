@@ -107,6 +107,9 @@ struct tn_router_session {
 	bool too_big, linestart, skipping, throttled, closing;
 	int spool_fd;			/* this message is spooled, or -1 */
 	bool spool_error;
+	/* XFORWARD (Postfix's lmtp_send_xforward_command): for the next
+	 * transaction; IDENT, the queue id, goes on every log line */
+	char *xf_ident, *xf_addr, *xf_helo;
 	unsigned errors;
 	struct event *progress_ev;
 	const char *tenant;		/* for log lines: the first recipient's */
@@ -128,7 +131,7 @@ static void session_log(struct tn_router_session *s, enum tn_log_level level, co
 static void session_log(struct tn_router_session *s, enum tn_log_level level, const char *tenant,
 			const char *fmt, ...)
 {
-	struct tn_log_ctx ctx = { .session = s->id, .tenant = tenant };
+	struct tn_log_ctx ctx = { .session = s->id, .queue_id = s->xf_ident, .tenant = tenant };
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -234,6 +237,9 @@ static void session_reset(struct tn_router_session *s)
 		close(s->spool_fd);
 	s->spool_fd = -1;
 	s->spool_error = false;
+	tn_mem_free(&s->xf_ident);
+	tn_mem_free(&s->xf_addr);
+	tn_mem_free(&s->xf_helo);
 	if (s->throttled && s->bev != NULL)
 		bufferevent_enable(s->bev, EV_READ);
 	s->throttled = false;
@@ -639,11 +645,13 @@ static void cmd_lhlo(struct tn_router_session *s, const char *args)
 	s->state = SS_READY;
 	if (set->size_max > 0)
 		session_reply(s, "250-%s\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n"
-			      "250-8BITMIME\r\n250 SIZE %llu", set->hostname,
+			      "250-8BITMIME\r\n250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n"
+			      "250 SIZE %llu", set->hostname,
 			      (unsigned long long)set->size_max);
 	else
 		session_reply(s, "250-%s\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n"
-			      "250-8BITMIME\r\n250 SIZE", set->hostname);
+			      "250-8BITMIME\r\n250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n"
+			      "250 SIZE", set->hostname);
 }
 
 /* "FROM:" / "TO:" prefix, case-insensitive */
@@ -809,6 +817,59 @@ static void cmd_data(struct tn_router_session *s, const char *args)
 	session_reply(s, "354 go ahead, end with <CRLF>.<CRLF>");
 }
 
+static const char *const session_xforward_names[] = {
+	"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE", NULL,
+};
+
+static int session_xforward_attr(struct tn_router_session *s, const char *a, size_t n)
+{
+	const char *eq = memchr(a, '=', n);
+	size_t klen = eq != NULL ? (size_t)(eq - a) : 0;
+	const char *const *k;
+	char *v;
+
+	for (k = session_xforward_names; *k != NULL; k++) {
+		if (klen == strlen(*k) && strncasecmp(a, *k, klen) == 0)
+			break;
+	}
+	if (*k == NULL || (v = tn_router_route_xtext(eq + 1, n - klen - 1)) == NULL)
+		return -1;
+	if (strcmp(*k, "IDENT") == 0)
+		tn_mem_free(&s->xf_ident), s->xf_ident = v;
+	else if (strcmp(*k, "ADDR") == 0)
+		tn_mem_free(&s->xf_addr), s->xf_addr = v;
+	else if (strcmp(*k, "HELO") == 0)
+		tn_mem_free(&s->xf_helo), s->xf_helo = v;
+	else
+		tn_mem_free(&v);
+	return 0;
+}
+
+static void cmd_xforward(struct tn_router_session *s, const char *args)
+{
+	const char *p = args, *end;
+
+	if (s->state != SS_READY) {
+		session_error(s, s->state == SS_START ? "503 5.5.1 send LHLO first" :
+			      "503 5.5.1 XFORWARD within a transaction");
+		return;
+	}
+	if (*p == '\0') {
+		session_error(s, "501 5.5.4 XFORWARD needs attributes");
+		return;
+	}
+	for (; *p != '\0'; p = end) {
+		while (*p == ' ')
+			p++;
+		end = p + strcspn(p, " ");
+		if (end > p && session_xforward_attr(s, p, (size_t)(end - p)) < 0) {
+			session_error(s, "501 5.5.4 bad XFORWARD attribute");
+			return;
+		}
+	}
+	session_reply(s, "250 2.0.0 OK");
+}
+
 static void cmd_rset(struct tn_router_session *s, const char *args)
 {
 	(void)args;
@@ -852,6 +913,7 @@ static const struct session_cmd session_cmds[] = {
 	{ "NOOP", cmd_noop },
 	{ "VRFY", cmd_vrfy },
 	{ "QUIT", cmd_quit },
+	{ "XFORWARD", cmd_xforward },
 	{ "HELO", cmd_helo },
 	{ "EHLO", cmd_helo },
 	{ NULL, NULL },
@@ -859,13 +921,14 @@ static const struct session_cmd session_cmds[] = {
 
 static void session_command(struct tn_router_session *s, const char *line, size_t len)
 {
-	const char *args = line + 4;
-
 	for (const struct session_cmd *c = session_cmds; c->name != NULL; c++) {
-		if (len >= 4 && strncasecmp(line, c->name, 4) == 0 && (len == 4 || line[4] == ' ')) {
+		size_t n = strlen(c->name);
+		const char *args = line + n;
+
+		if (len >= n && strncasecmp(line, c->name, n) == 0 && (len == n || line[n] == ' ')) {
 			while (*args == ' ')
 				args++;
-			c->handler(s, len == 4 ? "" : args);
+			c->handler(s, args);
 			return;
 		}
 	}

@@ -969,6 +969,27 @@ def test_commands_out_of_order(topo):
     assert alive(topo)
 
 
+def test_xforward_queue_id_on_log_lines(topo):
+    """XFORWARD (Postfix's lmtp_send_xforward_command): IDENT, the queue
+    id, is on the router's log lines of that transaction; xtext decoded;
+    refused within a transaction or with an unknown attribute."""
+    m = marker()
+    c = Raw(topo.router)
+    c.send("LHLO x\r\n")
+    assert "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE" in c.reply()[1].split("\n")
+    c.send("XFORWARD FOO=1\r\nXFORWARD ADDR=192.0.2.7 IDENT=Q+41BC123 HELO=mx.example\r\n"
+           "MAIL FROM:<%s>\r\nXFORWARD IDENT=late\r\nRCPT TO:<bob@acme.example>\r\n"
+           "RCPT TO:<nobody@acme.example>\r\nDATA\r\n" % SENDER)
+    got = c.replies(7)
+    assert [g[0] for g in got] == [501, 250, 250, 503, 250, 550, 354], got
+    c.send(message(m) + ".\r\n")
+    assert c.reply()[0] == 250
+    c.close()
+    topo.router.wait_log(r"queue=QABC123 tenant=acme: to=<bob@acme\.example> via=pool")
+    topo.router.wait_log(r"queue=QABC123: to=<nobody@acme\.example> refused")
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+
+
 def test_bare_lf_commands_and_data(topo):
     m = marker()
     c = Raw(topo.router)

@@ -17,6 +17,7 @@ once in every mailbox, nothing left in the queue.
 """
 
 import os
+import re
 import shutil
 import smtplib
 import tempfile
@@ -54,6 +55,7 @@ def postfix(topo, tmp_path_factory):
         "virtual_transport": "lmtp:inet:127.0.0.1:%d" % topo.router.port,
         # one domain through the router's unix socket
         "transport_maps": "inline:{globex.example=lmtp:unix:%s}" % topo.router.unix_path,
+        "lmtp_send_xforward_command": "yes",    # the queue id on the router's lines
     })
     try:
         yield p
@@ -72,6 +74,9 @@ def test_postfix_router_two_stores(topo, postfix):
     send(postfix, ["bob@acme.example", "peter@initech.example"], message(m))
     lines = postfix.wait_sent(2, mark)
     assert all("relay=127.0.0.1[127.0.0.1]:%d" % topo.router.port in l for l in lines), lines
+    qid = re.search(r"postfix/lmtp\[\d+\]: ([0-9A-F]+): to=<bob@acme\.example>",
+                    "\n".join(lines)).group(1)
+    topo.router.wait_log(r"queue=%s tenant=acme: to=<bob@acme\.example>" % qid)
     assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
     assert wait_counts(topo, "peter@initech.example", m, [0, 0, 1]) == [0, 0, 1]
 

@@ -288,6 +288,31 @@ static void test_parse_path(void **state)
 	assert_int_equal(tn_router_route_parse_param(&rest, kw, sizeof(kw), val, sizeof(val)), -1);
 }
 
+static void test_xtext(void **state)
+{
+	static const char *const ok[][2] = {
+		{ "Q+41BC", "QABC" }, { "mx.example", "mx.example" }, { "[UNAVAILABLE]", "[UNAVAILABLE]" },
+		{ "a+2Bb", "a+b" }, { "+4", "+4" }, { "", "" },
+	};
+	static const char *const bad[] = { "a+0Ab", "a+7Fb", "x\x01", "\xc3\xa9" };
+	char *out, big[300];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		out = tn_router_route_xtext(ok[i][0], strlen(ok[i][0]));
+		assert_non_null(out);
+		assert_string_equal(out, ok[i][1]);
+		tn_mem_free(&out);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_null(tn_router_route_xtext(bad[i], strlen(bad[i])));
+	memset(big, 'a', sizeof(big));
+	assert_null(tn_router_route_xtext(big, sizeof(big)));
+	out = tn_router_route_xtext("abc=def", 3);	/* n bounds the input */
+	assert_string_equal(out, "abc");
+	tn_mem_free(&out);
+}
+
 static void test_reply(void **state)
 {
 	char *r;
@@ -314,6 +339,7 @@ int main(void)
 		cmocka_unit_test(test_order),
 		cmocka_unit_test(test_hostport),
 		cmocka_unit_test(test_parse_path),
+		cmocka_unit_test(test_xtext),
 		cmocka_unit_test(test_reply),
 	};
 
