@@ -324,6 +324,18 @@ bool tn_router_session_8bit(struct tn_router_session *s)
 	return s->body8;
 }
 
+const char *tn_router_session_client_addr(struct tn_router_session *s)
+{
+	if (s->xf_addr != NULL)
+		return s->xf_addr[0] == '[' ? NULL : s->xf_addr;	/* [UNAVAILABLE] */
+	return strcmp(s->peer, "unix") == 0 ? NULL : s->peer;
+}
+
+const char *tn_router_session_client_helo(struct tn_router_session *s)
+{
+	return s->xf_helo != NULL && s->xf_helo[0] != '[' ? s->xf_helo : NULL;
+}
+
 void tn_router_session_rcpt_reply(struct tn_router_session *s, size_t rcpt, int code,
 				  const char *text, enum tn_router_result result,
 				  const char *member)

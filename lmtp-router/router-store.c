@@ -56,10 +56,17 @@
 #define STORE_LINE_MAX 4096
 #define STORE_TEXT_MAX 512
 
+/* XCLIENT attributes the router sends */
+#define XC_ADDR 0x01
+#define XC_HELO 0x02
+#define XC_SESSION 0x04
+
 enum conn_state {
 	CS_CONNECTING,
 	CS_GREETING,
 	CS_LHLO,
+	CS_XCLIENT,			/* XCLIENT sent, its 220 awaited */
+	CS_RELHLO,			/* LHLO again after XCLIENT */
 	CS_IDLE,
 	CS_NOOP,
 	CS_ENVELOPE,
@@ -74,6 +81,7 @@ struct tn_router_conn {
 	struct bufferevent *bev;
 	enum conn_state state;
 	bool pipelining, size_ok, eightbit;
+	unsigned xclient;		/* XCLIENT attributes offered (XC_*) */
 	bool reused;			/* served a transaction: RSET first */
 	bool replied;			/* any reply read on this connection */
 	bool health;			/* a health check connection */
@@ -134,6 +142,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void dtx_next_member(struct tn_router_dtx *d);
 static void dtx_conn_ready(struct tn_router_dtx *d);
+static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset);
 static void dtx_conn_failed(struct tn_router_dtx *d, const char *why);
 static void dtx_reply(struct tn_router_dtx *d, int code, const char *text);
 static void member_wake(struct tn_router_member *m);
@@ -372,7 +381,7 @@ static void conn_fail(struct tn_router_conn *c, enum tn_router_store_error kind,
 {
 	struct tn_router_dtx *d = c->dtx;
 	/* an idle connection the store closed meanwhile: try a fresh one */
-	bool stale = kind == TN_SE_LOST && d != NULL && d->rset && !c->replied &&
+	bool stale = kind == TN_SE_LOST && d != NULL && d->pooled && !c->replied &&
 		d->state <= DS_ENVELOPE;
 
 	if (c->state == CS_IDLE || c->state == CS_QUIT) {
@@ -425,9 +434,31 @@ static void conn_ready(struct tn_router_conn *c)
 		conn_to_idle(c);
 }
 
+static void conn_xclient_caps(struct tn_router_conn *c, const char *attrs)
+{
+	static const struct { const char *name; unsigned flag; } names[] = {
+		{ "ADDR", XC_ADDR }, { "HELO", XC_HELO }, { "SESSION", XC_SESSION },
+	};
+	const char *p = attrs;
+
+	c->xclient = 0;
+	while (*p != '\0') {
+		size_t n = strcspn(p, " ");
+
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+			if (n == strlen(names[i].name) && strncasecmp(p, names[i].name, n) == 0)
+				c->xclient |= names[i].flag;
+		}
+		p += n;
+		p += strspn(p, " ");
+	}
+}
+
 static void conn_capability(struct tn_router_conn *c, const char *cap)
 {
-	if (strncasecmp(cap, "PIPELINING", 10) == 0)
+	if (strncasecmp(cap, "XCLIENT ", 8) == 0)
+		conn_xclient_caps(c, cap + 8);
+	else if (strncasecmp(cap, "PIPELINING", 10) == 0)
 		c->pipelining = true;
 	else if (strncasecmp(cap, "SIZE", 4) == 0)
 		c->size_ok = true;
@@ -473,6 +504,8 @@ static void conn_final_reply(struct tn_router_conn *c, int code, const char *tex
 		}
 		conn_ready(c);
 		return;
+	case CS_XCLIENT:
+	case CS_RELHLO:
 	case CS_ENVELOPE:
 	case CS_DOT:
 		dtx_reply(c->dtx, code, text);
@@ -498,7 +531,7 @@ static void conn_line(struct tn_router_conn *c, const char *line, size_t len)
 		conn_fail(c, TN_SE_LOST, "malformed reply");
 		return;
 	}
-	if (c->state == CS_LHLO && len > 4)
+	if ((c->state == CS_LHLO || c->state == CS_RELHLO) && len > 4)
 		conn_capability(c, line + 4);
 	if (len > 3 && line[3] == '-')
 		return;
@@ -828,20 +861,80 @@ static void dtx_send_cmd(struct tn_router_dtx *d, size_t k)
 	d->nsent = k + 1;
 }
 
+/* A value safe to send as is (xtext needs no escape, no blank). */
+static bool store_xtext_plain(const char *v)
+{
+	for (; *v != '\0'; v++) {
+		if (*v <= ' ' || *v > '~' || *v == '+' || *v == '=')
+			return false;
+	}
+	return true;
+}
+
+/* XCLIENT: the store logs the original client and our session id; it
+ * answers 220 and wants LHLO again (then no RSET is needed). */
+static bool dtx_xclient(struct tn_router_dtx *d)
+{
+	struct tn_router_conn *c = d->conn;
+	const char *addr = tn_router_session_client_addr(d->s);
+	const char *helo = tn_router_session_client_helo(d->s);
+
+	if (!c->m->r->set.xclient || !(c->xclient & XC_SESSION))
+		return false;
+	c->state = CS_XCLIENT;
+	conn_send(c, "XCLIENT SESSION=%s", tn_router_session_id(d->s));
+	if ((c->xclient & XC_ADDR) && addr != NULL && store_xtext_plain(addr))
+		conn_send(c, " ADDR=%s", addr);
+	if ((c->xclient & XC_HELO) && helo != NULL && store_xtext_plain(helo))
+		conn_send(c, " HELO=%s", helo);
+	conn_send(c, "\r\n");
+	return true;
+}
+
+static void dtx_xclient_reply(struct tn_router_dtx *d, int code)
+{
+	struct tn_router_conn *c = d->conn;
+
+	if (c->state == CS_XCLIENT) {
+		if (code / 100 != 2) {		/* not trusted: without it */
+			c->xclient = 0;
+			dtx_envelope_begin(d, c->reused);
+			return;
+		}
+		c->state = CS_RELHLO;
+		conn_send(c, "LHLO %s\r\n", c->m->r->set.hostname);
+		return;
+	}
+	if (code != 250) {
+		conn_fail(c, TN_SE_LOST, "LHLO after XCLIENT refused");
+		return;
+	}
+	dtx_envelope_begin(d, false);
+}
+
 static void dtx_conn_ready(struct tn_router_dtx *d)
 {
 	struct tn_router_conn *c = d->conn;
 
 	d->state = DS_ENVELOPE;
-	c->state = CS_ENVELOPE;
-	d->rset = c->reused;
-	c->reused = true;
 	c->replied = false;
-	/* a pooled connection proves itself with its first answer (to RSET
-	 * or MAIL) within the connect timeout: a frozen store keeps its
-	 * connections open */
+	/* a pooled connection proves itself with its first answer within the
+	 * connect timeout: a frozen store keeps its connections open */
 	conn_set_timeouts(c, d->pooled ? c->m->r->set.connect_timeout :
 			  c->m->r->set.store_timeout, c->m->r->set.store_timeout);
+	if (!dtx_xclient(d))
+		dtx_envelope_begin(d, c->reused);
+}
+
+static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
+{
+	struct tn_router_conn *c = d->conn;
+
+	c->state = CS_ENVELOPE;
+	d->rset = rset;
+	c->reused = true;
+	if (c->replied)
+		conn_set_timeouts(c, c->m->r->set.store_timeout, c->m->r->set.store_timeout);
 	d->ncmds = (d->rset ? 1 : 0) + 1 + d->nrcpts + 1;
 	if (c->pipelining) {
 		for (size_t k = 0; k < d->ncmds; k++)
@@ -958,7 +1051,9 @@ static void dtx_reply(struct tn_router_dtx *d, int code, const char *text)
 {
 	tn_mem_free(&d->member);
 	d->member = tn_mem_strdup(d->conn->m->name);
-	if (d->state == DS_ENVELOPE)
+	if (d->conn->state == CS_XCLIENT || d->conn->state == CS_RELHLO)
+		dtx_xclient_reply(d, code);
+	else if (d->state == DS_ENVELOPE)
 		dtx_envelope_reply(d, code, text);
 	else if (d->state == DS_DOT)
 		dtx_dot_reply(d, code, text);

@@ -81,6 +81,7 @@ struct tn_router_settings {
 	unsigned idle_max;
 	unsigned conns_max;		/* per store */
 	unsigned fail_threshold;
+	bool xclient;			/* tell stores the client (XCLIENT) */
 	unsigned max_sessions;
 	unsigned error_limit;
 	size_t high_wm;
@@ -202,6 +203,9 @@ const char *tn_router_session_sender(struct tn_router_session *s);
 const char *tn_router_session_id(struct tn_router_session *s);
 uint64_t tn_router_session_size(struct tn_router_session *s);
 bool tn_router_session_8bit(struct tn_router_session *s);
+/* the original client (XFORWARD ADDR/HELO, else the peer), or NULL */
+const char *tn_router_session_client_addr(struct tn_router_session *s);
+const char *tn_router_session_client_helo(struct tn_router_session *s);
 void tn_router_session_rcpt_reply(struct tn_router_session *s, size_t rcpt, int code,
 				  const char *text, enum tn_router_result result,
 				  const char *member);

@@ -95,6 +95,8 @@ const struct tn_conf_param tn_router_params[] = {
 	  "idle connections kept per store" },
 	{ "router_store_max_connections", TN_CONF_INT, "50", 1, 100000, NULL,
 	  "connections to one store at once (more transactions wait for one)" },
+	{ "router_store_xclient", TN_CONF_BOOL, "yes", 0, 0, NULL,
+	  "tell stores that offer XCLIENT the client, its HELO and our session id" },
 	{ "router_health_interval", TN_CONF_TIME, "5s", 10, TN_MS(3600), NULL,
 	  "active health check of every store (NOOP or LHLO)" },
 	{ "router_health_failures", TN_CONF_INT, "2", 1, 1000, NULL,
@@ -140,6 +142,7 @@ static int router_settings(struct tn_router *r, const char **error_r)
 	set->conns_max = (unsigned)tn_conf_int(r->conf, "router_store_max_connections");
 	set->health_interval = tn_conf_time_ms(r->conf, "router_health_interval");
 	set->fail_threshold = (unsigned)tn_conf_int(r->conf, "router_health_failures");
+	set->xclient = tn_conf_bool(r->conf, "router_store_xclient");
 	set->high_wm = tn_conf_size(r->conf, "router_buffer_high_watermark");
 	set->low_wm = tn_conf_size(r->conf, "router_buffer_low_watermark");
 	set->spool_threshold = tn_conf_size(r->conf, "router_spool_threshold");

@@ -720,8 +720,9 @@ class ScriptedPeer:
     multi-line replies). Delivery itself is always tested with Dovecot."""
 
     def __init__(self, pipelining=False, mail_reply=None, rcpt_replies=None,
-                 data_reply="250 2.0.0 ok from peer"):
+                 data_reply="250 2.0.0 ok from peer", xclient_reply=None):
         self.pipelining = pipelining
+        self.xclient_reply = xclient_reply
         self.mail_reply = mail_reply
         self.rcpt_replies = rcpt_replies or {}
         self.data_reply = data_reply
@@ -798,6 +799,8 @@ class ScriptedPeer:
             caps = ["peer", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE"]
             if self.pipelining:
                 caps.append("PIPELINING")
+            if self.xclient_reply:
+                caps.append("XCLIENT ADDR HELO SESSION")
             return "".join("250-%s\r\n" % x for x in caps[:-1]) + "250 %s\r\n" % caps[-1]
         if up.startswith("MAIL"):
             rcpts.clear()
@@ -810,6 +813,8 @@ class ScriptedPeer:
             return r + "\r\n"
         if up.startswith("DATA"):
             return "554 5.5.1 no valid recipients\r\n"
+        if up.startswith("XCLIENT") and self.xclient_reply:
+            return self.xclient_reply + "\r\n"
         if up in ("RSET", "NOOP"):
             return "250 2.0.0 ok\r\n"
         if up == "QUIT":
@@ -834,7 +839,7 @@ def test_store_protocol_cases(topo, tmp_path):
     """A store without PIPELINING gets one command at a time; a RCPT the
     store refuses gets the store's own refusal after DATA, in order; a
     member answering 421 to MAIL is left for the next member."""
-    plain = ScriptedPeer(pipelining=False,
+    plain = ScriptedPeer(pipelining=False, xclient_reply="550 5.7.14 not from a trusted IP",
                          rcpt_replies={"peter@initech.example": "552 5.2.2 peter is over quota"})
     busy = ScriptedPeer(pipelining=True, mail_reply="421 4.3.2 shutting down")
     r9 = scripted_router(topo, tmp_path, "r9", ["127.0.0.1:%d" % busy.port,
@@ -846,7 +851,9 @@ def test_store_protocol_cases(topo, tmp_path):
         assert data[1][1].startswith("5.2.2 peter is over quota ["), data
         assert data[2][1].startswith("2.0.0 ok from peer <hank@globex.example> ["), data
         assert plain.pipelined == 0, plain.commands
-        assert [cmd.split(":")[0] for cmd in plain.commands[1:5]] == \
+        # XCLIENT refused: the transaction goes on without it
+        assert plain.commands[1].startswith("XCLIENT SESSION="), plain.commands
+        assert [cmd.split(":")[0] for cmd in plain.commands[2:6]] == \
             ["MAIL FROM", "RCPT TO", "RCPT TO", "DATA"], plain.commands
         assert len(plain.messages) == 1 and plain.messages[0][0] == ["hank@globex.example"]
         assert any(cmd.upper().startswith("MAIL") for cmd in busy.commands)
@@ -983,9 +990,13 @@ def test_xforward_queue_id_on_log_lines(topo):
     got = c.replies(7)
     assert [g[0] for g in got] == [501, 250, 250, 503, 250, 550, 354], got
     c.send(message(m) + ".\r\n")
-    assert c.reply()[0] == 250
+    code, text = c.reply()
+    assert code == 250, text
     c.close()
     topo.router.wait_log(r"queue=QABC123 tenant=acme: to=<bob@acme\.example> via=pool")
+    # XCLIENT: the store's own log lines carry the router's session id
+    sid = re.search(r"\[(\w+)\]$", text).group(1)
+    topo.stores[0].wait_log(r"lmtp\(bob@acme\.example\)<\d+><%s[:>].*saved mail" % sid)
     topo.router.wait_log(r"queue=QABC123: to=<nobody@acme\.example> refused")
     assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
 
