@@ -876,7 +876,8 @@ def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
     for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
         overrides.pop(k)
     r3 = tnrouter.Router(tmp_path / "r3", topo.stack.conf, overrides, start=False)
-    r3.overrides["router_pool_members"] = "pool-a=127.0.0.1:%d pool-b=127.0.0.1:%d" % (
+    # pool-a by name: the store's address comes from the resolver (evdns)
+    r3.overrides["router_pool_members"] = "pool-a=localhost:%d pool-b=127.0.0.1:%d" % (
         topo.stores[0].lmtp_port, r3.port)
     r3.start()
     try:
