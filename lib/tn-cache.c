@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include <hiredis/hiredis.h>
+#include <openssl/evp.h>
 
 #include "tn-cache.h"
 #include "tn-log.h"
@@ -696,6 +697,41 @@ redisReply *tn_cache_command_argv(struct tn_cache *cache, int argc, const char *
 	tn_cache_release(cache, c, r == NULL);
 	if (r == NULL)
 		tn_cache_count(&cache->stats.errors);
+	return r;
+}
+
+void tn_cache_script_init(struct tn_cache_script *script, const char *text)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int len = 0;
+
+	script->text = text;
+	script->sha[0] = '\0';		/* no digest: EVAL every time */
+	if (EVP_Digest(text, strlen(text), md, &len, EVP_sha1(), NULL) != 1 || len != 20)
+		return;
+	for (unsigned i = 0; i < len; i++)
+		snprintf(script->sha + 2 * i, 3, "%02x", md[i]);
+}
+
+redisReply *tn_cache_script_argv(struct tn_cache *cache, const struct tn_cache_script *script,
+				 int argc, const char **argv, tn_msec_t deadline)
+{
+	const char **all = tn_mem_calloc((size_t)argc + 2, sizeof(*all));
+	redisReply *r = NULL;
+	bool sha = script->sha[0] != '\0';
+
+	memcpy(all + 2, argv, (size_t)argc * sizeof(*all));
+	all[0] = sha ? "EVALSHA" : "EVAL";
+	all[1] = sha ? script->sha : script->text;
+	r = tn_cache_command_argv(cache, argc + 2, all, NULL, deadline);
+	if (sha && r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, "NOSCRIPT", 8) == 0) {
+		freeReplyObject(r);
+		all[0] = "EVAL";
+		all[1] = script->text;
+		r = tn_cache_command_argv(cache, argc + 2, all, NULL, deadline);
+	}
+	tn_mem_free(&all);
 	return r;
 }
 

@@ -115,6 +115,21 @@ struct redisReply;
 struct redisReply *tn_cache_command_argv(struct tn_cache *cache, int argc,
 					 const char **argv, const size_t *argvlen,
 					 tn_msec_t deadline);
+/* A Lua script run with tn_cache_script_argv(): its text and SHA1 (hex),
+ * which tn_cache_script_init() computes once. */
+struct tn_cache_script {
+	const char *text;
+	char sha[41];
+};
+void tn_cache_script_init(struct tn_cache_script *script, const char *text);
+/* EVALSHA the script on a pooled connection, and EVAL its text when the
+ * server does not know it (NOSCRIPT: a restarted Redis or SCRIPT FLUSH),
+ * which also loads it. argv is what follows the script in EVAL: numkeys,
+ * the keys, the arguments. Returns the reply as tn_cache_command_argv()
+ * does -- an error reply included. */
+struct redisReply *tn_cache_script_argv(struct tn_cache *cache,
+					const struct tn_cache_script *script, int argc,
+					const char **argv, tn_msec_t deadline);
 /* redis_key_prefix, as given. */
 const char *tn_cache_key_prefix(const struct tn_cache *cache);
 

@@ -88,9 +88,18 @@ static const char tn_usage_script_sum[] =
 	"end\n"
 	"return {b, m, tonumber(o[1]) or 0, tonumber(o[2]) or 0}\n";
 
+/* KEYS: usage:mbx:<address>, usage:ten:<tenant>. Both counters, absent
+ * as 0, in one round trip. */
+static const char tn_usage_script_pair[] =
+	"local m = redis.call('HMGET', KEYS[1], 'bytes', 'messages')\n"
+	"local t = redis.call('HMGET', KEYS[2], 'bytes', 'messages')\n"
+	"return {tonumber(m[1]) or 0, tonumber(m[2]) or 0,\n"
+	"        tonumber(t[1]) or 0, tonumber(t[2]) or 0}\n";
+
 struct tn_usage {
 	struct tn_cache *cache;
 	tn_msec_t timeout;
+	struct tn_cache_script add, sum, exceeded, pair;
 };
 
 struct tn_usage *tn_usage_create(const struct tn_conf *conf, const char **error_r)
@@ -118,6 +127,10 @@ struct tn_usage *tn_usage_create(const struct tn_conf *conf, const char **error_
 	usage = tn_mem_calloc(1, sizeof(*usage));
 	usage->cache = tn_cache_create(&set);
 	usage->timeout = set.timeout;
+	tn_cache_script_init(&usage->add, tn_usage_script_add);
+	tn_cache_script_init(&usage->sum, tn_usage_script_sum);
+	tn_cache_script_init(&usage->exceeded, tn_usage_script_exceeded);
+	tn_cache_script_init(&usage->pair, tn_usage_script_pair);
 	if (password != NULL)
 		explicit_bzero(password, strlen(password));
 	tn_mem_free(&password);
@@ -183,7 +196,7 @@ int tn_usage_add(struct tn_usage *usage, const char *tenant, const char *address
 {
 	static const struct tn_usage_limits none;
 	char *keys[4], nums[4 + TN_USAGE_THRESHOLDS_MAX][24];
-	const char *argv[3 + 4 + 4 + TN_USAGE_THRESHOLDS_MAX];
+	const char *argv[1 + 4 + 4 + TN_USAGE_THRESHOLDS_MAX];
 	unsigned n;
 	int argc = 0, ret = -1;
 	redisReply *r;
@@ -203,14 +216,12 @@ int tn_usage_add(struct tn_usage *usage, const char *tenant, const char *address
 	snprintf(nums[3], sizeof(nums[3]), "%" PRId64, limits->mailbox_limit);
 	for (unsigned i = 0; i < n; i++)
 		snprintf(nums[4 + i], sizeof(nums[0]), "%u", limits->thresholds[i]);
-	argv[argc++] = "EVAL";
-	argv[argc++] = tn_usage_script_add;
 	argv[argc++] = "4";
 	for (unsigned i = 0; i < 4; i++)
 		argv[argc++] = keys[i];
 	for (unsigned i = 0; i < 4 + n; i++)
 		argv[argc++] = nums[i];
-	r = tn_cache_command_argv(usage->cache, argc, argv, NULL, deadline);
+	r = tn_cache_script_argv(usage->cache, &usage->add, argc, argv, deadline);
 	if (tn_usage_reply_ok(r, REDIS_REPLY_ARRAY))
 		ret = tn_usage_decode_add(r, n, result_r);
 	if (r != NULL)
@@ -224,6 +235,28 @@ int tn_usage_get(struct tn_usage *usage, const char *kind, const char *id,
 		 tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r)
 {
 	return tn_cache_get_usage(usage->cache, kind, id, deadline, bytes_r, messages_r);
+}
+
+int tn_usage_get_pair(struct tn_usage *usage, const char *address, const char *tenant,
+		      tn_msec_t deadline, int64_t mailbox_r[2], int64_t tenant_r[2])
+{
+	char *keys[2] = { tn_usage_key(usage, "mbx", address),
+			  tn_usage_key(usage, "ten", tenant) };
+	const char *argv[] = { "2", keys[0], keys[1] };
+	redisReply *r = tn_cache_script_argv(usage->cache, &usage->pair, 3, argv, deadline);
+	int ret = -1;
+
+	if (tn_usage_reply_ok(r, REDIS_REPLY_ARRAY) && r->elements == 4 &&
+	    r->element[0]->type == REDIS_REPLY_INTEGER) {
+		for (size_t i = 0; i < 4; i++)
+			(i < 2 ? mailbox_r : tenant_r)[i % 2] = r->element[i]->integer;
+		ret = 0;
+	}
+	if (r != NULL)
+		freeReplyObject(r);
+	tn_mem_free(&keys[0]);
+	tn_mem_free(&keys[1]);
+	return ret;
 }
 
 int tn_usage_set(struct tn_usage *usage, const char *kind, const char *id,
@@ -248,7 +281,7 @@ int tn_usage_sum_tenant(struct tn_usage *usage, const char *tenant,
 			const char *const *addresses, size_t n, bool write,
 			tn_msec_t deadline, int64_t sums_r[2], int64_t old_r[2])
 {
-	const char **argv = tn_mem_calloc(n + 5, sizeof(*argv));
+	const char **argv = tn_mem_calloc(n + 3, sizeof(*argv));
 	char **keys = tn_mem_calloc(n + 1, sizeof(*keys)), numkeys[24];
 	redisReply *r;
 	int ret = -1;
@@ -257,13 +290,11 @@ int tn_usage_sum_tenant(struct tn_usage *usage, const char *tenant,
 	keys[0] = tn_usage_key(usage, "ten", tenant);
 	for (size_t i = 0; i < n; i++)
 		keys[i + 1] = tn_usage_key(usage, "mbx", addresses[i]);
-	argv[0] = "EVAL";
-	argv[1] = tn_usage_script_sum;
-	argv[2] = numkeys;
+	argv[0] = numkeys;
 	for (size_t i = 0; i <= n; i++)
-		argv[3 + i] = keys[i];
-	argv[n + 4] = write ? "1" : "0";
-	r = tn_cache_command_argv(usage->cache, (int)n + 5, argv, NULL, deadline);
+		argv[1 + i] = keys[i];
+	argv[n + 2] = write ? "1" : "0";
+	r = tn_cache_script_argv(usage->cache, &usage->sum, (int)n + 3, argv, deadline);
 	if (tn_usage_reply_ok(r, REDIS_REPLY_ARRAY) && r->elements == 4) {
 		for (size_t i = 0; i < 4; i++)
 			(i < 2 ? sums_r : old_r)[i % 2] = r->element[i]->integer;
@@ -283,13 +314,13 @@ int tn_usage_exceeded(struct tn_usage *usage, const char *kind, const char *id,
 {
 	char *key = tn_mem_printf("%susage:exc:%s:%s", tn_cache_key_prefix(usage->cache),
 				  kind, id), w[24];
-	const char *argv[] = { "EVAL", tn_usage_script_exceeded, "1", key, w };
+	const char *argv[] = { "1", key, w };
 	redisReply *r;
 	int ret = -1;
 
 	*suppressed_r = 0;
 	snprintf(w, sizeof(w), "%" PRId64, window);
-	r = tn_cache_command_argv(usage->cache, 5, argv, NULL, deadline);
+	r = tn_cache_script_argv(usage->cache, &usage->exceeded, 3, argv, deadline);
 	if (tn_usage_reply_ok(r, REDIS_REPLY_INTEGER)) {
 		ret = r->integer >= 0 ? 1 : 0;
 		*suppressed_r = r->integer >= 0 ? r->integer : 0;

@@ -73,6 +73,10 @@ int tn_usage_add(struct tn_usage *usage, const char *tenant, const char *address
 /* Read usage:<kind>:<id> (kind "ten" or "mbx"; absent reads as 0). */
 int tn_usage_get(struct tn_usage *usage, const char *kind, const char *id,
 		 tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r);
+/* Read usage:mbx:<address> and usage:ten:<tenant> in one round trip
+ * ({bytes, messages} each; absent reads as 0). 0 or -1. */
+int tn_usage_get_pair(struct tn_usage *usage, const char *address, const char *tenant,
+		      tn_msec_t deadline, int64_t mailbox_r[2], int64_t tenant_r[2]);
 /* Overwrite usage:<kind>:<id> (reconciliation). 0 or -1. */
 int tn_usage_set(struct tn_usage *usage, const char *kind, const char *id,
 		 int64_t bytes, int64_t messages, tn_msec_t deadline);

@@ -49,6 +49,7 @@ static const char quota_redis_script_rejected[] =
 struct quota_redis {
 	struct tn_cache *cache;
 	tn_msec_t timeout;
+	struct tn_cache_script traffic, rejected;
 };
 
 struct quota_redis *quota_redis_create(const struct tn_conf *conf, const char **error_r)
@@ -76,6 +77,8 @@ struct quota_redis *quota_redis_create(const struct tn_conf *conf, const char **
 	qr = tn_mem_calloc(1, sizeof(*qr));
 	qr->cache = tn_cache_create(&set);
 	qr->timeout = set.timeout;
+	tn_cache_script_init(&qr->traffic, quota_redis_script_traffic);
+	tn_cache_script_init(&qr->rejected, quota_redis_script_rejected);
 	if (password != NULL)
 		explicit_bzero(password, strlen(password));
 	tn_mem_free(&password);
@@ -107,10 +110,10 @@ void quota_redis_period(int64_t wall_time, char buf[11])
 		snprintf(buf, 11, "0000000000");
 }
 
-static int quota_redis_eval(struct quota_redis *qr, int argc, const char **argv,
-			    tn_msec_t deadline, long long *value_r)
+static int quota_redis_eval(struct quota_redis *qr, const struct tn_cache_script *script,
+			    int argc, const char **argv, tn_msec_t deadline, long long *value_r)
 {
-	redisReply *r = tn_cache_command_argv(qr->cache, argc, argv, NULL, deadline);
+	redisReply *r = tn_cache_script_argv(qr->cache, script, argc, argv, deadline);
 	int ret = -1;
 
 	if (r == NULL)
@@ -128,7 +131,7 @@ static int quota_redis_eval(struct quota_redis *qr, int argc, const char **argv,
 int quota_redis_traffic(struct quota_redis *qr, const char *const *tenants, size_t n,
 			int64_t bytes, int64_t wall_time, tn_msec_t deadline)
 {
-	const char *argv[3 + QUOTA_REDIS_TENANTS_MAX + 2];
+	const char *argv[1 + QUOTA_REDIS_TENANTS_MAX + 2];
 	char *keys[QUOTA_REDIS_TENANTS_MAX], nkeys[24], b[24], at[24], period[11];
 	long long v;
 	int argc = 0, ret;
@@ -141,8 +144,6 @@ int quota_redis_traffic(struct quota_redis *qr, const char *const *tenants, size
 	snprintf(nkeys, sizeof(nkeys), "%zu", n);
 	snprintf(b, sizeof(b), "%" PRId64, bytes);
 	snprintf(at, sizeof(at), "%" PRId64, wall_time - wall_time % 3600 + 3600 + QUOTA_REDIS_KEEP);
-	argv[argc++] = "EVAL";
-	argv[argc++] = quota_redis_script_traffic;
 	argv[argc++] = nkeys;
 	for (size_t i = 0; i < n; i++) {
 		keys[i] = tn_mem_printf("%straffic:%s:%s", tn_cache_key_prefix(qr->cache),
@@ -151,7 +152,7 @@ int quota_redis_traffic(struct quota_redis *qr, const char *const *tenants, size
 	}
 	argv[argc++] = b;
 	argv[argc++] = at;
-	ret = quota_redis_eval(qr, argc, argv, deadline, &v);
+	ret = quota_redis_eval(qr, &qr->traffic, argc, argv, deadline, &v);
 	for (size_t i = 0; i < n; i++)
 		tn_mem_free(&keys[i]);
 	return ret;
@@ -162,13 +163,13 @@ int quota_redis_rejected(struct quota_redis *qr, const char *tenant, const char 
 {
 	char *key = tn_mem_printf("%srejected:%s:%s", tn_cache_key_prefix(qr->cache), tenant,
 				  reason), w[24];
-	const char *argv[] = { "EVAL", quota_redis_script_rejected, "1", key, w };
+	const char *argv[] = { "1", key, w };
 	long long v = 0;
 	int ret;
 
 	*suppressed_r = 0;
 	snprintf(w, sizeof(w), "%" PRId64, window);
-	ret = quota_redis_eval(qr, 5, argv, deadline, &v);
+	ret = quota_redis_eval(qr, &qr->rejected, 3, argv, deadline, &v);
 	tn_mem_free(&key);
 	if (ret < 0)
 		return -1;

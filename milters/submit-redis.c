@@ -19,7 +19,6 @@
 #include <time.h>
 
 #include <hiredis/hiredis.h>
-#include <openssl/evp.h>
 
 #include "submit-redis.h"
 #include "tn-cache.h"
@@ -141,25 +140,12 @@ static const char *const submit_redis_sources[SUBMIT_SCRIPTS] = {
 struct submit_redis {
 	struct tn_cache *cache;
 	tn_msec_t timeout;
-	char sha[SUBMIT_SCRIPTS][41];
+	struct tn_cache_script scripts[SUBMIT_SCRIPTS];
 };
 
-/* Most arguments of one script call: EVALSHA, sha, numkeys, 6 keys,
+/* Most arguments of one script call after the script: numkeys, 6 keys,
  * 9 arguments. */
-#define SUBMIT_REDIS_ARGV_MAX 20
-
-static void submit_redis_sha1(const char *text, char hex[41])
-{
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int len = 0;
-
-	if (EVP_Digest(text, strlen(text), md, &len, EVP_sha1(), NULL) != 1 || len != 20) {
-		hex[0] = '\0';	/* EVAL every time */
-		return;
-	}
-	for (unsigned i = 0; i < len; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-}
+#define SUBMIT_REDIS_ARGV_MAX 18
 
 struct submit_redis *submit_redis_create(const struct tn_conf *conf, const char **error_r)
 {
@@ -187,7 +173,7 @@ struct submit_redis *submit_redis_create(const struct tn_conf *conf, const char 
 	sr->cache = tn_cache_create(&set);
 	sr->timeout = set.timeout;
 	for (int i = 0; i < SUBMIT_SCRIPTS; i++)
-		submit_redis_sha1(submit_redis_sources[i], sr->sha[i]);
+		tn_cache_script_init(&sr->scripts[i], submit_redis_sources[i]);
 	if (password != NULL)
 		explicit_bzero(password, strlen(password));
 	tn_mem_free(&password);
@@ -233,9 +219,8 @@ void submit_redis_resid(char buf[SUBMIT_REDIS_RESID_SIZE])
 		snprintf(buf + 2 * i, 3, "%02x", b[i]);
 }
 
-/* EVALSHA, and EVAL when the server does not know the script. The
- * reply (the caller frees it), or NULL after a transport failure or an
- * error reply (logged). */
+/* The script's reply (the caller frees it), or NULL after a transport
+ * failure or an error reply (logged). */
 static redisReply *submit_redis_run(struct submit_redis *sr, enum submit_redis_script_id id,
 				    int nkeys, const char **keys, int nargs, const char **args,
 				    tn_msec_t deadline)
@@ -246,20 +231,12 @@ static redisReply *submit_redis_run(struct submit_redis *sr, enum submit_redis_s
 	redisReply *r;
 
 	snprintf(numkeys, sizeof(numkeys), "%d", nkeys);
-	argv[argc++] = sr->sha[id][0] != '\0' ? "EVALSHA" : "EVAL";
-	argv[argc++] = sr->sha[id][0] != '\0' ? sr->sha[id] : submit_redis_sources[id];
 	argv[argc++] = numkeys;
 	for (int i = 0; i < nkeys; i++)
 		argv[argc++] = keys[i];
 	for (int i = 0; i < nargs; i++)
 		argv[argc++] = args[i];
-	r = tn_cache_command_argv(sr->cache, argc, argv, NULL, deadline);
-	if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-		freeReplyObject(r);
-		argv[0] = "EVAL";
-		argv[1] = submit_redis_sources[id];
-		r = tn_cache_command_argv(sr->cache, argc, argv, NULL, deadline);
-	}
+	r = tn_cache_script_argv(sr->cache, &sr->scripts[id], argc, argv, deadline);
 	if (r != NULL && r->type == REDIS_REPLY_ERROR) {
 		tn_error("redis: tn-submit-milter script: %s", r->str);
 		freeReplyObject(r);

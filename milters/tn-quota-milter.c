@@ -462,8 +462,9 @@ static void qm_rcpt_address(const char *arg, char *buf, size_t size)
 static void qm_read_usage(struct quota_policy_rcpt *pr, const struct tn_log_ctx *lc)
 {
 	bool mbx, ten;
-	int64_t msgs;
+	int64_t mcount[2] = { 0, 0 }, tcount[2] = { 0, 0 };
 	tn_msec_t deadline;
+	int ret;
 
 	if (!quota_policy_needs_usage(pr, &mbx, &ten))
 		return;
@@ -471,15 +472,22 @@ static void qm_read_usage(struct quota_policy_rcpt *pr, const struct tn_log_ctx 
 	if (qm.usage == NULL)
 		return;
 	deadline = tn_time_now_ms() + tn_usage_timeout(qm.usage);
-	if ((mbx && tn_usage_get(qm.usage, "mbx", pr->address, deadline, &pr->mailbox_bytes,
-				 &msgs) < 0) ||
-	    (ten && tn_usage_get(qm.usage, "ten", pr->tenant, deadline, &pr->tenant_bytes,
-				 &msgs) < 0)) {
+	if (mbx && ten)		/* both in one round trip */
+		ret = tn_usage_get_pair(qm.usage, pr->address, pr->tenant, deadline, mcount, tcount);
+	else if (mbx)
+		ret = tn_usage_get(qm.usage, "mbx", pr->address, deadline, &mcount[0], &mcount[1]);
+	else
+		ret = tn_usage_get(qm.usage, "ten", pr->tenant, deadline, &tcount[0], &tcount[1]);
+	if (ret < 0) {
 		atomic_fetch_add(&qm.m.redis_failures[QM_REDIS_USAGE], 1);
 		tn_log(TN_LOG_WARNING, lc, "usage counters unavailable from Redis: %s",
 		       tn_cache_last_error());
 		return;
 	}
+	if (mbx)
+		pr->mailbox_bytes = mcount[0];
+	if (ten)
+		pr->tenant_bytes = tcount[0];
 	pr->usage_known = true;
 }
 
