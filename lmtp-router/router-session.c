@@ -54,6 +54,10 @@
 
 #define SESSION_DATA_CHUNK 8192
 #define SESSION_INPUT_MAX (256 * 1024)
+/* Replies waiting for a client that does not read: above the high mark
+ * the session reads no more commands until they are down to the low one */
+#define SESSION_OUTPUT_HIGH (256 * 1024)
+#define SESSION_OUTPUT_LOW (64 * 1024)
 #define SESSION_PARAM_MAX 64
 
 enum session_state {
@@ -105,6 +109,7 @@ struct tn_router_session {
 	size_t ndtx;
 	uint64_t data_bytes;
 	bool too_big, linestart, skipping, throttled, closing;
+	bool out_blocked;		/* replies pile up: not reading */
 	int spool_fd;			/* this message is spooled, or -1 */
 	bool spool_error;
 	/* XFORWARD (Postfix's lmtp_send_xforward_command): for the next
@@ -981,6 +986,11 @@ static bool session_command_step(struct tn_router_session *s)
 	char *line;
 	size_t len;
 
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SESSION_OUTPUT_HIGH) {
+		s->out_blocked = true;
+		bufferevent_disable(s->bev, EV_READ);
+		return false;
+	}
 	if (s->skipping) {
 		session_skip(s, in);
 		return !s->skipping;
@@ -1040,9 +1050,20 @@ static void session_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct tn_router_session *s = arg;
 
-	(void)bev;
-	if (s->state == SS_QUIT && s->rhead == NULL)
-		session_close(s, "QUIT");
+	if (s->state == SS_QUIT && s->rhead == NULL) {
+		/* the write watermark wakes us before the output is empty */
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			session_close(s, "QUIT");
+		else
+			bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+		return;
+	}
+	if (s->out_blocked) {
+		s->out_blocked = false;
+		if (!s->throttled)
+			bufferevent_enable(bev, EV_READ);
+		session_process(s);
+	}
 }
 
 static void session_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -1114,6 +1135,7 @@ void tn_router_session_accept(struct tn_router *r, evutil_socket_t fd,
 	s->progress_ev = event_new(r->base, -1, 0, session_progress_cb, s);
 	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_MAX);
+	bufferevent_setwatermark(s->bev, EV_WRITE, SESSION_OUTPUT_LOW, 0);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	s->next = r->sessions;

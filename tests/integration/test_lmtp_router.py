@@ -1131,6 +1131,47 @@ def test_random_input_keeps_the_router_serving(topo):
     assert data[0][0] == 250, data
 
 
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_client_that_does_not_read_its_replies(topo):
+    """1,000,000 pipelined NOOPs from a client that reads nothing for a
+    while (small receive buffer): the router stops reading commands once
+    its replies pile up (they are not buffered without bound: 14 MB
+    here), then answers every one."""
+    r = topo.router
+    n = 1000000
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(60)
+    s.connect(("127.0.0.1", r.port))
+    s.sendall(b"LHLO x\r\n")
+    head = b""
+    while not re.search(rb"\r\n250 SIZE[^\r]*\r\n$", head):
+        head += s.recv(65536)
+    before = rss_kib(r.pid)
+    sender = threading.Thread(target=s.sendall, args=(b"NOOP\r\n" * n,), daemon=True)
+    sender.start()
+    time.sleep(1.5)
+    grown = rss_kib(r.pid) - before
+    assert grown < 3000, "router grew by %d KiB holding replies" % grown
+    want = b"250 2.0.0 OK\r\n" * n
+    got = bytearray()
+    while len(got) < len(want):
+        chunk = s.recv(1 << 20)
+        assert chunk, "closed after %d bytes" % len(got)
+        got += chunk
+    assert bytes(got) == want
+    sender.join(30)
+    s.close()
+    assert alive(topo)
+
+
 def test_too_many_errors_end_the_session(topo):
     c = Raw(topo.router)
     c.send("BAD\r\n" * 25)
