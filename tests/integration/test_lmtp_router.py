@@ -1159,7 +1159,11 @@ def test_client_that_does_not_read_its_replies(topo):
     sender.start()
     time.sleep(1.5)
     grown = rss_kib(r.pid) - before
-    assert grown < 3000, "router grew by %d KiB holding replies" % grown
+    with open(r.binary, "rb") as f:
+        asan = b"__asan_init" in f.read()
+    # (ASan keeps freed memory in quarantine: its RSS says nothing here)
+    assert asan or grown < 3000, "router grew by %d KiB holding replies" % grown
+    assert sender.is_alive(), "the router read every command at once"
     want = b"250 2.0.0 OK\r\n" * n
     got = bytearray()
     while len(got) < len(want):
