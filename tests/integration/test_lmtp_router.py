@@ -1335,6 +1335,32 @@ def test_check_mode_and_bad_configuration(topo, tmp_path):
         assert out.stderr.strip(), bad
 
 
+def test_shared_conf_file_with_a_router_section(topo, tmp_path):
+    """One tenantmail.conf for the host: the router accepts the other
+    programs' top-level lines, reads its own [tn-lmtp-router] section,
+    and tnctl (or any other program) accepts the file with that section."""
+    with open(topo.stack.conf) as f:
+        text = f.read()
+    text += "\n".join(["", "outbox_dir = %s" % (tmp_path / "outbox"), "prov_timeout = 12s",
+                       "hookd_endpoints_dir = %s" % (tmp_path / "hooks.d"),
+                       "[tn-lmtp-router]", "router_pool_members = p1=10.0.0.1,",
+                       "    p1=10.0.0.2:2424", "router_default_pool = p1",
+                       "[tn-provisiond]", "provd_listen = 127.0.0.1:1", ""])
+    conf = str(tmp_path / "tenantmail.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    out = subprocess.run([topo.router.binary, "-c", conf, "-n"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "pool p1: 10.0.0.1:24 10.0.0.2:2424" in out.stdout, out.stdout
+    assert "router_default_pool = p1" in out.stdout
+    r = tnctl(conf, "config", "-n")
+    assert r.returncode == 0, r.stderr
+    with open(conf, "a") as f:
+        f.write("[global]\nrouter_default_pool = p1\n")    # not at the top level
+    assert tnctl(conf, "config", "-n").returncode != 0
+
+
 def test_man_page_documents_every_parameter():
     with open(SOURCE) as f:
         text = f.read()
