@@ -276,7 +276,10 @@ class Dovecot:
         for so in glob.glob(os.path.join(MODULE_DIR, "*.so")):
             os.symlink(so, os.path.join(self.plugin_dir, os.path.basename(so)))
         for so in self.extra_plugins:
-            self._link(so, self.plugin_dir)
+            # a copy, not a link: processes running as the mail user
+            # (imap, lmtp, dovecot-lda from a quota-warning script) load
+            # it, and the build tree may be where only root enters (/root)
+            self._link(so, self.plugin_dir, copy=True)
         if self.auth_modules:
             os.makedirs(self.stock_auth_dir, exist_ok=True)
             os.makedirs(self.auth_dir, exist_ok=True)
@@ -294,14 +297,18 @@ class Dovecot:
         self.write_conf()
 
     @staticmethod
-    def _link(so, d):
+    def _link(so, d, copy=False):
         so = os.path.abspath(so)
         if not os.path.exists(so):
             raise DovecotError("module %s does not exist" % so)
         dst = os.path.join(d, os.path.basename(so))
         if os.path.lexists(dst):
             os.unlink(dst)
-        os.symlink(so, dst)
+        if copy:
+            shutil.copy(so, dst)
+            os.chmod(dst, 0o755)
+        else:
+            os.symlink(so, dst)
 
     def config_text(self):
         uid, _ = vmail_ids()

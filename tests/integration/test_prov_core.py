@@ -432,8 +432,16 @@ def test_50_concurrent_creates_of_one_address(stack, prov):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         results.append(json.loads(out)["status"])
-    assert results.count("created") == 1, collections.Counter(results)
-    assert results.count("conflict") == 49, collections.Counter(results)
+    # On a loaded machine a create may meet its deadline first: a
+    # temporary failure, which the client retries -- and then it must be
+    # a conflict. Exactly one create won, whatever the timing.
+    counts = collections.Counter(results)
+    assert counts["created"] == 1, counts
+    assert counts["conflict"] + counts["tempfail"] == 49, counts
+    for _ in range(counts["tempfail"]):
+        out = subprocess.run(prov.cmd() + [req], capture_output=True, text=True,
+                             env=prov.env(), timeout=120).stdout
+        assert json.loads(out)["status"] == "conflict", out
     evs = [e for e in prov.events("race") if e["type"] == "mailbox.created"]
     assert len(evs) == 1 and evs[0]["data"]["address"] == "hot@race.example"
 
