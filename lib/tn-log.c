@@ -29,6 +29,8 @@
  *	(Dovecot modules hand them to Dovecot's log).
  *--*/
 #include <errno.h>
+#include <paths.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +38,7 @@
 #include <unistd.h>
 
 #include "tn-log.h"
+#include "tn-time.h"
 
 #define LOG_IDENT_MAX	64
 
@@ -87,6 +90,24 @@ void tn_log_init(const char *ident, int dest, int facility)
 		openlog(log_ident, LOG_PID | LOG_NDELAY, facility);
 		log_syslog_open = true;
 	}
+}
+
+/* Whether a syslog daemon's socket exists, looked at once a second at
+ * most. Without one (a container, a machine whose only log is the
+ * daemons' stderr) glibc's syslog(3) makes, for every line, a socket, a
+ * failed connect and a close: measurable on a milter's mail path. */
+static bool log_syslog_listening(void)
+{
+	static _Atomic int64_t checked_ms = -1000000;
+	static _Atomic bool listening = true;
+	int64_t now = tn_time_now_ms();
+
+	if (now - atomic_load_explicit(&checked_ms, memory_order_relaxed) >= 1000) {
+		atomic_store_explicit(&listening, access(_PATH_LOG, F_OK) == 0,
+				      memory_order_relaxed);
+		atomic_store_explicit(&checked_ms, now, memory_order_relaxed);
+	}
+	return atomic_load_explicit(&listening, memory_order_relaxed);
 }
 
 void tn_log_set_handler(tn_log_handler_t *handler, void *context)
@@ -214,7 +235,7 @@ void tn_logv(enum tn_log_level level, const struct tn_log_ctx *ctx,
 		errno = saved_errno;
 		return;
 	}
-	if ((log_dest & TN_LOG_TO_SYSLOG) != 0)
+	if ((log_dest & TN_LOG_TO_SYSLOG) != 0 && log_syslog_listening())
 		syslog(log_levels[level].priority, "%s", line.buf + body);
 	if ((log_dest & TN_LOG_TO_STDERR) != 0)
 		log_write_stderr(&line);
