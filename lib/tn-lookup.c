@@ -282,6 +282,18 @@ bool tn_lookup_memory_active(struct tn_lookup *lk)
 
 /* --- fetch: memory ------------------------------------------------------------- */
 
+/* prefix + name, malloc()ed: on every lookup, in-process hits included
+ * (a printf would be most of a hit's own work). */
+static char *tn_lookup_key(const char *prefix, const char *name)
+{
+	size_t plen = strlen(prefix), nlen = strlen(name);
+	char *key = tn_mem_alloc(plen + nlen + 1);
+
+	memcpy(key, prefix, plen);
+	memcpy(key + plen, name, nlen + 1);
+	return key;
+}
+
 static void tn_fetch_init(struct tn_fetch *f, enum tn_fetch_what what,
 			  const char *name, const char *domain)
 {
@@ -291,9 +303,9 @@ static void tn_fetch_init(struct tn_fetch *f, enum tn_fetch_what what,
 	f->what = what;
 	f->name = name;
 	f->domain = domain;
-	f->keys[f->n++] = tn_mem_printf("%s%s", prefixes[what], name);
+	f->keys[f->n++] = tn_lookup_key(prefixes[what], name);
 	if (what == TN_FETCH_ADDRESS)
-		f->keys[f->n++] = tn_mem_printf("dom:%s", domain);
+		f->keys[f->n++] = tn_lookup_key("dom:", domain);
 }
 
 static void tn_fetch_clear_results(struct tn_fetch *f)
@@ -338,7 +350,7 @@ static bool tn_fetch_memory(struct tn_lookup *lk, struct tn_fetch *f)
 			tn_obj_ref(f->objs[0]) : NULL;
 		return true;
 	}
-	tkey = tn_mem_printf("ten:%s", tid);
+	tkey = tn_lookup_key("ten:", tid);
 	ok = tn_mcache_get(lk->mc, tkey, &f->tenant) != TN_MCACHE_MISS;
 	tn_mem_free(&tkey);
 	if (!ok)
@@ -351,7 +363,7 @@ static void tn_fetch_fill_memory(struct tn_lookup *lk, struct tn_fetch *f, uint6
 	for (unsigned i = 0; i < f->n; i++)
 		tn_mcache_put(lk->mc, f->keys[i], f->objs[i], lk->mem_ttl, gen);
 	if (f->tenant != NULL && f->what != TN_FETCH_TENANT) {
-		char *tkey = tn_mem_printf("ten:%s", f->tenant->key);
+		char *tkey = tn_lookup_key("ten:", f->tenant->key);
 
 		tn_mcache_put(lk->mc, tkey, f->tenant, lk->mem_ttl, gen);
 		tn_mem_free(&tkey);
@@ -401,7 +413,7 @@ static bool tn_fetch_redis(struct tn_lookup *lk, struct tn_fetch *f, tn_msec_t d
 {
 	struct tn_cache_entry entries[3];
 	char *tid_hint = lk->cache != NULL ? tn_fetch_hint(lk, f) : NULL;
-	char *hint = tid_hint != NULL ? tn_mem_printf("ten:%s", tid_hint) : NULL;
+	char *hint = tid_hint != NULL ? tn_lookup_key("ten:", tid_hint) : NULL;
 	const char *keys[3] = { f->keys[0], f->keys[1], NULL };
 	unsigned n = f->n;
 	const char *tid;
@@ -506,7 +518,7 @@ static void tn_fetch_fill_redis(struct tn_lookup *lk, struct tn_fetch *f,
 	unsigned n = f->n;
 
 	if (f->tenant != NULL && f->what != TN_FETCH_TENANT) {
-		keys[n] = tkey = tn_mem_printf("ten:%s", f->tenant->key);
+		keys[n] = tkey = tn_lookup_key("ten:", f->tenant->key);
 		objs[n++] = f->tenant;
 	}
 	if (tn_cache_put(lk->cache, keys, objs, n, generation, deadline) < 0)
