@@ -28,6 +28,7 @@ struct tn_router_pools {
 	size_t npools;
 	int default_pool;	/* -1: none */
 	unsigned default_port;	/* of a tnMailHost without one */
+	enum tn_router_placement placement;
 };
 
 /* --- host:port -------------------------------------------------------------- */
@@ -224,6 +225,64 @@ int tn_router_route_pool_find(const struct tn_router_pools *pools, const char *n
 	return -1;
 }
 
+void tn_router_route_set_placement(struct tn_router_pools *pools,
+				   enum tn_router_placement placement)
+{
+	pools->placement = placement;
+}
+
+/* --- placement: rendezvous hashing ---------------------------------------------- */
+
+#define ROUTE_FNV_OFFSET UINT64_C(0xcbf29ce484222325)
+#define ROUTE_FNV_PRIME UINT64_C(0x100000001b3)
+
+static uint64_t route_fnv1a(uint64_t h, const char *s, bool lower)
+{
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)(lower ? tolower((unsigned char)*s) : *s);
+		h *= ROUTE_FNV_PRIME;
+	}
+	return h;
+}
+
+/* MurmurHash3's finaliser: every input bit reaches every output bit, so
+ * that scores of one address on different members are independent. */
+static uint64_t route_mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= UINT64_C(0xff51afd7ed558ccd);
+	x ^= x >> 33;
+	x *= UINT64_C(0xc4ceb9fe1a85ec53);
+	x ^= x >> 33;
+	return x;
+}
+
+uint64_t tn_router_route_hrw_score(const char *member, const char *address)
+{
+	uint64_t h = route_fnv1a(ROUTE_FNV_OFFSET, member, false);
+
+	h = (h ^ 0xff) * ROUTE_FNV_PRIME;	/* no byte of a name: a separator */
+	return route_mix64(route_fnv1a(h, address, true));
+}
+
+size_t tn_router_route_place(const struct tn_router_pools *pools, size_t i,
+			     const char *address)
+{
+	const struct tn_router_pool *p = &pools->pools[i];
+	uint64_t best = 0, score;
+	size_t pick = 0;
+
+	for (size_t j = 0; j < p->nmembers; j++) {
+		score = tn_router_route_hrw_score(p->members[j], address);
+		if (j == 0 || score > best ||
+		    (score == best && strcmp(p->members[j], p->members[pick]) < 0)) {
+			best = score;
+			pick = j;
+		}
+	}
+	return pick;
+}
+
 /* --- the decision --------------------------------------------------------------- */
 
 static void route_refuse(struct tn_router_route *route, enum tn_router_verdict v,
@@ -232,6 +291,18 @@ static void route_refuse(struct tn_router_route *route, enum tn_router_verdict v
 	route->verdict = v;
 	route->reply = reply;
 	route->why = why;
+}
+
+/* One member of the default pool for this mailbox, pinned. */
+static void route_place(const struct tn_router_pools *pools, const char *address,
+			struct tn_router_route *route)
+{
+	size_t j = tn_router_route_place(pools, (size_t)route->pool, address);
+
+	route->host = tn_mem_strdup(pools->pools[route->pool].members[j]);
+	route->via = TN_ROUTER_VIA_PLACED;
+	route->record = pools->placement == TN_ROUTER_PLACE_RECORD;
+	route->why = "default pool, placed by hash";
 }
 
 static void route_destination(const struct tn_router_pools *pools,
@@ -264,6 +335,8 @@ static void route_destination(const struct tn_router_pools *pools,
 	if (route->pool < 0)
 		route_refuse(route, TN_ROUTER_NOROUTE, "451 4.3.5 no route to the mailbox",
 			     "no host, no pool and no default pool");
+	else if (pools->placement != TN_ROUTER_PLACE_NONE && acct->address != NULL)
+		route_place(pools, acct->address, route);
 }
 
 void tn_router_route_decide(const struct tn_router_pools *pools, enum tn_result res,
@@ -296,7 +369,7 @@ void tn_router_route_clear(struct tn_router_route *route)
 
 const char *tn_router_route_via_name(enum tn_router_via via)
 {
-	static const char *const names[] = { "none", "host", "pool", "default" };
+	static const char *const names[] = { "none", "host", "pool", "default", "placed" };
 
 	return names[via];
 }

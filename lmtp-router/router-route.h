@@ -22,6 +22,20 @@
  *	destination at all -> 451 4.3.5 (an admin must act; Postfix keeps
  *	the mail).
  *
+ *	Placement (router_placement, tn_router_route_set_placement): with
+ *	"hash" or "hash-record", a mailbox that would go to the default
+ *	pool goes instead to one member of it, chosen by rendezvous
+ *	(highest random weight) hashing of the mailbox's address over the
+ *	members' "host:port" names (tn_router_route_place): the member
+ *	whose hash with the address is highest. Every router with the same
+ *	member list (in any order) picks the same member; adding a member
+ *	moves only the mailboxes that now score highest on it (about 1/N),
+ *	removing one moves only its own. The route is then VIA_PLACED with
+ *	route->host set: the mailbox is pinned to that member like a
+ *	tnMailHost (no failover: its mail lives there), and with
+ *	"hash-record" route->record asks the caller to write the choice to
+ *	the directory (router-place.c), after which the mailbox is VIA_HOST.
+ *
  *	tn_router_route_order() picks the members of a pool to try, in
  *	order: the members that are up and not drained, in pool order, then
  *	those that are up and drained (a drained member takes new mail only
@@ -53,13 +67,23 @@ enum tn_router_via {
 	TN_ROUTER_VIA_HOST,	/* the mailbox's tnMailHost */
 	TN_ROUTER_VIA_POOL,	/* the mailbox's (or tenant's) pool */
 	TN_ROUTER_VIA_DEFAULT,	/* router_default_pool */
+	TN_ROUTER_VIA_PLACED,	/* a member of the default pool, by hash */
+};
+
+/* router_placement: the index of its words "none|hash|hash-record" */
+enum tn_router_placement {
+	TN_ROUTER_PLACE_NONE,	/* the default pool in member order */
+	TN_ROUTER_PLACE_HASH,	/* one member by hash, not recorded */
+	TN_ROUTER_PLACE_RECORD,	/* one member by hash, written to the directory */
 };
 
 struct tn_router_route {
 	enum tn_router_verdict verdict;
 	enum tn_router_via via;
 	int pool;		/* pool index (VIA_POOL, VIA_DEFAULT), else -1 */
-	char *host;		/* VIA_HOST: normalised "host:port" (owned) */
+	char *host;		/* VIA_HOST, VIA_PLACED: normalised "host:port"
+				   (owned); set means pinned to that store */
+	bool record;		/* VIA_PLACED: write host to the directory */
 	const char *reply;	/* refusals: "550 5.1.1 ..." (static) */
 	const char *why;	/* for logs (static) */
 };
@@ -78,6 +102,16 @@ size_t tn_router_route_nmembers(const struct tn_router_pools *pools, size_t i);
 /* Normalised "host:port" of member j of pool i. */
 const char *tn_router_route_member(const struct tn_router_pools *pools, size_t i, size_t j);
 int tn_router_route_pool_find(const struct tn_router_pools *pools, const char *name);
+/* How mailboxes of the default pool are placed (default: NONE). */
+void tn_router_route_set_placement(struct tn_router_pools *pools,
+				   enum tn_router_placement placement);
+
+/* Rendezvous hashing: the score of a member ("host:port") for an
+ * address (compared without regard to case), and the index of the
+ * member of pool i with the highest score (ties: the smaller name). */
+uint64_t tn_router_route_hrw_score(const char *member, const char *address);
+size_t tn_router_route_place(const struct tn_router_pools *pools, size_t i,
+			     const char *address);
 
 /* "host", "host:port", "[v6]" or "[v6]:port" -> "host:port" /
  * "[v6]:port". 0 with *out_r (caller frees), or -1 with *error_r. */

@@ -12,6 +12,13 @@
  *	cascade table is also checked against the Dovecot userdb's verdict
  *	(tn_auth_user_verdict): a mailbox the store's userdb would not know
  *	is one the router refuses, and the other way round.
+ *
+ *	Placement (router_placement): the same address always goes to the
+ *	same member of the default pool whatever the configured order;
+ *	members get about 1/N each; a member added takes about 1/N and
+ *	moves nothing between the others; a member removed moves only its
+ *	own mailboxes; a placement recorded in tnMailHost is where both the
+ *	router and the Dovecot proxy (tn_auth_route) go.
  *--*/
 #include "tn-build.h"
 
@@ -19,6 +26,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -329,6 +337,196 @@ static void test_reply(void **state)
 	tn_mem_free(&r);
 }
 
+/* --- placement by rendezvous hashing ---------------------------------------------- */
+
+#define PLACE_ADDRS 20000
+
+static struct tn_router_pools *place_pools(const char *const *members, size_t n,
+					   enum tn_router_placement pm)
+{
+	const char *items[16];
+	struct tn_router_pools *p;
+	const char *error;
+	char buf[16][64];
+
+	assert_true(n < 16);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(buf[i], sizeof(buf[i]), "d=%s", members[i]);
+		items[i] = buf[i];
+	}
+	items[n] = NULL;
+	assert_int_equal(tn_router_route_pools_parse(items, "d", 24, &p, &error), 0);
+	tn_router_route_set_placement(p, pm);
+	return p;
+}
+
+static const char *place_of(const struct tn_router_pools *p, size_t i)
+{
+	char addr[64];
+
+	snprintf(addr, sizeof(addr), "user%zu@tenant%zu.example", i, i % 97);
+	return tn_router_route_member(p, 0, tn_router_route_place(p, 0, addr));
+}
+
+static const char *const place_members[] = {
+	"10.0.0.1:24", "10.0.0.2:24", "store3.example:24", "store4.example:2424",
+	"10.0.0.5:24",
+};
+
+/* The same address always lands on the same member, whatever the
+ * order the members are configured in and the case of the address. */
+static void test_place_stable(void **state)
+{
+	const char *const rev[] = { place_members[3], place_members[2], place_members[1],
+				    place_members[0] };
+	struct tn_router_pools *a = place_pools(place_members, 4, TN_ROUTER_PLACE_HASH);
+	struct tn_router_pools *b = place_pools(rev, 4, TN_ROUTER_PLACE_HASH);
+
+	(void)state;
+	for (size_t i = 0; i < PLACE_ADDRS; i++) {
+		assert_string_equal(place_of(a, i), place_of(b, i));
+		assert_string_equal(place_of(a, i), place_of(a, i));
+	}
+	assert_int_equal(tn_router_route_place(a, 0, "Alice@ACME.example"),
+			 tn_router_route_place(a, 0, "alice@acme.example"));
+	assert_true(tn_router_route_hrw_score("10.0.0.1:24", "a@b.example") !=
+		    tn_router_route_hrw_score("10.0.0.2:24", "a@b.example"));
+	tn_router_route_pools_free(&a);
+	tn_router_route_pools_free(&b);
+}
+
+/* Each of N members gets about 1/N of the mailboxes. */
+static void test_place_balance(void **state)
+{
+	struct tn_router_pools *p = place_pools(place_members, 4, TN_ROUTER_PLACE_HASH);
+	size_t count[4] = { 0 };
+
+	(void)state;
+	for (size_t i = 0; i < PLACE_ADDRS; i++) {
+		char addr[64];
+
+		snprintf(addr, sizeof(addr), "user%zu@tenant%zu.example", i, i % 97);
+		count[tn_router_route_place(p, 0, addr)]++;
+	}
+	for (size_t j = 0; j < 4; j++) {
+		if (count[j] < PLACE_ADDRS / 4 * 9 / 10 || count[j] > PLACE_ADDRS / 4 * 11 / 10)
+			fail_msg("member %zu got %zu of %d", j, count[j], PLACE_ADDRS);
+	}
+	tn_router_route_pools_free(&p);
+}
+
+/* A fifth member takes about 1/5 of the mailboxes, all from the others,
+ * and no mailbox moves between the four old members. */
+static void test_place_add_member(void **state)
+{
+	struct tn_router_pools *four = place_pools(place_members, 4, TN_ROUTER_PLACE_HASH);
+	struct tn_router_pools *five = place_pools(place_members, 5, TN_ROUTER_PLACE_HASH);
+	size_t moved = 0;
+
+	(void)state;
+	for (size_t i = 0; i < PLACE_ADDRS; i++) {
+		const char *before = place_of(four, i), *after = place_of(five, i);
+
+		if (strcmp(before, after) == 0)
+			continue;
+		moved++;
+		assert_string_equal(after, place_members[4]);
+	}
+	if (moved < PLACE_ADDRS / 5 * 9 / 10 || moved > PLACE_ADDRS / 5 * 11 / 10)
+		fail_msg("%zu of %d moved (expected about 1/5)", moved, PLACE_ADDRS);
+	tn_router_route_pools_free(&four);
+	tn_router_route_pools_free(&five);
+}
+
+/* Removing a member moves its own mailboxes only, spread over the rest. */
+static void test_place_remove_member(void **state)
+{
+	const char *const rest[] = { place_members[0], place_members[2], place_members[3],
+				     place_members[4] };
+	struct tn_router_pools *all = place_pools(place_members, 5, TN_ROUTER_PLACE_HASH);
+	struct tn_router_pools *less = place_pools(rest, 4, TN_ROUTER_PLACE_HASH);
+	size_t gone = 0, to[5] = { 0 };
+
+	(void)state;
+	for (size_t i = 0; i < PLACE_ADDRS; i++) {
+		const char *before = place_of(all, i), *after = place_of(less, i);
+
+		if (strcmp(before, place_members[1]) != 0) {
+			assert_string_equal(before, after);
+			continue;
+		}
+		gone++;
+		for (size_t j = 0; j < 5; j++)
+			to[j] += strcmp(after, place_members[j]) == 0;
+	}
+	assert_true(gone > 0);
+	assert_int_equal(to[1], 0);
+	for (size_t j = 0; j < 5; j++) {
+		if (j != 1 && (to[j] < gone / 4 * 7 / 10 || to[j] > gone / 4 * 13 / 10))
+			fail_msg("member %zu took %zu of the %zu moved", j, to[j], gone);
+	}
+	tn_router_route_pools_free(&all);
+	tn_router_route_pools_free(&less);
+}
+
+/* The decision with each router_placement: only mailboxes bound for the
+ * default pool are placed; hash-record asks for the write; once the
+ * placement is in tnMailHost the router goes there as a pinned host and
+ * the Dovecot proxy (tn_auth_route) reads the same store. */
+static void test_decide_placement(void **state)
+{
+	static const char *const proxy_pools[] = { "pool-a:10.9.9.9", NULL };
+	const struct tn_auth_settings set = { .default_host = "10.8.8.8",
+					      .pool_hosts = proxy_pools };
+	struct tn_router_route rt, again;
+	char *proxy_host, *member_host;
+	unsigned port;
+
+	(void)state;
+	for (int pm = TN_ROUTER_PLACE_NONE; pm <= TN_ROUTER_PLACE_RECORD; pm++) {
+		struct tn_router_pools *p = place_pools(place_members, 5, pm);
+		struct tn_account *a = acct_make(TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE,
+						 TN_LEVEL_OBJECT, NULL, NULL);
+
+		tn_router_route_decide(p, TN_FOUND, a, &rt);
+		assert_int_equal(rt.verdict, TN_ROUTER_ROUTE);
+		assert_int_equal(rt.pool, 0);
+		if (pm == TN_ROUTER_PLACE_NONE) {
+			assert_int_equal(rt.via, TN_ROUTER_VIA_DEFAULT);
+			assert_null(rt.host);
+			assert_false(rt.record);
+		} else {
+			assert_int_equal(rt.via, TN_ROUTER_VIA_PLACED);
+			assert_string_equal(rt.host, tn_router_route_member(p, 0,
+				tn_router_route_place(p, 0, "alice@acme.example")));
+			assert_int_equal(rt.record, pm == TN_ROUTER_PLACE_RECORD);
+			assert_string_equal(tn_router_route_via_name(rt.via), "placed");
+			/* recorded: the router pins it there, the proxy reads there */
+			a->host = tn_mem_strdup(rt.host);
+			tn_router_route_decide(p, TN_FOUND, a, &again);
+			assert_int_equal(again.via, TN_ROUTER_VIA_HOST);
+			assert_false(again.record);
+			assert_string_equal(again.host, rt.host);
+			assert_int_equal(tn_auth_route(&set, a, &proxy_host), 0);
+			assert_int_equal(tn_router_route_split(rt.host, &member_host, &port), 0);
+			assert_string_equal(proxy_host, member_host);
+			tn_mem_free(&proxy_host);
+			tn_mem_free(&member_host);
+			tn_router_route_clear(&again);
+		}
+		tn_router_route_clear(&rt);
+		/* a mailbox with a pool, or pinned, is never placed */
+		tn_mem_free(&a->host);
+		a->pool = tn_mem_strdup("d");
+		tn_router_route_decide(p, TN_FOUND, a, &rt);
+		assert_int_equal(rt.via, TN_ROUTER_VIA_POOL);
+		assert_false(rt.record);
+		tn_router_route_clear(&rt);
+		tn_account_free(&a);
+		tn_router_route_pools_free(&p);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -341,6 +539,11 @@ int main(void)
 		cmocka_unit_test(test_parse_path),
 		cmocka_unit_test(test_xtext),
 		cmocka_unit_test(test_reply),
+		cmocka_unit_test(test_place_stable),
+		cmocka_unit_test(test_place_balance),
+		cmocka_unit_test(test_place_add_member),
+		cmocka_unit_test(test_place_remove_member),
+		cmocka_unit_test(test_decide_placement),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
