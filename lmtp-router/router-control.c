@@ -106,7 +106,7 @@ static void control_route_members(struct control_conn *cc, const struct tn_route
 	struct tn_router_member *m[64];
 	size_t order[64], n = 0, k, len = 0;
 
-	if (rt->via == TN_ROUTER_VIA_HOST) {
+	if (rt->host != NULL) {
 		m[n++] = tn_router_store_member(r, rt->host, false);
 	} else {
 		for (size_t j = 0; j < tn_router_route_nmembers(r->pools, (size_t)rt->pool) && n < 64;

@@ -7,7 +7,8 @@
  *	libevent's own HTTP server (evhttp) in the router's loop answers
  *	GET /metrics, so the counters are read in the thread that writes
  *	them and need no lock (tn-hookd needs libmicrohttpd's thread
- *	because its loop is busy with libcurl; the router's is not).
+ *	because its loop is busy with libcurl; the router's is not); the
+ *	placement worker's counters are the exception, read under its lock.
  *	listen is "address:port"; empty turns the endpoint off.
  *
  *	Series (prefix tn_router_):
@@ -19,6 +20,9 @@
  *	    store_errors_total{store,kind},
  *	    store_latency_seconds{store} (histogram: final dot to the
  *	    store's last reply),
+ *	    with router_placement = hash-record placements_total{result}
+ *	    (recorded, already_placed, failed, dropped) and
+ *	    placements_pending (read under the placement worker's lock),
  *	and the lookup library's counters (tn_router_lookup_*).
  *--*/
 #include "tn-build.h"
@@ -133,6 +137,24 @@ static void metrics_stores(struct tn_router *r, struct evbuffer *b)
 	metrics_latency(r, b);
 }
 
+/* router_placement = hash-record only (the counters are the worker's:
+ * read under its lock) */
+static void metrics_placement(struct tn_router *r, struct evbuffer *b)
+{
+	uint64_t counts[TN_RP_N], pending;
+
+	if (r->place == NULL)
+		return;
+	tn_router_place_stats(r->place, counts, &pending);
+	metrics_header(b, "placements_total", "counter",
+		       "hash placements to record in the directory, by result");
+	for (int i = 0; i < TN_RP_N; i++)
+		evbuffer_add_printf(b, "tn_router_placements_total{result=\"%s\"} %llu\n",
+				    tn_router_place_result_name(i), (unsigned long long)counts[i]);
+	metrics_header(b, "placements_pending", "gauge", "placements queued or being written");
+	evbuffer_add_printf(b, "tn_router_placements_pending %llu\n", (unsigned long long)pending);
+}
+
 char *tn_router_metrics_render(struct tn_router *r)
 {
 	struct evbuffer *b = evbuffer_new();
@@ -142,6 +164,7 @@ char *tn_router_metrics_render(struct tn_router *r)
 
 	metrics_router(r, b);
 	metrics_stores(r, b);
+	metrics_placement(r, b);
 	if (lookup != NULL)
 		evbuffer_add(b, lookup, strlen(lookup));
 	free(lookup);

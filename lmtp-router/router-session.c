@@ -12,7 +12,10 @@
  *	command order (PIPELINING): a RCPT's reply waits for its lookup
  *	(tn-lookup-event: the loop never blocks), later RCPTs are looked up
  *	meanwhile, and any other command waits until every lookup of the
- *	transaction is answered.
+ *	transaction is answered. A recipient that router_placement =
+ *	hash-record placed on a member of the default pool is accepted at
+ *	once and goes to that member; recording the placement is handed to
+ *	router-place.c's worker and never waited for.
  *
  *	At DATA the accepted recipients are grouped by destination (a pool
  *	or a pinned host) into dtxs (router-store.c), which start their
@@ -606,7 +609,7 @@ static struct tn_router_dtx *session_dtx_for(struct tn_router_session *s,
 	char key[300];
 	struct tn_router_dtx *d;
 
-	if (rc->route.via == TN_ROUTER_VIA_HOST)
+	if (rc->route.host != NULL)
 		snprintf(key, sizeof(key), "h:%s", rc->route.host);
 	else
 		snprintf(key, sizeof(key), "p:%d", rc->route.pool);
@@ -614,7 +617,7 @@ static struct tn_router_dtx *session_dtx_for(struct tn_router_session *s,
 		if (strcmp(tn_router_store_dtx_key(s->dtxs[i]), key) == 0)
 			return s->dtxs[i];
 	}
-	if (rc->route.via == TN_ROUTER_VIA_HOST) {
+	if (rc->route.host != NULL) {
 		m[n++] = tn_router_store_member(r, rc->route.host, false);
 	} else {
 		size_t pool = (size_t)rc->route.pool;
@@ -756,6 +759,9 @@ static void session_lookup_cb(enum tn_result res, struct tn_account *acct, const
 		s->naccepted++;
 		if (s->tenant == NULL)
 			s->tenant = rc->tenant;
+		if (rc->route.record)
+			tn_router_place_record(s->r->place, acct->address, rc->route.host,
+					       rc->tenant, s->id);
 	} else {
 		enum tn_router_result rr = rc->route.verdict == TN_ROUTER_UNKNOWN ? TN_RR_UNKNOWN :
 			rc->route.verdict == TN_ROUTER_TEMPFAIL ? TN_RR_DIRECTORY : TN_RR_NOROUTE;

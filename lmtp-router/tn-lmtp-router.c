@@ -10,18 +10,22 @@
  *	one LMTP endpoint; each recipient is looked up (tn-lookup, through
  *	the libevent adapter: the loop never waits for the directory) and
  *	sent to its mailbox's store: tnMailHost, else its pool's first
- *	healthy member, else router_default_pool's. Replies come back per
+ *	healthy member, else router_default_pool's (or, with
+ *	router_placement, the one member of it that hashing picks,
+ *	recorded in tnMailHost with hash-record). Replies come back per
  *	recipient in RCPT order with the store's own code and text.
  *
  *	This file: the parameter table, main(), listeners, signals, start
  *	and stop. router-session.c is the LMTP server, router-store.c the
  *	client side (members, connections, transactions, health),
- *	router-route.c the pure decisions, router-control.c the control
+ *	router-route.c the pure decisions, router-place.c the recording of
+ *	placements, router-control.c the control
  *	socket, router-metrics.c /metrics. man/tn-lmtp-router.8 and
  *	docs/lmtp-router.md are the user's documentation.
  * SECURITY
  *	Started as root: the listeners, the control socket and the metrics
- *	port are opened and the lookup's password files read, then the
+ *	port are opened and the lookup's password files read (and
+ *	router_placement_password_file with hash-record), then the
  *	process switches to router_user for good (tn_daemon_drop_privileges)
  *	before the lookup connects anywhere or any client is served.
  *	Everything a client sends is bounded (line, recipients, message
@@ -71,6 +75,12 @@ const struct tn_conf_param tn_router_params[] = {
 	  "pool=host[:port] items: the members of each pool, in order" },
 	{ "router_default_pool", TN_CONF_STR, "", 0, 0, NULL,
 	  "pool of a mailbox with neither tnMailHost nor tnMailPool (empty: 451)" },
+	{ "router_placement", TN_CONF_ENUM, "none", 0, 0, "none|hash|hash-record",
+	  "default pool: member order, one member by hash, or by hash written to tnMailHost" },
+	{ "router_placement_bind_dn", TN_CONF_STR, "", 0, 0, NULL,
+	  "DN hash-record writes tnMailHost as (empty: prov_ldap_bind_dn)" },
+	{ "router_placement_password_file", TN_CONF_STR, "", 0, 0, NULL,
+	  "password file of that DN (empty: prov_ldap_bind_password_file)" },
 	{ "router_lmtp_port", TN_CONF_INT, "24", 1, 65535, NULL,
 	  "store port when a host is given without one" },
 	{ "router_line_length_limit", TN_CONF_SIZE, "2k", 512, 1024 * 1024, NULL,
@@ -124,6 +134,47 @@ static const struct tn_conf_param *const router_tables[] = {
 
 static char router_hostname_buf[256];
 
+/* hash-record writes a member's "host:port" as tnMailHost, which
+ * provisioning takes as a host name or IPv4 address with a port. */
+static int router_placement_members(struct tn_router *r, const char **error_r)
+{
+	int pool = tn_router_route_pool_find(r->pools, tn_conf_str(r->conf,
+								    "router_default_pool"));
+
+	for (size_t j = 0; j < tn_router_route_nmembers(r->pools, (size_t)pool); j++) {
+		if (tn_router_route_member(r->pools, (size_t)pool, j)[0] == '[') {
+			*error_r = "router_placement = hash-record: the members of "
+				"router_default_pool must be host names or IPv4 addresses "
+				"(tnMailHost holds no IPv6 address)";
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int router_placement_settings(struct tn_router *r, const char **error_r)
+{
+	enum tn_router_placement pm = (enum tn_router_placement)tn_conf_enum(r->conf,
+									  "router_placement");
+
+	tn_router_route_set_placement(r->pools, pm);
+	if (pm == TN_ROUTER_PLACE_NONE)
+		return 0;
+	if (*tn_conf_str(r->conf, "router_default_pool") == '\0') {
+		*error_r = "router_placement needs router_default_pool";
+		return -1;
+	}
+	if (pm != TN_ROUTER_PLACE_RECORD)
+		return 0;
+	if (*tn_conf_str(r->conf, "router_placement_bind_dn") == '\0' &&
+	    *tn_conf_str(r->conf, "prov_ldap_bind_dn") == '\0') {
+		*error_r = "router_placement = hash-record needs router_placement_bind_dn "
+			"(or prov_ldap_bind_dn)";
+		return -1;
+	}
+	return router_placement_members(r, error_r);
+}
+
 static int router_settings(struct tn_router *r, const char **error_r)
 {
 	struct tn_router_settings *set = &r->set;
@@ -154,10 +205,12 @@ static int router_settings(struct tn_router *r, const char **error_r)
 	if (*name == '\0' && gethostname(router_hostname_buf, sizeof(router_hostname_buf) - 1) == 0)
 		name = router_hostname_buf;
 	set->hostname = *name != '\0' ? name : "localhost";
-	return tn_router_route_pools_parse(tn_conf_list(r->conf, "router_pool_members"),
-					   tn_conf_str(r->conf, "router_default_pool"),
-					   (unsigned)tn_conf_int(r->conf, "router_lmtp_port"),
-					   &r->pools, error_r);
+	if (tn_router_route_pools_parse(tn_conf_list(r->conf, "router_pool_members"),
+					tn_conf_str(r->conf, "router_default_pool"),
+					(unsigned)tn_conf_int(r->conf, "router_lmtp_port"),
+					&r->pools, error_r) < 0)
+		return -1;
+	return router_placement_settings(r, error_r);
 }
 
 /* --- listeners ---------------------------------------------------------------------- */
@@ -328,6 +381,11 @@ static int router_open(struct tn_router *r)
 		tn_error("lookup: %s", error);
 		return EX_CONFIG;
 	}
+	if (tn_conf_enum(r->conf, "router_placement") == TN_ROUTER_PLACE_RECORD &&
+	    (r->place = tn_router_place_create(r->conf, r->lk, &error)) == NULL) {
+		tn_error("router_placement: %s", error);
+		return EX_CONFIG;
+	}
 	return 0;
 }
 
@@ -438,6 +496,7 @@ static void router_teardown(struct tn_router *r)
 	}
 	tn_mem_free(&r->unix_paths);
 	tn_mem_free(&r->unix_inodes);
+	tn_router_place_destroy(&r->place);	/* borrows the lookup */
 	tn_lookup_destroy(&r->lk);
 	tn_router_route_pools_free(&r->pools);
 	tn_conf_destroy(&r->conf);
