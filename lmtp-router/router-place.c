@@ -18,8 +18,9 @@
  *	and proxy sees the host within a second), then the event (none:
  *	docs/events.md, store placement is never part of an event). It is
  *	a compare-and-write: the entry is read (tn_prov_get), left alone
- *	when it has a host or a pool by then (another router, or an admin,
- *	was first: the next lookup follows what is there), else modified
+ *	when it has a host or a pool by then, or its tenant has a pool
+ *	(another router, or an admin, was first: the next lookup follows
+ *	what is there), else modified
  *	under the ETag just read (If-Match: slapd's assertion control on
  *	entryCSN), so a concurrent change makes the write fail instead of
  *	being overwritten.
@@ -184,6 +185,51 @@ static enum tn_router_place_result place_write(struct tn_router_place *pl,
 	return out;
 }
 
+/* The tenant's pool (inherited by the mailbox), or NULL; *failed_r when
+ * the tenant could not be read. */
+static char *place_tenant_pool(struct tn_router_place *pl, const struct place_job *job,
+			       json_t *mailbox, bool *failed_r)
+{
+	struct tn_prov_ctx ctx = { .actor_kind = "system", .actor_id = "tn-lmtp-router" };
+	struct tn_prov_result res = { 0 };
+	const char *tenant = json_string_value(json_object_get(mailbox, "tenant")), *pool;
+	char *out = NULL;
+
+	*failed_r = false;
+	if (tenant == NULL)
+		return NULL;
+	res.status = tn_prov_get(pl->prov, &ctx, TN_PROV_TENANT, tenant, &res);
+	if (res.status != TN_PROV_OK) {
+		place_failed(job, &res);
+		*failed_r = true;
+	} else if ((pool = json_string_value(json_object_get(res.object, "pool"))) != NULL &&
+		   *pool != '\0') {
+		out = tn_mem_strdup(pool);
+	}
+	tn_prov_result_clear(&res);
+	return out;
+}
+
+/* The mailbox has no host or pool of its own: the write, unless its
+ * tenant has a pool by now. */
+static enum tn_router_place_result place_unplaced(struct tn_router_place *pl,
+						  const struct place_job *job, json_t *mailbox,
+						  const char *etag, bool *again_r)
+{
+	bool failed;
+	char *pool = place_tenant_pool(pl, job, mailbox, &failed);
+
+	if (failed)
+		return TN_RP_FAILED;
+	if (pool != NULL) {
+		place_log(job, TN_LOG_INFO, "to=<%s> placement: the tenant has pool %s now: "
+			  "not placed", job->address, pool);
+		tn_mem_free(&pool);
+		return TN_RP_ALREADY;
+	}
+	return place_write(pl, job, etag, again_r);
+}
+
 /* One attempt: read, then write if still unplaced. *again_r when the
  * entry changed between the two. */
 static enum tn_router_place_result place_try(struct tn_router_place *pl,
@@ -202,7 +248,7 @@ static enum tn_router_place_result place_try(struct tn_router_place *pl,
 	else if (res.etag == NULL)
 		out = place_failed(job, &res);
 	else
-		out = place_write(pl, job, res.etag, again_r);
+		out = place_unplaced(pl, job, res.object, res.etag, again_r);
 	tn_prov_result_clear(&res);
 	return out;
 }

@@ -32,18 +32,21 @@ SENDER = "sender@example.org"
 INITECH = "tnTenantId=initech," + th.TENANTS
 
 
+GLOBEX = "tnTenantId=globex," + th.TENANTS
+
+
 def dn_of(address):
-    return "mail=%s,%s" % (address, INITECH)
+    return "mail=%s,%s" % (address, GLOBEX if address.endswith("@globex.example") else INITECH)
 
 
-def new_mailbox(stack, prefix="p"):
-    address = "%s-%s@initech.example" % (prefix, uuid.uuid4().hex[:10])
+def new_mailbox(stack, prefix="p", domain="initech.example"):
+    address = "%s-%s@%s" % (prefix, uuid.uuid4().hex[:10], domain)
     stack.slapd.add("dn: %s\nobjectClass: tnMailbox\nmail: %s\n" % (dn_of(address), address))
     return address
 
 
 def ldap_host(stack, address):
-    found = stack.slapd.search("(mail=%s)" % address, base=INITECH, attrs=("tnMailHost",))
+    found = stack.slapd.search("(mail=%s)" % address, base=th.TENANTS, attrs=("tnMailHost",))
     assert len(found) == 1, found
     return found[0].first("tnMailHost")
 
@@ -245,6 +248,44 @@ def test_concurrent_placement_is_not_flipped(topo):
         assert time.monotonic() < deadline, route(r, address)
         time.sleep(0.05)
     assert topo.member(deliver(topo, r, address)) == theirs
+
+
+def test_tenant_given_a_pool_meanwhile_is_not_overridden(topo):
+    """The mailbox has no host or pool of its own, but its tenant got a
+    pool that this router's cache does not show yet: nothing is written,
+    so the mailbox follows its tenant's pool."""
+    stack, r = topo.stack, topo.router
+    address = new_mailbox(stack, "tpool", "globex.example")
+    assert route(r, address)[0] == "placed"           # cached: no pool
+    stack.slapd.modify("dn: %s\nchangetype: modify\nadd: tnMailPool\ntnMailPool: p-new\n"
+                       % GLOBEX)
+    try:
+        mark = r.log_mark()
+        deliver(topo, r, address)
+        r.wait_log(r"to=<%s> placement: the tenant has pool p-new now: not placed"
+                   % re.escape(address), mark)
+        assert ldap_host(stack, address) is None
+    finally:
+        stack.slapd.modify("dn: %s\nchangetype: modify\ndelete: tnMailPool\n" % GLOBEX)
+        tnctl(stack.conf, "cache", "invalidate", "--tenant", "globex")
+
+
+def test_hash_without_record_writes_nothing_and_agrees(topo):
+    """router_placement = hash: the same member as hash-record with the
+    same members (in another order), and no write."""
+    stack, a = topo.stack, topo.router
+    c = topo.start_router("c", [2, 1, 0], placement="hash")
+    try:
+        for _ in range(5):
+            address = new_mailbox(stack, "hash")
+            via, host = route(c, address)
+            assert (via, host) == route(a, address)
+            assert topo.member(deliver(topo, c, address)) == host
+        time.sleep(0.5)
+        assert ldap_host(stack, address) is None
+        assert "tn_router_placements_total" not in c.metrics()
+    finally:
+        c.stop()
 
 
 def test_directory_down_mail_delivered_placement_recorded_later(topo):
