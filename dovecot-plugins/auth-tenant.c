@@ -250,16 +250,6 @@ static void tenant_db_numeric_ids(struct tenant_db *db, const char *kind)
  * (made here, as root, for the password file; no traffic yet). */
 static void tenant_db_make_fails(struct tenant_db *db, const char *kind)
 {
-	struct tn_cache_settings set = {
-		.host = tn_conf_str(db->conf, "redis_host"),
-		.port = (int)tn_conf_int(db->conf, "redis_port"),
-		.socket_path = tn_conf_str(db->conf, "redis_socket"),
-		.db = (int)tn_conf_int(db->conf, "redis_db"),
-		.timeout = tn_conf_time_ms(db->conf, "redis_timeout"),
-		.max_connections = (unsigned)tn_conf_int(db->conf, "redis_connections"),
-		.key_prefix = tn_conf_str(db->conf, "redis_key_prefix"),
-	};
-	char *password = NULL;
 	const char *error;
 
 	if (db->set.lockout_user_failures == 0 && db->set.lockout_ip_failures == 0)
@@ -267,14 +257,8 @@ static void tenant_db_make_fails(struct tenant_db *db, const char *kind)
 	if (!tn_conf_bool(db->conf, "redis_enabled"))
 		i_fatal("%s tenant: %s: dovecot_lockout_*: the counters need Redis "
 			"(redis_enabled = no)", kind, db->path);
-	if (tn_lookup_read_secret(tn_conf_str(db->conf, "redis_password_file"),
-				  &password, &error) < 0)
+	if ((db->fails = tn_lookup_redis_create(db->conf, &error)) == NULL)
 		i_fatal("%s tenant: %s", kind, error);
-	set.password = password;
-	db->fails = tn_cache_create(&set);
-	if (password != NULL)
-		explicit_bzero(password, strlen(password));
-	tn_mem_free(&password);
 }
 
 /* Async mode: the lookup, made while preinit still runs as root (the

@@ -64,30 +64,16 @@ static const char *tn_idem_err(const char *fmt, ...)
 
 struct tn_idem *tn_idem_create(const struct tn_conf *conf, const char **error_r)
 {
-	struct tn_cache_settings set = {
-		.host = tn_conf_str(conf, "redis_host"),
-		.port = (int)tn_conf_int(conf, "redis_port"),
-		.socket_path = tn_conf_str(conf, "redis_socket"),
-		.db = (int)tn_conf_int(conf, "redis_db"),
-		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
-		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
-		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
-	};
+	struct tn_cache *cache = NULL;
 	struct tn_idem *im;
-	char *password = NULL;
 
-	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"), &password,
-				  error_r) < 0)
+	if (tn_conf_bool(conf, "redis_enabled") &&
+	    (cache = tn_lookup_redis_create(conf, error_r)) == NULL)
 		return NULL;
-	set.password = password;
 	im = tn_mem_calloc(1, sizeof(*im));
-	im->enabled = tn_conf_bool(conf, "redis_enabled");
-	im->prefix = tn_mem_strdup(set.key_prefix);
-	if (im->enabled)
-		im->cache = tn_cache_create(&set);
-	if (password != NULL)
-		explicit_bzero(password, strlen(password));
-	tn_mem_free(&password);
+	im->enabled = cache != NULL;
+	im->prefix = tn_mem_strdup(tn_conf_str(conf, "redis_key_prefix"));
+	im->cache = cache;
 	return im;
 }
 

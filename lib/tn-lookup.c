@@ -190,6 +190,21 @@ static struct tn_cache *tn_lookup_cache_create(const struct tn_conf *conf, const
 	return tn_cache_create(&set);
 }
 
+struct tn_cache *tn_lookup_redis_create(const struct tn_conf *conf, const char **error_r)
+{
+	struct tn_cache *cache;
+	char *password = NULL;
+
+	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"), &password,
+				  error_r) < 0)
+		return NULL;
+	cache = tn_lookup_cache_create(conf, password);
+	if (password != NULL)
+		explicit_bzero(password, strlen(password));
+	tn_mem_free(&password);
+	return cache;
+}
+
 static int tn_lookup_check_conf(const struct tn_conf *conf, const char **error_r)
 {
 	if (tn_conf_list(conf, "ldap_uri")[0] == NULL) {

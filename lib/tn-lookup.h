@@ -109,6 +109,13 @@ int tn_lookup_usage(struct tn_lookup *lk, const char *kind, const char *id,
  * the file is readable by group or others. */
 int tn_lookup_read_secret(const char *path, char **secret_r, const char **error_r);
 
+/* A Redis connection pool from the redis_* parameters, its password file
+ * read now (as root, before a privilege drop): for the lib/ modules and
+ * programs that keep data of their own in Redis. It does not look at
+ * redis_enabled (the caller decides what that means for it); NULL with
+ * *error_r when the password file cannot be read. */
+struct tn_cache *tn_lookup_redis_create(const struct tn_conf *conf, const char **error_r);
+
 /* A directory connection pool from the ldap_* parameters (TLS, timeouts,
  * pool size) with these servers and this bind DN: uris NULL or empty
  * means ldap_uri, bind_dn NULL means ldap_bind_dn. The lookup uses it

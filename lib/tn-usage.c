@@ -104,36 +104,22 @@ struct tn_usage {
 
 struct tn_usage *tn_usage_create(const struct tn_conf *conf, const char **error_r)
 {
-	struct tn_cache_settings set = {
-		.host = tn_conf_str(conf, "redis_host"),
-		.port = (int)tn_conf_int(conf, "redis_port"),
-		.socket_path = tn_conf_str(conf, "redis_socket"),
-		.db = (int)tn_conf_int(conf, "redis_db"),
-		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
-		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
-		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
-	};
 	struct tn_usage *usage;
-	char *password = NULL;
+	struct tn_cache *cache;
 
 	if (!tn_conf_bool(conf, "redis_enabled")) {
 		*error_r = "redis_enabled = no: usage counters need Redis";
 		return NULL;
 	}
-	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"),
-				  &password, error_r) < 0)
+	if ((cache = tn_lookup_redis_create(conf, error_r)) == NULL)
 		return NULL;
-	set.password = password;
 	usage = tn_mem_calloc(1, sizeof(*usage));
-	usage->cache = tn_cache_create(&set);
-	usage->timeout = set.timeout;
+	usage->cache = cache;
+	usage->timeout = tn_conf_time_ms(conf, "redis_timeout");
 	tn_cache_script_init(&usage->add, tn_usage_script_add);
 	tn_cache_script_init(&usage->sum, tn_usage_script_sum);
 	tn_cache_script_init(&usage->exceeded, tn_usage_script_exceeded);
 	tn_cache_script_init(&usage->pair, tn_usage_script_pair);
-	if (password != NULL)
-		explicit_bzero(password, strlen(password));
-	tn_mem_free(&password);
 	return usage;
 }
 

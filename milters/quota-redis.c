@@ -54,34 +54,20 @@ struct quota_redis {
 
 struct quota_redis *quota_redis_create(const struct tn_conf *conf, const char **error_r)
 {
-	struct tn_cache_settings set = {
-		.host = tn_conf_str(conf, "redis_host"),
-		.port = (int)tn_conf_int(conf, "redis_port"),
-		.socket_path = tn_conf_str(conf, "redis_socket"),
-		.db = (int)tn_conf_int(conf, "redis_db"),
-		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
-		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
-		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
-	};
 	struct quota_redis *qr;
-	char *password = NULL;
+	struct tn_cache *cache;
 
 	if (!tn_conf_bool(conf, "redis_enabled")) {
 		*error_r = "redis_enabled = no: quotas and traffic counters need Redis";
 		return NULL;
 	}
-	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"), &password,
-				  error_r) < 0)
+	if ((cache = tn_lookup_redis_create(conf, error_r)) == NULL)
 		return NULL;
-	set.password = password;
 	qr = tn_mem_calloc(1, sizeof(*qr));
-	qr->cache = tn_cache_create(&set);
-	qr->timeout = set.timeout;
+	qr->cache = cache;
+	qr->timeout = tn_conf_time_ms(conf, "redis_timeout");
 	tn_cache_script_init(&qr->traffic, quota_redis_script_traffic);
 	tn_cache_script_init(&qr->rejected, quota_redis_script_rejected);
-	if (password != NULL)
-		explicit_bzero(password, strlen(password));
-	tn_mem_free(&password);
 	return qr;
 }
 

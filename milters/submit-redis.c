@@ -149,34 +149,20 @@ struct submit_redis {
 
 struct submit_redis *submit_redis_create(const struct tn_conf *conf, const char **error_r)
 {
-	struct tn_cache_settings set = {
-		.host = tn_conf_str(conf, "redis_host"),
-		.port = (int)tn_conf_int(conf, "redis_port"),
-		.socket_path = tn_conf_str(conf, "redis_socket"),
-		.db = (int)tn_conf_int(conf, "redis_db"),
-		.timeout = tn_conf_time_ms(conf, "redis_timeout"),
-		.max_connections = (unsigned)tn_conf_int(conf, "redis_connections"),
-		.key_prefix = tn_conf_str(conf, "redis_key_prefix"),
-	};
 	struct submit_redis *sr;
-	char *password = NULL;
+	struct tn_cache *cache;
 
 	if (!tn_conf_bool(conf, "redis_enabled")) {
 		*error_r = "redis_enabled = no: send limits and traffic counters need Redis";
 		return NULL;
 	}
-	if (tn_lookup_read_secret(tn_conf_str(conf, "redis_password_file"), &password,
-				  error_r) < 0)
+	if ((cache = tn_lookup_redis_create(conf, error_r)) == NULL)
 		return NULL;
-	set.password = password;
 	sr = tn_mem_calloc(1, sizeof(*sr));
-	sr->cache = tn_cache_create(&set);
-	sr->timeout = set.timeout;
+	sr->cache = cache;
+	sr->timeout = tn_conf_time_ms(conf, "redis_timeout");
 	for (int i = 0; i < SUBMIT_SCRIPTS; i++)
 		tn_cache_script_init(&sr->scripts[i], submit_redis_sources[i]);
-	if (password != NULL)
-		explicit_bzero(password, strlen(password));
-	tn_mem_free(&password);
 	return sr;
 }
 

@@ -25,8 +25,10 @@
 
 #include <microhttpd.h>
 
+#include "tn-daemon.h"
 #include "tn-log.h"
 #include "tn-mem.h"
+#include "tn-time.h"
 #include "tn-milter-common.h"
 
 static _Thread_local char tn_milter_common_err[256];
@@ -368,4 +370,62 @@ void tn_milter_common_hist_render(const struct tn_milter_common_hist *h, const c
 	fprintf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)count);
 	fprintf(out, "%s_sum %.6f\n", name, (double)atomic_load(&h->sum_us) / 1e6);
 	fprintf(out, "%s_count %llu\n", name, (unsigned long long)count);
+}
+
+/* --- reload arguments and exit ------------------------------------------------- */
+
+void tn_milter_common_args_save(struct tn_milter_common_args *args, int argc, char **argv)
+{
+	int c;
+
+	args->conf_path = getenv("TENANTMAIL_CONF");
+	if (args->conf_path == NULL)
+		args->conf_path = TN_DAEMON_DEFAULT_CONF;
+	args->overrides = tn_mem_calloc((size_t)argc + 1, sizeof(*args->overrides));
+	args->noverrides = 0;
+	optind = 0;
+	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
+		if (c == 'c')
+			args->conf_path = optarg;
+		else if (c == 'o')
+			args->overrides[args->noverrides++] = optarg;
+	}
+}
+
+int tn_milter_common_args_load(const struct tn_milter_common_args *args,
+			       struct tn_conf *conf, const char **error_r)
+{
+	if (tn_conf_load_file(conf, args->conf_path, error_r) < 0)
+		return -1;
+	for (size_t i = 0; i < args->noverrides; i++) {
+		const char *arg = args->overrides[i], *eq = strchr(arg, '=');
+		char *name = tn_mem_strndup(arg, (size_t)(eq - arg));
+		int ret = tn_conf_set(conf, name, eq + 1, error_r);
+
+		tn_mem_free(&name);
+		if (ret < 0)
+			return -1;
+	}
+	return 0;
+}
+
+void tn_milter_common_args_free(struct tn_milter_common_args *args)
+{
+	tn_mem_free(&args->overrides);
+	args->noverrides = 0;
+}
+
+bool tn_milter_common_quiesce(atomic_int_fast64_t *sessions)
+{
+	tn_msec_t deadline = tn_time_now_ms() + 5000;
+
+	while (atomic_load(sessions) > 0) {
+		if (tn_time_now_ms() > deadline) {
+			tn_warning("%lld SMTP sessions still open at exit",
+				   (long long)atomic_load(sessions));
+			return false;
+		}
+		usleep(10 * 1000);
+	}
+	return true;
 }

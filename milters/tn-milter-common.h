@@ -37,8 +37,12 @@
 #define TN_MILTER_COMMON_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "tn-conf.h"
 
 #define TN_MILTER_COMMON_BUCKETS 12
 
@@ -53,6 +57,26 @@ int tn_milter_common_socket_setup(const char *spec, unsigned mode, const char *u
 				  const char **error_r);
 /* "0660" and the like: 0 with *mode_r, or -1. */
 int tn_milter_common_parse_mode(const char *text, unsigned *mode_r);
+
+/* The command line again, for reloads: -c (else $TENANTMAIL_CONF, else
+ * the default file) and the -o overrides in order (tn_daemon_configure()
+ * has checked them). args_load() applies the file and then the overrides
+ * to conf: 0, or -1 with *error_r. */
+struct tn_milter_common_args {
+	const char *conf_path;
+	char **overrides;
+	size_t noverrides;
+};
+void tn_milter_common_args_save(struct tn_milter_common_args *args, int argc, char **argv);
+int tn_milter_common_args_load(const struct tn_milter_common_args *args,
+			       struct tn_conf *conf, const char **error_r);
+void tn_milter_common_args_free(struct tn_milter_common_args *args);
+
+/* libmilter's session threads are detached and may outlive smfi_main():
+ * wait (up to 5 s) for the open-session gauge to fall to 0 before the
+ * shared backends go. false, after a warning, when some session never
+ * closes: the caller then leaves them allocated. */
+bool tn_milter_common_quiesce(atomic_int_fast64_t *sessions);
 
 void tn_milter_common_reload_block(void);
 int tn_milter_common_reload_start(void (*callback)(void *), void *context,

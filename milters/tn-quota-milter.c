@@ -153,9 +153,7 @@ struct qm_metrics {
 
 struct qm_daemon {
 	struct tn_conf *conf;
-	const char *conf_path;
-	char **overrides;		/* "-o" arguments, for reloads */
-	size_t noverrides;
+	struct tn_milter_common_args args;	/* -c and -o, for reloads */
 	struct tn_lookup *lookup;
 	struct tn_usage *usage;
 	struct quota_redis *redis;
@@ -247,17 +245,8 @@ static struct tn_conf *qm_conf_load(void)
 	struct tn_conf *conf = tn_conf_create(QM_PROGRAM, quota_milter_tables);
 	const char *error;
 
-	if (tn_conf_load_file(conf, qm.conf_path, &error) < 0)
+	if (tn_milter_common_args_load(&qm.args, conf, &error) < 0)
 		goto fail;
-	for (size_t i = 0; i < qm.noverrides; i++) {
-		const char *arg = qm.overrides[i], *eq = strchr(arg, '=');
-		char *name = tn_mem_strndup(arg, (size_t)(eq - arg));
-		int ret = tn_conf_set(conf, name, eq + 1, &error);
-
-		tn_mem_free(&name);
-		if (ret < 0)
-			goto fail;
-	}
 	return conf;
 fail:
 	tn_error("reload: %s (the running settings stay)", error);
@@ -281,7 +270,7 @@ static void qm_reload(void *context)
 	qm_settings_replace(qm_settings_read(conf));
 	tn_conf_destroy(&conf);
 	atomic_fetch_add(&qm.m.reloads, 1);
-	tn_info("reloaded %s", qm.conf_path);
+	tn_info("reloaded %s", qm.args.conf_path);
 }
 
 /* --- per-session and per-message state ------------------------------------------ */
@@ -853,24 +842,6 @@ static struct smfiDesc qm_desc = {
 	.xxfi_negotiate = qm_negotiate,
 };
 
-/* -c and -o again, for reloads (tn_daemon_configure() checked them). */
-static void qm_save_args(int argc, char **argv)
-{
-	int c;
-
-	qm.conf_path = getenv("TENANTMAIL_CONF");
-	if (qm.conf_path == NULL)
-		qm.conf_path = TN_DAEMON_DEFAULT_CONF;
-	qm.overrides = tn_mem_calloc((size_t)argc + 1, sizeof(*qm.overrides));
-	optind = 0;
-	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
-		if (c == 'c')
-			qm.conf_path = optarg;
-		else if (c == 'o')
-			qm.overrides[qm.noverrides++] = optarg;
-	}
-}
-
 /* A header field name (RFC 5322 ftext), at most 64 bytes. */
 static bool qm_header_name_ok(const char *name)
 {
@@ -983,25 +954,6 @@ static int qm_run(void)
 	return ret;
 }
 
-/* libmilter's session threads are detached and may outlive smfi_main():
- * the shared backends go only once every session has closed (the
- * gauge's atomic decrement in qm_close() orders their last use before
- * this). false when some never does: then they are left allocated. */
-static bool qm_quiesce(void)
-{
-	tn_msec_t deadline = tn_time_now_ms() + 5000;
-
-	while (atomic_load(&qm.m.sessions) > 0) {
-		if (tn_time_now_ms() > deadline) {
-			tn_warning("%lld SMTP sessions still open at exit",
-				   (long long)atomic_load(&qm.m.sessions));
-			return false;
-		}
-		usleep(10 * 1000);
-	}
-	return true;
-}
-
 static void qm_teardown(void)
 {
 	tn_milter_common_metrics_stop(&qm.http);
@@ -1010,7 +962,7 @@ static void qm_teardown(void)
 	tn_usage_destroy(&qm.usage);
 	tn_lookup_destroy(&qm.lookup);
 	qm_settings_unref(&qm.set);
-	tn_mem_free(&qm.overrides);
+	tn_milter_common_args_free(&qm.args);
 	tn_conf_destroy(&qm.conf);
 }
 
@@ -1024,14 +976,14 @@ int main(int argc, char **argv)
 	if ((ret = tn_daemon_configure(QM_PROGRAM, quota_milter_tables, "quota_milter_log_level",
 				       argc, argv, &qm.conf, &check)) != 0)
 		return ret;
-	qm_save_args(argc, argv);
+	tn_milter_common_args_save(&qm.args, argc, argv);
 	qm.set = qm_settings_read(qm.conf);
 	qm.tenant_header = tn_conf_str(qm.conf, "quota_milter_tenant_header");
 	if (qm_validate() < 0)
 		ret = EX_CONFIG;
 	else if (check)
 		tn_conf_dump(qm.conf, stdout, TN_CONF_DUMP_CHANGED);
-	else if ((ret = qm_run()) == 0 && !qm_quiesce())
+	else if ((ret = qm_run()) == 0 && !tn_milter_common_quiesce(&qm.m.sessions))
 		return ret;
 	qm_teardown();
 	return ret;

@@ -159,9 +159,7 @@ struct sm_metrics {
 
 struct sm_daemon {
 	struct tn_conf *conf;
-	const char *conf_path;
-	char **overrides;
-	size_t noverrides;
+	struct tn_milter_common_args args;	/* -c and -o, for reloads */
 	struct tn_lookup *lookup;
 	struct submit_redis *redis;
 	struct tn_outbox *outbox;
@@ -276,17 +274,8 @@ static struct tn_conf *sm_conf_load(void)
 	struct tn_conf *conf = tn_conf_create(SM_PROGRAM, submit_milter_tables);
 	const char *error;
 
-	if (tn_conf_load_file(conf, sm.conf_path, &error) < 0)
+	if (tn_milter_common_args_load(&sm.args, conf, &error) < 0)
 		goto fail;
-	for (size_t i = 0; i < sm.noverrides; i++) {
-		const char *arg = sm.overrides[i], *eq = strchr(arg, '=');
-		char *name = tn_mem_strndup(arg, (size_t)(eq - arg));
-		int ret = tn_conf_set(conf, name, eq + 1, &error);
-
-		tn_mem_free(&name);
-		if (ret < 0)
-			goto fail;
-	}
 	if (sm_conf_check(conf, &error) < 0)
 		goto fail;
 	return conf;
@@ -311,7 +300,7 @@ static void sm_reload(void *context)
 	sm_settings_replace(sm_settings_read(conf));
 	tn_conf_destroy(&conf);
 	atomic_fetch_add(&sm.m.reloads, 1);
-	tn_info("reloaded %s", sm.conf_path);
+	tn_info("reloaded %s", sm.args.conf_path);
 }
 
 /* --- per-session and per-message state ------------------------------------------ */
@@ -898,24 +887,6 @@ static struct smfiDesc sm_desc = {
 	.xxfi_negotiate = sm_negotiate,
 };
 
-/* -c and -o again, for reloads (tn_daemon_configure() checked them). */
-static void sm_save_args(int argc, char **argv)
-{
-	int c;
-
-	sm.conf_path = getenv("TENANTMAIL_CONF");
-	if (sm.conf_path == NULL)
-		sm.conf_path = TN_DAEMON_DEFAULT_CONF;
-	sm.overrides = tn_mem_calloc((size_t)argc + 1, sizeof(*sm.overrides));
-	optind = 0;
-	while ((c = getopt(argc, argv, "c:o:en")) != -1) {
-		if (c == 'c')
-			sm.conf_path = optarg;
-		else if (c == 'o')
-			sm.overrides[sm.noverrides++] = optarg;
-	}
-}
-
 static int sm_backends(const char **error_r)
 {
 	if ((sm.lookup = tn_lookup_create(sm.conf, 0, error_r)) == NULL)
@@ -991,25 +962,6 @@ static int sm_run(void)
 	return ret;
 }
 
-/* libmilter's session threads are detached and may outlive smfi_main():
- * the shared backends go only once every session has closed (the
- * gauge's atomic decrement, last in sm_close(), orders their last use
- * before this). false when some never does: then they stay allocated. */
-static bool sm_quiesce(void)
-{
-	tn_msec_t deadline = tn_time_now_ms() + 5000;
-
-	while (atomic_load(&sm.m.sessions) > 0) {
-		if (tn_time_now_ms() > deadline) {
-			tn_warning("%lld SMTP sessions still open at exit",
-				   (long long)atomic_load(&sm.m.sessions));
-			return false;
-		}
-		usleep(10 * 1000);
-	}
-	return true;
-}
-
 static void sm_teardown(void)
 {
 	tn_milter_common_metrics_stop(&sm.http);
@@ -1017,7 +969,7 @@ static void sm_teardown(void)
 	submit_redis_destroy(&sm.redis);
 	tn_lookup_destroy(&sm.lookup);
 	sm_settings_unref(&sm.set);
-	tn_mem_free(&sm.overrides);
+	tn_milter_common_args_free(&sm.args);
 	tn_conf_destroy(&sm.conf);
 }
 
@@ -1033,7 +985,7 @@ int main(int argc, char **argv)
 				       "submit_milter_log_level", argc, argv, &sm.conf,
 				       &check)) != 0)
 		return ret;
-	sm_save_args(argc, argv);
+	tn_milter_common_args_save(&sm.args, argc, argv);
 	sm.set = sm_settings_read(sm.conf);
 	if (sm_conf_check(sm.conf, &error) < 0) {
 		fprintf(stderr, "%s: %s\n", SM_PROGRAM, error);
@@ -1041,7 +993,7 @@ int main(int argc, char **argv)
 		ret = EX_CONFIG;
 	} else if (check) {
 		tn_conf_dump(sm.conf, stdout, TN_CONF_DUMP_CHANGED);
-	} else if ((ret = sm_run()) == 0 && !sm_quiesce()) {
+	} else if ((ret = sm_run()) == 0 && !tn_milter_common_quiesce(&sm.m.sessions)) {
 		return ret;
 	}
 	sm_teardown();
