@@ -30,7 +30,10 @@
  *	TLS: with provd_tls_cert_file and provd_tls_key_file the listener
  *	speaks HTTPS only (libmicrohttpd with GnuTLS); both files are read
  *	before the privilege drop. Without them: plain HTTP, for a loopback
- *	address or behind a TLS proxy.
+ *	address behind a TLS proxy. Plain HTTP on any other address (a
+ *	private network, 0.0.0.0, ::) sends tokens and passwords in clear:
+ *	refused at start unless provd_allow_plain_http says so, and then
+ *	logged as a warning.
  *
  *	/metrics (Prometheus text, no token) is served on the same
  *	listener when provd_metrics is on.
@@ -95,6 +98,8 @@ static const struct tn_conf_param tn_provd_params[] = {
 	  "PEM private key for HTTPS (empty: plain HTTP)" },
 	{ "provd_batch_max", TN_CONF_INT, "500", 1, 10000, NULL,
 	  "most items in one POST /v1/batch/<collection>" },
+	{ "provd_allow_plain_http", TN_CONF_BOOL, "no", 0, 0, NULL,
+	  "serve plain HTTP on an address other than loopback (without TLS)" },
 	TN_CONF_END
 };
 
@@ -439,6 +444,45 @@ static int provd_tls_load(struct provd *pd)
 	return 0;
 }
 
+/* 1: a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104). */
+static int provd_is_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+
+		return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+
+		return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+/* Without TLS, bearer tokens and clear-text passwords cross the wire as
+ * they are: only on loopback (behind a TLS proxy on the same host). Any
+ * other address, 0.0.0.0 included, is refused unless
+ * provd_allow_plain_http is on, and then logged as a warning.
+ * 0: go on; -1: refused (logged). */
+static int provd_plain_http_check(const struct provd *pd, const struct sockaddr_storage *ss)
+{
+	const char *listen = tn_conf_str(pd->conf, "provd_listen");
+
+	if (pd->tls_cert != NULL || provd_is_loopback(ss))
+		return 0;
+	if (!tn_conf_bool(pd->conf, "provd_allow_plain_http")) {
+		tn_error("provd_listen %s is not a loopback address and TLS is off: tokens and "
+			 "passwords would cross the network in clear; set provd_tls_cert_file and "
+			 "provd_tls_key_file, listen on 127.0.0.1 behind a TLS proxy, or set "
+			 "provd_allow_plain_http = yes", listen);
+		return -1;
+	}
+	tn_warning("provd_listen %s is not a loopback address and TLS is off: tokens and "
+		   "passwords cross the network in clear (provd_allow_plain_http = yes)", listen);
+	return 0;
+}
+
 static int provd_listen(struct provd *pd)
 {
 	const char *listen = tn_conf_str(pd->conf, "provd_listen");
@@ -450,6 +494,8 @@ static int provd_listen(struct provd *pd)
 		tn_error("provd_listen %s: expected a numeric address:port", listen);
 		return -1;
 	}
+	if (provd_plain_http_check(pd, &ss) < 0)
+		return -2;
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	if (pd->tls_cert != NULL)
@@ -550,8 +596,14 @@ static int provd_run(struct provd *pd)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);	/* inherited by MHD's threads */
 	if (provd_tokens_load(pd) < 0 || provd_tls_load(pd) < 0 || provd_core(pd) < 0)
 		return EX_CONFIG;
-	if (provd_listen(pd) < 0)
+	switch (provd_listen(pd)) {
+	case 0:
+		break;
+	case -2:
+		return EX_CONFIG;
+	default:
 		return EX_UNAVAILABLE;
+	}
 	if (tn_daemon_drop_privileges("provd_user", tn_conf_str(pd->conf, "provd_user")) < 0)
 		return EX_NOPERM;
 	tn_info("started: listening on %s (%s), %zu token%s, /metrics %s",

@@ -26,6 +26,7 @@ import socket
 import ssl
 import subprocess
 import time
+from unittest import mock
 
 import pytest
 
@@ -450,6 +451,61 @@ def test_tls_configuration_errors(provd, tmp_path):
     bad.write_text("not a certificate\n")
     r = run("provd_tls_cert_file=%s" % bad, "provd_tls_key_file=%s" % tls[1])
     assert r.returncode == 69, (r.returncode, r.stderr)
+
+
+def test_plain_http_beyond_loopback_is_refused(provd, stack, tmp_path):
+    """Without TLS, a listener that is not loopback is refused (78) unless
+    provd_allow_plain_http = yes, which starts it with a warning; with
+    TLS, or on any 127.x or ::1 address, nothing is said."""
+    exe = binary("provisioning/tn-provisiond")
+
+    def run(listen, *opts):
+        args = [exe, "-c", provd.conf, "-e", "-o", "provd_listen=%s" % listen]
+        for o in opts:
+            args += ["-o", o]
+        return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+    for listen in ("0.0.0.0:%d" % th.free_port(), "[::]:%d" % th.free_port()):
+        r = run(listen)
+        assert r.returncode == 78, (listen, r.returncode, r.stderr)
+        assert "not a loopback address and TLS is off" in r.stderr and \
+            "provd_allow_plain_http" in r.stderr, r.stderr
+    # allowed: it serves, and says so at start
+    port = th.free_port()
+    with mock.patch.object(th, "free_port", return_value=port):
+        p = Provd(stack, tmp_path / "plain", overrides={"provd_listen": "0.0.0.0:%d" % port,
+                                                        "provd_allow_plain_http": "yes"})
+    try:
+        assert p.request("GET", "/v1/tenants/acme").status == 200
+    finally:
+        log = p.stop()
+    assert "warning" in log and "not a loopback address and TLS is off" in log, log
+    # TLS on any address: no warning
+    tls = make_ca(tmp_path)
+    port = th.free_port()
+    with mock.patch.object(th, "free_port", return_value=port):
+        p = Provd(stack, tmp_path / "tls", tls=tls,
+                  overrides={"provd_listen": "0.0.0.0:%d" % port})
+    try:
+        assert p.request("GET", "/v1/tenants/acme").status == 200
+    finally:
+        log = p.stop()
+    assert "loopback" not in log and "started: listening on 0.0.0.0" in log, log
+    # plain HTTP on any loopback address: no warning
+    for listen in ("127.0.0.2:%d" % th.free_port(), "[::1]:%d" % th.free_port()):
+        proc = subprocess.Popen([exe, "-c", provd.conf, "-e", "-o", "provd_listen=" + listen],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "started:" in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        assert "started: listening on " + listen in "".join(lines), lines
+        assert "loopback" not in "".join(lines), lines
 
 
 # --- billing ---------------------------------------------------------------------------
