@@ -19,6 +19,7 @@ deadline; /metrics.
 import concurrent.futures
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -283,6 +284,67 @@ def test_sighup_reloads_tokens(provd):
         while provd.request("GET", "/v1/tenants/acme").status != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_switches_to_provd_user(stack):
+    """Started as root with provd_user = nobody: after the listener is up
+    the daemon runs as nobody in all four Uid fields (no way back), its
+    first directory write and event work (the bind and Redis passwords
+    were read before the switch, the outbox is group-writable as the
+    install step makes it), and a SIGHUP still reloads the tokens file,
+    readable by nobody's group."""
+    import pwd
+    import tempfile
+    nobody = pwd.getpwnam("nobody")
+    top = tempfile.mkdtemp(prefix="tn-provd-user-")
+    p = None
+    try:
+        os.chmod(top, 0o755)
+        work = os.path.join(top, "w")
+        os.makedirs(os.path.join(work, "outbox"))
+        for d in ("outbox", "outbox/tmp", "outbox/new", "outbox/seq"):   # the install step
+            path = os.path.join(work, d)
+            os.makedirs(path, exist_ok=True)
+            os.chown(path, 0, nobody.pw_gid)
+            os.chmod(path, 0o2770)
+        os.chmod(work, 0o755)
+        p = Provd(stack, work, overrides={"provd_user": "nobody"})
+        os.chown(p.tokens, 0, nobody.pw_gid)
+        os.chmod(p.tokens, 0o640)
+        with open("/proc/%d/status" % p.proc.pid) as f:
+            ids = dict(line.split(":", 1) for line in f if ":" in line)
+        assert ids["Uid"].split() == [str(nobody.pw_uid)] * 4, ids["Uid"]
+        assert ids["Gid"].split() == [str(nobody.pw_gid)] * 4, ids["Gid"]
+        # a write and its event, as nobody
+        r = p.request("POST", "/v1/tenants", {"id": "asnobody", "name": "As nobody"})
+        assert r.status == 201, r.text
+        ev = p.events("asnobody")
+        assert [e["type"] for e in ev] == ["tenant.created"], ev
+        assert p.request("POST", "/v1/domains", {"domain": "asnobody.example",
+                                                 "tenant": "asnobody"}).status == 201
+        assert p.request("POST", "/v1/mailboxes", {"address": "a@asnobody.example",
+                                                   "password": "pw-as-nobody"}).status == 201
+        assert [e["type"] for e in p.events("asnobody")] == \
+            ["tenant.created", "domain.created", "mailbox.created"]
+        # SIGHUP reloads the tokens as nobody
+        with open(p.tokens, "a") as f:
+            f.write("%s admin\n" % hashlib.sha256(b"after-the-drop").hexdigest())
+        p.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while p.request("GET", "/v1/tenants/acme", token="after-the-drop").status != 200:
+            assert time.monotonic() < deadline, "the token added after the drop is refused"
+            time.sleep(0.05)
+        r = p.request("POST", "/v1/tenants/asnobody/suspend", {"reason": "x"},
+                      token="after-the-drop")
+        assert r.status == 200, r.text
+        assert p.events("asnobody")[-1]["type"] == "tenant.suspended"
+        p.request("DELETE", "/v1/mailboxes/a@asnobody.example")
+    finally:
+        if p is not None:
+            log = p.stop()
+            assert "SIGHUP: 4 tokens loaded" in log, log
+            assert "unusable" not in log and "cannot" not in log, log
+        subprocess.run(["rm", "-rf", top])
 
 
 def test_metrics(provd):
