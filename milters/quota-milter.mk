@@ -7,7 +7,7 @@ QUOTA_POLICY_SOURCES = milters/quota-policy.c milters/quota-policy.h
 check_PROGRAMS += tests/unit/test-quota-policy
 TESTS += tests/unit/test-quota-policy
 tests_unit_test_quota_policy_SOURCES = tests/unit/test-quota-policy.c $(QUOTA_POLICY_SOURCES) \
-	milters/quota-redis.c milters/quota-redis.h
+	milters/quota-redis.c milters/quota-redis.h milters/quota-traffic.c milters/quota-traffic.h
 tests_unit_test_quota_policy_CFLAGS = $(UNIT_CFLAGS) -I$(top_srcdir)/milters $(HIREDIS_CFLAGS) \
 	-DTN_QUOTA_GOLDEN_DIR='"$(abs_top_srcdir)/tests/unit"'
 EXTRA_DIST += tests/unit/test-quota-policy.in tests/unit/test-quota-policy.ref
@@ -17,7 +17,7 @@ tests_unit_test_quota_policy_LDADD = $(UNIT_LDADD)
 # tn-submit-milter will share (socket options, reload thread, /metrics).
 sbin_PROGRAMS += milters/tn-quota-milter
 milters_tn_quota_milter_SOURCES = milters/tn-quota-milter.c $(QUOTA_POLICY_SOURCES) \
-	milters/quota-redis.c milters/quota-redis.h \
+	milters/quota-redis.c milters/quota-redis.h milters/quota-traffic.c milters/quota-traffic.h \
 	milters/tn-milter-common.c milters/tn-milter-common.h
 milters_tn_quota_milter_CFLAGS = $(AM_CFLAGS) $(MILTER_CFLAGS) $(JANSSON_CFLAGS) \
 	$(HIREDIS_CFLAGS) $(MICROHTTPD_CFLAGS)

@@ -20,14 +20,14 @@
 #include "tn-mem.h"
 
 #define QUOTA_REDIS_KEEP (7 * 86400)	/* traffic kept after its hour */
-#define QUOTA_REDIS_TENANTS_MAX 64	/* tenants counted per message, at most */
 
-/* KEYS: traffic hashes. ARGV: bytes, expire-at (Unix s). */
+/* KEYS: traffic hashes. ARGV: per key messages, bytes, expire-at (Unix s). */
 static const char quota_redis_script_traffic[] =
 	"for i = 1, #KEYS do\n"
-	"  redis.call('HINCRBY', KEYS[i], 'msgs_in', 1)\n"
-	"  redis.call('HINCRBY', KEYS[i], 'bytes_in', ARGV[1])\n"
-	"  redis.call('EXPIREAT', KEYS[i], ARGV[2])\n"
+	"  local j = (i - 1) * 3\n"
+	"  redis.call('HINCRBY', KEYS[i], 'msgs_in', ARGV[j + 1])\n"
+	"  redis.call('HINCRBY', KEYS[i], 'bytes_in', ARGV[j + 2])\n"
+	"  redis.call('EXPIREAT', KEYS[i], ARGV[j + 3])\n"
 	"end\n"
 	"return #KEYS\n";
 
@@ -114,31 +114,36 @@ static int quota_redis_eval(struct quota_redis *qr, const struct tn_cache_script
 	return ret;
 }
 
-int quota_redis_traffic(struct quota_redis *qr, const char *const *tenants, size_t n,
-			int64_t bytes, int64_t wall_time, tn_msec_t deadline)
+int quota_redis_traffic(void *ctx, const struct quota_traffic_item *items, size_t n)
 {
-	const char *argv[1 + QUOTA_REDIS_TENANTS_MAX + 2];
-	char *keys[QUOTA_REDIS_TENANTS_MAX], nkeys[24], b[24], at[24], period[11];
+	struct quota_redis *qr = ctx;
+	const char *argv[1 + QUOTA_TRAFFIC_BATCH * 4];
+	char *keys[QUOTA_TRAFFIC_BATCH], nkeys[24], nums[QUOTA_TRAFFIC_BATCH][3][24], period[11];
 	long long v;
 	int argc = 0, ret;
 
 	if (n == 0)
 		return 0;
-	if (n > QUOTA_REDIS_TENANTS_MAX)
-		n = QUOTA_REDIS_TENANTS_MAX;
-	quota_redis_period(wall_time, period);
+	if (n > QUOTA_TRAFFIC_BATCH)
+		return -1;
 	snprintf(nkeys, sizeof(nkeys), "%zu", n);
-	snprintf(b, sizeof(b), "%" PRId64, bytes);
-	snprintf(at, sizeof(at), "%" PRId64, wall_time - wall_time % 3600 + 3600 + QUOTA_REDIS_KEEP);
 	argv[argc++] = nkeys;
 	for (size_t i = 0; i < n; i++) {
+		quota_redis_period(items[i].hour, period);
 		keys[i] = tn_mem_printf("%straffic:%s:%s", tn_cache_key_prefix(qr->cache),
-					tenants[i], period);
+					items[i].tenant, period);
 		argv[argc++] = keys[i];
 	}
-	argv[argc++] = b;
-	argv[argc++] = at;
-	ret = quota_redis_eval(qr, &qr->traffic, argc, argv, deadline, &v);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(nums[i][0], sizeof(nums[i][0]), "%" PRId64, items[i].msgs);
+		snprintf(nums[i][1], sizeof(nums[i][1]), "%" PRId64, items[i].bytes);
+		snprintf(nums[i][2], sizeof(nums[i][2]), "%" PRId64,
+			 items[i].hour + 3600 + QUOTA_REDIS_KEEP);
+		for (int k = 0; k < 3; k++)
+			argv[argc++] = nums[i][k];
+	}
+	ret = quota_redis_eval(qr, &qr->traffic, argc, argv,
+			       tn_time_now_ms() + qr->timeout, &v);
 	for (size_t i = 0; i < n; i++)
 		tn_mem_free(&keys[i]);
 	return ret;

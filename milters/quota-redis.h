@@ -12,6 +12,7 @@
  *	all nodes). Usage counters and quota.exceeded's limiter are
  *	lib/tn-usage's (the keys the Dovecot plugin shares).
  *
+ *	Traffic arrives in batches from quota-traffic.h's flusher.
  *	Every call is one EVAL on the shared cache code's pooled
  *	connections (lib/tn-cache.h): bounded by redis_timeout and the
  *	deadline, failing at once while Redis is marked down.
@@ -22,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quota-traffic.h"
 #include "tn-conf.h"
 #include "tn-time.h"
 
@@ -32,10 +34,10 @@ struct quota_redis;
 struct quota_redis *quota_redis_create(const struct tn_conf *conf, const char **error_r);
 void quota_redis_destroy(struct quota_redis **qr);
 
-/* Count one message of bytes for each of tenants[0..n-1] in the hour
- * of wall_time (Unix seconds). 0 or -1. */
-int quota_redis_traffic(struct quota_redis *qr, const char *const *tenants, size_t n,
-			int64_t bytes, int64_t wall_time, tn_msec_t deadline);
+/* A quota_traffic_send_fn (ctx: the quota_redis): add items[0..n-1]
+ * (n <= QUOTA_TRAFFIC_BATCH) to their traffic hashes in one script
+ * call bounded by redis_timeout. 0 or -1. */
+int quota_redis_traffic(void *ctx, const struct quota_traffic_item *items, size_t n);
 /* A refusal of tenant for reason: 1 when it is to be reported
  * (*suppressed_r: refusals since the previous report), 0 when one was
  * reported less than window ms ago (this one is counted), -1. */

@@ -107,6 +107,10 @@ static const struct tn_conf_param quota_milter_params[] = {
 	  "at most one event per quota, and per tenant and reason, in this interval" },
 	{ "quota_milter_count_traffic", TN_CONF_BOOL, "yes", 0, 0, NULL,
 	  "count accepted messages and bytes per tenant for usage.rollup" },
+	{ "quota_milter_traffic_flush_interval", TN_CONF_TIME, "1s", 10, 60000, NULL,
+	  "traffic counters are summed in memory and written to Redis this often" },
+	{ "quota_milter_traffic_max_pending", TN_CONF_INT, "100000", 100, 10000000, NULL,
+	  "counters (tenant and hour) waiting for Redis, at most; beyond it new ones are dropped" },
 	{ "quota_milter_tenant_header", TN_CONF_STR, "", 0, 0, NULL,
 	  "header naming the recipients' tenants, incoming copies removed (empty: none)" },
 	{ "quota_milter_metrics_listen", TN_CONF_STR, "127.0.0.1:9466", 0, 0, NULL,
@@ -157,6 +161,7 @@ struct qm_daemon {
 	struct tn_lookup *lookup;
 	struct tn_usage *usage;
 	struct quota_redis *redis;
+	struct quota_traffic *traffic;	/* NULL: not counted in Redis */
 	struct tn_outbox *outbox;
 	pthread_mutex_t set_lock;
 	struct qm_settings *set;	/* under set_lock */
@@ -686,12 +691,15 @@ static void qm_count_traffic(const struct qm_msg *m, const struct tn_log_ctx *lc
 		return;
 	atomic_fetch_add(&qm.m.messages, 1);
 	atomic_fetch_add(&qm.m.bytes, (uint_fast64_t)m->size);
-	if (!m->set->count_traffic || qm.redis == NULL)
+	if (!m->set->count_traffic || qm.traffic == NULL)
 		return;
-	if (quota_redis_traffic(qm.redis, tenants, n, m->size, tn_time_wall(),
-				tn_time_now_ms() + quota_redis_timeout(qm.redis)) < 0) {
-		atomic_fetch_add(&qm.m.redis_failures[QM_REDIS_TRAFFIC], 1);
-		tn_log(TN_LOG_WARNING, lc, "traffic not counted: Redis did not answer");
+	if (quota_traffic_add(qm.traffic, tenants, n, m->size, tn_time_wall()) < 0) {
+		static atomic_int_fast64_t last_warning;
+		tn_msec_t now = tn_time_now_ms(), last = atomic_load(&last_warning);
+
+		if (now - last >= 10000 && atomic_compare_exchange_strong(&last_warning, &last, now))
+			tn_log(TN_LOG_WARNING, lc, "traffic not counted: too many counters wait for"
+			       " Redis (quota_milter_traffic_max_pending)");
 	}
 }
 
@@ -776,10 +784,18 @@ static void qm_render_counters(FILE *f)
 			quota_policy_result_name((enum quota_policy_result)i),
 			(unsigned long long)atomic_load(&qm.m.eom[i]));
 	fputs("# TYPE tn_quota_milter_redis_failures_total counter\n", f);
-	for (int i = 0; i < QM_REDIS_OPS; i++)
+	for (int i = 0; i < QM_REDIS_OPS; i++) {
+		unsigned long long n = atomic_load(&qm.m.redis_failures[i]);
+
+		if (i == QM_REDIS_TRAFFIC && qm.traffic != NULL) {	/* failed batches */
+			struct quota_traffic_stats st;
+
+			quota_traffic_get_stats(qm.traffic, &st);
+			n += st.failed_batches;
+		}
 		fprintf(f, "tn_quota_milter_redis_failures_total{op=\"%s\"} %llu\n",
-			qm_redis_op_names[i],
-			(unsigned long long)atomic_load(&qm.m.redis_failures[i]));
+			qm_redis_op_names[i], n);
+	}
 	fputs("# TYPE tn_quota_milter_events_total counter\n", f);
 	for (int t = 0; t < QM_EV_TYPES; t++)
 		for (int o = 0; o < QM_EV_OUTCOMES; o++)
@@ -804,6 +820,17 @@ static void qm_render_gauges(FILE *f)
 		(long long)atomic_load(&qm.m.sessions));
 	fprintf(f, "# TYPE tn_quota_milter_transactions gauge\n"
 		"tn_quota_milter_transactions %lld\n", (long long)atomic_load(&qm.m.transactions));
+	if (qm.traffic != NULL) {
+		struct quota_traffic_stats st;
+
+		quota_traffic_get_stats(qm.traffic, &st);
+		fprintf(f, "# TYPE tn_quota_milter_traffic_pending gauge\n"
+			"tn_quota_milter_traffic_pending %zu\n"
+			"# TYPE tn_quota_milter_traffic_counters_total counter\n"
+			"tn_quota_milter_traffic_counters_total{outcome=\"sent\"} %llu\n"
+			"tn_quota_milter_traffic_counters_total{outcome=\"dropped\"} %llu\n",
+			st.pending, (unsigned long long)st.sent, (unsigned long long)st.dropped);
+	}
 }
 
 static char *qm_render(void *context)
@@ -883,6 +910,9 @@ static int qm_backends(const char **error_r)
 	    (qm.redis = quota_redis_create(qm.conf, error_r)) == NULL)
 		tn_warning("%s: quotas are not enforced, traffic is not counted, events are"
 			   " not recorded", *error_r);
+	else
+		qm.traffic = quota_traffic_create(quota_redis_traffic, qm.redis,
+			(size_t)tn_conf_int(qm.conf, "quota_milter_traffic_max_pending"));
 	qm.outbox = tn_outbox_create_conf(qm.conf);
 	return 0;
 }
@@ -928,6 +958,10 @@ static int qm_start_services(void)
 		return EX_CONFIG;
 	}
 	if (tn_lookup_start(qm.lookup, &error) < 0 ||
+	    (qm.traffic != NULL &&
+	     quota_traffic_start(qm.traffic,
+				 tn_conf_time_ms(qm.conf, "quota_milter_traffic_flush_interval"),
+				 &error) < 0) ||
 	    tn_milter_common_reload_start(qm_reload, NULL, &error) < 0) {
 		tn_error("%s", error);
 		return EX_SOFTWARE;
@@ -958,6 +992,7 @@ static void qm_teardown(void)
 {
 	tn_milter_common_metrics_stop(&qm.http);
 	tn_outbox_destroy(&qm.outbox);
+	quota_traffic_destroy(&qm.traffic);	/* its last flush needs qm.redis */
 	quota_redis_destroy(&qm.redis);
 	tn_usage_destroy(&qm.usage);
 	tn_lookup_destroy(&qm.lookup);

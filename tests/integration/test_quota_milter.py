@@ -357,16 +357,31 @@ def test_recipients_of_three_tenants_each_get_their_answer(milter, stack):
                  "dave@acme.example": ("over_quota", "452 4.2.2"),
                  "bob@acme.example": ("pass", "continue")}
     assert eom == "continue"
-    # counted once per tenant, whatever its number of recipients
+    # counted once per tenant, whatever its number of recipients, by the
+    # flusher within its interval (1 s), not at the end of message
+    traffic = wait_traffic(stack, {"acme", "initech"})
+    assert traffic["acme"][0] == "1" and traffic["initech"][0] == "1"
+    assert 3000 < traffic["acme"][1] < 3100
+
+
+def read_traffic(stack):
     traffic = {}
     for key in stack.redis.cli("--scan", "--pattern", PREFIX + "traffic:*").split():
         tenant = key.split(":")[3]
         traffic[tenant] = stack.redis.cli("HGET", key, "msgs_in"), \
             int(stack.redis.cli("HGET", key, "bytes_in"))
         assert 7 * 86400 < int(stack.redis.cli("TTL", key)) <= 8 * 86400
-    assert set(traffic) == {"acme", "initech"}
-    assert traffic["acme"][0] == "1" and traffic["initech"][0] == "1"
-    assert 3000 < traffic["acme"][1] < 3100
+    return traffic
+
+
+def wait_traffic(stack, tenants, timeout=5):
+    deadline = time.monotonic() + timeout
+    while True:
+        traffic = read_traffic(stack)
+        if set(traffic) == tenants:
+            return traffic
+        assert time.monotonic() < deadline, traffic
+        time.sleep(0.1)
 
 
 def test_end_of_message_rechecks_with_the_real_size(milter, stack):
@@ -633,6 +648,10 @@ def test_slapd_killed_is_451_then_normal_after_restart(milter, stack):
 
 
 def test_redis_stopped_quota_unenforced_and_counted(milter, stack):
+    deadline = time.monotonic() + 5     # earlier tests' traffic sent first
+    while milter.metrics()["tn_quota_milter_traffic_pending"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     before = milter.metrics()
     stack.redis.stop()
     try:
@@ -648,11 +667,22 @@ def test_redis_stopped_quota_unenforced_and_counted(milter, stack):
         assert after[key] > before[key]
         assert after['tn_quota_milter_rcpt_decisions_total{result="unenforced"}'] > \
             before['tn_quota_milter_rcpt_decisions_total{result="unenforced"}']
+        # the message's traffic waits in memory while Redis is away
+        deadline = time.monotonic() + 5
+        while milter.metrics()['tn_quota_milter_redis_failures_total{op="traffic"}'] <= \
+                before['tn_quota_milter_redis_failures_total{op="traffic"}']:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert milter.metrics()["tn_quota_milter_traffic_pending"] == 1
     finally:
         stack.redis.start()
-    # Redis is back (empty): reseeded, the quota is enforced again
+    # Redis is back (empty): reseeded, the quota is enforced again, and the
+    # traffic counted during the outage arrives, once
     seed_usage(stack, {"mbx:dave@acme.example": 5 * MiB, "ten:acme": 5 * MiB})
     wait_quota_enforced(milter)
+    traffic = wait_traffic(stack, {"acme"}, timeout=10)
+    assert traffic["acme"][0] == "1" and 100 < traffic["acme"][1] < 200
+    assert milter.metrics()["tn_quota_milter_traffic_pending"] == 0
 
 
 def wait_quota_enforced(milter):

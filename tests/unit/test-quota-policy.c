@@ -10,7 +10,11 @@
  *	"<code> <enhanced> <reason> <scope>" for a refusal, "continue
  *	<result>" otherwise (TN_GOLDEN_PRINT=1 prints what the code
  *	answers instead of comparing). Then end-of-message cases, SIZE= parsing, the account's flattening and the traffic
- *	counters' hour (milters/quota-redis.c).
+ *	counters' hour (milters/quota-redis.c), and the traffic
+ *	counters' batching against a fake sink (milters/quota-traffic.c):
+ *	sums per tenant and hour, batches of at most QUOTA_TRAFFIC_BATCH,
+ *	a failed batch kept and merged, the pending bound, the flusher
+ *	thread and the last flush at destroy.
  *--*/
 #include <errno.h>
 #include <stdarg.h>
@@ -25,6 +29,8 @@
 
 #include "quota-policy.h"
 #include "quota-redis.h"
+#include "quota-traffic.h"
+#include "tn-time.h"
 
 #define MiB (INT64_C(1024) * 1024)
 
@@ -377,6 +383,216 @@ static void test_traffic_period(void **state)
 	assert_string_equal(buf, "2026112221");
 }
 
+/* A fake Redis: the sums it was sent, per "tenant@hour". */
+struct fake_sink {
+	int fail;			/* calls left to fail */
+	size_t calls, max_batch;
+	char names[600][48];
+	int64_t msgs[600], bytes[600];
+	size_t n;
+};
+
+static int fake_send(void *ctx, const struct quota_traffic_item *items, size_t n)
+{
+	struct fake_sink *f = ctx;
+
+	f->calls++;
+	if (n > f->max_batch)
+		f->max_batch = n;
+	if (f->fail > 0) {
+		f->fail--;
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char name[48];
+		size_t j;
+
+		snprintf(name, sizeof(name), "%s@%lld", items[i].tenant, (long long)items[i].hour);
+		for (j = 0; j < f->n && strcmp(f->names[j], name) != 0; j++)
+			;
+		if (j == f->n) {
+			assert_true(f->n < 600);
+			strcpy(f->names[f->n++], name);
+		}
+		f->msgs[j] += items[i].msgs;
+		f->bytes[j] += items[i].bytes;
+	}
+	return 0;
+}
+
+static int64_t fake_get(const struct fake_sink *f, const char *name, int64_t *bytes_r)
+{
+	for (size_t j = 0; j < f->n; j++)
+		if (strcmp(f->names[j], name) == 0) {
+			if (bytes_r != NULL)
+				*bytes_r = f->bytes[j];
+			return f->msgs[j];
+		}
+	return 0;
+}
+
+static void test_traffic_sums_and_batches(void **state)
+{
+	struct fake_sink *f = calloc(1, sizeof(*f));
+	struct quota_traffic *qt = quota_traffic_create(fake_send, f, 0);
+	const char *two[] = { "acme", "initech" };
+	struct quota_traffic_stats st;
+	int64_t b = 0;
+
+	(void)state;
+	/* three messages in one hour, one in the next: two counters for acme */
+	assert_int_equal(quota_traffic_add(qt, two, 2, 100, 7200), 0);
+	assert_int_equal(quota_traffic_add(qt, two, 1, 50, 7200 + 3599), 0);
+	assert_int_equal(quota_traffic_add(qt, two, 1, 7, 10800), 0);
+	quota_traffic_get_stats(qt, &st);
+	assert_int_equal(st.pending, 3);
+	assert_int_equal(f->calls, 0);		/* nothing is sent while adding */
+	assert_int_equal(quota_traffic_flush(qt), 0);
+	assert_int_equal(f->calls, 1);
+	assert_int_equal(fake_get(f, "acme@7200", &b), 2);
+	assert_int_equal(b, 150);
+	assert_int_equal(fake_get(f, "initech@7200", &b), 1);
+	assert_int_equal(b, 100);
+	assert_int_equal(fake_get(f, "acme@10800", &b), 1);
+	assert_int_equal(b, 7);
+	quota_traffic_get_stats(qt, &st);
+	assert_int_equal(st.pending, 0);
+	assert_int_equal(st.sent, 3);
+	assert_int_equal(quota_traffic_flush(qt), 0);	/* nothing pending: no call */
+	assert_int_equal(f->calls, 1);
+
+	/* 600 tenants: batches of at most QUOTA_TRAFFIC_BATCH, all sent */
+	for (int i = 0; i < 600; i++) {
+		char name[16];
+		const char *one[] = { name };
+
+		snprintf(name, sizeof(name), "t%d", i);
+		assert_int_equal(quota_traffic_add(qt, one, 1, i, 7200), 0);
+	}
+	f->calls = 0;
+	f->n = 0;
+	assert_int_equal(quota_traffic_flush(qt), 0);
+	assert_int_equal(f->calls, 3);
+	assert_int_equal(f->max_batch, QUOTA_TRAFFIC_BATCH);
+	assert_int_equal(f->n, 600);
+	assert_int_equal(fake_get(f, "t599@7200", &b), 1);
+	assert_int_equal(b, 599);
+	quota_traffic_destroy(&qt);
+	assert_null(qt);
+	free(f);
+}
+
+static void test_traffic_failure_keeps_and_merges(void **state)
+{
+	struct fake_sink *f = calloc(1, sizeof(*f));
+	struct quota_traffic *qt = quota_traffic_create(fake_send, f, 0);
+	const char *acme[] = { "acme" };
+	struct quota_traffic_stats st;
+	int64_t b = 0;
+
+	(void)state;
+	quota_traffic_add(qt, acme, 1, 10, 3600);
+	f->fail = 2;
+	assert_int_equal(quota_traffic_flush(qt), -1);	/* Redis down */
+	quota_traffic_add(qt, acme, 1, 5, 3600);	/* added meanwhile: merges */
+	assert_int_equal(quota_traffic_flush(qt), -1);
+	quota_traffic_get_stats(qt, &st);
+	assert_int_equal(st.pending, 1);
+	assert_int_equal(st.failed_batches, 2);
+	assert_int_equal(st.sent, 0);
+	assert_int_equal(quota_traffic_flush(qt), 0);	/* back: sent once, summed */
+	assert_int_equal(fake_get(f, "acme@3600", &b), 2);
+	assert_int_equal(b, 15);
+	assert_int_equal(f->n, 1);
+
+	quota_traffic_destroy(&qt);
+	free(f);
+}
+
+static int fail_second(void *ctx, const struct quota_traffic_item *items, size_t n)
+{
+	struct fake_sink *f = ctx;
+
+	if (f->calls == 1) {
+		f->calls++;
+		return -1;
+	}
+	return fake_send(ctx, items, n);
+}
+
+static void test_traffic_partial_failure(void **state)
+{
+	struct fake_sink *f = calloc(1, sizeof(*f));
+	struct quota_traffic *qt = quota_traffic_create(fail_second, f, 0);
+	struct quota_traffic_stats st;
+
+	(void)state;
+	for (int i = 0; i < 600; i++) {
+		char name[16];
+		const char *one[] = { name };
+
+		snprintf(name, sizeof(name), "v%d", i);
+		quota_traffic_add(qt, one, 1, 1, 0);
+	}
+	assert_int_equal(quota_traffic_flush(qt), -1);
+	quota_traffic_get_stats(qt, &st);
+	assert_int_equal(st.sent, QUOTA_TRAFFIC_BATCH);
+	assert_int_equal(st.pending, 600 - QUOTA_TRAFFIC_BATCH);
+	assert_int_equal(quota_traffic_flush(qt), 0);
+	assert_int_equal(f->n, 600);		/* every counter exactly once */
+	for (size_t j = 0; j < f->n; j++)
+		assert_int_equal(f->msgs[j], 1);
+	quota_traffic_destroy(&qt);
+	free(f);
+}
+
+static void test_traffic_pending_bound(void **state)
+{
+	struct fake_sink *f = calloc(1, sizeof(*f));
+	struct quota_traffic *qt = quota_traffic_create(fake_send, f, 2);
+	const char *a[] = { "a" }, *b[] = { "b" }, *c[] = { "c" };
+	struct quota_traffic_stats st;
+
+	(void)state;
+	assert_int_equal(quota_traffic_add(qt, a, 1, 1, 0), 0);
+	assert_int_equal(quota_traffic_add(qt, b, 1, 1, 0), 0);
+	assert_int_equal(quota_traffic_add(qt, c, 1, 1, 0), -1);	/* a new counter: dropped */
+	assert_int_equal(quota_traffic_add(qt, a, 1, 1, 0), 0);	/* an existing one still adds */
+	quota_traffic_get_stats(qt, &st);
+	assert_int_equal(st.pending, 2);
+	assert_int_equal(st.dropped, 1);
+	quota_traffic_destroy(&qt);		/* the last flush sends what is pending */
+	assert_int_equal(fake_get(f, "a@0", NULL), 2);
+	assert_int_equal(fake_get(f, "b@0", NULL), 1);
+	assert_int_equal(fake_get(f, "c@0", NULL), 0);
+	free(f);
+}
+
+static void test_traffic_flusher_thread(void **state)
+{
+	struct fake_sink *f = calloc(1, sizeof(*f));
+	struct quota_traffic *qt = quota_traffic_create(fake_send, f, 0);
+	const char *a[] = { "a" };
+	const char *error = NULL;
+	tn_msec_t until = tn_time_now_ms() + 5000;
+	struct quota_traffic_stats st;
+
+	(void)state;
+	assert_int_equal(quota_traffic_start(qt, 20, &error), 0);
+	quota_traffic_add(qt, a, 1, 3, 0);
+	do {
+		struct timespec ts = { 0, 5 * 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+		quota_traffic_get_stats(qt, &st);
+	} while (st.sent == 0 && tn_time_now_ms() < until);
+	assert_int_equal(st.sent, 1);		/* sent by the thread within its interval */
+	quota_traffic_add(qt, a, 1, 4, 0);
+	quota_traffic_destroy(&qt);		/* stops the thread and sends the rest */
+	assert_int_equal(fake_get(f, "a@0", NULL), 2);
+	free(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -388,6 +604,11 @@ int main(void)
 		cmocka_unit_test(test_result_names),
 		cmocka_unit_test(test_rcpt_from_account),
 		cmocka_unit_test(test_traffic_period),
+		cmocka_unit_test(test_traffic_sums_and_batches),
+		cmocka_unit_test(test_traffic_failure_keeps_and_merges),
+		cmocka_unit_test(test_traffic_partial_failure),
+		cmocka_unit_test(test_traffic_pending_bound),
+		cmocka_unit_test(test_traffic_flusher_thread),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
