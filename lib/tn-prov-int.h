@@ -67,7 +67,7 @@ struct tn_prov_kind_desc {
 	const char *name;		/* "mailbox" */
 	const char *objectclass;	/* "tnMailbox" */
 	const char *key_attr;		/* "mail" */
-	const char *event_prefix;	/* "mailbox"; NULL: no events (aliases) */
+	const char *event_prefix;	/* "mailbox"; NULL: no events */
 	bool event_key;			/* events carry the key field */
 	const struct tn_prov_field *fields;	/* NULL-name terminated; key first */
 };

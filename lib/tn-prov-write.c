@@ -1059,7 +1059,7 @@ static enum tn_prov_status tn_prov_create_step(struct tn_prov_op *op, void *arg)
 	struct tn_prov_wr *w = arg;
 	struct tn_prov_entry *tenant = NULL;
 	enum tn_prov_status st = tn_prov_create_owner(op, w, &tenant);
-	char *dn = NULL;
+	char *dn = NULL, type[64];
 
 	struct tn_prov_usage share;
 
@@ -1080,13 +1080,13 @@ static enum tn_prov_status tn_prov_create_step(struct tn_prov_op *op, void *arg)
 		if (st != TN_PROV_OK && !op->broken)	/* refused, not lost */
 			tn_prov_release(op, w->tenant, &w->share);
 	}
-	if (st == TN_PROV_OK)
-		st = tn_prov_commit(op, w, op->kd->event_prefix == NULL ? NULL :
-				    op->kd->kind == TN_PROV_TENANT ? "tenant.created" :
-				    op->kd->kind == TN_PROV_DOMAIN ? "domain.created" :
-				    "mailbox.created",
-				    op->kd->event_prefix == NULL ? NULL :
-				    tn_prov_created_data(op, w->now->obj), true, TN_PROV_CREATED);
+	if (st == TN_PROV_OK && op->kd->event_prefix == NULL) {
+		st = tn_prov_commit(op, w, NULL, NULL, true, TN_PROV_CREATED);
+	} else if (st == TN_PROV_OK) {
+		snprintf(type, sizeof(type), "%s.created", op->kd->event_prefix);
+		st = tn_prov_commit(op, w, type, tn_prov_created_data(op, w->now->obj), true,
+				    TN_PROV_CREATED);
+	}
 	if (st == TN_PROV_EVENT_FAILED)
 		tn_prov_release(op, w->tenant, &w->share);
 	tn_prov_entry_free(&tenant);
@@ -1213,11 +1213,12 @@ static void tn_prov_append_events(struct tn_prov_evjob *jobs, size_t n)
 static void tn_prov_batch_commit(struct tn_prov_op *op, struct tn_prov_batch *b,
 				 const bool *added)
 {
-	const char *type = op->kd->kind == TN_PROV_TENANT ? "tenant.created" :
-		op->kd->kind == TN_PROV_DOMAIN ? "domain.created" : "mailbox.created";
 	struct tn_prov_evjob *jobs = tn_mem_calloc(b->n, sizeof(*jobs));
 	size_t nj = 0, *of = tn_mem_calloc(b->n, sizeof(*of));
+	char type[64];
 
+	snprintf(type, sizeof(type), "%s.created",
+		 op->kd->event_prefix != NULL ? op->kd->event_prefix : "");
 	for (size_t i = 0; i < b->n; i++) {
 		if (!added[i])
 			continue;
@@ -1628,6 +1629,10 @@ static void tn_prov_diff(struct tn_prov_op *op, struct tn_prov_wr *w)
 		if ((f->flags & TN_PF_EVENT) != 0)
 			json_object_set_new(w->changes, name, json_pack("{s:O,s:O}", "old",
 						old != NULL ? old : json_null(), "new", v));
+		else if (f->type == TN_PF_PASSWORD || f->type == TN_PF_HASH)
+			/* named, never shown: neither the hash nor the secret */
+			json_object_set_new(w->changes, "password", json_pack("{s:n,s:n}",
+						"old", "new"));
 	}
 }
 

@@ -115,8 +115,8 @@ static const struct tn_prov_field tn_prov_mailbox_fields[] = {
 static const struct tn_prov_field tn_prov_alias_fields[] = {
 	{ "address", "mail", TN_PF_ADDRESS, KEY, 0 },
 	{ "tenant", NULL, TN_PF_TENANT, C | O, 0 },
-	{ "targets", "tnAliasTarget", TN_PF_TARGETS, C | M | O | TN_PF_REQUIRED, 0 },
-	{ "description", "description", TN_PF_TEXT, C | M | O, 1024 },
+	{ "targets", "tnAliasTarget", TN_PF_TARGETS, C | M | E | O | TN_PF_REQUIRED, 0 },
+	{ "description", "description", TN_PF_TEXT, C | M | E | O, 1024 },
 	TN_PROV_STATUS_FIELDS,
 	{ NULL, NULL, 0, 0, 0 }
 };
@@ -136,7 +136,7 @@ static const struct tn_prov_kind_desc tn_prov_kinds[] = {
 	  tn_prov_domain_fields },
 	{ TN_PROV_MAILBOX, "mailbox", "tnMailbox", "mail", "mailbox", true,
 	  tn_prov_mailbox_fields },
-	{ TN_PROV_ALIAS, "alias", "tnMailAlias", "mail", NULL, true, tn_prov_alias_fields },
+	{ TN_PROV_ALIAS, "alias", "tnMailAlias", "mail", "alias", true, tn_prov_alias_fields },
 };
 
 const struct tn_prov_kind_desc *tn_prov_kind_desc(enum tn_prov_kind kind)

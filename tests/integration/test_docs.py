@@ -25,12 +25,17 @@ What is checked:
     its options) in COMMANDS, no command tnctl does not have, the global
     options of the usage message in OPTIONS, and the exit statuses
     exercised here in EXIT STATUS.
+  * docs/events.md: every ```json example parses and is an envelope of
+    its section's type whose data has exactly the fields of that type's
+    table; every provisioning event type (tenant, domain, mailbox, alias
+    x created, updated, suspended, resumed, deleted) is catalogued.
   * The pages format with "groff -man -ww" without a warning.
 
 Standard library only.  A missing tnctl or groff fails the test (it does
 not skip): a skipped documentation test looks green.
 """
 
+import json
 import os
 import re
 import shutil
@@ -387,6 +392,65 @@ def test_tnctl_exit_statuses_are_documented(empty_conf):
     missing = [str(s) for s in (0, 1, EX_USAGE, 75, EX_CONFIG)
                if str(s) not in documented]
     report(["EXIT STATUS lacks %s" % s for s in missing], TNCTL_PAGE)
+
+
+# --- docs/events.md ------------------------------------------------------------------
+
+EVENTS_MD = os.path.join(TOP, "docs", "events.md")
+PROV_EVENT_TYPES = ["%s.%s" % (kind, verb)
+                    for kind in ("tenant", "domain", "mailbox", "alias")
+                    for verb in ("created", "updated", "suspended", "resumed", "deleted")]
+
+
+def event_sections():
+    """{type: (field names of its table, [example objects])} of the
+    catalogue: a "## type" or "### type" heading, its first "| field |"
+    table, and its ```json blocks (each must parse)."""
+    with open(EVENTS_MD, encoding="utf-8") as f:
+        text = f.read()
+    out = {}
+    parts = re.split(r"^#{2,3} ([a-z]+\.[a-z]+)\n", text, flags=re.M)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        body = re.split(r"^#{1,3} ", body, flags=re.M)[0]
+        table = re.search(r"^\| field \|.*\n\|[-|]+\|\n((?:\|.*\n)+)", body, re.M)
+        fields = re.findall(r"^\| `([a-z_]+)` \|", table.group(1), re.M) if table else []
+        examples = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", body, re.S)]
+        out[name] = (fields, examples)
+    return out
+
+
+def test_event_catalogue_examples_match_their_tables():
+    """Every ```json example of docs/events.md parses, is an envelope of
+    its section's type, and its data holds exactly the fields of that
+    type's table; every type the provisioning core emits has a section
+    and a row in the catalogue's first table."""
+    with open(EVENTS_MD, encoding="utf-8") as f:
+        text = f.read()
+    for block in re.findall(r"```json\n(.*?)```", text, re.S):
+        json.loads(block)
+    secs = event_sections()
+    problems = []
+    listed = set(re.findall(r"`([a-z]+\.[a-z]+)`", text.split("\n\n|")[1].split("\n\n")[0]))
+    for etype in PROV_EVENT_TYPES:
+        if etype not in secs:
+            problems.append("%s: no section" % etype)
+        if etype not in listed:
+            problems.append("%s: not in the catalogue's table" % etype)
+    for etype, (fields, examples) in sorted(secs.items()):
+        if not examples:
+            problems.append("%s: no example" % etype)
+        for ex in examples:
+            if ex.get("type") != etype:
+                problems.append("%s: example of type %r" % (etype, ex.get("type")))
+                continue
+            for member in ("id", "occurred_at", "tenant", "sequence", "origin", "data"):
+                if member not in ex:
+                    problems.append("%s: example without %s" % (etype, member))
+            data = set(ex.get("data", {}))
+            if fields and data != set(fields):
+                problems.append("%s: example data %s, table %s" % (etype, sorted(data),
+                                                                   sorted(fields)))
+    report(problems, EVENTS_MD)
 
 
 # --- formatting --------------------------------------------------------------------

@@ -339,7 +339,7 @@ def test_lifecycle_under_asan(stack, prov):
     ok(p("purge", "tenant", key="asan", overrides=NO_GRACE))
 
 
-def test_alias_lifecycle_and_no_events(stack, prov):
+def test_alias_lifecycle_and_events(stack, prov):
     make_tenant(prov, "ali")
     ok(prov.create("mailbox", {"address": "box@ali.example"}), "created")
     before = len(prov.events("ali"))
@@ -347,12 +347,14 @@ def test_alias_lifecycle_and_no_events(stack, prov):
                                  "targets": ["Box@ali.example", "ext@other.example"]}),
            "created")
     assert r["object"]["targets"] == ["box@ali.example", "ext@other.example"]
+    assert r["event_sequence"] == before + 1, r
     a = lookup(stack, "team@ali.example")["account"]
     assert a["kind"] == "alias"
     assert sorted(a["targets"]) == ["box@ali.example", "ext@other.example"]
     ok(prov.modify("alias", "team@ali.example", {"targets": ["box@ali.example"]}))
     assert lookup(stack, "team@ali.example")["account"]["targets"] == \
         ["box@ali.example"]
+    ok(prov.modify("alias", "team@ali.example", {"targets": ["box@ali.example"]}))  # no change
     ok(prov.status("suspend", "alias", "team@ali.example"))
     assert lookup(stack, "team@ali.example")["account"]["status"] == "suspended"
     # a mailbox and an alias share one address space
@@ -365,7 +367,58 @@ def test_alias_lifecycle_and_no_events(stack, prov):
                 ["a@b.example"] * 101):
         r = prov.create("alias", {"address": "bad@ali.example", "targets": bad})
         assert r["status"] == "bad_input" and r["field"] == "targets", (bad, r)
-    assert prov.events("ali")[before:] == []    # events.md: aliases have none
+    ok(prov.status("resume", "alias", "team@ali.example"))
+    ok(prov.modify("alias", "team@ali.example", {"description": "the team"}))
+    ok(prov.status("delete", "alias", "team@ali.example", "gone"))
+    # every write made one event, in order, none for the refusals and the no-change
+    evs = prov.events("ali")[before:]
+    assert [e["sequence"] for e in evs] == list(range(before + 1, before + 7))
+    assert [e["type"] for e in evs] == ["alias.created", "alias.updated", "alias.suspended",
+                                        "alias.resumed", "alias.updated", "alias.deleted"]
+    actor = {"kind": "admin", "id": "tn-prov-probe"}
+    assert evs[0]["data"] == {"address": "team@ali.example",
+                              "targets": ["box@ali.example", "ext@other.example"],
+                              "description": None, "status": "active", "actor": actor}
+    assert evs[1]["data"] == {"address": "team@ali.example", "actor": actor, "changes": {
+        "targets": {"old": ["box@ali.example", "ext@other.example"],
+                    "new": ["box@ali.example"]}}}
+    assert evs[2]["data"] == {"address": "team@ali.example", "previous_status": "active",
+                              "reason": "", "actor": actor}
+    assert evs[3]["data"]["previous_status"] == "suspended"
+    assert evs[4]["data"]["changes"] == {"description": {"old": None, "new": "the team"}}
+    assert evs[5]["data"]["reason"] == "gone" and evs[5]["data"]["purge_after"].endswith("Z")
+    assert {e["tenant"] for e in evs} == {"ali"}
+
+
+def test_alias_event_failure_undoes_the_write(stack, prov):
+    """An alias write whose event cannot be recorded is undone like the
+    others (event_failed, nothing changed), and goes through once the
+    outbox has room."""
+    make_tenant(prov, "alf")
+    ok(prov.create("mailbox", {"address": "box@alf.example"}), "created")
+    ok(prov.create("alias", {"address": "keep@alf.example", "targets": ["box@alf.example"]}),
+       "created")
+    full = {"outbox_max_events": str(len(os.listdir(os.path.join(prov.outbox, "new"))))}
+    n = len(prov.events("alf"))
+    r = prov.create("alias", {"address": "new@alf.example", "targets": ["box@alf.example"]},
+                    overrides=full)
+    assert (r["status"], r["http"], r["changed"]) == ("event_failed", 503, False), r
+    assert not ldap_exists(stack, "(mail=new@alf.example)")
+    assert lookup(stack, "new@alf.example")["result"] == "notfound"
+    r = prov.modify("alias", "keep@alf.example", {"targets": ["x@ext.example"]},
+                    overrides=full)
+    assert r["status"] == "event_failed", r
+    assert ok(prov.get("alias", "keep@alf.example"))["object"]["targets"] == \
+        ["box@alf.example"]
+    assert lookup(stack, "keep@alf.example")["account"]["targets"] == ["box@alf.example"]
+    r = prov.status("delete", "alias", "keep@alf.example", overrides=full)
+    assert r["status"] == "event_failed", r
+    assert ok(prov.get("alias", "keep@alf.example"))["object"]["status"] == "active"
+    assert len(prov.events("alf")) == n
+    ok(prov.create("alias", {"address": "new@alf.example", "targets": ["box@alf.example"]}),
+       "created")
+    assert [(e["type"], e["sequence"]) for e in prov.events("alf")[n:]] == \
+        [("alias.created", n + 1)]
 
 
 # --- reads right after writes: a long-lived process too ------------------
@@ -811,13 +864,30 @@ def test_clear_password_is_sha512_crypt_that_dovecot_verifies(stack, prov):
     assert len(salt) == 16
     assert doveadm_verify(h, "Tr0ub4dor&3") == 0
     assert doveadm_verify(h, "wrong") != 0
-    # a new password: a new salt; no event (events.md)
+    # a new password: a new salt; a mailbox.updated naming the password, never
+    # showing it (events.md)
     n = len(prov.events("pw"))
     r = ok(prov.modify("mailbox", "u@pw.example", {"password": "Tr0ub4dor&3"}))
-    assert r["changed"] is True and "event_id" not in r
+    assert r["changed"] is True and r["event_sequence"] == n + 1, r
     h2 = stored_password(stack, "u@pw.example")
     assert h2 != h and doveadm_verify(h2, "Tr0ub4dor&3") == 0
-    assert len(prov.events("pw")) == n
+    evs = prov.events("pw")[n:]
+    assert [e["type"] for e in evs] == ["mailbox.updated"]
+    assert evs[0]["data"] == {"address": "u@pw.example",
+                              "changes": {"password": {"old": None, "new": None}},
+                              "actor": {"kind": "admin", "id": "tn-prov-probe"}}
+    # a hash given, with another field: both named, the hash nowhere
+    given = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", "given-secret"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    ok(prov.modify("mailbox", "u@pw.example", {"password_hash": given, "name": "U"}))
+    assert stored_password(stack, "u@pw.example") == given
+    ev = prov.events("pw")[-1]
+    assert ev["type"] == "mailbox.updated" and ev["data"]["changes"] == {
+        "name": {"old": None, "new": "U"}, "password": {"old": None, "new": None}}
+    text = json.dumps(prov.events("pw"))
+    for secret in ("Tr0ub4dor", "given-secret", "$6$", given.split("$")[-1], h[14:],
+                   h2[14:]):
+        assert secret not in text, secret
     # rounds are a setting
     ok(prov.modify("mailbox", "u@pw.example", {"password": "x"},
                    overrides={"prov_password_rounds": "12345"}))
