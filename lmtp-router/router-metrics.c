@@ -37,7 +37,7 @@
 
 static const char *const metrics_results[TN_RR_N] = {
 	"delivered", "store_refused", "unknown", "directory_tempfail", "no_route",
-	"store_unavailable", "too_big",
+	"store_unavailable", "too_big", "loop",
 };
 
 static const char *const metrics_bounds[ROUTER_LAT_BUCKETS] = {

@@ -48,6 +48,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/util.h>
@@ -112,6 +113,9 @@ struct tn_router_session {
 	size_t ndtx;
 	uint64_t data_bytes;
 	bool too_big, linestart, skipping, throttled, closing;
+	bool in_header;			/* DATA: still in the header section */
+	bool looped;			/* our own Received: line, or too many */
+	unsigned hops;			/* Received: lines seen */
 	bool out_blocked;		/* replies pile up: not reading */
 	int spool_fd;			/* this message is spooled, or -1 */
 	bool spool_error;
@@ -240,6 +244,9 @@ static void session_reset(struct tn_router_session *s)
 	s->size_decl = 0;
 	s->body8 = false;
 	s->too_big = false;
+	s->looped = false;
+	s->in_header = false;
+	s->hops = 0;
 	s->tenant = NULL;
 	if (s->spool_fd >= 0)
 		close(s->spool_fd);
@@ -497,7 +504,7 @@ static void session_spool_end(struct tn_router_session *s)
 static void session_data_write(struct tn_router_session *s, const void *data, size_t len)
 {
 	s->data_bytes += len;
-	if (s->too_big)
+	if (s->too_big || s->looped)
 		return;
 	if (s->r->set.size_max > 0 && s->data_bytes > s->r->set.size_max) {
 		s->too_big = true;
@@ -516,6 +523,18 @@ static void session_data_write(struct tn_router_session *s, const void *data, si
 
 static void session_data_end(struct tn_router_session *s)
 {
+	if (s->looped && !s->too_big) {
+		for (size_t i = 0; i < s->nrcpts; i++) {
+			if (s->rcpts[i]->accepted)
+				tn_router_session_rcpt_reply(s, i, 554, s->hops > s->r->set.max_hops ?
+							     "5.4.6 too many hops (a mail loop)" :
+							     "5.4.6 routing loop: the message "
+							     "passed this router already",
+							     TN_RR_LOOP, "-");
+		}
+		session_final_replies(s);
+		return;
+	}
 	if (s->too_big) {
 		for (size_t i = 0; i < s->nrcpts; i++) {
 			struct session_rcpt *rc = s->rcpts[i];
@@ -551,6 +570,64 @@ static void session_data_end(struct tn_router_session *s)
 	tn_router_session_dtx_progress(s);
 }
 
+/* A line of the header section (without its CRLF; for a line longer
+ * than a chunk, its first chunk). Received: lines are counted, and one
+ * naming this router's instance means the message came round: either
+ * way its store transactions are aborted before their final dot and
+ * every recipient gets 554 5.4.6 at the end (Postfix's own answer to a
+ * hop count over hopcount_limit), so the loop ends with a bounce
+ * instead of circling. */
+static void session_header_line(struct tn_router_session *s, const char *line, size_t len)
+{
+	const char *inst = s->r->instance;
+
+	if (len == 0) {
+		s->in_header = false;
+		return;
+	}
+	if (len < 9 || strncasecmp(line, "Received:", 9) != 0 || s->looped)
+		return;
+	s->hops++;
+	if (s->hops <= s->r->set.max_hops && memmem(line, len, inst, strlen(inst)) == NULL)
+		return;
+	s->looped = true;
+	for (size_t i = 0; i < s->ndtx; i++)
+		tn_router_store_dtx_destroy(&s->dtxs[i]);
+	s->ndtx = 0;
+	session_log(s, TN_LOG_WARNING, s->tenant, "mail loop: %s; refused for every recipient "
+		    "(554 5.4.6)", s->hops > s->r->set.max_hops ?
+		    "more Received: lines than router_max_hops" :
+		    "the message carries this router's own Received: line");
+}
+
+/* Our trace line, first in the message (RFC 5321 4.4), on one line so
+ * that session_header_line() finds the instance in it when the
+ * message comes back. Client-given names are reduced to safe bytes. */
+static void session_received(struct tn_router_session *s)
+{
+	const char *helo = tn_router_session_client_helo(s);
+	const char *addr = tn_router_session_client_addr(s);
+	char h[64], a[64], date[40], line[400];
+	struct tm tm;
+	time_t now = time(NULL);
+	int n;
+
+	snprintf(h, sizeof(h), "%s", helo != NULL ? helo : "unknown");
+	snprintf(a, sizeof(a), "%s", addr != NULL ? addr : "local");
+	for (char *p = h; *p != '\0'; p++)
+		if (!isalnum((unsigned char)*p) && strchr(".-_:[]", *p) == NULL)
+			*p = '?';
+	for (char *p = a; *p != '\0'; p++)
+		if (!isxdigit((unsigned char)*p) && strchr(".:", *p) == NULL)
+			*p = '?';
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	n = snprintf(line, sizeof(line), "Received: from %s (%s) by %s (%s) with LMTP id %s; %s\r\n",
+		     h, a, s->r->set.hostname, s->r->instance, s->id, date);
+	if (n > 0 && (size_t)n < sizeof(line))
+		session_data_write(s, line, (size_t)n);
+}
+
 /* One step of the message: 1 when something was consumed, 0 when more
  * input is needed (or the destinations are full). */
 static int session_data_step(struct tn_router_session *s)
@@ -568,6 +645,8 @@ static int session_data_step(struct tn_router_session *s)
 		evbuffer_remove(in, buf, SESSION_DATA_CHUNK);
 		len = buf[SESSION_DATA_CHUNK - 1] == '\r' ? SESSION_DATA_CHUNK - 1 :
 			SESSION_DATA_CHUNK;
+		if (s->in_header && s->linestart)
+			session_header_line(s, buf, len);
 		if (len < SESSION_DATA_CHUNK)
 			evbuffer_prepend(in, "\r", 1);
 		session_data_write(s, buf, len);
@@ -580,6 +659,8 @@ static int session_data_step(struct tn_router_session *s)
 		session_data_end(s);
 		return 1;
 	}
+	if (s->in_header && s->linestart)
+		session_header_line(s, buf, (size_t)eol.pos);
 	buf[eol.pos] = '\r';
 	buf[eol.pos + 1] = '\n';
 	session_data_write(s, buf, (size_t)eol.pos + 2);
@@ -837,6 +918,11 @@ static void cmd_data(struct tn_router_session *s, const char *args)
 	s->state = SS_DATA;
 	s->data_bytes = 0;
 	s->linestart = true;
+	s->in_header = true;
+	s->hops = 0;
+	s->looped = false;
+	if (s->r->set.received_header)
+		session_received(s);
 	session_reply(s, "354 go ahead, end with <CRLF>.<CRLF>");
 }
 

@@ -61,6 +61,7 @@ enum tn_router_result {
 	TN_RR_NOROUTE,		/* 451 4.3.5 */
 	TN_RR_UNAVAILABLE,	/* 451 4.4.x: no store could be reached */
 	TN_RR_TOO_BIG,		/* 552 5.3.4 */
+	TN_RR_LOOP,		/* 554 5.4.6: a routing loop or too many hops */
 	TN_RR_N
 };
 
@@ -93,6 +94,8 @@ struct tn_router_settings {
 	uint64_t spool_threshold;	/* 0: never */
 	const char *spool_dir;
 	const char *hostname;
+	bool received_header;		/* prepend our Received: line */
+	unsigned max_hops;		/* Received: lines a message may carry */
 };
 
 struct tn_router_conn;

@@ -89,6 +89,10 @@ const struct tn_conf_param tn_router_params[] = {
 	  "recipients per transaction (more: 452 4.5.3)" },
 	{ "router_message_size_limit", TN_CONF_SIZE, "50m", 0, 0, NULL,
 	  "largest message (0: unlimited); announced as SIZE" },
+	{ "router_received_header", TN_CONF_BOOL, "yes", 0, 0, NULL,
+	  "prepend a Received: line naming this router and the session to every message" },
+	{ "router_max_hops", TN_CONF_INT, "50", 1, 1000, NULL,
+	  "Received: lines a message may carry (more: 554 5.4.6, a mail loop)" },
 	{ "router_session_timeout", TN_CONF_TIME, "300s", 100, TN_MS(3600), NULL,
 	  "a client silent this long is disconnected" },
 	{ "router_max_sessions", TN_CONF_INT, "10000", 1, 1000000, NULL,
@@ -198,6 +202,8 @@ static int router_settings(struct tn_router *r, const char **error_r)
 	set->low_wm = tn_conf_size(r->conf, "router_buffer_low_watermark");
 	set->spool_threshold = tn_conf_size(r->conf, "router_spool_threshold");
 	set->spool_dir = tn_conf_str(r->conf, "router_spool_directory");
+	set->received_header = tn_conf_bool(r->conf, "router_received_header");
+	set->max_hops = (unsigned)tn_conf_int(r->conf, "router_max_hops");
 	if (set->low_wm >= set->high_wm) {
 		*error_r = "router_buffer_low_watermark must be below router_buffer_high_watermark";
 		return -1;

@@ -895,6 +895,101 @@ def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
         assert r3.stop() == 0
 
 
+def delivered_text(topo, i, user, mark):
+    """The file of store i's Maildir of user holding mark."""
+    for sub in ("new", "cur"):
+        d = os.path.join(topo.stores[i].maildir(user), sub)
+        for name in os.listdir(d) if os.path.isdir(d) else []:
+            with open(os.path.join(d, name), "rb") as f:
+                data = f.read()
+            if mark.encode() in data:
+                return data.decode(errors="replace")
+    return None
+
+
+def test_received_line_names_the_router_and_the_session(topo):
+    m = marker()
+    c = Raw(topo.router)
+    c.send("LHLO mx.example\r\nXFORWARD HELO=client.example ADDR=192.0.2.7\r\n"
+           "MAIL FROM:<%s>\r\nRCPT TO:<bob@acme.example>\r\nDATA\r\n" % SENDER)
+    assert [g[0] for g in c.replies(5)] == [250, 250, 250, 250, 354]
+    c.send(message(m) + ".\r\n")
+    code, text = c.reply()
+    c.close()
+    assert code == 250, text
+    sid = re.search(r"\[(\w+)\]$", text).group(1)
+    assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+    data = delivered_text(topo, 0, "bob@acme.example", m)
+    ours = [l for l in data.splitlines() if "(tn-lmtp-router/" in l]
+    assert len(ours) == 1, data[:1000]
+    assert re.match(r"Received: from client\.example \(192\.0\.2\.7\) by \S+ "
+                    r"\(tn-lmtp-router/[0-9A-F]{8}\) with LMTP id %s; "
+                    r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000$" % sid, ours[0]), ours
+    # above the message's own header lines
+    assert data.index(ours[0]) < data.index("Subject: %s" % m)
+
+
+def test_too_many_hops_is_554_and_nothing_delivered(topo):
+    """A message that already carries more Received: lines than
+    router_max_hops (50) is a mail loop: 554 5.4.6 for every recipient
+    (Postfix bounces it, as its own hopcount_limit does), no store gets
+    it; 50 lines pass."""
+    before = topo.router.metric('tn_router_recipients_total', result='loop')
+    hops = "".join("Received: from hop%d by relay%d; Mon, 23 Nov 2026 06:00:00 +0000\r\n"
+                   % (i, i) for i in range(51))
+    m = marker()
+    _, data = topo.router.transaction(SENDER, ["bob@acme.example", "peter@initech.example"],
+                                      hops + message(m))
+    assert [c for c, _ in data] == [554, 554], data
+    assert data[0][1].startswith("5.4.6 too many hops"), data
+    assert topo.router.metric('tn_router_recipients_total', result='loop') == before + 2
+    m2 = marker()
+    hops = hops.split("\r\n", 1)[1]           # 50 lines
+    _, data = topo.router.transaction(SENDER, ["bob@acme.example"], hops + message(m2))
+    assert [c for c, _ in data] == [250], data
+    assert wait_counts(topo, "bob@acme.example", m2, [1, 0, 0]) == [1, 0, 0]
+    time.sleep(0.3)
+    assert topo.counts("bob@acme.example", m) == [0, 0, 0]
+    assert topo.counts("peter@initech.example", m) == [0, 0, 0]
+
+
+def test_loop_through_two_routers_ends_at_once_with_554(topo, tmp_path):
+    """Router A's pool-b member is router B and B's is A: a pool-b
+    message goes A -> B -> A, where A finds its own Received: line and
+    answers 554 5.4.6; B passes it back and A's client gets it for that
+    recipient at once, the other recipient is delivered. No store gets
+    the looping copy, and the routers talk a handful of times, not
+    round after round."""
+    overrides = dict(topo.router.overrides)
+    for k in ("router_listen", "router_control_socket", "router_metrics_listen"):
+        overrides.pop(k)
+    ra = tnrouter.Router(tmp_path / "ra", topo.stack.conf, dict(overrides), start=False)
+    rb = tnrouter.Router(tmp_path / "rb", topo.stack.conf, dict(overrides), start=False)
+    ra.overrides["router_pool_members"] = "pool-a=127.0.0.1:%d pool-b=127.0.0.1:%d" % (
+        topo.stores[0].lmtp_port, rb.port)
+    rb.overrides["router_pool_members"] = "pool-a=127.0.0.1:%d pool-b=127.0.0.1:%d" % (
+        topo.stores[0].lmtp_port, ra.port)
+    ra.start()
+    rb.start()
+    try:
+        m = marker()
+        t0 = time.monotonic()
+        _, data = ra.transaction(SENDER, ["peter@initech.example", "bob@acme.example"],
+                                 message(m))
+        assert time.monotonic() - t0 < 5
+        assert [c for c, _ in data] == [554, 250], data
+        assert "5.4.6" in data[0][1] and "loop" in data[0][1], data
+        ra.wait_log(r"mail loop: the message carries this router's own Received: line")
+        assert wait_counts(topo, "bob@acme.example", m, [1, 0, 0]) == [1, 0, 0]
+        time.sleep(0.3)
+        assert topo.counts("peter@initech.example", m) == [0, 0, 0]
+        assert ra.metric("tn_router_sessions_total") < 10
+        assert rb.metric("tn_router_sessions_total") < 10
+    finally:
+        assert ra.stop() == 0
+        assert rb.stop() == 0
+
+
 # --- malformed input ----------------------------------------------------------------------
 
 class Raw:
