@@ -109,6 +109,12 @@ def test_tenants_domains_aliases_in_batches(stack, provd):
     assert statuses(r) == [201, 400], r.text
     assert lookup(stack, "all@bt1.example")["result"] == "found"
     assert lookup(stack, "bt2", "--tenant")["result"] == "found"
+    # each created object has its own event, aliases included
+    evs = provd.events("bt1")
+    assert [e["type"] for e in evs] == ["tenant.created", "domain.created"] + \
+        ["mailbox.created"] * 4 + ["alias.created"], evs
+    assert evs[-1]["data"]["address"] == "all@bt1.example" and \
+        evs[-1]["data"]["targets"] == ["u0@bt1.example", "u2@bt1.example"]
 
 
 def test_a_tenant_token_creates_only_in_its_tenant(stack, provd):
