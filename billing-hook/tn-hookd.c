@@ -718,6 +718,12 @@ static unsigned hookd_active_endpoints(const struct hookd *hd)
 
 /* --- scanning --------------------------------------------------------------------- */
 
+struct hookd_bad_line;
+static bool hookd_quarantine_file(struct hookd *hd, const char *dir, const char *name,
+				  const struct hookd_ep *ep, bool link, const char *why);
+static void hookd_quarantine_line(struct hookd *hd, const struct hookd_ep *ep,
+				  const char *seg_id, const struct hookd_bad_line *b);
+
 /* A retry file left empty by a crash (written, renamed, not yet on disk)
  * while its event's segment is still there: the segment's copy is used.
  * True when the item was dropped for that. */
@@ -790,9 +796,15 @@ static bool hookd_scan_segment(struct hookd *hd, struct hookd_ep *ep, int dfd,
 		return false;
 	}
 	hookd_lines_parse(&lines, hd->scratch, (size_t)len);
+	if (lines.n == 0) {
+		/* nothing to deliver from it: kept in bad/, never released */
+		hookd_quarantine_file(hd, ep->qdir, name, ep, false,
+				      lines.nbad == 0 ? "empty file" : lines.bad[0].why);
+		hookd_lines_free(&lines);
+		return false;
+	}
 	for (size_t i = 0; i < lines.nbad; i++)
-		tn_warning("endpoint %s: %s/%s line %u: %s; skipped", ep->conf.name, ep->qdir,
-			   name, lines.bad[i].line, lines.bad[i].why);
+		hookd_quarantine_line(hd, ep, seg_id, &lines.bad[i]);
 	hookd_seg_index(hd, ep, seg_id, &lines, dfd);
 	hookd_lines_free(&lines);
 	return ep->q.count > before;
@@ -933,43 +945,76 @@ static void hookd_rescan(struct hookd *hd)
 
 /* --- fan-out ---------------------------------------------------------------------- */
 
-static void hookd_quarantine(struct hookd *hd, const char *name, const char *why)
+static void hookd_count_quarantined(struct hookd *hd)
 {
-	char from[PATH_MAX], to[PATH_MAX];
-
-	snprintf(from, sizeof(from), "%s/%s", hd->newdir, name);
-	snprintf(to, sizeof(to), "%s/%s", hd->baddir, name);
-	if (rename(from, to) < 0) {
-		if (errno != ENOENT)
-			tn_error("cannot quarantine %s: %s", from, strerror(errno));
-		return;
-	}
-	tn_warning("quarantined %s to %s: %s", from, hd->baddir, why);
 	pthread_mutex_lock(&hd->mlock);
 	hd->quarantined++;
 	pthread_mutex_unlock(&hd->mlock);
 }
 
-/* A bad line of segment seg_id goes to bad/<seg_id>.line<N>, with a log
- * line; the segment's other events are delivered. */
-static void hookd_quarantine_line(struct hookd *hd, const char *seg_id,
-				  const struct hookd_bad_line *b)
+/* Move dir/name to bad/<ep>.<name> (ep NULL: a file of new/, bad/<name>)
+ * with a log line naming both; link: keep dir/name too (a segment some
+ * of whose events are still to be delivered from it). false when the
+ * file vanished or could not be moved (logged). */
+static bool hookd_quarantine_file(struct hookd *hd, const char *dir, const char *name,
+				  const struct hookd_ep *ep, bool link, const char *why)
 {
-	char path[PATH_MAX];
+	char from[PATH_MAX], to[PATH_MAX];
+	int rc;
+
+	snprintf(from, sizeof(from), "%s/%s", dir, name);
+	snprintf(to, sizeof(to), "%s/%s%s%s", hd->baddir, ep != NULL ? ep->conf.name : "",
+		 ep != NULL ? "." : "", name);
+	rc = link ? linkat(AT_FDCWD, from, AT_FDCWD, to, 0) : rename(from, to);
+	if (rc < 0 && link && errno == EEXIST) {
+		tn_warning("%s: %s (already quarantined as %s)", from, why, to);
+		return true;
+	}
+	if (rc < 0) {
+		if (errno != ENOENT)
+			tn_error("cannot quarantine %s to %s: %s", from, to, strerror(errno));
+		return false;
+	}
+	tn_warning("quarantined %s to %s: %s", from, to, why);
+	hookd_count_quarantined(hd);
+	return true;
+}
+
+static void hookd_quarantine(struct hookd *hd, const char *name, const char *why)
+{
+	hookd_quarantine_file(hd, hd->newdir, name, NULL, false, why);
+}
+
+/* A bad line of segment seg_id goes to bad/<seg_id>.line<N> (a file of
+ * new/; ep NULL) or bad/<ep>.<seg_id>.line<N> (a segment found in ep's
+ * queue), with a log line; the segment's other events are delivered. A
+ * line of a queue's segment already quarantined (at fan-out, or by an
+ * earlier scan) is only named in a warning. */
+static void hookd_quarantine_line(struct hookd *hd, const struct hookd_ep *ep,
+				  const char *seg_id, const struct hookd_bad_line *b)
+{
+	char path[PATH_MAX], first[PATH_MAX];
+	const char *dir = ep != NULL ? ep->qdir : hd->newdir;
 	struct iovec iov[2] = { { (void *)b->text, b->len }, { (void *)"\n", 1 } };
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/%s.line%u", hd->baddir, seg_id, b->line);
+	snprintf(path, sizeof(path), "%s/%s%s%s.line%u", hd->baddir,
+		 ep != NULL ? ep->conf.name : "", ep != NULL ? "." : "", seg_id, b->line);
+	snprintf(first, sizeof(first), "%s/%s.line%u", hd->baddir, seg_id, b->line);
+	if (ep != NULL && (access(first, F_OK) == 0 || access(path, F_OK) == 0)) {
+		tn_warning("endpoint %s: %s/%s.json line %u: %s; skipped (quarantined as %s)",
+			   ep->conf.name, dir, seg_id, b->line, b->why,
+			   access(first, F_OK) == 0 ? first : path);
+		return;
+	}
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0660);
 	if (fd < 0 || writev(fd, iov, 2) != (ssize_t)b->len + 1) {
 		tn_error("cannot quarantine line %u of %s/%s.json to %s: %s", b->line,
-			 hd->newdir, seg_id, path, strerror(errno));
+			 dir, seg_id, path, strerror(errno));
 	} else {
 		tn_warning("quarantined line %u of %s/%s.json to %s: %s (the file's other"
-			   " events are delivered)", b->line, hd->newdir, seg_id, path, b->why);
-		pthread_mutex_lock(&hd->mlock);
-		hd->quarantined++;
-		pthread_mutex_unlock(&hd->mlock);
+			   " events are delivered)", b->line, dir, seg_id, path, b->why);
+		hookd_count_quarantined(hd);
 	}
 	if (fd >= 0)
 		close(fd);
@@ -1044,7 +1089,7 @@ static int hookd_fanout_read(struct hookd *hd, int newfd, const char *name,
 		return -1;
 	}
 	for (size_t i = 0; i < lines->nbad; i++)
-		hookd_quarantine_line(hd, qn.id, &lines->bad[i]);
+		hookd_quarantine_line(hd, NULL, qn.id, &lines->bad[i]);
 	lines->nbad = 0;
 	return 1;
 }
@@ -1373,8 +1418,10 @@ static void hookd_req_free(struct hookd_req *r)
 /* The event to send: the one kept since fan-out (first attempt) or read
  * again from its file (retries, events found by a scan, or beyond the
  * memory budget): its own file, or its line of its segment. -1: the
- * file vanished or is unusable (the item is forgotten; an unusable file
- * of its own is removed). */
+ * file vanished or is unusable (the item is forgotten). An unusable file
+ * of its own is moved to bad/<ep>.<name>; a segment without the event's
+ * line (changed since it was indexed) is linked there, its other events
+ * still delivered from it. */
 static int hookd_req_load(struct hookd *hd, struct hookd_req *r)
 {
 	char name[TN_HOOK_QNAME_SIZE], path[PATH_MAX];
@@ -1391,19 +1438,24 @@ static int hookd_req_load(struct hookd *hd, struct hookd_req *r)
 	hookd_item_name(r->item, name);
 	snprintf(path, sizeof(path), "%s/%s", r->ep->qdir, name);
 	if ((len = hookd_read_path(path, hd->scratch, HOOKD_FILE_MAX)) < 0) {
-		if (errno != ENOENT)
+		if (errno == EFBIG) {
+			hookd_quarantine_file(hd, r->ep->qdir, name, r->ep, r->item->seg != NULL,
+					      "larger than a segment can be");
+		} else if (errno != ENOENT) {
 			tn_error("endpoint %s: %s: %s", r->ep->conf.name, path, strerror(errno));
+		}
 		return -1;
 	}
 	if (r->item->seg != NULL) {
 		r->ev = hookd_lines_find(hd->scratch, (size_t)len, r->item->id, &why);
-		if (r->ev == NULL)
-			tn_error("endpoint %s: %s: event %s: %s; dropped", r->ep->conf.name, path,
+		if (r->ev == NULL) {
+			tn_error("endpoint %s: %s: event %s: %s", r->ep->conf.name, path,
 				 r->item->id, why);
+			hookd_quarantine_file(hd, r->ep->qdir, name, r->ep, true,
+					      "an event's line is gone or corrupt");
+		}
 	} else if ((r->ev = hookd_ev_parse(hd->scratch, (size_t)len, r->item->id, &why)) == NULL) {
-		tn_error("endpoint %s: %s: %s; removed from the queue (the original was"
-			 " checked when it arrived)", r->ep->conf.name, path, why);
-		unlink(path);
+		hookd_quarantine_file(hd, r->ep->qdir, name, r->ep, false, why);
 	}
 	return r->ev != NULL ? 0 : -1;
 }

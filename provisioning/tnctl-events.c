@@ -448,7 +448,11 @@ static void tnctl_show_bad(struct tnctl_show *s)
 	DIR *d = opendir(dir);
 
 	while (d != NULL && (de = readdir(d)) != NULL) {
-		if (strncmp(de->d_name, s->id, 36) != 0)
+		const char *dot = strchr(de->d_name, '.');
+
+		/* <id>..., or <endpoint>.<id>... (quarantined from a queue) */
+		if (strncmp(de->d_name, s->id, 36) != 0 &&
+		    (dot == NULL || strncmp(dot + 1, s->id, 36) != 0))
 			continue;
 		s->bad.v = tn_mem_realloc(s->bad.v, (s->bad.n + 1) * sizeof(*s->bad.v));
 		s->bad.v[s->bad.n++] = tn_mem_strdup(de->d_name);

@@ -1132,6 +1132,66 @@ def test_segment_with_a_corrupt_line(case):
               10, "tn_hookd_quarantined_total +1")
 
 
+def test_corrupt_files_in_a_queue_go_to_bad(case):
+    """Files found corrupt in hooks/<e>/queue/ are quarantined, never
+    deleted: a truncated .retry file and a truncated segment go to
+    bad/<e>.<name>, a bad line of a segment that has good ones to
+    bad/<e>.<segment>.line<N> (its good event is delivered), and so does a
+    corrupt dead letter that `tnctl events replay` moves back; each with a
+    log line naming it, counted, tn-hookd still the same process."""
+    h = case.hookd
+    r = case.receiver()
+    ep = case.endpoint("qcorrupt", r)
+    qdir = h.path("hooks", ep, "queue")
+    before = h.metrics().value("tn_hookd_quarantined_total", 0)
+    mark = h.log_mark()
+    pid = h.pid
+    now = int(time.time() * 1000)
+    retry_ev, seg_ev, good, dead_ev = (envelope(case.tenants[0], i + 1) for i in range(4))
+    retry = "%s.2.%d.%d.retry" % (retry_ev["id"], now - 5000, now - 1000)
+    planted = {
+        retry: line(retry_ev)[:50],                              # no newline, cut
+        seg_ev["id"] + ".json": line(seg_ev)[:70] + "\n",        # one cut line
+        good["id"] + ".json": line(good) + "\n" + '{"id":"x"\n',  # line 2 bad
+    }
+    for name, text in planted.items():
+        tmp = os.path.join(qdir, ".plant.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(qdir, name))
+    h.reload()      # SIGHUP: every queue is scanned (as by the rescan)
+    want = {"%s.%s" % (ep, retry): planted[retry],
+            "%s.%s.json" % (ep, seg_ev["id"]): planted[seg_ev["id"] + ".json"],
+            "%s.%s.line2" % (ep, good["id"]): '{"id":"x"\n'}
+    case.wait(lambda: set(want) <= set(h.bad_files()), 20, "%s in bad/" % sorted(want))
+    for name, text in want.items():
+        with open(h.path("bad", name)) as f:
+            assert f.read() == text, name
+    case.wait_delivered(r, [good["id"]], ep)
+    assert not h.queue_files(ep)
+    # a dead letter that is not an event, replayed: quarantined as well
+    os.makedirs(h.path("hooks", ep, "dead"), exist_ok=True)
+    with open(h.path("hooks", ep, "dead", dead_ev["id"] + ".json"), "w") as f:
+        f.write(line(dead_ev)[:40])
+    res = h.tnctl("events", "replay", dead_ev["id"])
+    assert res.returncode == 0, res.stderr
+    dead_bad = "%s.%s.json" % (ep, dead_ev["id"])
+    case.wait(lambda: dead_bad in h.bad_files(), 20, "%s in bad/" % dead_bad)
+    assert not h.queue_files(ep) and not h.dead_files(ep)
+    log = h.log_since(mark)
+    for name in list(want) + [dead_bad]:
+        assert "bad/" + name in log, "no log line names %s:\n%s" % (name, log)
+    assert h.running() and h.pid == pid
+    case.wait(lambda: h.metrics().value("tn_hookd_quarantined_total", 0) >= before + 4,
+              10, "tn_hookd_quarantined_total +4")
+    # tnctl events show finds an event quarantined from a queue
+    res = h.tnctl("events", "show", retry_ev["id"])
+    assert res.returncode == 0 and "bad/%s.%s" % (ep, retry) in res.stdout, \
+        res.stdout + res.stderr
+    # nothing was sent of the corrupt files
+    assert r.unique_ids(False) == {good["id"]}
+
+
 def test_segment_to_two_endpoints_with_different_filters(case):
     """One segment, two endpoints (mailbox.* and quota.*): each gets its
     own events of it, and the segment leaves both queues."""
