@@ -494,6 +494,10 @@ char *tnctl_api_describe(const struct tnctl_api_req *rq)
 	json_t *j;
 	char *out;
 
+	if (rq->http == 0 && rq->fail == TNCTL_API_TLS)
+		return tn_mem_printf("TLS failure with %s (the server's certificate must verify "
+				     "against tnctl_api_ca_file, or the system's CAs when it is "
+				     "empty)", rq->error);
 	if (rq->http == 0)
 		return tn_mem_printf("no answer from %s", rq->error);
 	j = tnctl_api_json(rq);

@@ -15,7 +15,8 @@
  *	idempotency_in_progress 5 times, 429 as long as the server asks,
  *	each after Retry-After (at most 10 s, else 1 s). When the
  *	retries of an unanswered request are used up the run stops
- *	(unreachable), and so it does at a 401 (refused) or a SIGINT
+ *	(unreachable), and so it does at once at a TLS failure (tls: the
+ *	certificate would fail again), a 401 (refused) or a SIGINT
  *	(tnctl_bulk_catch_sigint): the items in flight are finished, those
  *	waiting for a retry are given up ("stopped"), the rest are not
  *	started.
@@ -165,7 +166,7 @@ bool tnctl_bulk_interrupted(void)
 
 bool tnctl_bulk_stopping(const struct tnctl_bulk *b)
 {
-	return tnctl_bulk_sigint || b->unreachable || b->refused;
+	return tnctl_bulk_sigint || b->unreachable || b->refused || b->tls;
 }
 
 static void tnctl_bulk_stop(struct tnctl_bulk *b, bool *flag, const struct tnctl_api_req *rq)
@@ -233,6 +234,11 @@ static void tnctl_bulk_retry(struct tnctl_bulk *b, struct tnctl_bulk_slot *s)
 	long wait = s->rq.retry_after > 0 ? s->rq.retry_after * 1000 : 1000;
 
 	s->in_flight = false;
+	if (net && s->rq.fail == TNCTL_API_TLS) {	/* the same next time: stop */
+		tnctl_bulk_stop(b, &b->tls, &s->rq);
+		tnctl_bulk_final(b, s, NULL);
+		return;
+	}
 	if (++*tries < max && !tnctl_bulk_sigint) {
 		s->not_before = tn_time_now_ms() + (wait > 10000 ? 10000 : wait);
 		return;

@@ -1071,6 +1071,11 @@ static int imp_summary(struct imp *im)
 		fprintf(stderr, "tnctl: import stopped: %s\n", im->bulk.stop_reason);
 		return EX_NOPERM;
 	}
+	if (im->bulk.tls) {
+		fprintf(stderr, "tnctl: import stopped: %s: %zu lines not done; rerun with "
+			"--resume\n", im->bulk.stop_reason, left + im->counts[IMP_FAILED]);
+		return EX_CONFIG;
+	}
 	if (im->bulk.unreachable || tnctl_bulk_interrupted()) {
 		fprintf(stderr, "tnctl: import stopped (%s): %zu lines not done; rerun with "
 			"--resume\n", im->bulk.unreachable ? im->bulk.stop_reason : "interrupted",

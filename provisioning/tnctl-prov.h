@@ -175,6 +175,7 @@ struct tnctl_bulk {
 	void *ctx;
 	/* the outcome */
 	bool unreachable;		/* no answer after the retries */
+	bool tls;			/* a TLS failure: not tried again (78) */
 	bool refused;			/* 401 */
 	char *stop_reason;		/* the answer that stopped the run */
 	/* private */

@@ -1005,6 +1005,10 @@ static int sync_exit(const struct sync *s)
 		fprintf(stderr, "tnctl: sync stopped: %s\n", s->bulk.stop_reason);
 		return EX_NOPERM;
 	}
+	if (s->bulk.tls) {
+		fprintf(stderr, "tnctl: sync stopped: %s\n", s->bulk.stop_reason);
+		return EX_CONFIG;
+	}
 	if (s->bulk.unreachable || tnctl_bulk_interrupted()) {
 		fprintf(stderr, "tnctl: sync stopped (%s): run it again\n",
 			s->bulk.unreachable ? s->bulk.stop_reason : "interrupted");

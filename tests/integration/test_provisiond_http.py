@@ -429,8 +429,52 @@ def test_tls(stack, tmp_path):
         with pytest.raises(ssl.SSLError):
             with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
                 ctx.wrap_socket(s, server_hostname="127.0.0.1")
+        # tnctl over HTTPS: with tnctl_api_ca_file it reads and writes ...
+        url = "https://127.0.0.1:%d" % p.port
+        r = tnctl_api(stack, url, "tenant", "get", "tlst", "--json", ca=tls[2])
+        assert r.returncode == 0 and json.loads(r.stdout)["id"] == "tlst", r.stderr
+        r = tnctl_api(stack, url, "tenant", "update", "tlst", "--name", "Over TLS",
+                      ca=tls[2])
+        assert r.returncode == 0, r.stderr
+        assert p.request("GET", "/v1/tenants/tlst").json["name"] == "Over TLS"
+        # ... without it (the system's CAs), with a CA that is not the
+        # server's, or a CA file that cannot be read: a TLS failure, 78
+        # (tnctl(1) EXIT STATUS), never sent
+        (tmp_path / "other").mkdir()
+        other = make_ca(tmp_path / "other")
+        for ca in (None, other[2], str(tmp_path / "no-such-ca.pem")):
+            r = tnctl_api(stack, url, "tenant", "update", "tlst", "--name", "Not sent",
+                          ca=ca)
+            assert r.returncode == 78, (ca, r.returncode, r.stderr)
+            assert "tnctl: tenant update tlst: " in r.stderr and "TLS" in r.stderr, r.stderr
+        assert p.request("GET", "/v1/tenants/tlst").json["name"] == "Over TLS"
+        # import and sync too: a TLS failure stops them at once (78), not
+        # after retries as for no answer; with the CA the import resumes
+        feed = tmp_path / "tls.csv"
+        feed.write_text("kind,id,name\ntenant,tlsi1,One\ntenant,tlsi2,Two\n")
+        r = tnctl_api(stack, url, "import", "--no-progress", str(feed))
+        assert r.returncode == 78 and "TLS failure" in r.stderr and "--resume" in r.stderr, \
+            (r.returncode, r.stderr)
+        r = tnctl_api(stack, url, "import", "--no-progress", "--resume", str(feed), ca=tls[2])
+        assert r.returncode == 0 and ": 2 created" in r.stdout, (r.stdout, r.stderr)
+        r = tnctl_api(stack, url, "sync", "--kind", "tenant", "--ignore-missing", str(feed))
+        assert r.returncode == 78 and "TLS failure" in r.stderr, (r.returncode, r.stderr)
+        # plain http:// to the HTTPS listener: no HTTP answer, a temporary failure
+        r = tnctl_api(stack, "http://127.0.0.1:%d" % p.port, "tenant", "get", "tlst")
+        assert r.returncode == 75, (r.returncode, r.stderr)
     finally:
         p.stop()
+
+
+def tnctl_api(stack, url, *args, ca=None):
+    cmd = [binary("provisioning/tnctl"), "-c", stack.conf, "-o", "tnctl_api_url=" + url,
+           "-o", "tnctl_api_timeout=10s"]
+    if ca is not None:
+        cmd += ["-o", "tnctl_api_ca_file=" + ca]
+    r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, TNCTL_API_TOKEN=ADMIN), stdin=subprocess.DEVNULL)
+    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
+    return r
 
 
 def test_tls_configuration_errors(provd, tmp_path):
