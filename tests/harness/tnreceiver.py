@@ -43,9 +43,11 @@ changed while the server is down or frozen):
 Rules are tried in order; the first that matches answers.  A rule matches
 when every condition it has holds: "path" (prefix of the request path),
 "ids" (the webhook-id is one of them), "until" (now is before this Unix
-time), "count" (the rule has answered fewer than this many requests since
-the generation was written: counters live in the server's memory and
-start again when the generation changes or the server restarts).  It
+time), "fraction" (a random draw per request: the rule matches that
+fraction of the requests, e.g. 0.1), "count" (the rule has answered fewer
+than this many requests since the generation was written: counters live
+in the server's memory and start again when the generation changes or
+the server restarts).  It
 answers "status" (default 200) with "headers" and "body" after sleeping
 "delay" seconds.  No rule matching: 200.  "secrets" replaces the
 --secret list when present.
@@ -68,6 +70,7 @@ import http.client
 import http.server
 import json
 import os
+import random
 import ssl
 import sys
 import threading
@@ -171,6 +174,8 @@ class _State:
             if "ids" in rule and msg_id not in rule["ids"]:
                 continue
             if "until" in rule and now >= rule["until"]:
+                continue
+            if "fraction" in rule and random.random() >= rule["fraction"]:
                 continue
             if "count" in rule:
                 with self.lock:

@@ -18,11 +18,13 @@ import re
 import socket
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 from tnhookd import Hookd, Killer, specs_round_robin, wait_until
+from tnprobe import binary
 from tnreceiver import Receiver, check_signature
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -693,6 +695,114 @@ def test_10000_events_with_hookd_killed_in_a_loop(own, tmp_path):
     finally:
         if killer is not None:
             killer.stop()
+        c.close()
+
+
+class SpoolWatcher(threading.Thread):
+    """Looks at new/ and a queue every 50 ms while a test runs: the most
+    lines seen in one file of new/ (segments of several events) and the
+    .retry files seen in the queue."""
+
+    def __init__(self, hookd, endpoint):
+        super().__init__(daemon=True)
+        self.hookd, self.endpoint = hookd, endpoint
+        self.max_lines = 0
+        self.retries = set()
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.wait(0.05):
+            for n in self.hookd.new_files()[:8]:
+                try:
+                    with open(self.hookd.path("new", n), "rb") as f:
+                        self.max_lines = max(self.max_lines, f.read().count(b"\n"))
+                except FileNotFoundError:
+                    pass
+            self.retries.update(n for n in self.hookd.queue_files(self.endpoint)
+                                if RETRY_NAME.match(n))
+
+    def stop(self):
+        self._halt.set()
+        self.join(10)
+
+
+def test_segments_and_random_500s_with_hookd_killed_in_a_loop(own, tmp_path):
+    """The kill -9 loop with real multi-event segments and failures: two
+    tn-bench-hookd appenders of 8 threads each (group commit: segments of
+    several events) in rounds, a receiver answering 500 to about 10% of
+    the requests at random (events leave their segments as .retry files,
+    segments are split and released), tn-hookd killed -9 every 0.3-0.8 s
+    and restarted.  Every appended id arrives, with one body per id; each
+    tenant's sequences are 1..N; new/, the queue, bad/ and dead/ end
+    empty."""
+    threads, per_thread, rounds, procs, ntenants = 8, 40, 8, 2, 6
+    h = own()
+    tenants = ["bench%d" % i for i in range(ntenants)]
+    c = Case(h, tmp_path, tenants)
+    conf = str(tmp_path / "append.conf")
+    with open(conf, "w") as f:
+        f.write("outbox_dir = %s\n" % h.outbox)
+    bench = binary("bench/tn-bench-hookd")
+    killer = watcher = None
+    try:
+        r = c.receiver()
+        r.set_behaviour([{"status": 500, "fraction": 0.1}])
+        c.endpoint("crash500", r, concurrency=8)
+        watcher = SpoolWatcher(h, "crash500")
+        watcher.start()
+        killer = Killer(h, 0.3, 0.8)
+        killer.start()
+        ids, want = set(), collections.Counter()
+        for k in range(rounds):
+            recs = [str(tmp_path / ("rec.%d.%d" % (k, p))) for p in range(procs)]
+            ps = [subprocess.Popen([bench, "append", "-c", conf, "-t", str(threads),
+                                    "-n", str(per_thread), "-T", str(ntenants),
+                                    "-r", rec], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for rec in recs]
+            for p, rec in zip(ps, recs):
+                out, err = p.communicate(timeout=120)
+                assert p.returncode == 0, (out, err)
+                with open(rec) as f:
+                    ids.update(line.split()[0] for line in f)
+                for w in range(threads):
+                    for i in range(per_thread):
+                        want["bench%d" % ((w + i) % ntenants)] += 1
+            time.sleep(0.4)
+        total = threads * per_thread * rounds * procs
+        assert len(ids) == total == sum(want.values())
+        c.wait(lambda: len(r.unique_ids()) >= total // 2, 120, "half delivered")
+        killer.stop()
+        assert not killer.errors, "restart failed: %s\n%s" % (killer.errors, c.details())
+        assert killer.kills >= 8, killer.kills
+        c.wait_delivered(r, ids, "crash500", timeout=180)
+        c.wait(lambda: not h.pending(["crash500"]), 30, "new/ and the queue empty")
+        watcher.stop()
+        assert watcher.max_lines > 1, "no segment of several events seen"
+        assert watcher.retries, "no .retry file seen in the queue"
+        reqs = r.requests()
+        assert sum(1 for q in reqs if q["status"] == 500) > total // 50
+        got = r.unique_ids()
+        assert got == ids, "missing %d, unexpected %d" % (len(ids - got), len(got - ids))
+        bodies = collections.defaultdict(set)
+        for q in reqs:
+            assert q.event()["id"] == q.id, q
+            bodies[q.id].add(q.body)
+        changed = [i for i, b in bodies.items() if len(b) != 1]
+        assert not changed, "bodies differ between duplicates: %s" % changed[:3]
+        assert all(q["sig"]["ok"] for q in reqs)
+        seqs = per_tenant_sequences(r.events().values())
+        assert {t: len(s) for t, s in seqs.items()} == dict(want)
+        for t, s in seqs.items():
+            assert s == list(range(1, want[t] + 1)), "tenant %s: gaps or extras" % t
+        assert not h.bad_files() and not h.dead_files("crash500")
+        print("%d events in segments of up to %d: %d kills, %d requests, %d answered 500,"
+              " %d .retry files seen" % (total, watcher.max_lines, killer.kills, len(reqs),
+                                         sum(1 for q in reqs if q["status"] == 500),
+                                         len(watcher.retries)))
+    finally:
+        for t in (killer, watcher):
+            if t is not None:
+                t.stop()
         c.close()
 
 
