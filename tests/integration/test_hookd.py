@@ -1073,6 +1073,82 @@ def test_switches_to_hookd_user(own, tmp_path):
         subprocess.run(["rm", "-rf", top])
 
 
+def test_producers_as_different_users(tmp_path):
+    """The outbox as docs/outbox.md's install step makes it (tmp/ new/
+    seq/ bad/ hooks/ 2770 root:G, the outbox 0750 root:G; G is nobody's
+    group here, so that tn-hookd as nobody is in it): tnctl emits one
+    tenant's events alternately as root and as nobody, whose only access
+    is G as a supplementary group (primary group another, umask 077).
+    Sequences are 1..N in emit order, every file in new/ and the counter
+    are 0660 in G (made by both users), and tn-hookd, switching to nobody
+    (hookd_user), renames and delivers every one of them."""
+    import grp
+    import pwd
+    import tempfile
+    nobody = pwd.getpwnam("nobody")
+    group = nobody.pw_gid
+    used = {g.gr_gid for g in grp.getgrall()}
+    other_gid = next(g for g in range(4242, 65000) if g not in used)
+    tnctl = binary("provisioning/tnctl")
+    top = tempfile.mkdtemp(prefix="tn-hookd-users-")
+    try:
+        os.chmod(top, 0o755)
+        h = Hookd(os.path.join(top, "h"), params={"hookd_user": "nobody"})
+        for d in ("tmp", "new", "seq", "bad", "hooks"):     # the install step
+            os.makedirs(h.path(d), exist_ok=True)
+            os.chown(h.path(d), 0, group)
+            os.chmod(h.path(d), 0o2770)
+        os.chown(h.outbox, 0, group)
+        os.chmod(h.outbox, 0o750)
+        os.chown(h.endpoints_dir, 0, group)
+        os.chmod(h.workdir, 0o755)
+        os.chmod(h.conf, 0o644)
+        c = Case(h, tmp_path, ["users-a"])
+        try:
+            r = c.receiver()
+            c.endpoint("users", r, wait=False)
+            os.chown(h.endpoint_path("users"), 0, group)
+
+            def as_nobody():
+                os.setgroups([group])
+                os.setgid(other_gid)
+                os.setuid(nobody.pw_uid)
+                os.umask(0o077)
+            emitted = []
+            for i in range(20):
+                res = subprocess.run(
+                    [tnctl, "-c", h.conf, "events", "emit", "mailbox.updated",
+                     "--tenant", "users-a", "--data", json.dumps({"i": i}), "--json"],
+                    capture_output=True, text=True, timeout=30,
+                    preexec_fn=as_nobody if i % 2 else None)
+                assert res.returncode == 0, (i, res.stderr)
+                emitted.append(dict(json.loads(res.stdout), type="mailbox.updated",
+                                    tenant="users-a"))
+            assert [e["sequence"] for e in emitted] == list(range(1, 21))
+            files = [h.path("new", n) for n in h.new_files()] + [h.path("seq", "users-a")]
+            assert len(files) == 21, files
+            owners = set()
+            for f in files:
+                st = os.stat(f)
+                assert (st.st_mode & 0o7777, st.st_gid) == (0o660, group), \
+                    "%s: mode %o gid %d" % (f, st.st_mode & 0o7777, st.st_gid)
+                owners.add(st.st_uid)
+            assert owners == {0, nobody.pw_uid}, owners
+            h.start()
+            with open("/proc/%d/status" % h.pid) as f:
+                ids = dict(line.split(":", 1) for line in f if ":" in line)
+            assert ids["Uid"].split() == [str(nobody.pw_uid)] * 4, ids["Uid"]
+            c.wait_delivered(r, [e["id"] for e in emitted], "users")
+            c.wait(lambda: not h.pending(["users"]), 20, "new/ and the queue empty")
+            assert_complete_sequences(r.events().values(), emitted)
+            assert not h.bad_files()
+        finally:
+            h.stop()
+            c.close()
+    finally:
+        subprocess.run(["rm", "-rf", top])
+
+
 # --- metrics -------------------------------------------------------------------------
 
 
