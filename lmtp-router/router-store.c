@@ -82,6 +82,8 @@ struct tn_router_conn {
 	enum conn_state state;
 	bool pipelining, size_ok, eightbit;
 	unsigned xclient;		/* XCLIENT attributes offered (XC_*) */
+	bool xc_pipelined;		/* XCLIENT, LHLO and the envelope in one write */
+	bool xc_refused;		/* the store refused XCLIENT: never again */
 	bool reused;			/* served a transaction: RSET first */
 	bool replied;			/* any reply read on this connection */
 	bool health;			/* a health check connection */
@@ -871,15 +873,21 @@ static bool store_xtext_plain(const char *v)
 	return true;
 }
 
+static void dtx_envelope_send(struct tn_router_dtx *d, bool rset);
+
 /* XCLIENT: the store logs the original client and our session id; it
- * answers 220 and wants LHLO again (then no RSET is needed). */
+ * answers 220 and wants LHLO again (then no RSET is needed). A store
+ * that offers PIPELINING gets XCLIENT, LHLO and the whole envelope in
+ * one write (Dovecot takes them in order), so XCLIENT costs no round
+ * trip of its own; a refused XCLIENT (an untrusted router) changes
+ * nothing for the rest, LHLO resets the session either way. */
 static bool dtx_xclient(struct tn_router_dtx *d)
 {
 	struct tn_router_conn *c = d->conn;
 	const char *addr = tn_router_session_client_addr(d->s);
 	const char *helo = tn_router_session_client_helo(d->s);
 
-	if (!c->m->r->set.xclient || !(c->xclient & XC_SESSION))
+	if (!c->m->r->set.xclient || !(c->xclient & XC_SESSION) || c->xc_refused)
 		return false;
 	c->state = CS_XCLIENT;
 	conn_send(c, "XCLIENT SESSION=%s", tn_router_session_id(d->s));
@@ -888,6 +896,11 @@ static bool dtx_xclient(struct tn_router_dtx *d)
 	if ((c->xclient & XC_HELO) && helo != NULL && store_xtext_plain(helo))
 		conn_send(c, " HELO=%s", helo);
 	conn_send(c, "\r\n");
+	c->xc_pipelined = c->pipelining;
+	if (c->xc_pipelined) {
+		conn_send(c, "LHLO %s\r\n", c->m->r->set.hostname);
+		dtx_envelope_send(d, false);
+	}
 	return true;
 }
 
@@ -896,8 +909,15 @@ static void dtx_xclient_reply(struct tn_router_dtx *d, int code)
 	struct tn_router_conn *c = d->conn;
 
 	if (c->state == CS_XCLIENT) {
-		if (code / 100 != 2) {		/* not trusted: without it */
+		if (code / 100 != 2) {		/* not trusted: without it from now on */
 			c->xclient = 0;
+			c->xc_refused = true;	/* LHLO's reply offers it again */
+		}
+		if (c->xc_pipelined) {		/* LHLO's reply comes next either way */
+			c->state = CS_RELHLO;
+			return;
+		}
+		if (code / 100 != 2) {
 			dtx_envelope_begin(d, c->reused);
 			return;
 		}
@@ -907,6 +927,15 @@ static void dtx_xclient_reply(struct tn_router_dtx *d, int code)
 	}
 	if (code != 250) {
 		conn_fail(c, TN_SE_LOST, "LHLO after XCLIENT refused");
+		return;
+	}
+	if (c->xc_pipelined) {			/* the envelope is on its way */
+		c->xc_pipelined = false;
+		c->state = CS_ENVELOPE;
+		c->reused = true;
+		if (c->replied)
+			conn_set_timeouts(c, c->m->r->set.store_timeout,
+					  c->m->r->set.store_timeout);
 		return;
 	}
 	dtx_envelope_begin(d, false);
@@ -926,15 +955,12 @@ static void dtx_conn_ready(struct tn_router_dtx *d)
 		dtx_envelope_begin(d, c->reused);
 }
 
-static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
+/* The envelope's commands: all at once with PIPELINING, else the first. */
+static void dtx_envelope_send(struct tn_router_dtx *d, bool rset)
 {
 	struct tn_router_conn *c = d->conn;
 
-	c->state = CS_ENVELOPE;
 	d->rset = rset;
-	c->reused = true;
-	if (c->replied)
-		conn_set_timeouts(c, c->m->r->set.store_timeout, c->m->r->set.store_timeout);
 	d->ncmds = (d->rset ? 1 : 0) + 1 + d->nrcpts + 1;
 	if (c->pipelining) {
 		for (size_t k = 0; k < d->ncmds; k++)
@@ -942,6 +968,17 @@ static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
 	} else {
 		dtx_send_cmd(d, 0);
 	}
+}
+
+static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
+{
+	struct tn_router_conn *c = d->conn;
+
+	c->state = CS_ENVELOPE;
+	c->reused = true;
+	if (c->replied)
+		conn_set_timeouts(c, c->m->r->set.store_timeout, c->m->r->set.store_timeout);
+	dtx_envelope_send(d, rset);
 }
 
 static void dtx_conn_failed(struct tn_router_dtx *d, const char *why)

@@ -871,6 +871,34 @@ def test_store_protocol_cases(topo, tmp_path):
         busy.stop()
 
 
+@pytest.mark.parametrize("xclient_reply", ["220 peer ready", "550 5.7.14 not trusted"])
+def test_xclient_pipelined_with_the_envelope(topo, tmp_path, xclient_reply):
+    """A store offering PIPELINING gets XCLIENT, LHLO and the envelope in
+    one write, with no round trip of its own; refused, the transaction
+    goes on and the next one on that connection starts with RSET and
+    without XCLIENT."""
+    peer = ScriptedPeer(pipelining=True, xclient_reply=xclient_reply)
+    r = scripted_router(topo, tmp_path, "rx", ["127.0.0.1:%d" % peer.port])
+    try:
+        _, data = r.transaction(SENDER, ["peter@initech.example"], message(marker()))
+        assert [c for c, _ in data] == [250], data
+        cmds = [c.split(":")[0].split(" ")[0].upper() for c in peer.commands]
+        assert cmds[:7] == ["LHLO", "XCLIENT", "LHLO", "MAIL", "RCPT", "DATA", "."] or \
+            cmds[:6] == ["LHLO", "XCLIENT", "LHLO", "MAIL", "RCPT", "DATA"], peer.commands
+        assert len(peer.messages) == 1
+        _, data = r.transaction(SENDER, ["peter@initech.example"], message(marker()))
+        assert [c for c, _ in data] == [250], data
+        later = [c.split(":")[0].split(" ")[0].upper() for c in peer.commands[6:]]
+        if xclient_reply.startswith("220"):
+            assert later[:3] == ["XCLIENT", "LHLO", "MAIL"], peer.commands
+        else:
+            assert "XCLIENT" not in later and later[:2] == ["RSET", "MAIL"], peer.commands
+        assert len(peer.messages) == 2
+    finally:
+        r.stop()
+        peer.stop()
+
+
 def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
     """A pool whose member is the router itself: its recipients get 451
     (Postfix keeps the mail), an error line names the loop, and the
