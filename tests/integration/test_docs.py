@@ -28,7 +28,9 @@ What is checked:
   * docs/events.md: every ```json example parses and is an envelope of
     its section's type whose data has exactly the fields of that type's
     table; every provisioning event type (tenant, domain, mailbox, alias
-    x created, updated, suspended, resumed, deleted) is catalogued.
+    x created, updated, suspended, resumed, deleted) is catalogued; and
+    every ```json block is a whole envelope (the seven members in the
+    outbox's order, each of its JSON type and pattern).
   * The pages format with "groff -man -ww" without a warning.
 
 Standard library only.  A missing tnctl or groff fails the test (it does
@@ -468,3 +470,68 @@ def test_page_formats_without_warnings(page):
     if r.returncode != 0:
         problems.append("exit status %d" % r.returncode)
     report(problems, "groff -man -Tutf8 -ww %s" % page)
+
+
+# --- docs/events.md: every example is an envelope ------------------------------------
+
+# The envelope's members in the order the outbox writes them (docs/outbox.md),
+# with their JSON type and, for strings, the pattern they match.
+ENVELOPE = (
+    ("id", str, r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"),
+    ("type", str, r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+"),
+    ("occurred_at", str, r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"),
+    ("tenant", str, r"[a-z0-9][a-z0-9._-]{0,62}"),
+    ("sequence", int, None),
+    ("origin", str, r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}"),
+    ("data", dict, None),
+)
+
+
+def envelope_problems(block):
+    """What is wrong with one ```json block as an envelope ([] if nothing)."""
+    try:
+        ev = json.loads(block)
+    except ValueError as e:
+        return ["does not parse: %s" % e]
+    if not isinstance(ev, dict):
+        return ["not a JSON object"]
+    names = [name for name, _, _ in ENVELOPE]
+    problems = []
+    if list(ev) != names:
+        problems.append("members %s, want %s" % (list(ev), names))
+    for name, kind, pattern in ENVELOPE:
+        v = ev.get(name)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            problems.append("%s: %r is not a %s" % (name, v, kind.__name__))
+        elif pattern is not None and not re.fullmatch(pattern, v):
+            problems.append("%s: %r does not match %s" % (name, v, pattern))
+    if isinstance(ev.get("sequence"), int) and ev["sequence"] < 1:
+        problems.append("sequence %d is not 1 or more" % ev["sequence"])
+    return problems
+
+
+def test_events_doc_json_blocks_are_envelopes():
+    """Every ```json block of docs/events.md parses and is a whole envelope:
+    id, type, occurred_at, tenant, sequence, origin and data, in that order,
+    each of its JSON type and pattern (what receivers are told to expect)."""
+    with open(EVENTS_MD, encoding="utf-8") as f:
+        text = f.read()
+    problems = []
+    blocks = list(re.finditer(r"^```json\n(.*?)^```", text, re.S | re.M))
+    assert blocks, "no ```json block in %s" % EVENTS_MD
+    for m in blocks:
+        line = text.count("\n", 0, m.start()) + 1
+        problems += ["line %d: %s" % (line, p) for p in envelope_problems(m.group(1))]
+    report(problems, EVENTS_MD)
+
+
+def test_envelope_check_finds_a_missing_member():
+    """The check above fails on a block that lacks a member or is cut."""
+    good = json.dumps({"id": "019cade3-3f7d-7847-ba09-c18b78b7d0ac",
+                       "type": "mailbox.created",
+                       "occurred_at": "2026-03-02T09:31:17.245Z", "tenant": "acme",
+                       "sequence": 5, "origin": "mail1", "data": {}})
+    assert envelope_problems(good) == []
+    assert envelope_problems(good.replace('"origin": "mail1", ', ""))
+    assert envelope_problems(good.replace('"sequence": 5', '"sequence": "5"'))
+    assert envelope_problems(good[:-10])
