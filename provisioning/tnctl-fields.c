@@ -25,6 +25,7 @@
 #define C TNCTL_F_CREATE
 #define M TNCTL_F_MODIFY
 #define B TNCTL_F_BYTES
+#define Z TNCTL_F_ZERO
 #define KEY (TNCTL_F_KEY | TNCTL_F_CREATE | TNCTL_F_REQUIRED)
 
 static const struct tnctl_field tnctl_tenant_fields[] = {
@@ -34,13 +35,13 @@ static const struct tnctl_field tnctl_tenant_fields[] = {
 	{ "status", TNCTL_F_STATUS, C, 0, NULL },
 	{ "status_reason", TNCTL_F_TEXT, C, 1024, NULL },
 	{ "plan", TNCTL_F_TEXT, C | M, 64, "plan" },
-	{ "storage_quota_bytes", TNCTL_F_COUNT, C | M | B, 0, "storage-quota" },
-	{ "mailbox_quota_bytes", TNCTL_F_COUNT, C | M | B, 0, "mailbox-quota" },
-	{ "max_mailboxes", TNCTL_F_COUNT, C | M, 0, "max-mailboxes" },
-	{ "max_message_bytes", TNCTL_F_COUNT, C | M | B, 0, "max-message-size" },
-	{ "send_rate_per_hour", TNCTL_F_COUNT, C | M, 0, "send-rate" },
-	{ "tenant_send_rate_per_hour", TNCTL_F_COUNT, C | M, 0, "tenant-send-rate" },
-	{ "overcommit", TNCTL_F_BOOL, C | M, 0, "overcommit" },
+	{ "storage_quota_bytes", TNCTL_F_COUNT, C | M | B | Z, 0, "storage-quota" },
+	{ "mailbox_quota_bytes", TNCTL_F_COUNT, C | M | B | Z, 0, "mailbox-quota" },
+	{ "max_mailboxes", TNCTL_F_COUNT, C | M | Z, 0, "max-mailboxes" },
+	{ "max_message_bytes", TNCTL_F_COUNT, C | M | B | Z, 0, "max-message-size" },
+	{ "send_rate_per_hour", TNCTL_F_COUNT, C | M | Z, 0, "send-rate" },
+	{ "tenant_send_rate_per_hour", TNCTL_F_COUNT, C | M | Z, 0, "tenant-send-rate" },
+	{ "overcommit", TNCTL_F_BOOL, C | M | Z, 0, "overcommit" },
 	{ "pool", TNCTL_F_NAME, C | M, 0, "pool" },
 	{ NULL, 0, 0, 0, NULL }
 };
@@ -84,6 +85,7 @@ static const struct tnctl_field tnctl_alias_fields[] = {
 #undef C
 #undef M
 #undef B
+#undef Z
 #undef KEY
 
 static const char *const tnctl_tenant_columns[] = {

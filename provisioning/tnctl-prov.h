@@ -51,6 +51,7 @@ enum tnctl_ftype {
 #define TNCTL_F_MODIFY	0x04	/* may be changed by update */
 #define TNCTL_F_REQUIRED 0x08	/* must be given at create */
 #define TNCTL_F_BYTES	0x10	/* a count of bytes: k, m, g, t suffixes */
+#define TNCTL_F_ZERO	0x20	/* absent reads as 0 / false (a tenant's limits) */
 
 struct tnctl_field {
 	const char *name;	/* JSON member */

@@ -541,10 +541,21 @@ static bool sync_same_targets(json_t *a, json_t *b)
 	return same;
 }
 
+/* A tenant limit that is absent reads as 0 (false): an empty cell, which
+ * an update writes as null, is the 0 the directory then answers. */
+static bool sync_zero(const struct tnctl_field *f, json_t *v)
+{
+	return (f->flags & TNCTL_F_ZERO) != 0 && v != NULL &&
+	       (json_is_null(v) || json_is_false(v) ||
+		(json_is_integer(v) && json_integer_value(v) == 0));
+}
+
 static bool sync_same(const struct tnctl_field *f, json_t *want, json_t *have)
 {
 	bool wn = want == NULL || json_is_null(want), hn = have == NULL || json_is_null(have);
 
+	if ((f->flags & TNCTL_F_ZERO) != 0 && (wn || hn))
+		return (wn || sync_zero(f, want)) && (hn || sync_zero(f, have));
 	if (wn || hn)
 		return wn && hn;
 	if (f->type == TNCTL_F_TARGETS)

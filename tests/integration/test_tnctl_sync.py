@@ -14,7 +14,10 @@ values, folded lines, comments, a container entry) feeds give the same
 directory; a change made between the plan and the confirmation fails
 that one item (412) and only it; the scope holds: records of another
 tenant or domain are refused, and other tenants' objects are never
-touched; --json prints the plan and the results.
+touched; --json prints the plan and the results; tenants (every tenant
+the token sees, an admin's partial feed with --ignore-missing) and
+domains (of one tenant) go through the same dry run, apply and
+nothing-to-do rounds.
 """
 
 import base64
@@ -287,6 +290,82 @@ def test_csv_ndjson_ldif_same_result(provd, tmp_path):
     bad.write_text("dn: uid=x,dc=hr\nmail:: ***\n\n")
     r = sync(provd, "--kind", "mailbox", "--tenant", "syfl", "--apply", str(bad), rc=65)
     assert "bad.ldif:1: malformed LDIF: malformed base64" in r.stderr, r.stderr
+
+
+def test_tenants_dry_run_apply_nothing_to_do(provd, tmp_path):
+    """--kind tenant: the scope is every tenant the token sees, so an
+    admin's partial feed goes with --ignore-missing."""
+    api(provd, "POST", "/v1/tenants", {"id": "syt1", "name": "Old", "plan": "basic"})
+    api(provd, "POST", "/v1/tenants", {"id": "syt3", "name": "Same", "plan": "basic"})
+    feed = csv_feed(tmp_path / "t.csv", [("syt1", "New, Name", "basic", "10"),
+                                         ("syt2", "Fresh", "gold", ""),
+                                         ("syt3", "Same", "basic", "")],
+                    header="id,name,plan,max_mailboxes")
+    events = {t: len(provd.events(t)) for t in ("syt1", "syt2", "syt3")}
+    r = sync(provd, "--kind", "tenant", "--ignore-missing", feed, rc=2)
+    assert plan_rows(r.stdout) == [
+        ("update", "syt1", "name: Old -> New, Name; max_mailboxes: 0 -> 10"),
+        ("create", "syt2", "name=Fresh, plan=gold"),
+    ], r.stdout
+    assert "plan: 1 create, 1 update, 0 resume, 0 suspend, 0 delete; 1 unchanged" in r.stdout
+    assert {t: len(provd.events(t)) for t in events} == events
+    assert provd.request("GET", "/v1/tenants/syt2").status == 404
+
+    r = sync(provd, "--kind", "tenant", "--ignore-missing", "--apply", feed)
+    assert "sync tenant: 2 done, 0 failed, 0 not tried" in r.stdout, r.stdout
+    t1 = api(provd, "GET", "/v1/tenants/syt1")
+    assert (t1["name"], t1["max_mailboxes"]) == ("New, Name", 10)
+    assert api(provd, "GET", "/v1/tenants/syt2")["plan"] == "gold"
+    assert [e["type"] for e in provd.events("syt1")][events["syt1"]:] == ["tenant.updated"]
+    assert [e["type"] for e in provd.events("syt2")] == ["tenant.created"]
+    assert len(provd.events("syt3")) == events["syt3"]
+
+    events = {t: len(provd.events(t)) for t in events}
+    r = sync(provd, "--kind", "tenant", "--ignore-missing", "--apply", feed)
+    assert plan_rows(r.stdout) == [] and \
+        "plan: 0 create, 0 update, 0 resume, 0 suspend, 0 delete; 3 unchanged" in r.stdout
+    assert {t: len(provd.events(t)) for t in events} == events
+    # acme and the others the admin sees were never touched
+    assert api(provd, "GET", "/v1/tenants/acme")["status"] == "active"
+
+
+def test_domains_dry_run_apply_nothing_to_do(provd, tmp_path):
+    make_tenant(provd, "sydm")
+    api(provd, "POST", "/v1/domains", {"domain": "old.sydm.example", "tenant": "sydm",
+                                       "description": "old"})
+    api(provd, "POST", "/v1/domains", {"domain": "gone.sydm.example", "tenant": "sydm"})
+    feed = csv_feed(tmp_path / "d.csv", [("sydm.example", ""), ("OLD.sydm.example", "renamed"),
+                                         ("new.sydm.example", "brand new")],
+                    header="domain,description")
+    events = len(provd.events("sydm"))
+    r = sync(provd, "--kind", "domain", "--tenant", "sydm", "--max-changes", "5", feed, rc=2)
+    assert plan_rows(r.stdout) == [
+        ("suspend", "gone.sydm.example", 'not in the feed: suspend, reason "sync: not in feed"'),
+        ("create", "new.sydm.example", "description=brand new"),
+        ("update", "old.sydm.example", "description: old -> renamed"),
+    ], r.stdout
+    assert "plan: 1 create, 1 update, 0 resume, 1 suspend, 0 delete; 1 unchanged" in r.stdout
+    assert len(provd.events("sydm")) == events
+    assert provd.request("GET", "/v1/domains/new.sydm.example").status == 404
+
+    r = sync(provd, "--kind", "domain", "--tenant", "sydm", "--max-changes", "5", "--apply",
+             feed)
+    assert "sync domain: 3 done, 0 failed, 0 not tried" in r.stdout, r.stdout
+    got = {d["domain"]: d for d in
+           api(provd, "GET", "/v1/domains?tenant=sydm&limit=1000")["items"]}
+    assert (got["gone.sydm.example"]["status"], got["gone.sydm.example"]["status_reason"]) == \
+        ("suspended", "sync: not in feed")
+    assert got["new.sydm.example"]["tenant"] == "sydm"
+    assert got["old.sydm.example"]["description"] == "renamed"
+    assert got["sydm.example"]["status"] == "active"
+    assert sorted(e["type"] for e in provd.events("sydm")[events:]) == \
+        ["domain.created", "domain.suspended", "domain.updated"]
+
+    events = len(provd.events("sydm"))
+    r = sync(provd, "--kind", "domain", "--tenant", "sydm", "--apply", feed)
+    assert plan_rows(r.stdout) == [] and \
+        "plan: 0 create, 0 update, 0 resume, 0 suspend, 0 delete; 3 unchanged" in r.stdout
+    assert len(provd.events("sydm")) == events
 
 
 # --- concurrency, scope, JSON ------------------------------------------------------------------
