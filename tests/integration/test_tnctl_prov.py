@@ -7,8 +7,9 @@ and purge can both be seen.
 Checked: each resource's lifecycle through tnctl (create, get, list,
 update with --if-match, suspend, resume, delete, restore, purge) in table
 and --json output; tenant recount resets drifted plan counters; the exit
-statuses (1 for 404, 65 for 400, 3 for 409 and 412, 77 for 401 and 403,
-75 when the daemon is stopped, 64 usage);
+statuses (1 for 404, 65 for 400 and 422 (a plan limit), 3 for 409 and
+412, 77 for 401 and 403, 75 when the daemon is stopped, at its rate limit
+(429) and with the directory frozen (503), 64 usage);
 passwords from a file and standard input, never echoed; import from CSV
 (quoted commas, quotes, line breaks) and NDJSON, kinds mixed and out of
 order, invalid lines in the results file with their line numbers while
@@ -268,6 +269,40 @@ def test_exit_statuses(provd, workdir):
     down.stop()
     r = run(provd, "tenant", "get", "acme", port=down.port)
     assert r.returncode == 75 and "no answer" in r.stderr, r.stderr
+
+    # a plan limit (422): the data is refused, 65
+    ok(provd, "tenant", "create", "ex422", "--max-mailboxes", "1")
+    ok(provd, "domain", "create", "ex422.example", "--tenant", "ex422")
+    ok(provd, "mailbox", "create", "a@ex422.example")
+    r = run(provd, "mailbox", "create", "b@ex422.example")
+    assert r.returncode == 65 and "422 unprocessable" in r.stderr and \
+        "allows 1 mailboxes" in r.stderr, (r.returncode, r.stderr)
+    assert run(provd, "mailbox", "get", "b@ex422.example").returncode == 1
+
+    # the daemon's rate limit (429): try again later, 75
+    limited = Provd(provd.stack, os.path.join(str(workdir), "limited"),
+                    overrides={"provd_rate_limit": "1", "provd_rate_burst": "1"})
+    try:
+        assert run(provd, "tenant", "get", "acme", port=limited.port).returncode == 0
+        r = run(provd, "tenant", "get", "acme", port=limited.port)
+        assert r.returncode == 75 and "429 rate_limited" in r.stderr, (r.returncode, r.stderr)
+    finally:
+        limited.stop()
+
+    # the directory frozen (503 from the daemon): 75, nothing written
+    fast = Provd(provd.stack, os.path.join(str(workdir), "fast"), overrides=FAST)
+    try:
+        provd.stack.slapd.freeze()
+        try:
+            for args in (("tenant", "get", "acme"), ("tenant", "create", "ex503")):
+                r = run(provd, *args, port=fast.port)
+                assert r.returncode == 75 and "503 tempfail" in r.stderr, \
+                    (args, r.returncode, r.stderr)
+        finally:
+            provd.stack.slapd.thaw()
+    finally:
+        fast.stop()
+    assert run(provd, "tenant", "get", "ex503").returncode == 1
 
 
 # --- import -----------------------------------------------------------------------
