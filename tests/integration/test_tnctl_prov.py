@@ -494,6 +494,65 @@ def test_import_progress_lines_and_summary(provd, tmp_path):
     assert r.stderr == ""
 
 
+def test_import_progress_bar_on_a_terminal(provd, tmp_path):
+    """Standard error on a terminal: one line redrawn with \\r, a bar, the
+    count, the percentage, a rate in /s and an ETA in m:ss, ending at
+    100% and a newline; no plain progress lines; the summary on stdout."""
+    import pty
+    import select
+    path = tmp_path / "tty.csv"
+    make_bulk(path, "ptyi", 300)
+    master, slave = pty.openpty()
+    env = dict(os.environ, TNCTL_API_TOKEN=ADMIN)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(tnctl_cmd(provd, "import", "--batch", "1", "--parallel", "2",
+                                      str(path)),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                            env=env)
+    os.close(slave)
+    err = b""
+    while True:
+        if select.select([master], [], [], 1)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:         # the other side closed (Linux: EIO)
+                break
+            if not chunk:
+                break
+            err += chunk
+        elif proc.poll() is not None:
+            break
+    out, _ = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - t0
+    os.close(master)
+    assert proc.returncode == 0, (out, err)
+    assert re.search(rb": 307 created, 0 exists, 0 failed, 0 invalid", out), out
+    text = err.decode().replace("\r\n", "\n")     # the terminal's ONLCR
+    assert "import: " not in text, text       # no plain lines on a terminal
+    draws = [d.rstrip("\n") for d in text.split("\r")[1:]]
+    assert len(draws) >= 2, text
+    bar = re.compile(r"^\[([#.]{30})\] (\d+)/307 +(\d+)% +(\d+|-)/s ETA (\d+:\d\d|--:--) *$")
+    parsed = []
+    for d in draws:
+        m = bar.match(d.strip("\n"))
+        assert m, (d, text)
+        parsed.append(m.groups())
+    # counts only grow; the bar follows the percentage
+    assert [int(p[1]) for p in parsed] == sorted(int(p[1]) for p in parsed)
+    for hashes, done, pct, rate, eta in parsed:
+        assert int(pct) == 100 * int(done) // 307
+        assert hashes.count("#") == int(pct) * 30 // 100
+    # the last: 100%, a rate and an ETA of 0:00, then the newline
+    assert parsed[-1][1:3] == ("307", "100") and parsed[-1][4] == "0:00", parsed[-1]
+    assert int(parsed[-1][3]) > 0 and text.endswith("\n"), text
+    # a draw in the middle has a rate and an ETA in minutes:seconds
+    middle = [p for p in parsed if 0 < int(p[1]) < 307]
+    if elapsed > 1.0:
+        assert middle, (elapsed, text)
+    for p in middle:
+        assert p[3] != "-" and re.match(r"^\d+:[0-5]\d$", p[4]), p
+
+
 def test_import_server_down_then_resume(provd, workdir):
     path = os.path.join(str(workdir), "d.csv")
     make_bulk(path, "dwn", 20)
