@@ -578,7 +578,7 @@ TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 def test_every_provd_parameter_is_documented():
     """tn_provd_params (read from the source: no program prints the table)
     against tn-provisiond(8) PARAMETERS (name and default) and the
-    parameter table of docs/provisioning.md."""
+    parameter table of docs/provisioning.md, both ways."""
     import re
     with open(os.path.join(TOP, "provisioning", "tn-provisiond.c")) as f:
         src = f.read()
@@ -597,4 +597,12 @@ def test_every_provd_parameter_is_documented():
             problems.append("tn-provisiond.8 lacks %r" % entry)
         if "| `%s` |" % name not in md:
             problems.append("docs/provisioning.md lacks a row for %s" % name)
+    # and the other way: nothing documented that the code does not have
+    names = {n for n, _ in params}
+    for name in re.findall(r'^\.BR (provd_\w+) " \(default:', man, re.M):
+        if name not in names:
+            problems.append("tn-provisiond.8 documents %s, which the code lacks" % name)
+    for name in re.findall(r"^\| `(provd_\w+)` \|", md, re.M):
+        if name not in names:
+            problems.append("docs/provisioning.md documents %s, which the code lacks" % name)
     assert not problems, "\n".join(problems)
