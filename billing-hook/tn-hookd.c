@@ -790,7 +790,10 @@ static bool hookd_scan_segment(struct hookd *hd, struct hookd_ep *ep, int dfd,
 	ssize_t len;
 
 	if ((len = hookd_read_file(dfd, name, hd->scratch, HOOKD_FILE_MAX)) < 0) {
-		if (errno != ENOENT)
+		if (errno == EFBIG)
+			hookd_quarantine_file(hd, ep->qdir, name, ep, false,
+					      "larger than a segment can be");
+		else if (errno != ENOENT)
 			tn_error("endpoint %s: %s/%s: %s", ep->conf.name, ep->qdir, name,
 				 strerror(errno));
 		return false;

@@ -704,8 +704,8 @@ def test_10000_events_with_hookd_killed_in_a_loop(own, tmp_path):
 
 class SpoolWatcher(threading.Thread):
     """Looks at new/ and a queue every 50 ms while a test runs: the most
-    lines seen in one file of new/ (segments of several events) and the
-    .retry files seen in the queue."""
+    lines seen in one segment (a file of new/ or a queue's <id>.json) and
+    the .retry files seen in the queue."""
 
     def __init__(self, hookd, endpoint):
         super().__init__(daemon=True)
@@ -716,14 +716,17 @@ class SpoolWatcher(threading.Thread):
 
     def run(self):
         while not self._halt.wait(0.05):
-            for n in self.hookd.new_files()[:8]:
+            queue = self.hookd.queue_files(self.endpoint)
+            self.retries.update(n for n in queue if RETRY_NAME.match(n))
+            segs = [("new", n) for n in self.hookd.new_files()[:8]]
+            segs += [("hooks", self.endpoint, "queue", n)
+                     for n in queue if n.endswith(".json")][:8]
+            for parts in segs:
                 try:
-                    with open(self.hookd.path("new", n), "rb") as f:
+                    with open(self.hookd.path(*parts), "rb") as f:
                         self.max_lines = max(self.max_lines, f.read().count(b"\n"))
                 except FileNotFoundError:
                     pass
-            self.retries.update(n for n in self.hookd.queue_files(self.endpoint)
-                                if RETRY_NAME.match(n))
 
     def stop(self):
         self._halt.set()
@@ -1324,8 +1327,8 @@ def test_segment_with_a_corrupt_line(case):
 
 def test_corrupt_files_in_a_queue_go_to_bad(case):
     """Files found corrupt in hooks/<e>/queue/ are quarantined, never
-    deleted: a truncated .retry file and a truncated segment go to
-    bad/<e>.<name>, a bad line of a segment that has good ones to
+    deleted: a truncated .retry file, a truncated segment and one larger
+    than a segment can be go to bad/<e>.<name>, a bad line of a segment that has good ones to
     bad/<e>.<segment>.line<N> (its good event is delivered), and so does a
     corrupt dead letter that `tnctl events replay` moves back; each with a
     log line naming it, counted, tn-hookd still the same process."""
@@ -1344,6 +1347,8 @@ def test_corrupt_files_in_a_queue_go_to_bad(case):
         seg_ev["id"] + ".json": line(seg_ev)[:70] + "\n",        # one cut line
         good["id"] + ".json": line(good) + "\n" + '{"id":"x"\n',  # line 2 bad
     }
+    big = uuid7() + ".json"     # larger than a segment can be (8 MiB)
+    planted[big] = (line(envelope(case.tenants[0], 9)) + "\n") * (8 * 1024 * 1024 // 150)
     for name, text in planted.items():
         tmp = os.path.join(qdir, ".plant.tmp")
         with open(tmp, "w") as f:
@@ -1352,7 +1357,8 @@ def test_corrupt_files_in_a_queue_go_to_bad(case):
     h.reload()      # SIGHUP: every queue is scanned (as by the rescan)
     want = {"%s.%s" % (ep, retry): planted[retry],
             "%s.%s.json" % (ep, seg_ev["id"]): planted[seg_ev["id"] + ".json"],
-            "%s.%s.line2" % (ep, good["id"]): '{"id":"x"\n'}
+            "%s.%s.line2" % (ep, good["id"]): '{"id":"x"\n',
+            "%s.%s" % (ep, big): planted[big]}
     case.wait(lambda: set(want) <= set(h.bad_files()), 20, "%s in bad/" % sorted(want))
     for name, text in want.items():
         with open(h.path("bad", name)) as f:
@@ -1372,8 +1378,8 @@ def test_corrupt_files_in_a_queue_go_to_bad(case):
     for name in list(want) + [dead_bad]:
         assert "bad/" + name in log, "no log line names %s:\n%s" % (name, log)
     assert h.running() and h.pid == pid
-    case.wait(lambda: h.metrics().value("tn_hookd_quarantined_total", 0) >= before + 4,
-              10, "tn_hookd_quarantined_total +4")
+    case.wait(lambda: h.metrics().value("tn_hookd_quarantined_total", 0) >= before + 5,
+              10, "tn_hookd_quarantined_total +5")
     # tnctl events show finds an event quarantined from a queue
     res = h.tnctl("events", "show", retry_ev["id"])
     assert res.returncode == 0 and "bad/%s.%s" % (ep, retry) in res.stdout, \
