@@ -1045,6 +1045,10 @@ def test_event_failure_undoes_the_write(stack, prov):
     assert got["name"] == "K"
     assert stored_password(stack, "k@evf.example") == h
     assert lookup(stack, "k@evf.example")["account"]["name"] == "K"
+    # a password alone has its event too, so it is undone the same way
+    r = prov.modify("mailbox", "k@evf.example", {"password": "other"}, overrides=full)
+    assert r["status"] == "event_failed", r
+    assert stored_password(stack, "k@evf.example") == h
 
     r = prov.status("suspend", "mailbox", "k@evf.example", "x", overrides=full)
     assert r["status"] == "event_failed", r

@@ -311,6 +311,11 @@ def test_switches_to_provd_user(stack):
         p = Provd(stack, work, overrides={"provd_user": "nobody"})
         os.chown(p.tokens, 0, nobody.pw_gid)
         os.chmod(p.tokens, 0o640)
+        # the port opens before the switch; "started" is logged after it
+        deadline = time.monotonic() + 10
+        while "started:" not in open(os.path.join(work, "provd.log")).read():
+            assert time.monotonic() < deadline and p.proc.poll() is None, "not started"
+            time.sleep(0.02)
         with open("/proc/%d/status" % p.proc.pid) as f:
             ids = dict(line.split(":", 1) for line in f if ":" in line)
         assert ids["Uid"].split() == [str(nobody.pw_uid)] * 4, ids["Uid"]
