@@ -221,14 +221,15 @@ def _check_events(d, out):
     rows = re.findall(r"^    (\d+) +([a-z]+\.[a-z]+) +(\S+)", ev, re.M)
     assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)), ev
     types = [(t, o) for _, t, o in rows]
-    assert types[:6] == [("tenant.created", "initrode"), ("domain.created", "initrode.example"),
+    assert types[:7] == [("tenant.created", "initrode"), ("domain.created", "initrode.example"),
                          ("mailbox.created", "michael@initrode.example"),
                          ("mailbox.created", "samir@initrode.example"),
+                         ("alias.created", "info@initrode.example"),
                          ("tenant.suspended", "initrode"), ("tenant.resumed", "initrode")], ev
     # the import's creates run in parallel: any order
-    assert sorted(types[6:]) == [("mailbox.created", "%s@initrode.example" % n)
-                                 for n in ("bill", "milton", "peter")], ev
-    assert "9 events of tenant initrode, sequence 1 to 9" in ev
+    assert sorted(types[7:]) == [("alias.created", "sales@initrode.example")] + \
+        [("mailbox.created", "%s@initrode.example" % n) for n in ("bill", "milton", "peter")], ev
+    assert "11 events of tenant initrode, sequence 1 to 11" in ev
     # what was shown is what the receiver stored: verified, one each (the
     # Dovecot part's updates come after: tenant.updated, mailbox.updated)
     db = sqlite3.connect(os.path.join(str(d), "receiver.sqlite3"))
