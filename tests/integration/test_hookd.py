@@ -659,6 +659,22 @@ def test_event_filters_and_independent_endpoints(case):
 # --- crashes and volume ------------------------------------------------------------
 
 
+def assert_each_id_intact(r, ids):
+    """Every id of ids arrived, nothing else; duplicates carry the same
+    body; every request's signature verified. (requests, unique ids)"""
+    reqs = r.requests()
+    got = r.unique_ids()
+    assert got == ids, "missing %d, unexpected %d" % (len(ids - got), len(got - ids))
+    bodies = collections.defaultdict(set)
+    for q in reqs:
+        assert q.event()["id"] == q.id, q
+        bodies[q.id].add(q.body)
+    changed = [i for i, b in bodies.items() if len(b) != 1]
+    assert not changed, "bodies differ between duplicates: %s" % changed[:3]
+    assert all(q["sig"]["ok"] for q in reqs)
+    return reqs, got
+
+
 def test_10000_events_with_hookd_killed_in_a_loop(own, tmp_path):
     """10,000 events from 4 producers while tn-hookd is killed -9 every
     0.5-1 s and restarted: the receiver sees exactly the appended ids
@@ -683,16 +699,7 @@ def test_10000_events_with_hookd_killed_in_a_loop(own, tmp_path):
         assert len(ids) == 10000
         c.wait_delivered(r, ids, "crash", timeout=300)
         c.wait(lambda: not h.pending(["crash"]), 30, "new/ and the queue empty")
-        reqs = r.requests()
-        got = r.unique_ids()
-        assert got == ids, "missing %d, unexpected %d" % (len(ids - got), len(got - ids))
-        bodies = collections.defaultdict(set)
-        for q in reqs:
-            assert q.event()["id"] == q.id, q
-            bodies[q.id].add(q.body)
-        changed = {i: b for i, b in bodies.items() if len(b) != 1}
-        assert not changed, "bodies differ between duplicates: %s" % list(changed)[:3]
-        assert all(q["sig"]["ok"] for q in reqs)
+        reqs, got = assert_each_id_intact(r, ids)
         assert not h.bad_files() and not h.dead_files("crash")
         assert_complete_sequences(r.events().values(), emitted)
         print("10000 events: %d kills, %d requests, %d duplicates"
@@ -787,17 +794,8 @@ def test_segments_and_random_500s_with_hookd_killed_in_a_loop(own, tmp_path):
         watcher.stop()
         assert watcher.max_lines > 1, "no segment of several events seen"
         assert watcher.retries, "no .retry file seen in the queue"
-        reqs = r.requests()
+        reqs, got = assert_each_id_intact(r, ids)
         assert sum(1 for q in reqs if q["status"] == 500) > total // 50
-        got = r.unique_ids()
-        assert got == ids, "missing %d, unexpected %d" % (len(ids - got), len(got - ids))
-        bodies = collections.defaultdict(set)
-        for q in reqs:
-            assert q.event()["id"] == q.id, q
-            bodies[q.id].add(q.body)
-        changed = [i for i, b in bodies.items() if len(b) != 1]
-        assert not changed, "bodies differ between duplicates: %s" % changed[:3]
-        assert all(q["sig"]["ok"] for q in reqs)
         seqs = per_tenant_sequences(r.events().values())
         assert {t: len(s) for t, s in seqs.items()} == dict(want)
         for t, s in seqs.items():
