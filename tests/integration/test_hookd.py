@@ -15,8 +15,9 @@ import email.utils
 import json
 import os
 import re
-import socket
+import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -1095,10 +1096,14 @@ def test_producers_as_different_users(tmp_path):
     group = nobody.pw_gid
     used = {g.gr_gid for g in grp.getgrall()}
     other_gid = next(g for g in range(4242, 65000) if g not in used)
-    tnctl = binary("provisioning/tnctl")
     top = tempfile.mkdtemp(prefix="tn-hookd-users-")
     try:
         os.chmod(top, 0o755)
+        # nobody may not reach the build tree (a checkout under /root on a
+        # fresh machine): it runs a copy, as an installed tnctl would be
+        tnctl = os.path.join(top, "tnctl")
+        shutil.copy(binary("provisioning/tnctl"), tnctl)
+        os.chmod(tnctl, 0o755)
         h = Hookd(os.path.join(top, "h"), params={"hookd_user": "nobody"})
         for d in ("tmp", "new", "seq", "bad", "hooks"):     # the install step
             os.makedirs(h.path(d), exist_ok=True)
