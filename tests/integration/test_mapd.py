@@ -891,7 +891,10 @@ def test_no_memory_errors_or_races_under_sanitizers(stack, tmp_path, flavour):
             c.send_raw(c.request("senders team@acme.example"))
             c.close()
             c = m.client()
-            assert c.query("domains", "gone.example").startswith("TEMP ")
+            # a name no earlier run asked for: the other flavour's lookup of
+            # it completes after the thaw and caches "not found" in Redis
+            assert c.query("domains", "gone-%d.example"
+                           % time.monotonic_ns()).startswith("TEMP ")
             c.close()
         finally:
             stack.slapd.thaw()
