@@ -229,12 +229,19 @@ static void session_rcpt_free(struct session_rcpt **rcp)
 	tn_mem_free(rcp);
 }
 
-static void session_reset(struct tn_router_session *s)
+/* The store transactions end before their final dot: no store keeps a
+ * copy of this message. */
+static void session_abort_dtxs(struct tn_router_session *s)
 {
 	for (size_t i = 0; i < s->ndtx; i++)
 		tn_router_store_dtx_destroy(&s->dtxs[i]);
-	tn_mem_free(&s->dtxs);
 	s->ndtx = 0;
+}
+
+static void session_reset(struct tn_router_session *s)
+{
+	session_abort_dtxs(s);
+	tn_mem_free(&s->dtxs);
 	for (size_t i = 0; i < s->nrcpts; i++)
 		session_rcpt_free(&s->rcpts[i]);
 	tn_mem_free(&s->rcpts);
@@ -508,9 +515,7 @@ static void session_data_write(struct tn_router_session *s, const void *data, si
 		return;
 	if (s->r->set.size_max > 0 && s->data_bytes > s->r->set.size_max) {
 		s->too_big = true;
-		for (size_t i = 0; i < s->ndtx; i++)
-			tn_router_store_dtx_destroy(&s->dtxs[i]);
-		s->ndtx = 0;
+		session_abort_dtxs(s);
 		return;
 	}
 	if (s->spool_fd >= 0) {
@@ -521,30 +526,28 @@ static void session_data_write(struct tn_router_session *s, const void *data, si
 		tn_router_store_dtx_write(s->dtxs[i], data, len);
 }
 
+/* One answer for every accepted recipient, then the replies. */
+static void session_answer_all(struct tn_router_session *s, int code, const char *text,
+			       enum tn_router_result result)
+{
+	for (size_t i = 0; i < s->nrcpts; i++) {
+		if (s->rcpts[i]->accepted)
+			tn_router_session_rcpt_reply(s, i, code, text, result, "-");
+	}
+	session_final_replies(s);
+}
+
 static void session_data_end(struct tn_router_session *s)
 {
-	if (s->looped && !s->too_big) {
-		for (size_t i = 0; i < s->nrcpts; i++) {
-			if (s->rcpts[i]->accepted)
-				tn_router_session_rcpt_reply(s, i, 554, s->hops > s->r->set.max_hops ?
-							     "5.4.6 too many hops (a mail loop)" :
-							     "5.4.6 routing loop: the message "
-							     "passed this router already",
-							     TN_RR_LOOP, "-");
-		}
-		session_final_replies(s);
+	if (s->too_big) {
+		session_answer_all(s, 552, "5.3.4 message too big", TN_RR_TOO_BIG);
 		return;
 	}
-	if (s->too_big) {
-		for (size_t i = 0; i < s->nrcpts; i++) {
-			struct session_rcpt *rc = s->rcpts[i];
-
-			if (rc->accepted)
-				tn_router_session_rcpt_reply(s, i, 552,
-							     "5.3.4 message too big", TN_RR_TOO_BIG,
-							     "-");
-		}
-		session_final_replies(s);
+	if (s->looped) {
+		session_answer_all(s, 554, s->hops > s->r->set.max_hops ?
+				   "5.4.6 too many hops (a mail loop)" :
+				   "5.4.6 routing loop: the message passed this router already",
+				   TN_RR_LOOP);
 		return;
 	}
 	if (s->spool_fd >= 0 && !s->spool_error) {
@@ -552,16 +555,9 @@ static void session_data_end(struct tn_router_session *s)
 		session_spool_end(s);
 	}
 	if (s->spool_error) {
-		for (size_t i = 0; i < s->ndtx; i++)
-			tn_router_store_dtx_destroy(&s->dtxs[i]);
-		s->ndtx = 0;
-		for (size_t i = 0; i < s->nrcpts; i++) {
-			if (s->rcpts[i]->accepted)
-				tn_router_session_rcpt_reply(s, i, 451,
-							     "4.3.0 local error, try again later",
-							     TN_RR_UNAVAILABLE, "-");
-		}
-		session_final_replies(s);
+		session_abort_dtxs(s);
+		session_answer_all(s, 451, "4.3.0 local error, try again later",
+				   TN_RR_UNAVAILABLE);
 		return;
 	}
 	for (size_t i = 0; i < s->ndtx; i++)
@@ -591,9 +587,7 @@ static void session_header_line(struct tn_router_session *s, const char *line, s
 	if (s->hops <= s->r->set.max_hops && memmem(line, len, inst, strlen(inst)) == NULL)
 		return;
 	s->looped = true;
-	for (size_t i = 0; i < s->ndtx; i++)
-		tn_router_store_dtx_destroy(&s->dtxs[i]);
-	s->ndtx = 0;
+	session_abort_dtxs(s);
 	session_log(s, TN_LOG_WARNING, s->tenant, "mail loop: %s; refused for every recipient "
 		    "(554 5.4.6)", s->hops > s->r->set.max_hops ?
 		    "more Received: lines than router_max_hops" :
@@ -919,8 +913,6 @@ static void cmd_data(struct tn_router_session *s, const char *args)
 	s->data_bytes = 0;
 	s->linestart = true;
 	s->in_header = true;
-	s->hops = 0;
-	s->looped = false;
 	if (s->r->set.received_header)
 		session_received(s);
 	session_reply(s, "354 go ahead, end with <CRLF>.<CRLF>");

@@ -874,6 +874,7 @@ static bool store_xtext_plain(const char *v)
 }
 
 static void dtx_envelope_send(struct tn_router_dtx *d, bool rset);
+static void dtx_envelope_enter(struct tn_router_dtx *d);
 
 /* XCLIENT: the store logs the original client and our session id; it
  * answers 220 and wants LHLO again (then no RSET is needed). A store
@@ -931,11 +932,7 @@ static void dtx_xclient_reply(struct tn_router_dtx *d, int code)
 	}
 	if (c->xc_pipelined) {			/* the envelope is on its way */
 		c->xc_pipelined = false;
-		c->state = CS_ENVELOPE;
-		c->reused = true;
-		if (c->replied)
-			conn_set_timeouts(c, c->m->r->set.store_timeout,
-					  c->m->r->set.store_timeout);
+		dtx_envelope_enter(d);
 		return;
 	}
 	dtx_envelope_begin(d, false);
@@ -970,7 +967,8 @@ static void dtx_envelope_send(struct tn_router_dtx *d, bool rset)
 	}
 }
 
-static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
+/* The connection now reads the envelope's replies. */
+static void dtx_envelope_enter(struct tn_router_dtx *d)
 {
 	struct tn_router_conn *c = d->conn;
 
@@ -978,6 +976,11 @@ static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
 	c->reused = true;
 	if (c->replied)
 		conn_set_timeouts(c, c->m->r->set.store_timeout, c->m->r->set.store_timeout);
+}
+
+static void dtx_envelope_begin(struct tn_router_dtx *d, bool rset)
+{
+	dtx_envelope_enter(d);
 	dtx_envelope_send(d, rset);
 }
 

@@ -50,6 +50,7 @@ struct quota_redis {
 	struct tn_cache *cache;
 	tn_msec_t timeout;
 	struct tn_cache_script traffic, rejected;
+	tn_msec_t traffic_warned;	/* last warning of a failed batch */
 };
 
 struct quota_redis *quota_redis_create(const struct tn_conf *conf, const char **error_r)
@@ -146,6 +147,12 @@ int quota_redis_traffic(void *ctx, const struct quota_traffic_item *items, size_
 			       tn_time_now_ms() + qr->timeout, &v);
 	for (size_t i = 0; i < n; i++)
 		tn_mem_free(&keys[i]);
+	if (ret < 0 && tn_time_now_ms() - qr->traffic_warned >= 10000) {
+		/* one flusher at a time calls this: no lock needed */
+		qr->traffic_warned = tn_time_now_ms();
+		tn_warning("traffic counters kept for the next batch: Redis did not take them: %s",
+			   tn_cache_last_error());
+	}
 	return ret;
 }
 

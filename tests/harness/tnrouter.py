@@ -14,6 +14,13 @@ Python 3 standard library only, run as root.
                                    per accepted RCPT after DATA])
     r.log_text(), r.log_mark(), r.log_since(mark), r.wait_log(regex, mark)
 
+For the modules' topologies of stores behind routers:
+
+    start_stores(workdir, n)    -> n Dovecot LMTP stores accepting every user
+    maildir_messages(store, user, marker)
+                                -> the messages of user's Maildir holding marker
+    with module_workdir(prefix) as workdir: ...
+
 The binary is TN_BUILD_DIR/lmtp-router/tn-lmtp-router (tnprobe.binary);
 wrapper is a command run in front of it (valgrind).
 It runs in the foreground with -e: its log lines go to WORKDIR/router.log.
@@ -22,16 +29,20 @@ smtplib.LMTP does not read LMTP's one reply per recipient after DATA:
 transaction() sends the message itself and reads them with getreply().
 """
 
+import contextlib
 import os
 import re
 import resource
+import shutil
 import signal
 import smtplib
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
+import tndovecot as td
 import tnharness as th
 import tnprobe
 
@@ -260,3 +271,55 @@ def lmtp_transaction(c, sender, rcpts, body):
         body += b"\r\n"
     c.send(body + b".\r\n")
     return rcpt_replies, [_reply(c) for _ in range(accepted)]
+
+
+def start_stores(workdir, n=3):
+    """n private Dovecot instances taking LMTP for every user (static
+    passdb and userdb, Maildir as vmail) in workdir/store0..; all are
+    stopped again if one fails to start."""
+    passdb = "passdb {\n  driver = static\n  args = nopassword=y\n}\n"
+    userdb = ("userdb {\n  driver = static\n"
+              "  args = uid=vmail gid=vmail allow_all_users=yes\n}\n")
+    stores = []
+    try:
+        for i in range(n):
+            stores.append(td.Dovecot(os.path.join(str(workdir), "store%d" % i),
+                                     passdb=passdb, userdb=userdb, protocols="lmtp imap"))
+    except BaseException:
+        td.stop_all(stores)
+        raise
+    return stores
+
+
+def maildir_messages(store, user, marker):
+    """The messages (bytes) in store's Maildir of user that hold marker."""
+    found = []
+    for sub in ("new", "cur"):
+        d = os.path.join(store.maildir(user), sub)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            try:
+                with open(os.path.join(d, name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:       # moved from new/ to cur/ meanwhile
+                continue
+            if marker.encode() in data:
+                found.append(data)
+    return found
+
+
+@contextlib.contextmanager
+def module_workdir(prefix):
+    """A work directory for a module's stores and routers, not under
+    /tmp/pytest-of-root (pytest resets that to 0700 whenever a session
+    starts, and the stores' vmail processes must traverse it); removed
+    afterwards unless TN_KEEP_WORKDIR is set (to keep the logs)."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield workdir
+    finally:
+        if not os.environ.get("TN_KEEP_WORKDIR"):
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -62,13 +61,7 @@ class Topology:
             raise
 
     def _start_stores(self):
-        passdb = "passdb {\n  driver = static\n  args = nopassword=y\n}\n"
-        userdb = ("userdb {\n  driver = static\n"
-                  "  args = uid=vmail gid=vmail allow_all_users=yes\n}\n")
-        for i in range(3):
-            self.stores.append(td.Dovecot(os.path.join(self.workdir, "store%d" % i),
-                                          passdb=passdb, userdb=userdb,
-                                          protocols="lmtp imap"))
+        self.stores = tnrouter.start_stores(self.workdir)
 
     def _start_router(self, stack):
         members = " ".join(["pool-a=127.0.0.1:%d" % self.stores[0].lmtp_port,
@@ -96,21 +89,7 @@ class Topology:
 
     def count(self, i, user, marker):
         """Files of store i's Maildir of user holding marker."""
-        n = 0
-        for sub in ("new", "cur"):
-            d = os.path.join(self.stores[i].maildir(user), sub)
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                try:
-                    with open(os.path.join(d, name), "rb") as f:
-                        if marker.encode() in f.read():
-                            n += 1
-                except FileNotFoundError:
-                    pass
-        return n
+        return len(tnrouter.maildir_messages(self.stores[i], user, marker))
 
     def counts(self, user, marker):
         return [self.count(i, user, marker) for i in range(len(self.stores))]
@@ -123,18 +102,12 @@ class Topology:
 
 @pytest.fixture(scope="module")
 def topo(stack):
-    # not under /tmp/pytest-of-root: pytest resets that to 0700 whenever a
-    # session starts, and the stores' vmail processes must traverse it
-    workdir = tempfile.mkdtemp(prefix="tn-lmtp-router-")
-    t = None
-    try:
+    with tnrouter.module_workdir("tn-lmtp-router-") as workdir:
         t = Topology(stack, workdir)
-        yield t
-    finally:
-        if t is not None:
+        try:
+            yield t
+        finally:
             t.stop()
-        if not os.environ.get("TN_KEEP_WORKDIR"):     # for debugging: keep the logs
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def message(marker, size=0):
@@ -925,14 +898,8 @@ def test_routing_loop_to_itself_is_refused_and_logged(topo, tmp_path):
 
 def delivered_text(topo, i, user, mark):
     """The file of store i's Maildir of user holding mark."""
-    for sub in ("new", "cur"):
-        d = os.path.join(topo.stores[i].maildir(user), sub)
-        for name in os.listdir(d) if os.path.isdir(d) else []:
-            with open(os.path.join(d, name), "rb") as f:
-                data = f.read()
-            if mark.encode() in data:
-                return data.decode(errors="replace")
-    return None
+    found = tnrouter.maildir_messages(topo.stores[i], user, mark)
+    return found[0].decode(errors="replace") if found else None
 
 
 def test_received_line_names_the_router_and_the_session(topo):

@@ -15,9 +15,7 @@ Topology (one per module):
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 
@@ -70,13 +68,7 @@ class Topology:
         if problems:
             pytest.fail("prerequisites: " + "; ".join(problems), pytrace=False)
         try:
-            passdb = "passdb {\n  driver = static\n  args = nopassword=y\n}\n"
-            userdb = ("userdb {\n  driver = static\n"
-                      "  args = uid=vmail gid=vmail allow_all_users=yes\n}\n")
-            for i in range(3):
-                self.stores.append(td.Dovecot(os.path.join(self.workdir, "store%d" % i),
-                                              passdb=passdb, userdb=userdb,
-                                              protocols="lmtp imap"))
+            self.stores = tnrouter.start_stores(self.workdir)
             self.router = self.start_router("a", [0, 1, 2])
         except BaseException:
             self.stop()
@@ -108,20 +100,7 @@ class Topology:
         return r
 
     def count(self, i, user, marker):
-        n = 0
-        for sub in ("new", "cur"):
-            d = os.path.join(self.stores[i].maildir(user), sub)
-            try:
-                names = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                try:
-                    with open(os.path.join(d, name), "rb") as f:
-                        n += marker.encode() in f.read()
-                except FileNotFoundError:
-                    pass
-        return n
+        return len(tnrouter.maildir_messages(self.stores[i], user, marker))
 
     def where(self, user, marker):
         """The index of the one store holding marker for user."""
@@ -137,16 +116,12 @@ class Topology:
 
 @pytest.fixture(scope="module")
 def topo(stack):
-    workdir = tempfile.mkdtemp(prefix="tn-lmtp-place-")
-    t = None
-    try:
+    with tnrouter.module_workdir("tn-lmtp-place-") as workdir:
         t = Topology(stack, workdir)
-        yield t
-    finally:
-        if t is not None:
+        try:
+            yield t
+        finally:
             t.stop()
-        if not os.environ.get("TN_KEEP_WORKDIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def message(marker):

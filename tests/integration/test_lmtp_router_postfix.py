@@ -16,15 +16,13 @@ after S2's restart Postfix's retries deliver them: every message exactly
 once in every mailbox, nothing left in the queue.
 """
 
-import os
 import re
-import shutil
 import smtplib
-import tempfile
 
 import pytest
 
 import tnpostfix
+import tnrouter
 from test_lmtp_router import SENDER, Topology, marker, message, wait_counts
 
 DOMAINS = ["acme.example", "acme-mail.example", "initech.example", "globex.example"]
@@ -32,16 +30,12 @@ DOMAINS = ["acme.example", "acme-mail.example", "initech.example", "globex.examp
 
 @pytest.fixture(scope="module")
 def topo(stack):
-    workdir = tempfile.mkdtemp(prefix="tn-lmtp-router-pf-")
-    t = None
-    try:
+    with tnrouter.module_workdir("tn-lmtp-router-pf-") as workdir:
         t = Topology(stack, workdir)
-        yield t
-    finally:
-        if t is not None:
+        try:
+            yield t
+        finally:
             t.stop()
-        if not os.environ.get("TN_KEEP_WORKDIR"):     # for debugging: keep the logs
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
