@@ -28,6 +28,7 @@
 #include "tn-mem.h"
 
 #define TN_CACHE_MAX_KEYS 16
+#define TN_CACHE_MAX_EXTRA 4	/* commands pipelined behind a get */
 #define TN_CACHE_BACKOFF_MIN 100
 #define TN_CACHE_BACKOFF_MAX 5000
 #define TN_CACHE_SUB_STACK (512 * 1024)
@@ -548,41 +549,92 @@ static int tn_cache_decode_get(struct tn_cache *cache, const redisReply *r, unsi
 	return 0;
 }
 
+/* The commands of a pipeline on one connection: all written, then every
+ * reply read, within the cache's per-command timeout and the deadline.
+ * Returns 0 with replies_r[0..n-1] set, or -1 with none (the connection
+ * is then in an unknown state: the caller drops it). */
+static int tn_cache_pipeline(struct tn_cache_conn *c, struct tn_cache *cache,
+			     tn_msec_t deadline, unsigned n, const int *argcs,
+			     const char **const *argvs, redisReply **replies_r)
+{
+	void *reply;
+	unsigned got = 0;
+
+	if (tn_cache_set_timeout(c->ctx, &c->timeout, cache->set.timeout, deadline) < 0)
+		return -1;
+	for (unsigned i = 0; i < n; i++) {
+		if (redisAppendCommandArgv(c->ctx, argcs[i], argvs[i], NULL) != REDIS_OK)
+			goto fail;
+	}
+	for (; got < n; got++) {
+		if (redisGetReply(c->ctx, &reply) != REDIS_OK || reply == NULL)
+			goto fail;
+		replies_r[got] = reply;
+	}
+	return 0;
+fail:
+	tn_cache_set_error("redis: %s", c->ctx->errstr[0] != '\0' ? c->ctx->errstr : "no reply");
+	while (got > 0)
+		freeReplyObject(replies_r[--got]);
+	return -1;
+}
+
 /* One plain MGET: no script on the read path (a Lua call costs several
  * microseconds of server time, a GET a fraction of one). */
-int tn_cache_get(struct tn_cache *cache, const char *const *keys, unsigned n,
-		 tn_msec_t deadline, struct tn_cache_entry *entries_r,
-		 char generation_r[32])
+int tn_cache_get_with(struct tn_cache *cache, const char *const *keys, unsigned n,
+		      struct tn_cache_cmd *extra, unsigned nextra, tn_msec_t deadline,
+		      struct tn_cache_entry *entries_r, char generation_r[32])
 {
 	const char *argv[TN_CACHE_MAX_KEYS + 2];
+	const char **argvv[TN_CACHE_MAX_EXTRA + 1];
+	int argcs[TN_CACHE_MAX_EXTRA + 1];
+	redisReply *replies[TN_CACHE_MAX_EXTRA + 1];
 	char *owned[TN_CACHE_MAX_KEYS];
 	struct tn_cache_conn *c;
-	redisReply *r = NULL;
 	int ret = -1;
 
-	if (n == 0 || n > TN_CACHE_MAX_KEYS)
+	if (n == 0 || n > TN_CACHE_MAX_KEYS || nextra > TN_CACHE_MAX_EXTRA)
 		return -1;
 	argv[0] = "MGET";
 	for (unsigned i = 0; i < n; i++)
 		argv[i + 1] = owned[i] = tn_mem_printf("%s%s", cache->prefix, keys[i]);
 	argv[n + 1] = cache->gen_key;
+	argvv[0] = argv;
+	argcs[0] = (int)n + 2;
+	for (unsigned i = 0; i < nextra; i++) {
+		argvv[i + 1] = extra[i].argv;
+		argcs[i + 1] = extra[i].argc;
+		extra[i].reply = NULL;
+	}
 	tn_cache_count(&cache->stats.calls);
 	if ((c = tn_cache_acquire(cache, deadline)) != NULL) {
-		r = tn_cache_command_t(c->ctx, &c->timeout, cache->set.timeout, deadline,
-				       (int)n + 2, argv, NULL);
-		tn_cache_release(cache, c, r == NULL);
+		ret = tn_cache_pipeline(c, cache, deadline, nextra + 1, argcs, argvv, replies);
+		tn_cache_release(cache, c, ret < 0);
 	}
 	for (unsigned i = 0; i < n; i++)
 		tn_mem_free(&owned[i]);
-	if (r != NULL) {
-		ret = tn_cache_decode_get(cache, r, n, entries_r, generation_r);
+	if (ret == 0) {
+		ret = tn_cache_decode_get(cache, replies[0], n, entries_r, generation_r);
 		if (ret < 0)
 			tn_cache_set_error("redis: unexpected reply to MGET");
-		freeReplyObject(r);
+		freeReplyObject(replies[0]);
+		for (unsigned i = 0; i < nextra; i++) {
+			if (ret == 0)
+				extra[i].reply = replies[i + 1];
+			else
+				freeReplyObject(replies[i + 1]);
+		}
 	}
 	if (ret < 0)
 		tn_cache_count(&cache->stats.errors);
 	return ret;
+}
+
+int tn_cache_get(struct tn_cache *cache, const char *const *keys, unsigned n,
+		 tn_msec_t deadline, struct tn_cache_entry *entries_r,
+		 char generation_r[32])
+{
+	return tn_cache_get_with(cache, keys, n, NULL, 0, deadline, entries_r, generation_r);
 }
 
 int tn_cache_put(struct tn_cache *cache, const char *const *keys,

@@ -91,6 +91,20 @@ void tn_cache_destroy(struct tn_cache **cache);
 int tn_cache_get(struct tn_cache *cache, const char *const *keys, unsigned n,
 		 tn_msec_t deadline, struct tn_cache_entry *entries_r,
 		 char generation_r[32]);
+/* The same MGET with more commands pipelined behind it on the same
+ * connection: one round trip for all (e.g. a recipient's usage counters
+ * read with its lookup). extra[i].argv holds whole keys (the caller adds
+ * the prefix); extra[i].reply is set to its reply (the caller frees it
+ * with freeReplyObject(), an error reply included), or NULL. Returns as
+ * tn_cache_get(); on -1 no reply is set. */
+struct tn_cache_cmd {
+	int argc;
+	const char **argv;
+	struct redisReply *reply;
+};
+int tn_cache_get_with(struct tn_cache *cache, const char *const *keys, unsigned n,
+		      struct tn_cache_cmd *extra, unsigned nextra, tn_msec_t deadline,
+		      struct tn_cache_entry *entries_r, char generation_r[32]);
 /* Store objects (NULL = negative) under keys if the generation is still
  * 'generation'. Returns 1 stored, 0 refused (invalidated meanwhile),
  * -1 error. */

@@ -23,6 +23,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <hiredis/hiredis.h>
+
 #include "tn-cache.h"
 #include "tn-dir.h"
 #include "tn-escape.h"
@@ -49,6 +51,8 @@ struct tn_fetch {
 	struct tn_obj *objs[2];		/* per key; NULL: no such object */
 	struct tn_obj *tenant;		/* the objects' tenant, or NULL */
 	enum tn_layer layer;
+	struct tn_lookup_usage *usage;	/* read usage along (ADDRESS), or NULL */
+	char *usage_tenant;		/* the tenant whose usage was read */
 };
 
 struct tn_flight {
@@ -333,6 +337,7 @@ static void tn_fetch_clear_results(struct tn_fetch *f)
 static void tn_fetch_deinit(struct tn_fetch *f)
 {
 	tn_fetch_clear_results(f);
+	tn_mem_free(&f->usage_tenant);
 	for (unsigned i = 0; i < f->n; i++)
 		tn_mem_free(&f->keys[i]);
 }
@@ -420,9 +425,72 @@ static void tn_fetch_learn_hint(struct tn_lookup *lk, const struct tn_fetch *f)
 			      tn_mcache_generation(lk->hints));
 }
 
+/* One HMGET bytes messages reply: 0 and the two counters (absent = 0),
+ * or -1. */
+static int tn_usage_reply(const redisReply *r, int64_t *bytes_r, int64_t *messages_r)
+{
+	int64_t v[2] = { 0, 0 };
+	char *end;
+
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2)
+		return -1;
+	for (unsigned i = 0; i < 2; i++) {
+		if (r->element[i]->type == REDIS_REPLY_NIL)
+			continue;
+		if (r->element[i]->type != REDIS_REPLY_STRING)
+			return -1;
+		v[i] = strtoll(r->element[i]->str, &end, 10);
+		if (*end != '\0')
+			return -1;
+	}
+	*bytes_r = v[0];
+	*messages_r = v[1];
+	return 0;
+}
+
+/* The usage reads pipelined behind the MGET: the address's counters and
+ * those of the tenant the hint names (which the answer may prove wrong:
+ * f->usage_tenant says whose were read). */
+static unsigned tn_fetch_usage_cmds(struct tn_lookup *lk, struct tn_fetch *f,
+				    const char *tid_hint, char *keys[2],
+				    const char *argvs[2][4], struct tn_cache_cmd cmds[2])
+{
+	const char *prefix;
+
+	if (f->usage == NULL || f->what != TN_FETCH_ADDRESS || tid_hint == NULL)
+		return 0;
+	prefix = tn_cache_key_prefix(lk->cache);
+	keys[0] = tn_mem_printf("%susage:mbx:%s", prefix, f->name);
+	keys[1] = tn_mem_printf("%susage:ten:%s", prefix, tid_hint);
+	for (unsigned i = 0; i < 2; i++) {
+		argvs[i][0] = "HMGET";
+		argvs[i][1] = keys[i];
+		argvs[i][2] = "bytes";
+		argvs[i][3] = "messages";
+		cmds[i].argc = 4;
+		cmds[i].argv = argvs[i];
+	}
+	return 2;
+}
+
+static void tn_fetch_usage_take(struct tn_fetch *f, const char *tid_hint,
+				struct tn_cache_cmd cmds[2])
+{
+	struct tn_lookup_usage *u = f->usage;
+
+	if (tn_usage_reply(cmds[0].reply, &u->mailbox_bytes, &u->mailbox_messages) == 0 &&
+	    tn_usage_reply(cmds[1].reply, &u->tenant_bytes, &u->tenant_messages) == 0)
+		f->usage_tenant = tn_mem_strdup(tid_hint);
+	for (unsigned i = 0; i < 2; i++) {
+		if (cmds[i].reply != NULL)
+			freeReplyObject(cmds[i].reply);
+	}
+}
+
 /* Redis, one MGET: the keys of f, the generation, and the tenant entry
- * the hint names. True when every key of f was there (positive or
- * negative); the tenant is taken only if the hint was right. */
+ * the hint names (and the usage counters f asks for, pipelined). True
+ * when every key of f was there (positive or negative); the tenant is
+ * taken only if the hint was right. */
 static bool tn_fetch_redis(struct tn_lookup *lk, struct tn_fetch *f, tn_msec_t deadline,
 			   bool *redis_ok_r, char gen_r[32])
 {
@@ -430,15 +498,27 @@ static bool tn_fetch_redis(struct tn_lookup *lk, struct tn_fetch *f, tn_msec_t d
 	char *tid_hint = lk->cache != NULL ? tn_fetch_hint(lk, f) : NULL;
 	char *hint = tid_hint != NULL ? tn_lookup_key("ten:", tid_hint) : NULL;
 	const char *keys[3] = { f->keys[0], f->keys[1], NULL };
-	unsigned n = f->n;
+	char *ukeys[2] = { NULL, NULL };
+	const char *uargv[2][4];
+	struct tn_cache_cmd ucmds[2];
+	unsigned n = f->n, nu = 0;
 	const char *tid;
 	bool complete = true;
+	int ret = -1;
 
 	*redis_ok_r = false;
 	if (hint != NULL)
 		keys[n++] = hint;
+	if (lk->cache != NULL) {
+		nu = tn_fetch_usage_cmds(lk, f, tid_hint, ukeys, uargv, ucmds);
+		ret = tn_cache_get_with(lk->cache, keys, n, ucmds, nu, deadline, entries, gen_r);
+		if (ret == 0 && nu > 0)
+			tn_fetch_usage_take(f, tid_hint, ucmds);
+	}
+	tn_mem_free(&ukeys[0]);
+	tn_mem_free(&ukeys[1]);
 	tn_mem_free(&tid_hint);
-	if (lk->cache == NULL || tn_cache_get(lk->cache, keys, n, deadline, entries, gen_r) < 0) {
+	if (ret < 0) {
 		tn_mem_free(&hint);
 		return false;
 	}
@@ -856,6 +936,7 @@ static enum tn_result tn_lookup_compose(struct tn_lookup *lk, struct tn_fetch *f
 static enum tn_result tn_lookup_resolve_what(struct tn_lookup *lk, enum tn_fetch_what what,
 					     const char *name, const char *domain,
 					     tn_msec_t deadline, struct tn_account **acct_r,
+					     struct tn_lookup_usage *usage_r,
 					     const char **error_r)
 {
 	struct tn_account *acct = NULL;
@@ -865,29 +946,43 @@ static enum tn_result tn_lookup_resolve_what(struct tn_lookup *lk, enum tn_fetch
 	tn_lookup_count(&lk->stats.resolves);
 	deadline = tn_lookup_deadline(lk, deadline);
 	tn_fetch_init(&f, what, name, domain);
+	f.usage = usage_r;
 	rc = tn_lookup_fetch(lk, &f, deadline, error_r);
 	if (rc == TN_FOUND)
 		rc = tn_lookup_compose(lk, &f, deadline, &acct, error_r);
+	if (usage_r != NULL && rc == TN_FOUND && f.usage_tenant != NULL &&
+	    strcmp(acct->tenant, f.usage_tenant) == 0 && strcmp(acct->address, name) == 0)
+		usage_r->known = true;
 	tn_fetch_deinit(&f);
 	return tn_lookup_done(lk, rc, acct, acct_r);
+}
+
+enum tn_result tn_lookup_resolve_usage(struct tn_lookup *lk, const char *address,
+				       tn_msec_t deadline, struct tn_account **acct_r,
+				       struct tn_lookup_usage *usage_r,
+				       const char **error_r)
+{
+	char *norm;
+	enum tn_result rc;
+
+	*acct_r = NULL;
+	if (usage_r != NULL)
+		memset(usage_r, 0, sizeof(*usage_r));
+	if (tn_address_normalize(address, strlen(address), &norm, error_r) < 0) {
+		tn_lookup_count(&lk->stats.resolves);
+		return TN_NOTFOUND;
+	}
+	rc = tn_lookup_resolve_what(lk, TN_FETCH_ADDRESS, norm, strrchr(norm, '@') + 1,
+				    deadline, acct_r, usage_r, error_r);
+	tn_mem_free(&norm);
+	return rc;
 }
 
 enum tn_result tn_lookup_resolve(struct tn_lookup *lk, const char *address,
 				 tn_msec_t deadline, struct tn_account **acct_r,
 				 const char **error_r)
 {
-	char *norm;
-	enum tn_result rc;
-
-	*acct_r = NULL;
-	if (tn_address_normalize(address, strlen(address), &norm, error_r) < 0) {
-		tn_lookup_count(&lk->stats.resolves);
-		return TN_NOTFOUND;
-	}
-	rc = tn_lookup_resolve_what(lk, TN_FETCH_ADDRESS, norm, strrchr(norm, '@') + 1,
-				    deadline, acct_r, error_r);
-	tn_mem_free(&norm);
-	return rc;
+	return tn_lookup_resolve_usage(lk, address, deadline, acct_r, NULL, error_r);
 }
 
 enum tn_result tn_lookup_resolve_domain(struct tn_lookup *lk, const char *domain,
@@ -902,7 +997,8 @@ enum tn_result tn_lookup_resolve_domain(struct tn_lookup *lk, const char *domain
 		tn_lookup_count(&lk->stats.resolves);
 		return TN_NOTFOUND;
 	}
-	rc = tn_lookup_resolve_what(lk, TN_FETCH_DOMAIN, norm, NULL, deadline, acct_r, error_r);
+	rc = tn_lookup_resolve_what(lk, TN_FETCH_DOMAIN, norm, NULL, deadline, acct_r, NULL,
+				    error_r);
 	tn_mem_free(&norm);
 	return rc;
 }
@@ -931,7 +1027,8 @@ enum tn_result tn_lookup_resolve_tenant(struct tn_lookup *lk, const char *tenant
 		*error_r = "invalid tenant id";
 		return TN_NOTFOUND;
 	}
-	return tn_lookup_resolve_what(lk, TN_FETCH_TENANT, tenant, NULL, deadline, acct_r, error_r);
+	return tn_lookup_resolve_what(lk, TN_FETCH_TENANT, tenant, NULL, deadline, acct_r, NULL,
+				      error_r);
 }
 
 enum tn_result tn_lookup_resolve_cached(struct tn_lookup *lk, const char *address,

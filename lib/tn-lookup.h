@@ -81,6 +81,23 @@ enum tn_result tn_lookup_resolve_domain(struct tn_lookup *lk, const char *domain
 enum tn_result tn_lookup_resolve_tenant(struct tn_lookup *lk, const char *tenant,
 					tn_msec_t deadline, struct tn_account **acct_r,
 					const char **error_r);
+/* Usage counters (docs/redis-keys.md) that tn_lookup_resolve_usage()
+ * read in the lookup's own Redis round trip. */
+struct tn_lookup_usage {
+	bool known;		/* read for the account's own address and tenant */
+	int64_t mailbox_bytes, mailbox_messages;
+	int64_t tenant_bytes, tenant_messages;
+};
+/* tn_lookup_resolve(), and when the lookup asks Redis anyway (not an
+ * in-process hit) and already knows the domain's tenant, the usage
+ * counters of the address and of that tenant in the same pipeline: one
+ * round trip for both. usage_r->known is true only when they were read
+ * for the answer's address and tenant; otherwise the caller reads them
+ * itself (tn-usage.h) if it needs them. */
+enum tn_result tn_lookup_resolve_usage(struct tn_lookup *lk, const char *address,
+				       tn_msec_t deadline, struct tn_account **acct_r,
+				       struct tn_lookup_usage *usage_r,
+				       const char **error_r);
 /* Memory only, never blocks: TN_FOUND/TN_NOTFOUND when the in-process
  * cache holds the answer, TN_TEMPFAIL when it does not (ask the full
  * path). Aliases always need the full path. */

@@ -148,6 +148,7 @@ struct qm_metrics {
 	atomic_uint_fast64_t rcpt[QUOTA_POLICY_RESULTS];
 	atomic_uint_fast64_t eom[QUOTA_POLICY_RESULTS];
 	atomic_uint_fast64_t redis_failures[QM_REDIS_OPS];
+	atomic_uint_fast64_t usage_reads[2];	/* with the lookup, separately */
 	atomic_uint_fast64_t events[QM_EV_TYPES][QM_EV_OUTCOMES];
 	atomic_uint_fast64_t messages, bytes, reloads, reload_failures;
 	atomic_int_fast64_t sessions, transactions;	/* open states (gauges) */
@@ -453,7 +454,10 @@ static void qm_rcpt_address(const char *arg, char *buf, size_t size)
 	tn_log_sanitize(buf, size, tmp, len);
 }
 
-static void qm_read_usage(struct quota_policy_rcpt *pr, const struct tn_log_ctx *lc)
+/* The recipient's usage: as read with its lookup (one round trip for
+ * both) when it was, else with a round trip of its own. */
+static void qm_read_usage(struct quota_policy_rcpt *pr, const struct tn_lookup_usage *lu,
+			  const struct tn_log_ctx *lc)
 {
 	bool mbx, ten;
 	int64_t mcount[2] = { 0, 0 }, tcount[2] = { 0, 0 };
@@ -465,6 +469,14 @@ static void qm_read_usage(struct quota_policy_rcpt *pr, const struct tn_log_ctx 
 	pr->usage_known = false;
 	if (qm.usage == NULL)
 		return;
+	if (lu->known) {
+		atomic_fetch_add(&qm.m.usage_reads[0], 1);
+		pr->mailbox_bytes = mbx ? lu->mailbox_bytes : 0;
+		pr->tenant_bytes = ten ? lu->tenant_bytes : 0;
+		pr->usage_known = true;
+		return;
+	}
+	atomic_fetch_add(&qm.m.usage_reads[1], 1);
 	deadline = tn_time_now_ms() + tn_usage_timeout(qm.usage);
 	if (mbx && ten)		/* both in one round trip */
 		ret = tn_usage_get_pair(qm.usage, pr->address, pr->tenant, deadline, mcount, tcount);
@@ -489,6 +501,7 @@ struct qm_lookup {
 	enum tn_result res, dres;
 	struct tn_account *acct, *dacct;
 	struct quota_policy_rcpt pr;
+	struct tn_lookup_usage usage;
 	const char *tenant;
 	int64_t us;
 };
@@ -502,7 +515,8 @@ static void qm_lookup(const struct qm_settings *set, const char *address,
 
 	memset(l, 0, sizeof(*l));
 	l->dres = TN_NOTFOUND;
-	l->res = tn_lookup_resolve(qm.lookup, address, deadline, &l->acct, &error);
+	l->res = tn_lookup_resolve_usage(qm.lookup, address, deadline, &l->acct,
+					 qm.usage != NULL ? &l->usage : NULL, &error);
 	if (l->res == TN_NOTFOUND && at != NULL && at[1] != '\0')
 		l->dres = tn_lookup_resolve_domain(qm.lookup, at + 1, deadline, &l->dacct, &error);
 	l->us = tn_time_now_us() - t0;
@@ -555,7 +569,7 @@ static sfsistat qm_envrcpt(SMFICTX *ctx, char **argv)
 	qm_lookup(m->set, address, &lc, &l);
 	lc.tenant = l.tenant;
 	if (l.res == TN_FOUND)
-		qm_read_usage(&l.pr, &lc);
+		qm_read_usage(&l.pr, &l.usage, &lc);
 	quota_policy_rcpt(&m->set->policy, l.res, l.dres, &l.pr, m->declared, &d);
 	if (quota_policy_refuses(&d) &&
 	    qm_events(m->set, address, l.tenant, &d, m->declared, &lc) < 0)
@@ -796,6 +810,11 @@ static void qm_render_counters(FILE *f)
 		fprintf(f, "tn_quota_milter_redis_failures_total{op=\"%s\"} %llu\n",
 			qm_redis_op_names[i], n);
 	}
+	fputs("# TYPE tn_quota_milter_usage_reads_total counter\n", f);
+	for (int i = 0; i < 2; i++)
+		fprintf(f, "tn_quota_milter_usage_reads_total{how=\"%s\"} %llu\n",
+			i == 0 ? "with_lookup" : "separate",
+			(unsigned long long)atomic_load(&qm.m.usage_reads[i]));
 	fputs("# TYPE tn_quota_milter_events_total counter\n", f);
 	for (int t = 0; t < QM_EV_TYPES; t++)
 		for (int o = 0; o < QM_EV_OUTCOMES; o++)

@@ -14,7 +14,9 @@
  *	resolve: one blocking resolve per address (no in-process cache).
  *	serve: a long-lived process with the in-process cache and the
  *	invalidation subscriber, reading commands from stdin:
- *	"resolve ADDRESS", "parallel ADDRESS...", "stats", "quit".
+ *	"resolve ADDRESS", "usage ADDRESS" (tn_lookup_resolve_usage: the
+ *	answer, and "usage" with the counters read in the lookup's round
+ *	trip, or "usage":null), "parallel ADDRESS...", "stats", "quit".
  *	storm: THREADS threads resolve ADDRESS at the same moment.
  *	event: a libevent loop with a 1 ms timer resolves COUNT addresses
  *	(prefix + number + "@" domain part of the prefix) through the
@@ -72,6 +74,28 @@ static void probe_resolve(struct tn_lookup *lk, const char *addr)
 	enum tn_result rc = tn_lookup_resolve(lk, addr, 0, &acct, &error);
 
 	probe_print(addr, rc, acct, error, tn_time_now_us() - t0);
+	tn_account_free(&acct);
+}
+
+static void probe_usage(struct tn_lookup *lk, const char *addr)
+{
+	struct tn_lookup_usage u;
+	struct tn_account *acct = NULL;
+	const char *error = NULL;
+	enum tn_result rc = tn_lookup_resolve_usage(lk, addr, 0, &acct, &u, &error);
+	json_t *o = json_pack("{s:s,s:s}", "result", probe_results[rc + 1], "layer",
+			      acct != NULL ? tn_layer_name(acct->layer) : "");
+	char *text;
+
+	json_object_set_new(o, "usage", !u.known ? json_null() :
+		json_pack("{s:I,s:I,s:I,s:I}", "mailbox_bytes", (json_int_t)u.mailbox_bytes,
+			  "mailbox_messages", (json_int_t)u.mailbox_messages,
+			  "tenant_bytes", (json_int_t)u.tenant_bytes,
+			  "tenant_messages", (json_int_t)u.tenant_messages));
+	text = json_dumps(o, JSON_COMPACT);
+	printf("%s\n", text);
+	free(text);
+	json_decref(o);
 	tn_account_free(&acct);
 }
 
@@ -151,6 +175,8 @@ static int probe_serve(struct tn_lookup *lk)
 		line[strcspn(line, "\r\n")] = '\0';
 		if (strncmp(line, "resolve ", 8) == 0)
 			probe_resolve(lk, line + 8);
+		else if (strncmp(line, "usage ", 6) == 0)
+			probe_usage(lk, line + 6);
 		else if (strcmp(line, "stats") == 0)
 			probe_stats(lk);
 		else if (strncmp(line, "parallel ", 9) == 0)

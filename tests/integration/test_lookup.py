@@ -191,6 +191,47 @@ def test_invalidation_reaches_other_process_within_1s(stack):
             tnctl(stack.conf, "cache", "invalidate", "--address", "alice@acme.example")
 
 
+def test_usage_read_in_the_lookups_round_trip(stack):
+    """tn_lookup_resolve_usage: when the lookup asks Redis and knows the
+    domain's tenant, the counters come in the same pipeline; never for
+    another tenant than the answer's, never from the in-process cache."""
+    r = stack.redis
+    r.cli("HSET", "tn:v1:usage:mbx:bob@acme.example", "bytes", "1234", "messages", "5")
+    r.cli("HSET", "tn:v1:usage:ten:acme", "bytes", "987654", "messages", "321")
+    r.cli("DEL", "tn:v1:usage:mbx:dave@acme.example")
+    try:
+        for a in ("alice", "bob", "dave", "carol"):
+            one(stack.conf, a + "@acme.example")          # Redis holds them all
+        with Serve(stack.conf) as s:
+            # a fresh process does not know acme.example's tenant yet
+            first = s.send("usage alice@acme.example")
+            assert first["result"] == "found" and first["layer"] == "redis"
+            assert first["usage"] is None
+            got = s.send("usage bob@acme.example")
+            assert got["layer"] == "redis", got
+            assert got["usage"] == {"mailbox_bytes": 1234, "mailbox_messages": 5,
+                                    "tenant_bytes": 987654, "tenant_messages": 321}
+            assert s.send("usage dave@acme.example")["usage"] == {
+                "mailbox_bytes": 0, "mailbox_messages": 0,
+                "tenant_bytes": 987654, "tenant_messages": 321}
+            # an in-process hit has no round trip to carry the counters
+            again = s.send("usage bob@acme.example")
+            assert again["layer"] == "memory" and again["usage"] is None
+            # the hint says acme, the answer says globex: not acme's counters
+            for key in ("adr:carol@acme.example", "dom:acme.example"):
+                obj = json.loads(r.cli("GET", "tn:v1:" + key).strip())
+                obj["tenant"] = "globex"
+                r.cli("SET", "tn:v1:" + key, json.dumps(obj), "PX", "60000")
+            moved = s.send("usage carol@acme.example")
+            assert moved["result"] == "found" and moved["layer"] == "redis", moved
+            assert moved["usage"] is None
+            # unknown address: no counters either
+            assert s.send("usage nobody-here@acme.example")["usage"] is None
+    finally:
+        r.cli("DEL", "tn:v1:usage:mbx:bob@acme.example", "tn:v1:usage:ten:acme",
+              "tn:v1:adr:carol@acme.example", "tn:v1:dom:acme.example")
+
+
 def test_tenant_suspension_is_one_write_and_one_key(stack):
     dn = "tnTenantId=initech," + tnharness.TENANTS
     with Serve(stack.conf) as s:

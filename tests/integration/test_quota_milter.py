@@ -333,6 +333,8 @@ def test_one_tenant_pool_shared_by_two_mailboxes(milter, stack):
                        "mbx:bob@acme.example": 100,
                        "ten:acme": pool - 5000})
     mark = milter.log_mark()
+    reads = 'tn_quota_milter_usage_reads_total{how="%s"}'
+    before = milter.metrics()
     _, _, r = transaction(milter, ["alice@acme.example", "bob@acme.example"],
                           size="4000", finish="abort")
     assert r["alice@acme.example"] == ("pass", "continue")
@@ -342,6 +344,10 @@ def test_one_tenant_pool_shared_by_two_mailboxes(milter, stack):
     assert r["alice@acme.example"] == ("over_quota", "452 4.2.2")
     assert r["bob@acme.example"] == ("over_quota", "452 4.2.2")
     assert milter.log_since(mark).count("scope=tenant") == 2
+    # each recipient's counters came in its lookup's own round trip
+    after = milter.metrics()
+    assert after[reads % "with_lookup"] - before[reads % "with_lookup"] == 4
+    assert after[reads % "separate"] == before[reads % "separate"]
     # the other tenant is not affected
     _, _, r = transaction(milter, ["peter@initech.example"], size="5001", finish="abort")
     assert r["peter@initech.example"] == ("pass", "continue")
