@@ -87,10 +87,27 @@ static char *tn_strdup_opt(const char *s)
 	return s != NULL && *s != '\0' ? tn_mem_strdup(s) : NULL;
 }
 
+/* libldap initialises itself once per process, on first use: it reads
+ * ldap.conf and looks up this host's own name (ldap_pvt_get_fqdn), a DNS
+ * query when the name is not in /etc/hosts, bounded only by the
+ * resolver's timeout (5 s a try), not by any deadline of ours. Left to
+ * the first ldap_initialize() that happens inside the first request's
+ * deadline (a provisioning call took 5.0 s against prov_timeout 2s when
+ * one DNS answer was lost); done here it happens at start-up. */
+static pthread_once_t tn_dir_ldap_once = PTHREAD_ONCE_INIT;
+
+static void tn_dir_ldap_init(void)
+{
+	int version;
+
+	(void)ldap_get_option(NULL, LDAP_OPT_PROTOCOL_VERSION, &version);
+}
+
 struct tn_dir *tn_dir_create(const struct tn_dir_settings *set)
 {
 	struct tn_dir *dir = tn_mem_calloc(1, sizeof(*dir));
 
+	pthread_once(&tn_dir_ldap_once, tn_dir_ldap_init);
 	dir->set = *set;
 	if (dir->set.max_connections == 0)
 		dir->set.max_connections = 1;

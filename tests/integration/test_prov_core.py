@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -1157,6 +1158,53 @@ def test_directory_down_is_tempfail_within_deadline(fault_stack, workdir, how):
     finally:
         stack.slapd.thaw()
         serve.close()
+
+
+def test_first_request_keeps_its_deadline_when_dns_does_not_answer(stack, workdir):
+    """libldap initialises itself once per process and then looks up this
+    host's own name: a DNS query when /etc/hosts lacks the name, waiting
+    out the resolver's timeout when no answer comes (seen on a debootstrap
+    chroot, whose /etc/hosts lacks the host's name: a fresh process's
+    `list` took 5.0 s against prov_timeout 2s when one answer was lost).
+    The probe runs here in its own mount and UTS namespaces, with a host
+    name no hosts file has and a name server that receives the queries
+    and never answers: the wait must come at start-up, not inside the
+    first request's deadline."""
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.83.53.1", 53))   # receives, never answers
+    dns.setblocking(False)
+    try:
+        resolv = workdir / "resolv.conf"
+        resolv.write_text("nameserver 127.83.53.1\noptions timeout:3 attempts:1\n")
+        nss = workdir / "nsswitch.conf"
+        nss.write_text("hosts: files dns\n")
+        prov = Prov(stack, workdir, overrides=FAST)
+        script = ('hostname tn-unanswered.test && '
+                  'mount --bind "$1" /etc/resolv.conf && '
+                  'mount --bind "$2" /etc/nsswitch.conf && shift 2 && exec "$@"')
+        req = dict(op="get", kind="tenant", key="acme")
+        t0 = time.monotonic()
+        r = subprocess.run(["unshare", "-m", "-u", "--propagation", "private",
+                            "sh", "-c", script, "sh", str(resolv), str(nss)] +
+                           prov.cmd() + [json.dumps(req)],
+                           capture_output=True, text=True, timeout=60, env=prov.env())
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr
+        # the name server was asked (and the process waited for it) ...
+        asked = []
+        while True:
+            try:
+                asked.append(dns.recv(512))
+            except BlockingIOError:
+                break
+        assert any(b"tn-unanswered" in q for q in asked), (asked, r.stderr)
+        assert took >= 2.5, took
+        # ... but not within the request
+        res = json.loads(r.stdout.splitlines()[0])
+        assert res["status"] == "ok", res
+        assert res["ms"] < 2000 + 500, res
+    finally:
+        dns.close()
 
 
 def test_writes_go_to_the_provider_not_a_replica(fault_stack, workdir):
