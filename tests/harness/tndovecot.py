@@ -99,6 +99,16 @@ def missing_prerequisites():
             problems.append("%s missing" % pkg)
     if not shutil.which("unshare") or not shutil.which("mount"):
         problems.append("unshare/mount missing (util-linux, mount)")
+    elif os.geteuid() == 0:
+        # the private mount namespace of every instance; in a chroot whose
+        # root is not a mount point it fails ("cannot change root
+        # filesystem propagation"): every Dovecot would exit at start-up
+        r = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            problems.append("unshare -m --propagation private fails (%s); in a "
+                            "chroot, make its root a mount point first (mount "
+                            "--bind DIR DIR)" % r.stderr.strip())
     try:
         vmail_ids()
     except DovecotError as e:
