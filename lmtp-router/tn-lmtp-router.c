@@ -502,7 +502,7 @@ static void router_teardown(struct tn_router *r)
 	}
 	tn_mem_free(&r->unix_paths);
 	tn_mem_free(&r->unix_inodes);
-	tn_router_place_destroy(&r->place);	/* borrows the lookup */
+	tn_place_record_destroy(&r->place);	/* borrows the lookup */
 	tn_lookup_destroy(&r->lk);
 	tn_router_route_pools_free(&r->pools);
 	tn_conf_destroy(&r->conf);
