@@ -30,7 +30,7 @@ from tnprobe import tnctl
 from test_docs import TABLE_ENTRY_RE, page_parameters, report
 
 TOP = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-SOURCE = os.path.join(TOP, "lmtp-router", "tn-lmtp-router.c")
+SOURCE = os.path.join(TOP, "lib", "tn-router-params.c")    # tn_router_params
 PAGE = os.path.join(TOP, "man", "tn-lmtp-router.8")
 SENDER = "sender@example.org"
 ACME = "tnTenantId=acme," + th.TENANTS
