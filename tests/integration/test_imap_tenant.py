@@ -400,6 +400,8 @@ class Placing:
             "dovecot_proxy_port": str(self.topo.store_port),
             "dovecot_default_host": STORE_A,
             "dovecot_blocking": "yes" if name.endswith("-blocking") else "no",
+            # the blocking one records through the lock-out check's path
+            "dovecot_lockout_user_failures": "5" if name.endswith("-blocking") else "0",
             "dovecot_placement": mode,
             "dovecot_placement_bind_dn": th.PROV_DN,
             "dovecot_placement_password_file": stack.prov_password_file,
@@ -481,7 +483,8 @@ def test_placement_hash_record_logs_in_on_the_hashed_store_and_records_it(placin
     store, so dovecot_default_host = A cannot explain it), and that
     member is written to its tnMailHost within seconds, by the write
     path's thread (the login did not wait for it); in both modes of the
-    driver (blocking: the write path is made in the auth worker)."""
+    driver (blocking: the write path is made in the auth worker, and the
+    write is queued once the lock-out counters cleared the login)."""
     stack, proxy = placing.topo.stack, placing.proxies[name]
     mark = proxy.log_mark()
     for idx, user in enumerate(placing.new_mailboxes()):
