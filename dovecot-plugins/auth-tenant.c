@@ -108,6 +108,7 @@
 #include "tn-lookup.h"
 #include "tn-lookup-ioloop.h"
 #include "tn-mem.h"
+#include "tn-place-record.h"
 
 #define TENANT_DEFAULT_CONF "/etc/tenantmail/tenantmail.conf"
 #define TENANT_SUBSYS AUTH_SUBSYS_DB
@@ -129,6 +130,8 @@ struct tenant_db {
 	char *uid, *gid;		/* dovecot_uid/gid as numbers */
 	struct tn_cache *fails;		/* lock-out counters, or NULL: off */
 	struct tn_lookup_ioloop *ioloop;	/* async: made on first use */
+	struct tn_place_record *placer;	/* hash-record: writes tnMailHost */
+	pid_t placer_pid;
 	/* address -> its formatted userdb fields (tenant_reply_get) */
 	HASH_TABLE(const char *, struct tenant_reply *) replies;
 };
@@ -276,6 +279,104 @@ static void tenant_db_make_lookup(struct tenant_db *db)
 	db->lookup_pid = getpid();
 }
 
+/* --- placement ------------------------------------------------------------ */
+
+static const struct tn_place_record_settings tenant_place_settings = {
+	.actor_id = "dovecot-auth",
+	.label = "user",
+	.writer = "proxy",
+	.uses = "logins",
+	.retry = "login",
+};
+
+/* dovecot_placement: the router's default pool, from the router's own
+ * section of the same file (one member list for both programs, parsed
+ * by the router's table), and for hash-record the write credentials.
+ * Misconfiguration stops the auth process at start. */
+static void tenant_db_placement(struct tenant_db *db, const char *kind)
+{
+	static const char *const names[] = { "none", "hash", "hash-record" };
+	struct tn_conf *router = NULL;
+	const char *error;
+	int router_pm;
+
+	if (db->set.placement == TN_AUTH_PLACE_NONE)
+		return;
+	router = tn_auth_router_conf_create();
+	if (tn_conf_load_file(router, db->path, &error) < 0 ||
+	    tn_auth_placement_read(&db->set, router, &error) < 0)
+		i_fatal("%s tenant: %s: %s", kind, db->path, error);
+	router_pm = tn_conf_enum(router, "router_placement");
+	if (router_pm != (int)db->set.placement) {
+		i_warning("tenant: %s: dovecot_placement = %s but the router's router_placement "
+			  "= %s: a mailbox without host may be read and delivered on different "
+			  "stores", db->path, names[db->set.placement], names[router_pm]);
+	}
+	tn_conf_destroy(&router);
+	if (db->set.placement == TN_AUTH_PLACE_RECORD &&
+	    tn_place_record_credentials(db->conf, "dovecot_placement = hash-record",
+					"dovecot_placement_bind_dn",
+					"dovecot_placement_password_file", &error) < 0)
+		i_fatal("%s tenant: %s: %s", kind, db->path, error);
+}
+
+/* hash-record, asynchronous mode: the write path, made while preinit
+ * runs as root (the bind password file); its thread starts with the
+ * first placement. */
+static void tenant_db_make_placer(struct tenant_db *db, const char *kind)
+{
+	const char *error;
+
+	db->placer = tn_place_record_create(db->conf, db->lookup, &tenant_place_settings,
+					    &error);
+	if (db->placer == NULL)
+		i_fatal("%s tenant: %s: dovecot_placement: %s", kind, db->path, error);
+	db->placer_pid = getpid();
+}
+
+static struct tn_lookup *tenant_db_lookup(struct tenant_db *db, const char **error_r);
+
+/* This process's write path: in blocking mode made in the worker on its
+ * first placement (as the auth-worker's user, as its lookup is); NULL
+ * with *error_r when it cannot be. */
+static struct tn_place_record *tenant_db_placer(struct tenant_db *db, const char **error_r)
+{
+	struct tn_lookup *lookup;
+
+	if (db->placer != NULL && db->placer_pid == getpid())
+		return db->placer;
+	if (!db->set.blocking) {
+		*error_r = "no lookup";
+		return NULL;
+	}
+	if ((lookup = tenant_db_lookup(db, error_r)) == NULL)
+		return NULL;
+	db->placer = tn_place_record_create(db->conf, lookup, &tenant_place_settings, error_r);
+	if (db->placer == NULL)
+		return NULL;
+	db->placer_pid = getpid();
+	return db->placer;
+}
+
+/* A login placed by hash (hash-record) succeeded: write its member to
+ * tnMailHost in the write path's thread; the login is answered now. */
+static void tenant_place_record(struct tenant_db *db, struct auth_request *request,
+				const char *address, const char *member, const char *tenant)
+{
+	struct tn_place_record *placer;
+	const char *error;
+
+	if (member == NULL || db->set.placement != TN_AUTH_PLACE_RECORD)
+		return;
+	if ((placer = tenant_db_placer(db, &error)) == NULL) {
+		auth_request_log_warning(request, TENANT_SUBSYS,
+			"tenant=%s: placement on %s not recorded: %s; tried again at the next "
+			"login", tenant, member, error);
+		return;
+	}
+	tn_place_record_queue(placer, address, member, tenant, request->fields.session_id);
+}
+
 static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 {
 	static const struct tn_conf_param *const tables[] = {
@@ -300,8 +401,12 @@ static struct tenant_db *tenant_db_get(const char *kind, const char *args)
 		i_fatal("%s tenant: %s", kind, error);
 	tenant_db_numeric_ids(db, kind);
 	tenant_db_make_fails(db, kind);
-	if (!db->set.blocking)
+	tenant_db_placement(db, kind);
+	if (!db->set.blocking) {
 		tenant_db_make_lookup(db);
+		if (db->set.placement == TN_AUTH_PLACE_RECORD && db->lookup != NULL)
+			tenant_db_make_placer(db, kind);
+	}
 	db->next = tenant_dbs;
 	tenant_dbs = db;
 	return db;
@@ -320,6 +425,8 @@ static void tenant_db_unref(struct tenant_db **_db)
 		;
 	*p = db->next;
 	/* a lookup made by another process has threads that are not ours */
+	if (db->placer != NULL && db->placer_pid == getpid())
+		tn_place_record_destroy(&db->placer);	/* borrows the lookup */
 	tn_lookup_ioloop_destroy(&db->ioloop);
 	tenant_replies_free(db);
 	if (db->lookup != NULL && db->lookup_pid == getpid())
@@ -328,6 +435,7 @@ static void tenant_db_unref(struct tenant_db **_db)
 	i_free(db->uid);
 	i_free(db->gid);
 	tn_cache_destroy(&db->fails);
+	tn_auth_settings_clear(&db->set);
 	tn_conf_destroy(&db->conf);
 	i_free(db->path);
 	i_free(db);
@@ -408,14 +516,18 @@ static enum tn_result tenant_resolve(struct auth_request *request,
 
 /* --- passdb -------------------------------------------------------------- */
 
-/* Proxy fields for an active mailbox on a front-end. */
+/* Proxy fields for an active mailbox on a front-end; *placed_r: the
+ * member hashing picked (dovecot_placement), in the request's pool, or
+ * NULL. */
 static void tenant_passdb_proxy(struct auth_request *request,
 				const struct tn_auth_settings *set,
-				const struct tn_account *acct)
+				const struct tn_account *acct, const char **placed_r)
 {
+	const char *member;
 	char *host;
 
-	if (tn_auth_route(set, acct, &host) < 0) {
+	*placed_r = NULL;
+	if (tn_auth_route_placed(set, acct, &host, &member) < 0) {
 		auth_request_log_error(request, TENANT_SUBSYS,
 			"tenant=%s: mailbox has no store (no host, pool '%s' not in "
 			"dovecot_pool_hosts, no dovecot_default_host): nologin",
@@ -424,6 +536,12 @@ static void tenant_passdb_proxy(struct auth_request *request,
 		auth_request_set_field(request, "reason",
 				       "Mailbox temporarily unavailable", NULL);
 		return;
+	}
+	if (member != NULL) {
+		auth_request_log_debug(request, TENANT_SUBSYS,
+				       "tenant=%s: no host or pool: placed by hash on %s",
+				       acct->tenant, member);
+		*placed_r = p_strdup(request->pool, member);
 	}
 	auth_request_set_field(request, "proxy", "y", NULL);
 	auth_request_set_field(request, "host", host, NULL);
@@ -459,18 +577,20 @@ static void tenant_passdb_prefetch(struct auth_request *request, struct tenant_d
 }
 
 /* Set the passdb fields from a lookup's answer: the result, with the
- * stored password and its scheme when OK. acct is freed. */
+ * stored password and its scheme when OK, and on a proxy the member
+ * placement picked (*placed_r, else NULL). acct is freed. */
 static enum passdb_result
 tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 		   struct tn_account *acct, const char **crypted_r,
 		   const char **scheme_r, const char **tenant_r,
-		   const char **address_r)
+		   const char **address_r, const char **placed_r)
 {
 	struct tenant_passdb_module *module =
 		(struct tenant_passdb_module *)request->passdb->passdb;
 	enum passdb_result result;
 	const char *reason;
 
+	*placed_r = NULL;
 	switch (tn_auth_login_verdict(res, acct, &reason)) {
 	case TN_AUTH_TEMPFAIL:
 		result = PASSDB_RESULT_INTERNAL_FAILURE;
@@ -499,7 +619,7 @@ tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 		if (strcmp(acct->address, request->fields.user) != 0)
 			auth_request_set_field(request, "user", acct->address, NULL);
 		if (module->db->set.proxy)
-			tenant_passdb_proxy(request, &module->db->set, acct);
+			tenant_passdb_proxy(request, &module->db->set, acct, placed_r);
 		else
 			tenant_passdb_prefetch(request, module->db, acct);
 		*tenant_r = p_strdup(request->pool, acct->tenant);
@@ -532,6 +652,7 @@ struct tenant_lockout {
 	struct tenant_db *db;
 	enum passdb_result result;
 	const char *tenant;
+	const char *address, *placed;	/* a placement to record if it succeeds */
 	verify_plain_callback_t *callback;
 };
 
@@ -658,6 +779,8 @@ static void tenant_lockout_done(bool done, void *job_context, void *context)
 	/* not done: the job may still be running, its fields are not ours */
 	result = tenant_lockout_decide(request, &lk->db->set, lk->tenant, lk->result,
 				       done ? job_context : NULL, "timed out");
+	if (result == PASSDB_RESULT_OK)
+		tenant_place_record(lk->db, request, lk->address, lk->placed, lk->tenant);
 	lk->callback(result, request);
 	auth_request_unref(&request);
 }
@@ -665,7 +788,8 @@ static void tenant_lockout_done(bool done, void *job_context, void *context)
 /* Check (and count) before answering a login of an existing mailbox. */
 static void tenant_lockout_begin(struct tenant_db *db, struct auth_request *request,
 				 enum passdb_result result, const char *tenant,
-				 const char *address, verify_plain_callback_t *callback)
+				 const char *address, const char *placed,
+				 verify_plain_callback_t *callback)
 {
 	struct tenant_lockout_job *job =
 		tenant_lockout_job_new(db, request, address,
@@ -678,13 +802,17 @@ static void tenant_lockout_begin(struct tenant_db *db, struct auth_request *requ
 		tenant_lockout_run(job);
 		result = tenant_lockout_decide(request, &db->set, tenant, result, job, "");
 		tenant_lockout_job_free(job);
+		if (result == PASSDB_RESULT_OK)
+			tenant_place_record(db, request, address, placed, tenant);
 		callback(result, request);
 		return;
 	}
 	if (tenant_db_ioloop(db, &error) == NULL) {
 		tenant_lockout_job_free(job);
-		callback(tenant_lockout_decide(request, &db->set, tenant, result,
-					       NULL, error), request);
+		result = tenant_lockout_decide(request, &db->set, tenant, result, NULL, error);
+		if (result == PASSDB_RESULT_OK)
+			tenant_place_record(db, request, address, placed, tenant);
+		callback(result, request);
 		return;
 	}
 	lk = p_new(request->pool, struct tenant_lockout, 1);
@@ -692,6 +820,8 @@ static void tenant_lockout_begin(struct tenant_db *db, struct auth_request *requ
 	lk->db = db;
 	lk->result = result;
 	lk->tenant = tenant;
+	lk->address = address;
+	lk->placed = placed;
 	lk->callback = callback;
 	auth_request_ref(request);
 	(void)tn_lookup_ioloop_run(db->ioloop, 0, tenant_lockout_run, job,
@@ -707,8 +837,9 @@ static void tenant_verify_finish(struct auth_request *request, const char *passw
 	struct tenant_passdb_module *module =
 		(struct tenant_passdb_module *)request->passdb->passdb;
 	const char *crypted = NULL, *scheme = NULL, *tenant = NULL, *address = NULL;
+	const char *placed;
 	enum passdb_result result = tenant_passdb_fill(request, res, acct, &crypted,
-						       &scheme, &tenant, &address);
+						       &scheme, &tenant, &address, &placed);
 	int ret;
 
 	if (result == PASSDB_RESULT_OK) {
@@ -718,9 +849,12 @@ static void tenant_verify_finish(struct auth_request *request, const char *passw
 			result = PASSDB_RESULT_PASSWORD_MISMATCH;
 		if (module->db->fails != NULL) {
 			tenant_lockout_begin(module->db, request, result, tenant,
-					     address, callback);
+					     address, placed, callback);
 			return;
 		}
+		/* placed by hash: recorded only once the password is right */
+		if (result == PASSDB_RESULT_OK)
+			tenant_place_record(module->db, request, address, placed, tenant);
 	}
 	callback(result, request);
 }
@@ -729,9 +863,11 @@ static void tenant_credentials_finish(struct auth_request *request, enum tn_resu
 				      struct tn_account *acct,
 				      lookup_credentials_callback_t *callback)
 {
-	const char *crypted = NULL, *scheme = NULL, *tenant, *address;
+	const char *crypted = NULL, *scheme = NULL, *tenant, *address, *placed;
+	/* a placement is not recorded here: the password is checked after
+	 * this answer, by the mechanism (or not at all: doveadm auth lookup) */
 	enum passdb_result result = tenant_passdb_fill(request, res, acct, &crypted,
-						       &scheme, &tenant, &address);
+						       &scheme, &tenant, &address, &placed);
 
 	passdb_handle_credentials(result, crypted, scheme, callback, request);
 }

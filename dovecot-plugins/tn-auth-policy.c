@@ -12,7 +12,9 @@
 #include <string.h>
 
 #include "tn-auth-policy.h"
+#include "tn-conf-shared.h"
 #include "tn-mem.h"
+#include "tn-place.h"
 
 const struct tn_conf_param tn_auth_params[] = {
 	{ "dovecot_uid", TN_CONF_STR, "vmail", 0, 0, NULL,
@@ -31,6 +33,13 @@ const struct tn_conf_param tn_auth_params[] = {
 	  "pool:host items: the store of a mailbox that has a pool but no host" },
 	{ "dovecot_default_host", TN_CONF_STR, "", 0, 0, NULL,
 	  "store of a mailbox with neither host nor mapped pool (empty: nologin)" },
+	{ "dovecot_placement", TN_CONF_ENUM, "none", 0, 0, "none|hash|hash-record",
+	  "proxy: a mailbox without host or pool goes to the router's hashed member "
+	  "(hash-record: written to tnMailHost)" },
+	{ "dovecot_placement_bind_dn", TN_CONF_STR, "", 0, 0, NULL,
+	  "DN hash-record writes tnMailHost as (empty: prov_ldap_bind_dn)" },
+	{ "dovecot_placement_password_file", TN_CONF_STR, "", 0, 0, NULL,
+	  "password file of that DN (empty: prov_ldap_bind_password_file)" },
 	{ "dovecot_blocking", TN_CONF_BOOL, "no", 0, 0, NULL,
 	  "look up in auth worker processes instead of the auth process itself" },
 	{ "dovecot_lookup_threads", TN_CONF_INT, "4", 1, 64, NULL,
@@ -88,6 +97,9 @@ int tn_auth_settings_read(const struct tn_conf *conf,
 	set_r->proxy_port = tn_conf_int(conf, "dovecot_proxy_port");
 	set_r->default_host = tn_conf_str(conf, "dovecot_default_host");
 	set_r->pool_hosts = tn_conf_list(conf, "dovecot_pool_hosts");
+	set_r->placement = (enum tn_auth_placement)tn_conf_enum(conf, "dovecot_placement");
+	set_r->place_members = NULL;
+	set_r->place_nmembers = 0;
 	set_r->blocking = tn_conf_bool(conf, "dovecot_blocking");
 	set_r->lookup_threads = (unsigned)tn_conf_int(conf, "dovecot_lookup_threads");
 	set_r->lockout_user_failures = tn_conf_int(conf, "dovecot_lockout_user_failures");
@@ -96,7 +108,74 @@ int tn_auth_settings_read(const struct tn_conf *conf,
 	if (tn_auth_check_template("dovecot_home", set_r->home, error_r) < 0 ||
 	    tn_auth_check_template("dovecot_mail", set_r->mail, error_r) < 0)
 		return -1;
+	if (set_r->placement != TN_AUTH_PLACE_NONE && !set_r->proxy) {
+		*error_r = "dovecot_placement needs dovecot_proxy = yes (only a proxy places)";
+		return -1;
+	}
 	return tn_auth_check_pool_hosts(set_r->pool_hosts, error_r);
+}
+
+/* --- placement: the router's default pool ---------------------------------- */
+
+struct tn_conf *tn_auth_router_conf_create(void)
+{
+	static const struct tn_conf_param *const tables[] = {
+		TN_CONF_SHARED_TABLES, tn_router_params, NULL
+	};
+
+	return tn_conf_create(TN_AUTH_ROUTER_SECTION, tables);
+}
+
+/* hash-record writes a member's "host:port" as tnMailHost, which
+ * provisioning takes as a host name or IPv4 address with a port (the
+ * router refuses the same). */
+static int tn_auth_placement_members_ok(const struct tn_auth_settings *set,
+					const char **error_r)
+{
+	for (size_t i = 0; i < set->place_nmembers; i++) {
+		if (set->placement == TN_AUTH_PLACE_RECORD && set->place_members[i][0] == '[') {
+			*error_r = "dovecot_placement = hash-record: the members of "
+				"router_default_pool must be host names or IPv4 addresses "
+				"(tnMailHost holds no IPv6 address)";
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int tn_auth_placement_read(struct tn_auth_settings *set, const struct tn_conf *router_conf,
+			   const char **error_r)
+{
+	const char *pool = tn_conf_str(router_conf, "router_default_pool");
+
+	if (set->placement == TN_AUTH_PLACE_NONE)
+		return 0;
+	if (*pool == '\0') {
+		*error_r = "dovecot_placement needs router_default_pool in the [tn-lmtp-router] "
+			"section of the same file (the pool the router places in)";
+		return -1;
+	}
+	if (tn_place_pool_members(tn_conf_list(router_conf, "router_pool_members"), pool,
+				  (unsigned)tn_conf_int(router_conf, "router_lmtp_port"),
+				  &set->place_members, &set->place_nmembers, error_r) < 0)
+		return -1;
+	if (set->place_nmembers == 0) {
+		tn_auth_settings_clear(set);
+		*error_r = "dovecot_placement: router_default_pool names no pool of "
+			"router_pool_members";
+		return -1;
+	}
+	if (tn_auth_placement_members_ok(set, error_r) < 0) {
+		tn_auth_settings_clear(set);
+		return -1;
+	}
+	return 0;
+}
+
+void tn_auth_settings_clear(struct tn_auth_settings *set)
+{
+	tn_place_members_free(&set->place_members);
+	set->place_nmembers = 0;
 }
 
 /* --- verdicts ------------------------------------------------------------ */
@@ -279,21 +358,46 @@ static const char *tn_auth_pool_host(const struct tn_auth_settings *set,
 	return NULL;
 }
 
-int tn_auth_route(const struct tn_auth_settings *set,
-		  const struct tn_account *acct, char **host_r)
+/* The member of the router's default pool that hashing picks for a
+ * mailbox with neither host nor pool (tn-place.h), or NULL. */
+static const char *tn_auth_placed(const struct tn_auth_settings *set,
+				  const struct tn_account *acct)
 {
-	const char *host = NULL;
+	size_t j;
+
+	if (set->placement == TN_AUTH_PLACE_NONE || set->place_nmembers == 0 ||
+	    acct->address == NULL)
+		return NULL;
+	j = tn_place_pick((const char *const *)set->place_members, set->place_nmembers,
+			  acct->address);
+	return set->place_members[j];
+}
+
+int tn_auth_route_placed(const struct tn_auth_settings *set, const struct tn_account *acct,
+			 char **host_r, const char **member_r)
+{
+	const char *host = NULL, *member = NULL;
 
 	if (acct->host != NULL && acct->host[0] != '\0')
 		host = acct->host;
 	else if (acct->pool != NULL && acct->pool[0] != '\0')
 		host = tn_auth_pool_host(set, acct->pool);
+	else if ((member = tn_auth_placed(set, acct)) != NULL)
+		host = member;
 	if (host == NULL && set->default_host[0] != '\0')
 		host = set->default_host;
+	if (member_r != NULL)
+		*member_r = member;
 	if (host == NULL)
 		return -1;
 	*host_r = tn_auth_host_only(host);
 	return (*host_r)[0] != '\0' ? 0 : (tn_mem_free(host_r), -1);
+}
+
+int tn_auth_route(const struct tn_auth_settings *set,
+		  const struct tn_account *acct, char **host_r)
+{
+	return tn_auth_route_placed(set, acct, host_r, NULL);
 }
 
 bool tn_auth_locked_out(const struct tn_auth_settings *set,

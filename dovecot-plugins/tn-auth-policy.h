@@ -31,8 +31,18 @@
 
 /* The section of tenantmail.conf the driver reads. */
 #define TN_AUTH_CONF_SECTION "dovecot-auth"
+/* The router's section, read for placement (its default pool). */
+#define TN_AUTH_ROUTER_SECTION "tn-lmtp-router"
 
 extern const struct tn_conf_param tn_auth_params[];
+
+/* dovecot_placement: the index of its words "none|hash|hash-record",
+ * the same words and meaning as router_placement */
+enum tn_auth_placement {
+	TN_AUTH_PLACE_NONE,
+	TN_AUTH_PLACE_HASH,
+	TN_AUTH_PLACE_RECORD,
+};
 
 struct tn_auth_settings {
 	const char *uid;		/* "" = not returned */
@@ -43,6 +53,10 @@ struct tn_auth_settings {
 	int64_t proxy_port;		/* 0 = not returned */
 	const char *default_host;	/* "" = none */
 	const char *const *pool_hosts;	/* "pool:host" items */
+	enum tn_auth_placement placement;
+	char **place_members;		/* the router's default pool, normalised
+					   "host:port" (tn_auth_placement_read) */
+	size_t place_nmembers;
 	bool blocking;			/* in auth workers, not the auth process */
 	unsigned lookup_threads;	/* auth process: threads for misses */
 	int64_t lockout_user_failures;	/* 0 = off */
@@ -62,9 +76,23 @@ enum tn_auth_verdict {
 bool tn_auth_locked_out(const struct tn_auth_settings *set,
 			int64_t user_failures, int64_t ip_failures);
 
-/* Read and check the driver's parameters (pointers into conf). */
+/* Read and check the driver's parameters (pointers into conf; no
+ * placement members yet). */
 int tn_auth_settings_read(const struct tn_conf *conf,
 			  struct tn_auth_settings *set_r, const char **error_r);
+/* A tn_conf for the router's section of the same file, with the
+ * router's parameter table (lib/tn-router-params.c): load the file
+ * into it, then tn_auth_placement_read(). */
+struct tn_conf *tn_auth_router_conf_create(void);
+/* dovecot_placement != none: the members of router_default_pool from
+ * router_pool_members, normalised with router_lmtp_port exactly as the
+ * router does (tn_place_pool_members), so that both hash the same
+ * names. -1 with *error_r when the router's section names no default
+ * pool, or (hash-record) a member is an IPv6 address. */
+int tn_auth_placement_read(struct tn_auth_settings *set, const struct tn_conf *router_conf,
+			   const char **error_r);
+/* Free what tn_auth_placement_read() allocated. */
+void tn_auth_settings_clear(struct tn_auth_settings *set);
 
 /* passdb: only an active mailbox with a password logs in; aliases,
  * domains and tenants are unknown logins. *reason_r (static or owned by
@@ -84,9 +112,16 @@ int tn_auth_expand(const char *tmpl, const struct tn_account *acct,
 
 /* The store a proxy sends this mailbox to: its host (any ":port" there
  * is the LMTP port and is dropped), else its pool's host from
- * dovecot_pool_hosts, else dovecot_default_host. 0 with *host_r, or -1
- * when there is none. */
+ * dovecot_pool_hosts, else -- with dovecot_placement, a mailbox with
+ * neither host nor pool -- the member of the router's default pool
+ * that rendezvous hashing picks (the router's choice, tn-place.h; its
+ * port dropped likewise), else dovecot_default_host. 0 with *host_r, or
+ * -1 when there is none. */
 int tn_auth_route(const struct tn_auth_settings *set,
 		  const struct tn_account *acct, char **host_r);
+/* The same, and *member_r: the hashed member ("host:port", owned by
+ * set) when the host came from placement, else NULL. */
+int tn_auth_route_placed(const struct tn_auth_settings *set, const struct tn_account *acct,
+			 char **host_r, const char **member_r);
 
 #endif

@@ -19,6 +19,8 @@ lib_libtenantmail_la_SOURCES = \
 	lib/tn-hook-spool.c lib/tn-hook-spool.h \
 	lib/tn-daemon.c lib/tn-daemon.h \
 	lib/tn-idem.c lib/tn-idem.h \
+	lib/tn-place.c lib/tn-place.h lib/tn-place-record.c lib/tn-place-record.h \
+	lib/tn-router-params.c \
 	lib/tn-prov.c lib/tn-prov.h lib/tn-prov-int.h lib/tn-prov-ldap.c \
 	lib/tn-prov-write.c lib/tn-prov-input.c lib/tn-prov-input.h
 lib_libtenantmail_la_CFLAGS = $(AM_CFLAGS) $(LDAP_CFLAGS) $(HIREDIS_CFLAGS) \

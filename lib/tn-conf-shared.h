@@ -26,6 +26,10 @@ extern const struct tn_conf_param tn_outbox_params[];	/* tn-outbox.h */
 extern const struct tn_conf_param tn_hookd_params[];	/* tn-hook-spool.h */
 extern const struct tn_conf_param tn_prov_params[];	/* tn-prov.h */
 
+/* Not shared: the [tn-lmtp-router] section's (lib/tn-router-params.c),
+ * read by tn-lmtp-router and, for placement, by the Dovecot auth driver. */
+extern const struct tn_conf_param tn_router_params[];
+
 #define TN_CONF_SHARED_TABLES \
 	tn_lookup_params, tn_outbox_params, tn_hookd_params, tn_prov_params
 

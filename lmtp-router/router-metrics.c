@@ -141,16 +141,16 @@ static void metrics_stores(struct tn_router *r, struct evbuffer *b)
  * read under its lock) */
 static void metrics_placement(struct tn_router *r, struct evbuffer *b)
 {
-	uint64_t counts[TN_RP_N], pending;
+	uint64_t counts[TN_PLACE_N], pending;
 
 	if (r->place == NULL)
 		return;
-	tn_router_place_stats(r->place, counts, &pending);
+	tn_place_record_stats(r->place, counts, &pending);
 	metrics_header(b, "placements_total", "counter",
 		       "hash placements to record in the directory, by result");
-	for (int i = 0; i < TN_RP_N; i++)
+	for (int i = 0; i < TN_PLACE_N; i++)
 		evbuffer_add_printf(b, "tn_router_placements_total{result=\"%s\"} %llu\n",
-				    tn_router_place_result_name(i), (unsigned long long)counts[i]);
+				    tn_place_record_result_name(i), (unsigned long long)counts[i]);
 	metrics_header(b, "placements_pending", "gauge", "placements queued or being written");
 	evbuffer_add_printf(b, "tn_router_placements_pending %llu\n", (unsigned long long)pending);
 }

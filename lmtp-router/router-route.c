@@ -14,6 +14,7 @@
 #include "router-route.h"
 #include "tn-log.h"
 #include "tn-mem.h"
+#include "tn-place.h"
 
 #define ROUTE_REPLY_TEXT_MAX 400
 
@@ -31,81 +32,17 @@ struct tn_router_pools {
 	enum tn_router_placement placement;
 };
 
-/* --- host:port -------------------------------------------------------------- */
-
-static bool route_port_ok(const char *s, unsigned *port_r)
-{
-	char *end;
-	long v;
-
-	if (!isdigit((unsigned char)*s))
-		return false;
-	v = strtol(s, &end, 10);
-	if (*end != '\0' || v < 1 || v > 65535)
-		return false;
-	*port_r = (unsigned)v;
-	return true;
-}
-
-static bool route_host_ok(const char *h, size_t n)
-{
-	if (n == 0 || n > 255)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = (unsigned char)h[i];
-
-		if (!isalnum(c) && c != '.' && c != '-' && c != '_' && c != ':')
-			return false;
-	}
-	return true;
-}
+/* --- host:port (lib/tn-place.c) ------------------------------------------------- */
 
 int tn_router_route_hostport(const char *text, unsigned default_port, char **out_r,
 			     const char **error_r)
 {
-	const char *host = text, *port = NULL, *end;
-	unsigned p = default_port;
-	bool v6 = text[0] == '[';
-
-	if (v6) {
-		host = text + 1;
-		if ((end = strchr(host, ']')) == NULL || (end[1] != '\0' && end[1] != ':'))
-			goto bad;
-		port = end[1] == ':' ? end + 2 : NULL;
-	} else {
-		end = strchr(text, ':');
-		if (end != NULL && strchr(end + 1, ':') != NULL)
-			goto bad;	/* a bare IPv6 address needs brackets */
-		port = end != NULL ? end + 1 : NULL;
-		if (end == NULL)
-			end = text + strlen(text);
-	}
-	if (!route_host_ok(host, (size_t)(end - host)) || (port != NULL && !route_port_ok(port, &p)))
-		goto bad;
-	if (!v6 && memchr(host, ':', (size_t)(end - host)) != NULL)
-		goto bad;
-	*out_r = tn_mem_printf(v6 ? "[%.*s]:%u" : "%.*s:%u", (int)(end - host), host, p);
-	return 0;
-bad:
-	*error_r = "expected host, host:port or [IPv6]:port";
-	return -1;
+	return tn_place_hostport(text, default_port, out_r, error_r);
 }
 
 int tn_router_route_split(const char *hostport, char **host_r, unsigned *port_r)
 {
-	const char *colon = strrchr(hostport, ':');
-	const char *h = hostport;
-	size_t n;
-
-	if (colon == NULL || !route_port_ok(colon + 1, port_r))
-		return -1;
-	n = (size_t)(colon - hostport);
-	if (h[0] == '[' && n >= 2 && h[n - 1] == ']') {
-		h++;
-		n -= 2;
-	}
-	*host_r = tn_mem_strndup(h, n);
-	return 0;
+	return tn_place_split(hostport, host_r, port_r);
 }
 
 /* --- pools -------------------------------------------------------------------- */
@@ -130,19 +67,13 @@ static struct tn_router_pool *route_pool_get(struct tn_router_pools *pools, cons
 static int route_pool_item(struct tn_router_pools *pools, const char *item,
 			   unsigned default_port, const char **error_r)
 {
-	const char *eq = strchr(item, '=');
 	struct tn_router_pool *p;
+	size_t pool_len;
 	char *hp;
 
-	if (eq == NULL || eq == item) {
-		*error_r = "router_pool_members: items are pool=host[:port]";
+	if (tn_place_member_item(item, default_port, &pool_len, &hp, error_r) < 0)
 		return -1;
-	}
-	if (tn_router_route_hostport(eq + 1, default_port, &hp, error_r) < 0) {
-		*error_r = "router_pool_members: a member is not host[:port] or [IPv6]:port";
-		return -1;
-	}
-	p = route_pool_get(pools, item, (size_t)(eq - item));
+	p = route_pool_get(pools, item, pool_len);
 	for (size_t j = 0; j < p->nmembers; j++) {
 		if (strcmp(p->members[j], hp) == 0) {
 			tn_mem_free(&hp);
@@ -231,56 +162,19 @@ void tn_router_route_set_placement(struct tn_router_pools *pools,
 	pools->placement = placement;
 }
 
-/* --- placement: rendezvous hashing ---------------------------------------------- */
-
-#define ROUTE_FNV_OFFSET UINT64_C(0xcbf29ce484222325)
-#define ROUTE_FNV_PRIME UINT64_C(0x100000001b3)
-
-static uint64_t route_fnv1a(uint64_t h, const char *s, bool lower)
-{
-	for (; *s != '\0'; s++) {
-		h ^= (unsigned char)(lower ? tolower((unsigned char)*s) : *s);
-		h *= ROUTE_FNV_PRIME;
-	}
-	return h;
-}
-
-/* MurmurHash3's finaliser: every input bit reaches every output bit, so
- * that scores of one address on different members are independent. */
-static uint64_t route_mix64(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= UINT64_C(0xff51afd7ed558ccd);
-	x ^= x >> 33;
-	x *= UINT64_C(0xc4ceb9fe1a85ec53);
-	x ^= x >> 33;
-	return x;
-}
+/* --- placement: rendezvous hashing (lib/tn-place.c, shared with the Dovecot proxy) --- */
 
 uint64_t tn_router_route_hrw_score(const char *member, const char *address)
 {
-	uint64_t h = route_fnv1a(ROUTE_FNV_OFFSET, member, false);
-
-	h = (h ^ 0xff) * ROUTE_FNV_PRIME;	/* no byte of a name: a separator */
-	return route_mix64(route_fnv1a(h, address, true));
+	return tn_place_score(member, address);
 }
 
 size_t tn_router_route_place(const struct tn_router_pools *pools, size_t i,
 			     const char *address)
 {
 	const struct tn_router_pool *p = &pools->pools[i];
-	uint64_t best = 0, score;
-	size_t pick = 0;
 
-	for (size_t j = 0; j < p->nmembers; j++) {
-		score = tn_router_route_hrw_score(p->members[j], address);
-		if (j == 0 || score > best ||
-		    (score == best && strcmp(p->members[j], p->members[pick]) < 0)) {
-			best = score;
-			pick = j;
-		}
-	}
-	return pick;
+	return tn_place_pick((const char *const *)p->members, p->nmembers, address);
 }
 
 /* --- the decision --------------------------------------------------------------- */

@@ -26,8 +26,9 @@
  *	"hash" or "hash-record", a mailbox that would go to the default
  *	pool goes instead to one member of it, chosen by rendezvous
  *	(highest random weight) hashing of the mailbox's address over the
- *	members' "host:port" names (tn_router_route_place): the member
- *	whose hash with the address is highest. Every router with the same
+ *	members' "host:port" names (tn_router_route_place, lib/tn-place.c:
+ *	the same code the Dovecot proxy uses): the member whose hash with
+ *	the address is highest. Every router with the same
  *	member list (in any order) picks the same member; adding a member
  *	moves only the mailboxes that now score highest on it (about 1/N),
  *	removing one moves only its own. The route is then VIA_PLACED with

@@ -835,8 +835,8 @@ static void session_lookup_cb(enum tn_result res, struct tn_account *acct, const
 		if (s->tenant == NULL)
 			s->tenant = rc->tenant;
 		if (rc->route.record)
-			tn_router_place_record(s->r->place, acct->address, rc->route.host,
-					       rc->tenant, s->id);
+			tn_place_record_queue(s->r->place, acct->address, rc->route.host,
+					      rc->tenant, s->id);
 	} else {
 		enum tn_router_result rr = rc->route.verdict == TN_ROUTER_UNKNOWN ? TN_RR_UNKNOWN :
 			rc->route.verdict == TN_ROUTER_TEMPFAIL ? TN_RR_DIRECTORY : TN_RR_NOROUTE;

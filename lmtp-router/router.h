@@ -18,9 +18,10 @@
  *	                      member candidates in order, the connection, the
  *	                      message data not yet written to it
  *
- *	struct tn_router_place the placement recorder (router-place.c): a
- *	                      worker thread that writes hash placements to
- *	                      the directory (router_placement = hash-record)
+ *	struct tn_place_record the placement recorder (lib/tn-place-record.c,
+ *	                      made by router-place.c): a worker thread that
+ *	                      writes hash placements to the directory
+ *	                      (router_placement = hash-record)
  *
  *	Ownership: the router owns members and sessions; a session owns its
  *	recipients and dtxs; a dtx borrows a connection from its member and
@@ -47,6 +48,7 @@
 #include "tn-conf.h"
 #include "tn-log.h"
 #include "tn-lookup-event.h"
+#include "tn-place-record.h"
 #include "tn-time.h"
 
 #define ROUTER_SID_SIZE 20
@@ -134,7 +136,7 @@ struct tn_router {
 	struct tn_lookup *lk;
 	struct tn_lookup_event *le;
 	struct tn_router_pools *pools;
-	struct tn_router_place *place;	/* NULL unless hash-record */
+	struct tn_place_record *place;	/* NULL unless hash-record */
 	struct tn_router_member **members;
 	size_t nmembers;
 	struct evconnlistener **listeners;
@@ -219,32 +221,12 @@ void tn_router_session_rcpt_reply(struct tn_router_session *s, size_t rcpt, int 
 				  const char *member);
 void tn_router_session_dtx_progress(struct tn_router_session *s);
 
-/* router-place.c: recording placements (hash-record) */
-enum tn_router_place_result {
-	TN_RP_RECORDED,		/* written to the directory */
-	TN_RP_ALREADY,		/* the entry had a host or pool: left alone */
-	TN_RP_FAILED,		/* not written (directory down, refused): retried
-				   at the next delivery */
-	TN_RP_DROPPED,		/* not even tried: the queue was full */
-	TN_RP_N
-};
-struct tn_router_place;
-/* The provisioning write path with router_placement_bind_dn (else
- * prov_ldap_bind_dn) and its password file, read now (as root), and a
- * worker thread. NULL with *error_r on bad settings. */
-struct tn_router_place *tn_router_place_create(struct tn_conf *conf, struct tn_lookup *lk,
+/* router-place.c: recording placements (hash-record), lib/tn-place-record.h:
+ * the provisioning write path with router_placement_bind_dn (else
+ * prov_ldap_bind_dn) and its password file, read now (as root), and its
+ * worker thread, started. NULL with *error_r on bad settings. */
+struct tn_place_record *tn_router_place_create(struct tn_conf *conf, struct tn_lookup *lk,
 					       const char **error_r);
-/* Stops the worker once its write in flight is done (prov_timeout at
- * most); queued placements are dropped (retried by the next router). */
-void tn_router_place_destroy(struct tn_router_place **pl);
-/* Record host for address unless a placement of it is already queued or
- * running. Never blocks; tenant and session are for the log. */
-void tn_router_place_record(struct tn_router_place *pl, const char *address,
-			    const char *host, const char *tenant, const char *session);
-/* counters by result, and placements queued or running */
-void tn_router_place_stats(struct tn_router_place *pl, uint64_t counts_r[TN_RP_N],
-			   uint64_t *pending_r);
-const char *tn_router_place_result_name(enum tn_router_place_result res);
 
 /* router-control.c */
 struct tn_router_control;

@@ -20,6 +20,15 @@ userdb: uid, gid, home, quota_rule=*:bytes=N, tenant, tenant_quota_bytes.
 The driver runs in its default mode, asynchronous in the auth process
 (test_auth_tenant.py runs its cases in both modes).
 
+Placement (dovecot_placement, docs/lmtp-router.md): three more proxies
+on 127.0.0.1 in front of the same two stores, one per setting (none,
+hash, hash-record), each reading a [tn-lmtp-router] section whose
+default pool is the two stores' LMTP listeners; mailboxes made for a
+test in tenant initech (no pool) and chosen with a Python copy of the
+router's hash so that one lands on each store (no test passes by luck);
+a tn-lmtp-router started on the hash proxy's own file answers "route"
+and delivers to the same store the proxy logs the user in on.
+
 Skipped ONLY while the module is not built (TN_BUILD_DIR's
 dovecot-plugins/.libs/libauthdb_tenant.so), saying so.
 """
@@ -27,11 +36,13 @@ dovecot-plugins/.libs/libauthdb_tenant.so), saying so.
 import os
 import re
 import time
+import uuid
 
 import pytest
 
 import tndovecot as td
 import tnharness as th
+import tnrouter
 from conftest import require_prerequisites
 from tnprovd import Provd
 
@@ -58,13 +69,17 @@ def require_dovecot():
                     pytrace=False)
 
 
-def write_conf(stack, path, section):
-    """stack's tenantmail.conf + FAST timeouts + a [dovecot-auth] section."""
+def write_conf(stack, path, section, router=None):
+    """stack's tenantmail.conf + FAST timeouts + a [dovecot-auth] section
+    (+ a [tn-lmtp-router] section)."""
     with open(stack.conf) as f:
         text = f.read()
     text += "".join("%s = %s\n" % kv for kv in FAST.items())
     text += "\n[dovecot-auth]\n" + "".join("%s = %s\n" % kv
                                            for kv in section.items())
+    if router is not None:
+        text += "\n[tn-lmtp-router]\n" + "".join("%s = %s\n" % kv
+                                                 for kv in router.items())
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -318,3 +333,246 @@ def test_proxy_routes_by_directory_and_follows_a_move(topo):
     assert_generic(login_error(topo.proxy, "alice@acme.example", "wrong"))
     # a suspended mailbox is refused at the front end too
     assert_generic(login_error(topo.proxy, "carol@acme.example", PASSWORD))
+
+
+# --- placement: the proxy places a mailbox that logs in before its first delivery ---
+
+M64 = (1 << 64) - 1
+
+
+def _fnv1a(h, text, lower=False):
+    for b in text.encode():
+        if lower and 0x41 <= b <= 0x5a:
+            b += 0x20
+        h = ((h ^ b) * 0x100000001b3) & M64
+    return h
+
+
+def hrw_score(member, address):
+    """lib/tn-place.c's tn_place_score, in Python: FNV-1a over the
+    member, a 0xff separator, the address lower-cased, then
+    MurmurHash3's finaliser."""
+    h = _fnv1a(0xcbf29ce484222325, member)
+    x = _fnv1a(((h ^ 0xff) * 0x100000001b3) & M64, address, lower=True)
+    x ^= x >> 33
+    x = (x * 0xff51afd7ed558ccd) & M64
+    x ^= x >> 33
+    x = (x * 0xc4ceb9fe1a85ec53) & M64
+    return x ^ (x >> 33)
+
+
+def hrw_pick(members, address):
+    """The highest score wins; equal scores go to the smaller name."""
+    return max(sorted(members), key=lambda m: hrw_score(m, address))
+
+
+class Placing:
+    """Proxies with dovecot_placement none, hash and hash-record in front
+    of topo's stores; the router's default pool "spread" is the stores'
+    LMTP listeners (their names are what is hashed and recorded)."""
+
+    MODES = ("none", "hash", "hash-record", "hash-record-blocking")
+
+    def __init__(self, topo, workdir):
+        self.topo = topo
+        self.workdir = workdir
+        self.members = ["%s:%d" % (STORE_A, topo.a.lmtp_port),
+                        "%s:%d" % (STORE_B, topo.b.lmtp_port)]
+        self.proxies = {}
+        self.confs = {}
+        self.router = None
+        try:
+            for mode in self.MODES:
+                self.confs[mode] = self.write(mode, self.members)
+                passdb, userdb = tenant_dbs(self.confs[mode])
+                self.proxies[mode] = td.Dovecot(
+                    os.path.join(workdir, "proxy-" + mode), passdb=passdb, userdb=userdb,
+                    auth_modules=[MODULE], protocols="imap")
+        except BaseException:
+            self.stop()
+            raise
+
+    def write(self, name, members):
+        stack = self.topo.stack
+        mode = name.replace("-blocking", "")
+        return write_conf(stack, os.path.join(self.workdir, "proxy-%s.conf" % name), {
+            "dovecot_proxy": "yes",
+            "dovecot_proxy_port": str(self.topo.store_port),
+            "dovecot_default_host": STORE_A,
+            "dovecot_blocking": "yes" if name.endswith("-blocking") else "no",
+            # the blocking one records through the lock-out check's path
+            "dovecot_lockout_user_failures": "5" if name.endswith("-blocking") else "0",
+            "dovecot_placement": mode,
+            "dovecot_placement_bind_dn": th.PROV_DN,
+            "dovecot_placement_password_file": stack.prov_password_file,
+            "prov_timeout": "3s",
+        }, router={
+            "router_pool_members": ", ".join("spread=" + m for m in members),
+            "router_default_pool": "spread",
+            "router_placement": mode,
+            "router_placement_bind_dn": th.PROV_DN,
+            "router_placement_password_file": stack.prov_password_file,
+        })
+
+    def store_of(self, member):
+        return self.members.index(member)
+
+    def new_mailboxes(self, members=None):
+        """Two new mailboxes of initech (no host, no pool) that the hash
+        over members puts on store A and on store B: [on A, on B]."""
+        members = members or self.members
+        found = [None, None]
+        while None in found:
+            address = "place-%s@initech.example" % uuid.uuid4().hex[:10]
+            i = self.store_of(hrw_pick(members, address))
+            if found[i] is None:
+                found[i] = address
+        for address in found:
+            r = self.topo.provd.request("POST", "/v1/mailboxes",
+                                        {"address": address, "password": PASSWORD})
+            assert r.status == 201, r.text
+            assert ldap_host(self.topo.stack, address) is None
+        return found
+
+    def login_lands_on(self, proxy, user):
+        marks = self.topo.pair.marks()
+        proxy.imap(user, PASSWORD).logout()
+        return self.topo.pair.stores_seen(user, marks)
+
+    def stop(self):
+        if self.router is not None:
+            self.router.stop()
+        td.stop_all(list(self.proxies.values()))
+
+
+def ldap_host(stack, address):
+    found = stack.slapd.search("(mail=%s)" % address, base=th.TENANTS, attrs=("tnMailHost",))
+    assert len(found) == 1, found
+    return found[0].first("tnMailHost")
+
+
+def wait_ldap_host(stack, address, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        host = ldap_host(stack, address)
+        if host is not None or time.monotonic() >= deadline:
+            return host
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def placing(topo, tmp_path_factory):
+    p = Placing(topo, str(tmp_path_factory.mktemp("imap-placement")))
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_hash_is_the_routers():
+    """The Python copy agrees with lib/tn-place.c's pinned scores
+    (tests/unit/test-router-route.c)."""
+    assert hrw_score("10.0.0.1:24", "a@b.example") == 0xd282931dabbb3db7
+    assert hrw_score("10.0.0.2:24", "Alice@ACME.example") == 0x7d5b4dc8142708dd
+
+
+@pytest.mark.parametrize("name", ["hash-record", "hash-record-blocking"])
+def test_placement_hash_record_logs_in_on_the_hashed_store_and_records_it(placing, name):
+    """A mailbox with no host logs in through the proxy before any
+    delivery: it lands on the store the hash picks (one mailbox per
+    store, so dovecot_default_host = A cannot explain it), and that
+    member is written to its tnMailHost within seconds, by the write
+    path's thread (the login did not wait for it); in both modes of the
+    driver (blocking: the write path is made in the auth worker, and the
+    write is queued once the lock-out counters cleared the login)."""
+    stack, proxy = placing.topo.stack, placing.proxies[name]
+    mark = proxy.log_mark()
+    for idx, user in enumerate(placing.new_mailboxes()):
+        assert placing.login_lands_on(proxy, user) == [idx], user
+        member = placing.members[idx]
+        assert wait_ldap_host(stack, user) == member, user
+        proxy.wait_log(r"tenant: [^\n]*user=<%s> placement recorded: tnMailHost %s"
+                       % (re.escape(user), re.escape(member)), mark)
+        # recorded: the next login reads tnMailHost and lands there again
+        assert placing.login_lands_on(proxy, user) == [idx], user
+
+
+def test_placement_recorded_survives_a_member_list_change(placing):
+    """After the write, the placement no longer depends on the member
+    list: with store B's member gone from the router's section, the
+    mailbox recorded on B still logs in on B (it never moves silently),
+    while a mailbox not yet placed that hashed to B now goes to A."""
+    stack, proxy = placing.topo.stack, placing.proxies["hash-record"]
+    on_a, on_b = placing.new_mailboxes()
+    assert placing.login_lands_on(proxy, on_b) == [1]
+    assert wait_ldap_host(stack, on_b) == placing.members[1]
+    fresh_a, fresh_b = placing.new_mailboxes()
+    placing.write("hash-record", placing.members[:1])
+    try:
+        proxy.restart()
+        assert placing.login_lands_on(proxy, on_b) == [1]
+        assert placing.login_lands_on(proxy, fresh_b) == [0]
+        assert wait_ldap_host(stack, fresh_b) == placing.members[0]
+    finally:
+        placing.write("hash-record", placing.members)
+        proxy.restart()
+    assert placing.login_lands_on(proxy, on_b) == [1]
+
+
+def test_placement_wrong_password_records_nothing(placing):
+    stack, proxy = placing.topo.stack, placing.proxies["hash-record"]
+    user = placing.new_mailboxes()[1]
+    assert_generic(login_error(proxy, user, "wrong"))
+    time.sleep(1.0)
+    assert ldap_host(stack, user) is None
+
+
+def test_placement_hash_routes_without_writing(placing):
+    stack, proxy = placing.topo.stack, placing.proxies["hash"]
+    users = placing.new_mailboxes()
+    for idx, user in enumerate(users):
+        assert placing.login_lands_on(proxy, user) == [idx], user
+    time.sleep(1.0)
+    assert [ldap_host(stack, u) for u in users] == [None, None]
+
+
+def test_placement_none_is_unchanged_default_host(placing):
+    """dovecot_placement = none (the default), even with the router's
+    section in the file: a mailbox without host or pool goes to
+    dovecot_default_host (A) as before, and nothing is written."""
+    stack, proxy = placing.topo.stack, placing.proxies["none"]
+    users = placing.new_mailboxes()
+    for user in users:
+        assert placing.login_lands_on(proxy, user) == [0], user
+    time.sleep(1.0)
+    assert [ldap_host(stack, u) for u in users] == [None, None]
+
+
+def test_placement_the_router_delivers_where_the_proxy_logs_in(placing):
+    """tn-lmtp-router started on the hash proxy's own tenantmail.conf
+    (one member list for both programs): for a mailbox not placed yet,
+    its "route" answer is the member the proxy logs the user in on, and
+    a message it delivers is in that store's Maildir."""
+    topo = placing.topo
+    placing.router = tnrouter.Router(os.path.join(placing.workdir, "router"),
+                                     placing.confs["hash"], {"lookup_timeout": "3s"})
+    for idx, user in enumerate(placing.new_mailboxes()):
+        line = placing.router.control("route %s" % user)[-1]
+        m = re.match(r"ok route via=(\S+) pool=(\S+) host=(\S+)", line)
+        assert m and m.group(1) == "placed", line
+        assert m.group(3) == placing.members[idx], line
+        marker = "placement-%s" % uuid.uuid4().hex
+        rcpt, final = placing.router.transaction(
+            "sender@example.org", [user],
+            ("Subject: %s\r\nMessage-ID: <%s@t>\r\n\r\nhi\r\n" % (marker, marker)).encode())
+        assert rcpt[0][0] == 250 and final[0][0] == 250, (rcpt, final)
+        local, domain = user.split("@")
+        store = (topo.a, topo.b)[idx]
+        maildir = os.path.join(store.home_dir, domain, local, "Maildir")
+        deadline = time.monotonic() + 5
+        while not any(marker.encode() in open(os.path.join(maildir, sub, n), "rb").read()
+                      for sub in ("new", "cur") if os.path.isdir(os.path.join(maildir, sub))
+                      for n in os.listdir(os.path.join(maildir, sub))):
+            assert time.monotonic() < deadline, (user, maildir)
+            time.sleep(0.05)
+        assert placing.login_lands_on(placing.proxies["hash"], user) == [idx], user

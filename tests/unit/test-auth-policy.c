@@ -237,6 +237,102 @@ static void test_settings(void **state)
 	tn_conf_destroy(&conf);
 }
 
+/* dovecot_placement: off by default; only on a proxy; the members are
+ * the router's default pool from the router's section; the host of a
+ * directory host or pool wins over placement, placement over
+ * dovecot_default_host. */
+static void test_placement(void **state)
+{
+	static const char *const pools[] = { "pool-a:store-a.example", NULL };
+	struct tn_auth_settings set;
+	struct tn_conf *conf, *router;
+	struct tn_account a = mailbox(TN_STATUS_ACTIVE, 0);
+	const char *error, *member;
+	char *host;
+
+	(void)state;
+	assert_int_equal(load("", &set, &conf, &error), 0);
+	assert_int_equal(set.placement, TN_AUTH_PLACE_NONE);
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_placement = hash\n", &set, &conf, &error), -1);
+	assert_non_null(strstr(error, "dovecot_proxy"));
+	tn_conf_destroy(&conf);
+	assert_int_equal(load("dovecot_placement = sideways\n", &set, &conf, &error), -1);
+	tn_conf_destroy(&conf);
+
+	static const struct { const char *router, *why; } bad[] = {
+		{ "", "router_default_pool" },
+		{ "router_pool_members = d=10.0.0.1\nrouter_default_pool = e\n", "names no pool" },
+		{ "router_pool_members = d=10.0.0.1, d=[::1]:24\nrouter_default_pool = d\n",
+		  "IPv6" },
+		{ "router_pool_members = d=10.0.0.1, d=10.0.0.1:24\nrouter_default_pool = d\n",
+		  "twice" },
+		{ "router_pool_members = d=a/b\nrouter_default_pool = d\n", "not host" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *text = tn_mem_printf("[tn-lmtp-router]\n%s", bad[i].router);
+
+		assert_int_equal(load("[dovecot-auth]\ndovecot_proxy = yes\n"
+				      "dovecot_placement = hash-record\n", &set, &conf, &error), 0);
+		router = tn_auth_router_conf_create();
+		assert_int_equal(tn_conf_load_string(router, "r.conf", text, &error), 0);
+		assert_int_equal(tn_auth_placement_read(&set, router, &error), -1);
+		if (strstr(error, bad[i].why) == NULL)
+			fail_msg("case %zu: %s", i, error);
+		assert_int_equal(set.place_nmembers, 0);
+		tn_conf_destroy(&router);
+		tn_conf_destroy(&conf);
+		tn_mem_free(&text);
+	}
+
+	/* hash: an IPv6 member is fine (nothing is written) */
+	assert_int_equal(load("[dovecot-auth]\ndovecot_proxy = yes\ndovecot_placement = hash\n"
+			      "dovecot_default_host = default.example\n", &set, &conf, &error), 0);
+	router = tn_auth_router_conf_create();
+	assert_int_equal(tn_conf_load_string(router, "r.conf",
+		"[tn-lmtp-router]\nrouter_pool_members = d=10.0.0.1, e=10.0.0.2, d=[::1]\n"
+		"router_default_pool = d\nrouter_lmtp_port = 2401\n", &error), 0);
+	assert_int_equal(tn_auth_placement_read(&set, router, &error), 0);
+	assert_int_equal(set.place_nmembers, 2);
+	assert_string_equal(set.place_members[0], "10.0.0.1:2401");
+	assert_string_equal(set.place_members[1], "[::1]:2401");
+	set.pool_hosts = pools;
+	/* no host, no pool: placed, the member's port dropped */
+	assert_int_equal(tn_auth_route_placed(&set, &a, &host, &member), 0);
+	assert_non_null(member);
+	assert_true(strcmp(host, "10.0.0.1") == 0 || strcmp(host, "::1") == 0);
+	assert_true(strncmp(member, host[0] == ':' ? "[::1]" : host, 5) == 0);
+	tn_mem_free(&host);
+	/* a host, a mapped pool, an unmapped pool: never placed */
+	a.host = (char *)"store1.example:24";
+	assert_int_equal(tn_auth_route_placed(&set, &a, &host, &member), 0);
+	assert_string_equal(host, "store1.example");
+	assert_null(member);
+	tn_mem_free(&host);
+	a.host = NULL;
+	a.pool = (char *)"pool-a";
+	assert_int_equal(tn_auth_route_placed(&set, &a, &host, &member), 0);
+	assert_string_equal(host, "store-a.example");
+	assert_null(member);
+	tn_mem_free(&host);
+	a.pool = (char *)"pool-z";
+	assert_int_equal(tn_auth_route_placed(&set, &a, &host, &member), 0);
+	assert_string_equal(host, "default.example");
+	assert_null(member);
+	tn_mem_free(&host);
+	a.pool = NULL;
+	/* placement off: dovecot_default_host, as before */
+	set.placement = TN_AUTH_PLACE_NONE;
+	assert_int_equal(tn_auth_route_placed(&set, &a, &host, &member), 0);
+	assert_string_equal(host, "default.example");
+	assert_null(member);
+	tn_mem_free(&host);
+	tn_auth_settings_clear(&set);
+	assert_null(set.place_members);
+	tn_conf_destroy(&router);
+	tn_conf_destroy(&conf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -244,6 +340,7 @@ int main(void)
 		cmocka_unit_test(test_expand),
 		cmocka_unit_test(test_route),
 		cmocka_unit_test(test_settings),
+		cmocka_unit_test(test_placement),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

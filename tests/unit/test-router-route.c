@@ -18,7 +18,11 @@
  *	members get about 1/N each; a member added takes about 1/N and
  *	moves nothing between the others; a member removed moves only its
  *	own mailboxes; a placement recorded in tnMailHost is where both the
- *	router and the Dovecot proxy (tn_auth_route) go.
+ *	router and the Dovecot proxy (tn_auth_route) go. The hash itself is
+ *	pinned by a few known scores (lib/tn-place.c: a change would move
+ *	every unrecorded mailbox), and the Dovecot proxy's own placement
+ *	(dovecot_placement, reading the router's section of the same file)
+ *	picks the router's member, port dropped, for every address.
  *--*/
 #include "tn-build.h"
 
@@ -33,6 +37,7 @@
 
 #include "router-route.h"
 #include "tn-auth-policy.h"
+#include "tn-conf-shared.h"
 #include "tn-mem.h"
 
 static const char *const pool_items[] = {
@@ -527,6 +532,123 @@ static void test_decide_placement(void **state)
 	}
 }
 
+/* The scores of the hash as the router computed them before the hash
+ * moved to lib/tn-place.c (and as the Python copy in
+ * tests/integration/test_imap_tenant.py computes them). */
+static void test_place_pinned(void **state)
+{
+	(void)state;
+	assert_true(tn_router_route_hrw_score("10.0.0.1:24", "a@b.example") ==
+		    UINT64_C(0xd282931dabbb3db7));
+	assert_true(tn_router_route_hrw_score("10.0.0.1:24", "Alice@ACME.example") ==
+		    UINT64_C(0x394ef8a12c139c52));
+	assert_true(tn_router_route_hrw_score("10.0.0.2:24", "a@b.example") ==
+		    UINT64_C(0xe4b4d1cb4e2c9875));
+	assert_true(tn_router_route_hrw_score("10.0.0.2:24", "Alice@ACME.example") ==
+		    UINT64_C(0x7d5b4dc8142708dd));
+}
+
+/* One tenantmail.conf read by both programs: the router's section
+ * (member list, default pool, default port) and the driver's. */
+static const char proxy_conf_text[] =
+	"ldap_uri = ldap://127.0.0.1:1/\n"
+	"[tn-lmtp-router]\n"
+	"router_pool_members = d=10.0.0.1, d=10.0.0.2:2424, x=10.0.0.9,\n"
+	"    d=store3.example, d=store4.example:24\n"
+	"router_default_pool = d\n"
+	"router_lmtp_port = 2401\n"
+	"router_placement = hash-record\n"
+	"[dovecot-auth]\n"
+	"dovecot_proxy = yes\n"
+	"dovecot_default_host = 10.8.8.8\n"
+	"dovecot_placement = hash\n";
+
+static void proxy_settings(const char *text, struct tn_auth_settings *set,
+			   struct tn_conf **conf_r)
+{
+	static const struct tn_conf_param *const tables[] = {
+		TN_CONF_SHARED_TABLES, tn_auth_params, NULL
+	};
+	struct tn_conf *router = tn_auth_router_conf_create();
+	const char *error = "";
+
+	*conf_r = tn_conf_create(TN_AUTH_CONF_SECTION, tables);
+	if (tn_conf_load_string(*conf_r, "t.conf", text, &error) < 0 ||
+	    tn_auth_settings_read(*conf_r, set, &error) < 0 ||
+	    tn_conf_load_string(router, "t.conf", text, &error) < 0 ||
+	    tn_auth_placement_read(set, router, &error) < 0)
+		fail_msg("%s", error);
+	tn_conf_destroy(&router);
+}
+
+/* The Dovecot proxy's placement (tn_auth_route with dovecot_placement)
+ * sends every unplaced mailbox to the host of the member the router
+ * delivers it to (port dropped, as for a recorded tnMailHost), from the
+ * same lines of the same file; and the member it would record is the
+ * router's, so a recorded placement changes nothing for either. */
+static void test_proxy_placement_agrees(void **state)
+{
+	static const char *const reordered_members =
+		"router_pool_members = d=store4.example:24, x=10.0.0.9, d=store3.example:2401,\n"
+		"    d=10.0.0.2:2424, d=10.0.0.1\n";
+	struct tn_auth_settings set, set2;
+	struct tn_conf *conf, *conf2, *rconf;
+	struct tn_router_pools *p;
+	const char *error = "", *member, *member2;
+	char *text2, *proxy_host, *proxy_host2, *router_host;
+	size_t seen[4] = { 0 };
+	unsigned port;
+
+	(void)state;
+	proxy_settings(proxy_conf_text, &set, &conf);
+	assert_int_equal(set.place_nmembers, 4);
+	/* the same members in another order (an explicit default port) */
+	text2 = tn_mem_printf("%s[tn-lmtp-router]\n%s", proxy_conf_text, reordered_members);
+	proxy_settings(text2, &set2, &conf2);
+	/* the router's own reading of the file */
+	rconf = tn_auth_router_conf_create();
+	assert_int_equal(tn_conf_load_string(rconf, "t.conf", proxy_conf_text, &error), 0);
+	assert_int_equal(tn_router_route_pools_parse(tn_conf_list(rconf, "router_pool_members"),
+						     tn_conf_str(rconf, "router_default_pool"),
+						     (unsigned)tn_conf_int(rconf, "router_lmtp_port"),
+						     &p, &error), 0);
+	tn_router_route_set_placement(p, TN_ROUTER_PLACE_RECORD);
+	for (size_t i = 0; i < PLACE_ADDRS; i++) {
+		struct tn_account *a = acct_make(TN_ACCOUNT_MAILBOX, TN_STATUS_ACTIVE,
+						 TN_LEVEL_OBJECT, NULL, NULL);
+		struct tn_router_route rt;
+
+		tn_mem_free(&a->address);
+		a->address = tn_mem_printf("%s%zu@tenant%zu.example", i % 3 ? "user" : "User",
+					   i, i % 97);
+		tn_router_route_decide(p, TN_FOUND, a, &rt);
+		assert_int_equal(rt.via, TN_ROUTER_VIA_PLACED);
+		assert_int_equal(tn_auth_route_placed(&set, a, &proxy_host, &member), 0);
+		assert_int_equal(tn_auth_route_placed(&set2, a, &proxy_host2, &member2), 0);
+		assert_int_equal(tn_router_route_split(rt.host, &router_host, &port), 0);
+		assert_string_equal(proxy_host, router_host);
+		assert_string_equal(proxy_host2, router_host);
+		assert_string_equal(member, rt.host);
+		assert_string_equal(member2, rt.host);
+		for (size_t j = 0; j < 4; j++)
+			seen[j] += strcmp(member, set.place_members[j]) == 0;
+		tn_mem_free(&proxy_host);
+		tn_mem_free(&proxy_host2);
+		tn_mem_free(&router_host);
+		tn_router_route_clear(&rt);
+		tn_account_free(&a);
+	}
+	for (size_t j = 0; j < 4; j++)
+		assert_true(seen[j] > PLACE_ADDRS / 8);		/* every member is used */
+	tn_router_route_pools_free(&p);
+	tn_conf_destroy(&rconf);
+	tn_auth_settings_clear(&set);
+	tn_auth_settings_clear(&set2);
+	tn_conf_destroy(&conf);
+	tn_conf_destroy(&conf2);
+	tn_mem_free(&text2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,6 +665,8 @@ int main(void)
 		cmocka_unit_test(test_place_balance),
 		cmocka_unit_test(test_place_add_member),
 		cmocka_unit_test(test_place_remove_member),
+		cmocka_unit_test(test_place_pinned),
+		cmocka_unit_test(test_proxy_placement_agrees),
 		cmocka_unit_test(test_decide_placement),
 	};
 
