@@ -1354,7 +1354,10 @@ def test_corrupt_files_in_a_queue_go_to_bad(case):
     big = uuid7() + ".json"     # larger than a segment can be (8 MiB)
     planted[big] = (line(envelope(case.tenants[0], 9)) + "\n") * (8 * 1024 * 1024 // 150)
     for name, text in planted.items():
-        tmp = os.path.join(qdir, ".plant.tmp")
+        # written beside the queue, not in it: tn-hookd's scan of the queue
+        # removes any .*.tmp there (its own, left by a crash), and did so
+        # while the 8 MiB file was being written (a loaded 2-CPU machine)
+        tmp = os.path.join(case.workdir, ".plant.tmp")
         with open(tmp, "w") as f:
             f.write(text)
         os.rename(tmp, os.path.join(qdir, name))
