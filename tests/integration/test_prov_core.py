@@ -1171,11 +1171,14 @@ def test_first_request_keeps_its_deadline_when_dns_does_not_answer(stack, workdi
     and never answers: the wait must come at start-up, not inside the
     first request's deadline."""
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    dns.bind(("127.83.53.1", 53))   # receives, never answers
+    # receives, never answers; an address of its own (another test run
+    # may share the network namespace)
+    dns.bind(("127.83.%d.%d" % (os.getpid() % 250 + 1, time.time_ns() % 250 + 1), 53))
     dns.setblocking(False)
     try:
         resolv = workdir / "resolv.conf"
-        resolv.write_text("nameserver 127.83.53.1\noptions timeout:3 attempts:1\n")
+        resolv.write_text("nameserver %s\noptions timeout:3 attempts:1\n"
+                          % dns.getsockname()[0])
         nss = workdir / "nsswitch.conf"
         nss.write_text("hosts: files dns\n")
         prov = Prov(stack, workdir, overrides=FAST)
