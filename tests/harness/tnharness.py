@@ -722,6 +722,22 @@ class Stack:
             f.write(text)
         return path
 
+    def mail_host(self, address):
+        """The mailbox's tnMailHost in the directory (None: not set)."""
+        found = self.slapd.search("(mail=%s)" % address, base=TENANTS,
+                                  attrs=("tnMailHost",))
+        assert len(found) == 1, found
+        return found[0].first("tnMailHost")
+
+    def wait_mail_host(self, address, timeout=10.0):
+        """mail_host() once it is set, or None after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            host = self.mail_host(address)
+            if host is not None or time.monotonic() >= deadline:
+                return host
+            time.sleep(0.05)
+
     def stop(self):
         errors = []
         for server in (self.redis, self.slapd):

@@ -431,7 +431,7 @@ class Placing:
             r = self.topo.provd.request("POST", "/v1/mailboxes",
                                         {"address": address, "password": PASSWORD})
             assert r.status == 201, r.text
-            assert ldap_host(self.topo.stack, address) is None
+            assert self.topo.stack.mail_host(address) is None
         return found
 
     def login_lands_on(self, proxy, user):
@@ -443,21 +443,6 @@ class Placing:
         if self.router is not None:
             self.router.stop()
         td.stop_all(list(self.proxies.values()))
-
-
-def ldap_host(stack, address):
-    found = stack.slapd.search("(mail=%s)" % address, base=th.TENANTS, attrs=("tnMailHost",))
-    assert len(found) == 1, found
-    return found[0].first("tnMailHost")
-
-
-def wait_ldap_host(stack, address, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        host = ldap_host(stack, address)
-        if host is not None or time.monotonic() >= deadline:
-            return host
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -490,7 +475,7 @@ def test_placement_hash_record_logs_in_on_the_hashed_store_and_records_it(placin
     for idx, user in enumerate(placing.new_mailboxes()):
         assert placing.login_lands_on(proxy, user) == [idx], user
         member = placing.members[idx]
-        assert wait_ldap_host(stack, user) == member, user
+        assert stack.wait_mail_host(user) == member, user
         proxy.wait_log(r"tenant: [^\n]*user=<%s> placement recorded: tnMailHost %s"
                        % (re.escape(user), re.escape(member)), mark)
         # recorded: the next login reads tnMailHost and lands there again
@@ -505,14 +490,14 @@ def test_placement_recorded_survives_a_member_list_change(placing):
     stack, proxy = placing.topo.stack, placing.proxies["hash-record"]
     on_a, on_b = placing.new_mailboxes()
     assert placing.login_lands_on(proxy, on_b) == [1]
-    assert wait_ldap_host(stack, on_b) == placing.members[1]
+    assert stack.wait_mail_host(on_b) == placing.members[1]
     fresh_a, fresh_b = placing.new_mailboxes()
     placing.write("hash-record", placing.members[:1])
     try:
         proxy.restart()
         assert placing.login_lands_on(proxy, on_b) == [1]
         assert placing.login_lands_on(proxy, fresh_b) == [0]
-        assert wait_ldap_host(stack, fresh_b) == placing.members[0]
+        assert stack.wait_mail_host(fresh_b) == placing.members[0]
     finally:
         placing.write("hash-record", placing.members)
         proxy.restart()
@@ -524,7 +509,7 @@ def test_placement_wrong_password_records_nothing(placing):
     user = placing.new_mailboxes()[1]
     assert_generic(login_error(proxy, user, "wrong"))
     time.sleep(1.0)
-    assert ldap_host(stack, user) is None
+    assert stack.mail_host(user) is None
 
 
 def test_placement_hash_routes_without_writing(placing):
@@ -533,7 +518,7 @@ def test_placement_hash_routes_without_writing(placing):
     for idx, user in enumerate(users):
         assert placing.login_lands_on(proxy, user) == [idx], user
     time.sleep(1.0)
-    assert [ldap_host(stack, u) for u in users] == [None, None]
+    assert [stack.mail_host(u) for u in users] == [None, None]
 
 
 def test_placement_none_is_unchanged_default_host(placing):
@@ -545,7 +530,7 @@ def test_placement_none_is_unchanged_default_host(placing):
     for user in users:
         assert placing.login_lands_on(proxy, user) == [0], user
     time.sleep(1.0)
-    assert [ldap_host(stack, u) for u in users] == [None, None]
+    assert [stack.mail_host(u) for u in users] == [None, None]
 
 
 def test_placement_the_router_delivers_where_the_proxy_logs_in(placing):

@@ -43,21 +43,6 @@ def new_mailbox(stack, prefix="p", domain="initech.example"):
     return address
 
 
-def ldap_host(stack, address):
-    found = stack.slapd.search("(mail=%s)" % address, base=th.TENANTS, attrs=("tnMailHost",))
-    assert len(found) == 1, found
-    return found[0].first("tnMailHost")
-
-
-def wait_ldap_host(stack, address, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        host = ldap_host(stack, address)
-        if host is not None or time.monotonic() >= deadline:
-            return host
-        time.sleep(0.05)
-
-
 class Topology:
     def __init__(self, stack, workdir):
         self.stack = stack
@@ -152,11 +137,11 @@ def test_unplaced_mailbox_is_placed_recorded_and_read_there(topo):
     address = new_mailbox(stack)
     via, host = route(r, address)
     assert via == "placed", (via, host)
-    assert ldap_host(stack, address) is None          # route writes nothing
+    assert stack.mail_host(address) is None          # route writes nothing
     store = deliver(topo, r, address)
     assert topo.member(store) == host
     # the first delivery recorded it, through the provisioning write path
-    assert wait_ldap_host(stack, address) == host
+    assert stack.wait_mail_host(address) == host
     r.wait_log(r"to=<%s> placement recorded: tnMailHost %s" % (re.escape(address),
                                                                re.escape(host)))
     # the Dovecot proxy's lookup reads the same store (the cache was
@@ -187,7 +172,7 @@ def test_other_router_other_member_order_keeps_mailboxes(topo):
         address = new_mailbox(stack, "keep")
         placed[address] = deliver(topo, a, address)
     for address, store in placed.items():
-        assert wait_ldap_host(stack, address) == topo.member(store)
+        assert stack.wait_mail_host(address) == topo.member(store)
     b = topo.start_router("b", [2, 0])
     try:
         for address, store in placed.items():
@@ -214,7 +199,7 @@ def test_concurrent_placement_is_not_flipped(topo):
     deliver(topo, r, address)
     r.wait_log(r"to=<%s> placement: the directory already says %s" % (
         re.escape(address), re.escape(theirs)), mark)
-    assert ldap_host(stack, address) == theirs
+    assert stack.mail_host(address) == theirs
     assert r.metric("tn_router_placements_total", result="already_placed") == before + 1
     res = tnctl(stack.conf, "cache", "invalidate", "--address", address)
     assert res.returncode == 0, res.stderr
@@ -239,7 +224,7 @@ def test_tenant_given_a_pool_meanwhile_is_not_overridden(topo):
         deliver(topo, r, address)
         r.wait_log(r"to=<%s> placement: the tenant has pool p-new now: not placed"
                    % re.escape(address), mark)
-        assert ldap_host(stack, address) is None
+        assert stack.mail_host(address) is None
     finally:
         stack.slapd.modify("dn: %s\nchangetype: modify\ndelete: tnMailPool\n" % GLOBEX)
         tnctl(stack.conf, "cache", "invalidate", "--tenant", "globex")
@@ -257,7 +242,7 @@ def test_hash_without_record_writes_nothing_and_agrees(topo):
             assert (via, host) == route(a, address)
             assert topo.member(deliver(topo, c, address)) == host
         time.sleep(0.5)
-        assert ldap_host(stack, address) is None
+        assert stack.mail_host(address) is None
         assert "tn_router_placements_total" not in c.metrics()
     finally:
         c.stop()
@@ -290,15 +275,15 @@ def test_directory_down_mail_delivered_placement_recorded_later(topo):
         wait_failures(2)
     finally:
         stack.slapd.start()
-    assert ldap_host(stack, address) is None
+    assert stack.mail_host(address) is None
     # the next deliveries try again until the directory takes it
     deadline = time.monotonic() + 15
     while True:
         assert topo.member(deliver(topo, r, address)) == host
-        if wait_ldap_host(stack, address, timeout=1.0) is not None:
+        if stack.wait_mail_host(address, timeout=1.0) is not None:
             break
         assert time.monotonic() < deadline, "placement never recorded"
-    assert ldap_host(stack, address) == host
+    assert stack.mail_host(address) == host
 
 
 def test_mailboxes_with_a_pool_or_host_are_not_placed(topo):
@@ -308,7 +293,7 @@ def test_mailboxes_with_a_pool_or_host_are_not_placed(topo):
                        % (dn_of(address), topo.member(1)))
     assert route(r, address) == ("host", topo.member(1))
     assert deliver(topo, r, address) == 1
-    assert ldap_host(stack, address) == topo.member(1)
+    assert stack.mail_host(address) == topo.member(1)
 
 
 # --- configuration -----------------------------------------------------------------------
