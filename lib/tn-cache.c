@@ -696,15 +696,25 @@ int tn_cache_invalidate(struct tn_cache *cache, const char *const *keys,
 	return 0;
 }
 
-static int64_t tn_cache_reply_int(const redisReply *r)
+int tn_cache_usage_reply(const struct redisReply *r, int64_t *bytes_r, int64_t *messages_r)
 {
+	int64_t v[2] = { 0, 0 };
 	char *end;
-	long long v;
 
-	if (r->type != REDIS_REPLY_STRING)
-		return 0;
-	v = strtoll(r->str, &end, 10);
-	return *end == '\0' ? v : 0;
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2)
+		return -1;
+	for (unsigned i = 0; i < 2; i++) {
+		if (r->element[i]->type == REDIS_REPLY_NIL)
+			continue;
+		if (r->element[i]->type != REDIS_REPLY_STRING)
+			return -1;
+		v[i] = strtoll(r->element[i]->str, &end, 10);
+		if (*end != '\0')
+			return -1;
+	}
+	*bytes_r = v[0];
+	*messages_r = v[1];
+	return 0;
 }
 
 int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
@@ -714,7 +724,7 @@ int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
 	const char *argv[] = { "HMGET", key, "bytes", "messages" };
 	struct tn_cache_conn *c = tn_cache_acquire(cache, deadline);
 	redisReply *r = NULL;
-	int ret = -1;
+	int ret;
 
 	*bytes_r = *messages_r = 0;
 	if (c != NULL) {
@@ -722,11 +732,7 @@ int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
 				       4, argv, NULL);
 		tn_cache_release(cache, c, r == NULL);
 	}
-	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-		*bytes_r = tn_cache_reply_int(r->element[0]);
-		*messages_r = tn_cache_reply_int(r->element[1]);
-		ret = 0;
-	}
+	ret = tn_cache_usage_reply(r, bytes_r, messages_r);
 	if (r != NULL)
 		freeReplyObject(r);
 	tn_mem_free(&key);

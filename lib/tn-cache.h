@@ -118,6 +118,10 @@ int tn_cache_invalidate(struct tn_cache *cache, const char *const *keys,
  * kind is "mbx" or "ten". Absent counters read as 0. 0 or -1. */
 int tn_cache_get_usage(struct tn_cache *cache, const char *kind, const char *id,
 		       tn_msec_t deadline, int64_t *bytes_r, int64_t *messages_r);
+/* A reply to HMGET <usage key> bytes messages: 0 with both counters
+ * (absent = 0), or -1 when it is not that (an error, a non-number). */
+struct redisReply;
+int tn_cache_usage_reply(const struct redisReply *r, int64_t *bytes_r, int64_t *messages_r);
 
 /* Run one command on a pooled connection, with the cache's per-command
  * timeout and deadline and its down-marking (a failed call makes the

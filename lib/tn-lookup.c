@@ -425,29 +425,6 @@ static void tn_fetch_learn_hint(struct tn_lookup *lk, const struct tn_fetch *f)
 			      tn_mcache_generation(lk->hints));
 }
 
-/* One HMGET bytes messages reply: 0 and the two counters (absent = 0),
- * or -1. */
-static int tn_usage_reply(const redisReply *r, int64_t *bytes_r, int64_t *messages_r)
-{
-	int64_t v[2] = { 0, 0 };
-	char *end;
-
-	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2)
-		return -1;
-	for (unsigned i = 0; i < 2; i++) {
-		if (r->element[i]->type == REDIS_REPLY_NIL)
-			continue;
-		if (r->element[i]->type != REDIS_REPLY_STRING)
-			return -1;
-		v[i] = strtoll(r->element[i]->str, &end, 10);
-		if (*end != '\0')
-			return -1;
-	}
-	*bytes_r = v[0];
-	*messages_r = v[1];
-	return 0;
-}
-
 /* The usage reads pipelined behind the MGET: the address's counters and
  * those of the tenant the hint names (which the answer may prove wrong:
  * f->usage_tenant says whose were read). */
@@ -478,8 +455,8 @@ static void tn_fetch_usage_take(struct tn_fetch *f, const char *tid_hint,
 {
 	struct tn_lookup_usage *u = f->usage;
 
-	if (tn_usage_reply(cmds[0].reply, &u->mailbox_bytes, &u->mailbox_messages) == 0 &&
-	    tn_usage_reply(cmds[1].reply, &u->tenant_bytes, &u->tenant_messages) == 0)
+	if (tn_cache_usage_reply(cmds[0].reply, &u->mailbox_bytes, &u->mailbox_messages) == 0 &&
+	    tn_cache_usage_reply(cmds[1].reply, &u->tenant_bytes, &u->tenant_messages) == 0)
 		f->usage_tenant = tn_mem_strdup(tid_hint);
 	for (unsigned i = 0; i < 2; i++) {
 		if (cmds[i].reply != NULL)
