@@ -67,6 +67,7 @@ struct tn_cache_conn {
 	redisContext *ctx;
 	tn_msec_t timeout;	/* socket timeout now set on ctx */
 	bool busy;
+	bool fresh;		/* connected by this acquire, not reused */
 };
 
 struct tn_cache {
@@ -327,6 +328,7 @@ static struct tn_cache_conn *tn_cache_acquire(struct tn_cache *cache, tn_msec_t 
 		tn_cache_set_error("redis marked down or no connection free in time");
 		return NULL;
 	}
+	c->fresh = c->ctx == NULL;
 	if (c->ctx == NULL)
 		c->timeout = -1;	/* whatever the connect left: set it */
 	if (c->ctx == NULL && (c->ctx = tn_cache_connect(cache, deadline)) == NULL) {
@@ -461,7 +463,21 @@ static redisReply *tn_cache_eval(struct tn_cache *cache, struct tn_cache_conn *c
 	return NULL;
 }
 
-/* Run a script on a pooled connection. */
+/* A pooled connection that the server closed while it sat in the pool
+ * (Redis restarted): the command failed at once with end of file or a
+ * reset, not a timeout, so the server never ran it. */
+static bool tn_cache_closed_while_pooled(const struct tn_cache_conn *c)
+{
+	return !c->fresh && c->ctx != NULL &&
+	       (c->ctx->err == REDIS_ERR_EOF ||
+		(c->ctx->err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE)));
+}
+
+/* Run a script on a pooled connection. The lookup library's scripts
+ * may run twice (a fill is conditional, an invalidation repeated drops
+ * the same keys): one found closed by the server is tried once more on
+ * a new connection, so that the first invalidation after a Redis
+ * restart is not lost to a dead pooled connection. */
 static redisReply *tn_cache_run(struct tn_cache *cache, enum tn_cache_script_id id,
 				struct tn_cache_args *a, tn_msec_t deadline)
 {
@@ -475,6 +491,16 @@ static redisReply *tn_cache_run(struct tn_cache *cache, enum tn_cache_script_id 
 		return NULL;
 	}
 	r = tn_cache_eval(cache, c, id, a, deadline, &broken);
+	if (r == NULL && broken && tn_cache_closed_while_pooled(c)) {
+		redisFree(c->ctx);
+		c->fresh = true;
+		c->timeout = -1;
+		broken = true;
+		if ((c->ctx = tn_cache_connect(cache, deadline)) != NULL) {
+			broken = false;
+			r = tn_cache_eval(cache, c, id, a, deadline, &broken);
+		}
+	}
 	tn_cache_release(cache, c, broken);
 	if (r == NULL) {
 		tn_cache_count(&cache->stats.errors);
