@@ -89,6 +89,7 @@
 #include "hash.h"
 #include "module-dir.h"
 #include "passdb.h"
+#include "passdb-cache.h"
 #include "userdb.h"
 #include "userdb-template.h"
 
@@ -100,6 +101,7 @@
 #include <unistd.h>
 
 #include "tn-dovecot-build.h"
+#include "tn-auth-cache.h"
 #include "tn-auth-policy.h"
 #include "tn-cache.h"
 #include "tn-conf.h"
@@ -130,6 +132,7 @@ struct tenant_db {
 	char *uid, *gid;		/* dovecot_uid/gid as numbers */
 	struct tn_cache *fails;		/* lock-out counters, or NULL: off */
 	struct tn_lookup_ioloop *ioloop;	/* async: made on first use */
+	struct tn_auth_cache *auth_cache;	/* async, Dovecot's cache on */
 	struct tn_place_record *placer;	/* hash-record: writes tnMailHost */
 	pid_t placer_pid;
 	/* address -> its formatted userdb fields (tenant_reply_get) */
@@ -139,6 +142,9 @@ struct tenant_db {
 /* An asynchronous request: what to answer once the lookup is done. */
 struct tenant_async {
 	struct auth_request *request;
+	struct tenant_db *db;
+	const char *login;			/* the user the lookup is for */
+	uint64_t cache_mark;			/* tn_auth_cache_begin() */
 	const char *password;			/* verify_plain */
 	verify_plain_callback_t *verify_cb;
 	lookup_credentials_callback_t *credentials_cb;
@@ -431,6 +437,8 @@ static void tenant_db_unref(struct tenant_db **_db)
 	tenant_replies_free(db);
 	if (db->lookup != NULL && db->lookup_pid == getpid())
 		tn_lookup_destroy(&db->lookup);
+	/* after the lookup: its subscriber thread calls the listener */
+	tn_auth_cache_destroy(&db->auth_cache);
 	i_free(db->lookup_error);
 	i_free(db->uid);
 	i_free(db->gid);
@@ -473,6 +481,15 @@ static struct tn_lookup_ioloop *tenant_db_ioloop(struct tenant_db *db,
 	if (db->lookup == NULL) {
 		*error_r = db->lookup_error;
 		return NULL;
+	}
+	/* Dovecot's own cache on: flushed by the invalidations, which the
+	 * subscriber started below delivers */
+	if (passdb_cache != NULL && db->auth_cache == NULL) {
+		db->auth_cache = tn_auth_cache_create(db->lookup, passdb_cache, &error);
+		if (db->auth_cache == NULL) {
+			*error_r = t_strdup_printf("%s: %s", db->path, error);
+			return NULL;
+		}
 	}
 	db->ioloop = tn_lookup_ioloop_create(db->lookup, db->set.lookup_threads, &error);
 	if (db->ioloop == NULL) {
@@ -616,8 +633,13 @@ tenant_passdb_fill(struct auth_request *request, enum tn_result res,
 		if (*scheme_r == NULL)
 			*scheme_r = module->module.default_pass_scheme;
 		auth_request_set_field(request, "password", *crypted_r, *scheme_r);
-		if (strcmp(acct->address, request->fields.user) != 0)
+		if (strcmp(acct->address, request->fields.user) != 0) {
+			if (module->db->auth_cache != NULL) {
+				tn_auth_cache_alias(module->db->auth_cache,
+						    request->fields.user, acct->address);
+			}
 			auth_request_set_field(request, "user", acct->address, NULL);
+		}
 		if (module->db->set.proxy)
 			tenant_passdb_proxy(request, &module->db->set, acct, placed_r);
 		else
@@ -890,6 +912,12 @@ static void tenant_async_done(enum tn_result res, struct tn_account *acct,
 		tenant_credentials_finish(request, res, acct, ctx->credentials_cb);
 	else
 		tenant_userdb_finish(request, res, acct, ctx->userdb_cb);
+	/* Dovecot has cached the answer by now: if it was read before an
+	 * invalidation that the flush has already handled, drop it again */
+	if (ctx->db != NULL && ctx->db->auth_cache != NULL) {
+		tn_auth_cache_answered(ctx->db->auth_cache, ctx->cache_mark, ctx->login,
+				       request->fields.user);
+	}
 	auth_request_unref(&request);
 }
 
@@ -901,6 +929,10 @@ static void tenant_async_begin(struct tenant_db *db, struct tenant_async *ctx)
 
 	auth_request_ref(ctx->request);
 	li = tenant_db_ioloop(db, &error);
+	ctx->db = db;
+	ctx->login = p_strdup(ctx->request->pool, ctx->request->fields.user);
+	if (db->auth_cache != NULL)
+		ctx->cache_mark = tn_auth_cache_begin(db->auth_cache);
 	if (li == NULL) {
 		auth_request_log_error(ctx->request, TENANT_SUBSYS, "%s", error);
 		tenant_async_done(TN_TEMPFAIL, NULL, "", ctx);
@@ -966,6 +998,13 @@ static struct passdb_module *tenant_passdb_preinit(pool_t pool, const char *args
 	module->module.blocking = module->db->set.blocking;
 	module->module.default_cache_key = "%u";
 	module->module.default_pass_scheme = "PLAIN";
+	if (module->db->set.blocking && global_auth_settings != NULL &&
+	    global_auth_settings->cache_size > 0) {
+		i_warning("passdb tenant: %s: auth_cache_size is set with dovecot_blocking = yes: "
+			  "Dovecot's auth cache is flushed on provisioning changes only in the "
+			  "asynchronous mode; here it keeps answers until auth_cache_ttl",
+			  module->db->path);
+	}
 	return &module->module;
 }
 

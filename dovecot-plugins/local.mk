@@ -9,7 +9,8 @@ dovecot_authdir = $(DOVECOT_AUTH_MODULEDIR)
 dovecot_auth_LTLIBRARIES = dovecot-plugins/libauthdb_tenant.la
 dovecot_plugins_libauthdb_tenant_la_SOURCES = dovecot-plugins/auth-tenant.c \
 	dovecot-plugins/tn-auth-policy.c dovecot-plugins/tn-auth-policy.h \
-	dovecot-plugins/tn-lookup-ioloop.c dovecot-plugins/tn-lookup-ioloop.h
+	dovecot-plugins/tn-lookup-ioloop.c dovecot-plugins/tn-lookup-ioloop.h \
+	dovecot-plugins/tn-auth-cache.c dovecot-plugins/tn-auth-cache.h
 dovecot_plugins_libauthdb_tenant_la_CPPFLAGS = -DHAVE_CONFIG_H $(DOVECOT_CPPFLAGS) \
 	-I$(top_builddir)/dovecot-plugins -I$(top_srcdir)/dovecot-plugins -I$(top_srcdir)/lib
 dovecot_plugins_libauthdb_tenant_la_CFLAGS = $(AM_CFLAGS)

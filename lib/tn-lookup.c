@@ -79,6 +79,9 @@ struct tn_lookup {
 	pthread_cond_t flight_cond;
 	struct tn_flight *flights;
 	struct tn_lookup_stats stats;
+	tn_lookup_keys_cb *on_keys;	/* tn_lookup_set_listener() */
+	tn_lookup_state_cb *on_state;
+	void *listener_context;
 };
 
 static __thread char tn_lookup_errbuf[512];
@@ -142,6 +145,8 @@ static void tn_lookup_on_message(const char *const *keys, void *context)
 
 	for (size_t i = 0; keys[i] != NULL; i++)
 		tn_mcache_invalidate(lk->mc, keys[i]);
+	if (lk->on_keys != NULL)
+		lk->on_keys(keys, lk->listener_context);
 }
 
 static void tn_lookup_on_state(bool subscribed, void *context)
@@ -150,6 +155,16 @@ static void tn_lookup_on_state(bool subscribed, void *context)
 
 	__atomic_store_n(&lk->stats.subscribed, subscribed ? 1 : 0, __ATOMIC_RELAXED);
 	tn_mcache_set_enabled(lk->mc, subscribed);
+	if (lk->on_state != NULL)
+		lk->on_state(subscribed, lk->listener_context);
+}
+
+void tn_lookup_set_listener(struct tn_lookup *lk, tn_lookup_keys_cb *on_keys,
+			    tn_lookup_state_cb *on_state, void *context)
+{
+	lk->on_keys = on_keys;
+	lk->on_state = on_state;
+	lk->listener_context = context;
 }
 
 struct tn_dir *tn_lookup_dir_create(const struct tn_conf *conf, const char *const *uris,
@@ -264,8 +279,9 @@ struct tn_lookup *tn_lookup_create(const struct tn_conf *conf, unsigned flags,
 
 int tn_lookup_start(struct tn_lookup *lk, const char **error_r)
 {
-	if (lk->cache == NULL || (lk->flags & TN_LOOKUP_NO_MEMORY_CACHE) != 0 ||
-	    lk->mem_ttl == 0)
+	bool memory = (lk->flags & TN_LOOKUP_NO_MEMORY_CACHE) == 0 && lk->mem_ttl > 0;
+
+	if (lk->cache == NULL || (!memory && lk->on_keys == NULL && lk->on_state == NULL))
 		return 0;
 	if (tn_cache_subscribe(lk->cache, tn_lookup_on_message, tn_lookup_on_state, lk) < 0) {
 		*error_r = "cannot start the invalidation subscriber thread";

@@ -68,8 +68,24 @@ struct tn_lookup;
  * on bad settings. No network traffic happens here. */
 struct tn_lookup *tn_lookup_create(const struct tn_conf *conf, unsigned flags,
 				   const char **error_r);
-/* Start the invalidation subscriber (after fork and privilege drop). */
+/* Start the invalidation subscriber (after fork and privilege drop).
+ * It runs while Redis is enabled and the in-process cache is in use, or
+ * when a listener is set. */
 int tn_lookup_start(struct tn_lookup *lk, const char **error_r);
+
+/* A listener of the invalidation channel, for a caller that keeps
+ * answers of its own (Dovecot's auth cache, say). Set it before
+ * tn_lookup_start(); it is called in the subscriber thread:
+ * on_keys(keys) after the in-process cache has dropped them (a
+ * NULL-terminated list of "adr:<address>", "dom:<domain>",
+ * "ten:<tenant>" ..., valid during the call), and on_state(subscribed)
+ * whenever the subscription comes up or is lost (while it is down,
+ * nothing tells the listener about changes). Both must be quick and
+ * must not call the lookup. */
+typedef void tn_lookup_keys_cb(const char *const *keys, void *context);
+typedef void tn_lookup_state_cb(bool subscribed, void *context);
+void tn_lookup_set_listener(struct tn_lookup *lk, tn_lookup_keys_cb *on_keys,
+			    tn_lookup_state_cb *on_state, void *context);
 void tn_lookup_destroy(struct tn_lookup **lk);
 
 enum tn_result tn_lookup_resolve(struct tn_lookup *lk, const char *address,

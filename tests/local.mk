@@ -64,6 +64,7 @@ EXTRA_DIST += tests/harness/tnharness.py tests/harness/tnprobe.py tests/integrat
 	tests/integration/test_openapi.py tests/integration/openapi-3.0-schema.yaml \
 	tests/integration/test_tnctl_prov.py tests/integration/test_sandbox.py \
 	tests/integration/test_tnctl_sync.py tests/integration/test_auth_tenant.py \
+	tests/integration/test_auth_cache.py \
 	tests/harness/tndovecot.py tests/harness/authdb_tntest.c \
 	tests/integration/test_dovecot_harness.py tests/integration/test_imap_tenant.py \
 	tests/integration/test_tenant_quota.py \
