@@ -1244,6 +1244,26 @@ static bool tenant_userdb_prefetched(struct auth_request *request)
 		(defaults == NULL || userdb_template_is_empty(defaults));
 }
 
+/* Dovecot's auth cache keeps of a userdb answer only the fields set
+ * since the userdb step began (flagged changed): the fields the passdb
+ * step wrote are set again, else the cache would hold an empty answer
+ * (no uid, home, quota) for every later lookup of the user. */
+static void tenant_userdb_mark_prefetched(struct auth_request *request)
+{
+	const ARRAY_TYPE(auth_field) *fields = auth_fields_export(request->fields.userdb_reply);
+	const struct auth_field *field;
+	ARRAY(struct auth_field) copy;
+
+	T_BEGIN {
+		t_array_init(&copy, array_count(fields));
+		array_append_array(&copy, fields);
+		array_foreach(&copy, field) {
+			auth_fields_add(request->fields.userdb_reply, field->key, field->value,
+					field->flags);
+		}
+	} T_END;
+}
+
 static void tenant_userdb_lookup(struct auth_request *request,
 				 userdb_callback_t *callback)
 {
@@ -1256,6 +1276,7 @@ static void tenant_userdb_lookup(struct auth_request *request,
 	if (tenant_userdb_prefetched(request)) {
 		auth_request_log_debug(request, TENANT_SUBSYS,
 				       "userdb fields from this login's passdb lookup");
+		tenant_userdb_mark_prefetched(request);
 		callback(USERDB_RESULT_OK, request);
 		return;
 	}

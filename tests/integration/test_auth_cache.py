@@ -13,6 +13,9 @@ for the changes.  Logins are real IMAP LOGINs (imaplib):
   * the cache is really used: a second login of the same user is a
     "cache hit" in Dovecot's debug log (else every other test here would
     pass without the flush);
+  * the userdb answer a login prepared is cached whole (uid, home,
+    quota_rule, tenant), LMTP delivery works from it, and a quota change
+    shows in the next answer within 1 s;
   * each provisioning change is in force for the next login within 1 s:
     a mailbox suspended and resumed, a password changed (the old one
     refused, the new one accepted), an address created right after it
@@ -65,7 +68,7 @@ def start_dovecot(stack, workdir, blocking):
         text = f.read()
     text += "\n[dovecot-auth]\n" + "\n".join([
         "dovecot_blocking = %s" % ("yes" if blocking else "no"),
-        "dovecot_home = %s/home/%%d/%%n" % workdir,
+        "dovecot_home = %s/%%d/%%n" % td.home_dir_of(os.path.join(workdir, "dovecot")),
         "lookup_timeout = 2s",
         "ldap_timeout = 1s",
         "ldap_network_timeout = 1s",
@@ -160,6 +163,29 @@ def test_cache_is_used(env):
     text = env.dc.log_since(mark)
     assert "cache hit" in text, text
     assert "cache miss" in text, text
+
+
+def test_userdb_answer_cached_whole_and_kept_fresh(env):
+    """The userdb answer a login's passdb step prepared is what Dovecot
+    caches (uid, home, quota_rule, tenant: not an empty entry), LMTP
+    delivery finds the user through it, and a quota change shows in the
+    next userdb answer within 1 s."""
+    user = "carl@acme.example"
+    env.request("POST", "/v1/mailboxes", {"address": user, "password": PASSWORD,
+                                          "quota_bytes": 1 << 30})
+    assert logs_in(env.dc, user)
+    mark = env.dc.log_mark()
+    fields = env.dc.user_fields(user)
+    assert "userdb cache hit" in env.dc.log_since(mark)
+    assert fields.get("uid") and fields.get("home"), fields
+    assert fields.get("tenant") == "acme", fields
+    assert fields.get("quota_rule") == "*:bytes=%d" % (1 << 30), fields
+    code, text = env.dc.lmtp_deliver(user, "Subject: cached\r\n\r\nhello\r\n")
+    assert code == 250, (code, text)
+    env.request("PATCH", "/v1/mailboxes/%s" % user, {"quota_bytes": 2 << 30},
+                headers={"If-Match": "*"})
+    within(1.0, lambda: env.dc.user_fields(user).get("quota_rule")
+           == "*:bytes=%d" % (2 << 30))
 
 
 def test_suspension_and_resume_within_1s(env):
