@@ -998,6 +998,15 @@ static struct passdb_module *tenant_passdb_preinit(pool_t pool, const char *args
 	module->module.blocking = module->db->set.blocking;
 	module->module.default_cache_key = "%u";
 	module->module.default_pass_scheme = "PLAIN";
+	/* a login answered from Dovecot's cache never reaches the counters */
+	if ((module->db->set.lockout_user_failures > 0 ||
+	     module->db->set.lockout_ip_failures > 0) && global_auth_settings != NULL &&
+	    global_auth_settings->cache_size > 0) {
+		i_fatal("passdb tenant: %s: dovecot_lockout_* needs every login to reach the "
+			"driver, but auth_cache_size is set: Dovecot would accept a cached "
+			"user's password without the lock-out check; set auth_cache_size = 0 "
+			"or turn the lock-out off", module->db->path);
+	}
 	if (module->db->set.blocking && global_auth_settings != NULL &&
 	    global_auth_settings->cache_size > 0) {
 		i_warning("passdb tenant: %s: auth_cache_size is set with dovecot_blocking = yes: "

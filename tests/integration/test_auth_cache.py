@@ -28,6 +28,8 @@ for the changes.  Logins are real IMAP LOGINs (imaplib):
   * Redis restarted: the first change through tn-provisiond afterwards
     still invalidates (its pooled connection, closed by the old server,
     is replaced and the invalidation sent again) and is seen within 1 s;
+  * brute-force protection (dovecot_lockout_*) with the cache on stops
+    the auth process at start (a cached login would skip the counters);
   * the control: the same Dovecot settings with dovecot_blocking = yes,
     where the driver cannot flush the cache: the auth process warns at
     start, and a suspended mailbox still logs in 2 s later -- the stale
@@ -274,6 +276,29 @@ def test_first_change_after_redis_restart(env):
     finally:
         env.request("POST", "/v1/mailboxes/%s/resume" % user, {})
     within(1.0, lambda: logs_in(env.dc, user))
+
+
+def test_lockout_with_the_cache_is_refused_at_start(stack, tmp_path):
+    """Brute-force protection counts in the driver: a login answered from
+    Dovecot's cache would skip it, so the two together stop the auth
+    process at start, with the file named."""
+    conf = str(tmp_path / "tenantmail.conf")
+    with open(stack.conf) as f:
+        text = f.read()
+    with open(conf, "w") as f:
+        f.write(text + "\n[dovecot-auth]\ndovecot_lockout_user_failures = 5\n")
+    os.chmod(conf, 0o644)
+    dc = td.Dovecot(str(tmp_path / "dovecot"),
+                    passdb="passdb {\n  driver = tenant\n  args = %s\n}\n" % conf,
+                    userdb="userdb {\n  driver = tenant\n  args = %s\n}\n" % conf,
+                    auth_modules=[MODULE], extra_config=CACHE_ON, start=False)
+    try:
+        with pytest.raises(td.DovecotError):
+            dc.start(timeout=3)
+        assert ("auth: Fatal: passdb tenant: %s: dovecot_lockout_* needs every login"
+                % conf) in dc.log_text(), dc.log_text()
+    finally:
+        dc.stop()
 
 
 def test_blocking_mode_control_stays_stale(stack, env, tmp_path):
