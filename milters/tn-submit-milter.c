@@ -183,6 +183,7 @@ struct sm_msg {
 	bool msg_reserved;
 	unsigned reserved;		/* recipients reserved */
 	unsigned accepted;		/* recipients answered continue */
+	tn_msec_t reserved_at;		/* before the first reservation */
 	int64_t declared, size;
 	char queue_id[32];
 };
@@ -627,6 +628,7 @@ static void sm_rcpt_reserve(struct sm_msg *m, struct submit_policy_decision *d,
 			    struct submit_redis_outcome *o, const struct tn_log_ctx *lc)
 {
 	bool first = !m->msg_reserved;
+	tn_msec_t t0 = tn_time_now_ms();
 	int ret = submit_redis_reserve(sm.redis, m->login, m->tenant, m->resid, m->reserved + 1,
 				       first, &m->limits, m->set->window, m->set->hold,
 				       tn_time_now_ms() + submit_redis_timeout(sm.redis), o);
@@ -636,8 +638,10 @@ static void sm_rcpt_reserve(struct sm_msg *m, struct submit_policy_decision *d,
 		tn_log(TN_LOG_WARNING, lc, "send limits unchecked: Redis did not answer (%s)",
 		       tn_cache_last_error());
 	} else if (o->limit == SUBMIT_LIMIT_NONE) {
-		if (!m->msg_reserved && m->reserved == 0)
+		if (!m->msg_reserved && m->reserved == 0) {
 			atomic_fetch_add(&sm.m.reservations, 1);
+			m->reserved_at = t0;
+		}
 		m->msg_reserved = true;
 		m->reserved++;
 	} else {
@@ -733,14 +737,23 @@ static sfsistat sm_body(SMFICTX *ctx, unsigned char *chunk, size_t len)
 static void sm_commit(struct sm_msg *m, const struct tn_log_ctx *lc)
 {
 	bool traffic = m->set->count_traffic && m->tenant != NULL;
+	struct submit_redis_commit c;
 
 	atomic_fetch_add(&sm.m.messages, 1);
 	atomic_fetch_add(&sm.m.bytes, (uint_fast64_t)m->size);
 	if (m->tenant == NULL || (!traffic && !m->msg_reserved && m->reserved == 0))
 		return;
-	if (submit_redis_commit(sm.redis, m->login, m->tenant, m->resid, m->reserved,
-				m->reserved, traffic, m->size, tn_time_wall(), m->set->window,
-				tn_time_now_ms() + submit_redis_timeout(sm.redis)) < 0) {
+	c = (struct submit_redis_commit){
+		.mailbox = m->login, .tenant = m->tenant, .reserved = m->reserved,
+		.count = m->reserved,
+		.keys_used = submit_redis_keys_used(&m->limits, m->msg_reserved, m->reserved),
+		.traffic = traffic, .bytes = m->size, .wall_time = tn_time_wall(),
+		.window = m->set->window, .hold = m->set->hold, .reserved_at = m->reserved_at,
+		.session = lc->session, .queue_id = lc->queue_id,
+	};
+	memcpy(c.resid, m->resid, sizeof(c.resid));
+	if (submit_redis_commit(sm.redis, &c, tn_time_now_ms() + submit_redis_timeout(sm.redis))
+	    < 0) {
 		atomic_fetch_add(&sm.m.redis_failures[SM_REDIS_COMMIT], 1);
 		tn_log(TN_LOG_WARNING, lc, "reservation %s not committed, traffic not counted:"
 		       " Redis did not answer", m->resid);

@@ -74,6 +74,7 @@ LUA = os.path.join(TOP, "tests", "milter")
 PREFIX = "tn:v1:"
 LOOKUP_TIMEOUT = 1.0    # submit_milter_lookup_timeout below
 HOLD = 3.0              # submit_milter_reservation_hold below
+WINDOW_MS = 3600000     # submit_milter_window (its default)
 INITECH_DN = "tnTenantId=initech,ou=tenants,dc=example,dc=net"
 
 
@@ -308,10 +309,10 @@ def drop_lookup_cache(stack):
 
 def seed_window(stack, key, n):
     """n messages sent just now: committed members of rate:<key>."""
-    now = int(time.time() * 1000)
+    now = now_ms()
     args = []
     for i in range(n):
-        args += [str(now), "c:seed%d" % i]
+        args += [str(now), "r:seed%d" % i]
     if args:
         stack.redis.cli("ZADD", PREFIX + "rate:" + key, *args)
     stack.redis.cli("PEXPIRE", PREFIX + "rate:" + key, "3600000")
@@ -319,6 +320,31 @@ def seed_window(stack, key, n):
 
 def members(stack, key):
     return stack.redis.cli("ZRANGE", PREFIX + "rate:" + key, "0", "-1").split()
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def scores(stack, key):
+    out = stack.redis.cli("ZRANGE", PREFIX + "rate:" + key, "0", "-1",
+                          "WITHSCORES").split()
+    return {m: float(v) for m, v in zip(out[::2], out[1::2])}
+
+
+def committed(stack, key, since):
+    """The members of rate:<key> committed at or after since (ms): a member
+    keeps its name from reservation to commit, the commit scores it then
+    (Redis's clock, this host's)."""
+    return sorted(m for m, v in scores(stack, key).items()
+                  if v >= since and not m.startswith("r:seed"))
+
+
+def pending(stack, key):
+    """The members of rate:<key> still pending: scored reservation time -
+    window + hold, far below anything committed within the window."""
+    edge = now_ms() - WINDOW_MS // 2
+    return sorted(m for m, v in scores(stack, key).items() if v < edge)
 
 
 @pytest.fixture(scope="module")
@@ -468,6 +494,7 @@ def test_limit_reached_exactly_at_n(milter, stack):
     """erin's tnSendRate is 50 messages an hour: 47 already sent, three
     more in one session pass, the 51st is 450 4.7.1 with a retry hint."""
     seed_window(stack, "mbx:erin@acme-mail.example", 47)
+    t0 = now_ms()
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
                     count=4)
     assert r.mail == ["continue"] * 4
@@ -475,7 +502,8 @@ def test_limit_reached_exactly_at_n(milter, stack):
     assert r.eoms == ["continue"] * 3
     assert r.rcpt_log[-1] == ("rate_limited", "450 4.7.1", "mailbox_messages")
     assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
-    assert all(m.startswith("c:") for m in members(stack, "mbx:erin@acme-mail.example"))
+    assert len(committed(stack, "mbx:erin@acme-mail.example", t0)) == 3
+    assert pending(stack, "mbx:erin@acme-mail.example") == []
     assert re.search(r"reply=450 4.7.1 limit=mailbox_messages count=50 retry_ms=(\d+)",
                      r.log)
     ev = [e for e in milter.events("ratelimit.exceeded")
@@ -541,21 +569,19 @@ def test_killed_milter_leaves_no_lasting_reservation(milter, stack):
          os.path.join(LUA, "submit-transaction.lua")],
         cwd=LUA, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        th_wait(lambda: any(m.startswith("r:") for m in
-                            members(stack, "mbx:erin@acme-mail.example")), 5)
+        th_wait(lambda: pending(stack, "mbx:erin@acme-mail.example"), 5)
         milter.restart_after_kill()
     finally:
         proc.kill()
         proc.wait(5)
-    pending = [m for m in members(stack, "mbx:erin@acme-mail.example")
-               if m.startswith("r:")]
-    assert len(pending) == 1     # nobody released it: the process died
+    # nobody released it: the process died
+    assert len(pending(stack, "mbx:erin@acme-mail.example")) == 1
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")]
     time.sleep(HOLD + 0.3)
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.rcpts == [("someone@external.example", "continue")]
-    assert not any(m.startswith("r:") for m in members(stack, "mbx:erin@acme-mail.example"))
+    assert pending(stack, "mbx:erin@acme-mail.example") == []
 
 
 def test_tenant_limit_across_two_users(milter, stack):
@@ -589,11 +615,12 @@ def test_tenant_limit_across_two_users(milter, stack):
 def test_recipient_limits_and_commit_with_the_real_count(milter, stack):
     try:
         milter.reload("submit_milter_rcpt_rate = 5")
+        t0 = now_ms()
         r = transaction(milter, "bob@acme.example", login="bob@acme.example",
                         rcpts=["a@x.example", "b@x.example", "c@x.example"])
         assert r.eoms == ["continue"]
-        assert sorted(members(stack, "rcpt:mbx:bob@acme.example")) == \
-            sorted("c:%s:%d" % (m[2:], i) for m in members(stack, "mbx:bob@acme.example")
+        assert committed(stack, "rcpt:mbx:bob@acme.example", t0) == \
+            sorted("%s:%d" % (m, i) for m in members(stack, "mbx:bob@acme.example")
                    for i in (1, 2, 3))
         r = transaction(milter, "bob@acme.example", login="bob@acme.example",
                         rcpts=["d@x.example", "e@x.example", "f@x.example"])
@@ -759,9 +786,11 @@ def test_scripts_come_back_after_script_flush(milter, stack):
     assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")]
     clear_rate_keys(stack)
     stack.redis.cli("SCRIPT", "FLUSH")
+    t0 = now_ms()
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.eoms == ["continue"]
-    assert [m[:2] for m in members(stack, "mbx:erin@acme-mail.example")] == ["c:"]
+    assert len(committed(stack, "mbx:erin@acme-mail.example", t0)) == 1
+    assert len(members(stack, "mbx:erin@acme-mail.example")) == 1
 
 
 def test_tcp_connections_have_nodelay(milter):
