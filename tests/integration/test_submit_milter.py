@@ -34,7 +34,15 @@ test provokes first.  Checked:
     counted in /metrics; tempfail when configured) within the deadline;
     slapd frozen -> 451 4.3.0 within the deadline, normal once thawed;
   * twenty concurrent sessions for ten free slots: exactly ten pass;
-    EVALSHA after SCRIPT FLUSH falls back to EVAL;
+    EVALSHA after SCRIPT FLUSH falls back to EVAL (also in the committer
+    thread's pipeline);
+  * the committer: end of message queues the commit, yet the limit is
+    exact (N messages back to back, the next refused, exactly N
+    committed once they land); Redis frozen between RCPT and end of
+    message: the reply does not wait, the commit fails in the thread
+    (warning, metric), normal once thawed; submit_milter_commit_queue = 0
+    commits at end of message.  Commits are asynchronous: whatever reads
+    Redis after an end of message waits for them (wait_committed);
   * TCP_NODELAY on accepted connections, a unix socket with its mode and
     owner, the process running as submit_milter_user;
   * the ASan+UBSan and TSan builds (TN_ASAN_BUILD_DIR, TN_TSAN_BUILD_DIR)
@@ -340,6 +348,20 @@ def committed(stack, key, since):
                   if v >= since and not m.startswith("r:seed"))
 
 
+def wait_committed(stack, key, since, n, timeout=5):
+    """End of message queues the commit for the committer thread: wait for
+    n members committed since `since`; returns them."""
+    th_wait(lambda: len(committed(stack, key, since)) >= n, timeout)
+    got = committed(stack, key, since)
+    assert len(got) == n, got
+    return got
+
+
+def traffic(stack, tenant):
+    key = PREFIX + "traffic:%s:%s" % (tenant, time.strftime("%Y%m%d%H", time.gmtime()))
+    return dict(zip(*[iter(stack.redis.cli("HGETALL", key).split())] * 2))
+
+
 def pending(stack, key):
     """The members of rate:<key> still pending: scored reservation time -
     window + hold, far below anything committed within the window."""
@@ -502,7 +524,7 @@ def test_limit_reached_exactly_at_n(milter, stack):
     assert r.eoms == ["continue"] * 3
     assert r.rcpt_log[-1] == ("rate_limited", "450 4.7.1", "mailbox_messages")
     assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
-    assert len(committed(stack, "mbx:erin@acme-mail.example", t0)) == 3
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 3)
     assert pending(stack, "mbx:erin@acme-mail.example") == []
     assert re.search(r"reply=450 4.7.1 limit=mailbox_messages count=50 retry_ms=(\d+)",
                      r.log)
@@ -619,7 +641,7 @@ def test_recipient_limits_and_commit_with_the_real_count(milter, stack):
         r = transaction(milter, "bob@acme.example", login="bob@acme.example",
                         rcpts=["a@x.example", "b@x.example", "c@x.example"])
         assert r.eoms == ["continue"]
-        assert committed(stack, "rcpt:mbx:bob@acme.example", t0) == \
+        assert wait_committed(stack, "rcpt:mbx:bob@acme.example", t0, 3) == \
             sorted("%s:%d" % (m, i) for m in members(stack, "mbx:bob@acme.example")
                    for i in (1, 2, 3))
         r = transaction(milter, "bob@acme.example", login="bob@acme.example",
@@ -659,7 +681,8 @@ def test_traffic_out_is_counted(milter, stack):
     r = transaction(milter, "alice@acme.example", login="alice@acme.example", body=5000,
                     count=2)
     assert r.eoms == ["continue", "continue"]
-    got = dict(zip(*[iter(stack.redis.cli("HGETALL", key).split())] * 2))
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "2")
+    got = traffic(stack, "acme")
     assert got["msgs_out"] == "2"
     assert int(got["bytes_out"]) > 10000
     ttl = int(redis(stack, "TTL", key))
@@ -755,6 +778,7 @@ def test_every_state_freed(milter):
     assert m["tn_submit_milter_sessions"] == 0
     assert m["tn_submit_milter_transactions"] == 0
     assert m["tn_submit_milter_reservations"] == 0
+    assert m["tn_submit_milter_commit_queue"] == 0
 
 
 def test_concurrent_sessions_take_exactly_the_free_slots(milter, stack):
@@ -779,18 +803,151 @@ def test_concurrent_sessions_take_exactly_the_free_slots(milter, stack):
 
 
 def test_scripts_come_back_after_script_flush(milter, stack):
-    """EVALSHA answered NOSCRIPT (a restarted or flushed Redis): EVAL."""
+    """EVALSHA answered NOSCRIPT (a restarted or flushed Redis): EVAL, also
+    in the committer thread's pipeline (tn_cache_script_pipeline): the
+    commit lands, counted as queued, no failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
     stack.redis.cli("SCRIPT", "FLUSH")
     seed_window(stack, "mbx:erin@acme-mail.example", 50)
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")]
     clear_rate_keys(stack)
     stack.redis.cli("SCRIPT", "FLUSH")
+    before = milter.metrics()
     t0 = now_ms()
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.eoms == ["continue"]
-    assert len(committed(stack, "mbx:erin@acme-mail.example", t0)) == 1
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 1)
     assert len(members(stack, "mbx:erin@acme-mail.example")) == 1
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "1")
+    # concurrent messages after a flush: commits that meet in one batch
+    # are answered NOSCRIPT together and sent again together
+    stack.redis.cli("SCRIPT", "FLUSH")
+
+    def one(i):
+        return transaction(milter, "erin@acme-mail.example",
+                           login="erin@acme-mail.example", qid="4QFLUSH%02d" % i)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert all(r.eoms == ["continue"] for r in results), [r.out for r in results]
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 9)
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "9")
+    after = milter.metrics()
+    k = 'tn_submit_milter_commits_total{path="queued"}'
+    assert after[k] - before[k] == 9
+    assert after['tn_submit_milter_commits_total{path="direct"}'] == \
+        before['tn_submit_milter_commits_total{path="direct"}']
+    k = 'tn_submit_milter_redis_failures_total{op="commit"}'
+    assert after[k] == before[k]
+
+
+# --- the committer thread ------------------------------------------------------
+
+def test_commits_are_queued_and_the_limit_stays_exact(milter, stack):
+    """End of message queues the commit for the committer thread and
+    answers. With five slots left, five messages back to back over one
+    connection pass and the sixth is refused at RCPT although the first
+    five's commits may not have landed yet: a pending member counts like
+    a committed one. Once they land: exactly five committed, none
+    pending, msgs_out 5, all five counted as queued."""
+    seed_window(stack, "mbx:erin@acme-mail.example", 45)
+    before = milter.metrics()
+    t0 = now_ms()
+    r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
+                    count=6)
+    assert r.mail == ["continue"] * 6
+    assert [a for _, a in r.rcpts] == ["continue"] * 5 + ["replycode"]
+    assert r.eoms == ["continue"] * 5
+    assert r.rcpt_log[-1] == ("rate_limited", "450 4.7.1", "mailbox_messages")
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 5)
+    assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
+    assert pending(stack, "mbx:erin@acme-mail.example") == []
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "5")
+    after = milter.metrics()
+    k = 'tn_submit_milter_commits_total{path="queued"}'
+    assert after[k] - before[k] == 5
+    k = 'tn_submit_milter_commits_total{path="direct"}'
+    assert after[k] == before[k]
+    k = "tn_submit_milter_commit_batches_total"
+    assert 1 <= after[k] - before[k] <= 5
+    assert after["tn_submit_milter_commit_queue"] == 0
+    assert after["tn_submit_milter_reservations"] == 0
+
+
+def test_redis_frozen_at_end_of_message(stack, tmp_path):
+    """Redis stops answering between RCPT and end of message. End of
+    message does not wait for it: with redis_timeout = 3s a synchronous
+    commit would hold the reply 3 s, the queued one does not. The
+    committer's batch fails after redis_timeout: the warning, the failure
+    counted; the reservation is left to expire. Once Redis answers
+    again, commits land as usual."""
+    require_prerequisites()
+    m = SubmitMilter(stack, tmp_path, extra="redis_timeout = 3s")
+    try:
+        before = m.metrics()
+        mark = m.log_mark()
+        proc = subprocess.Popen(
+            ["miltertest", "-D", "socket=" + m.socket, "-D", "from=erin@acme-mail.example",
+             "-D", "login=erin@acme-mail.example", "-D", "rcpts=x@external.example",
+             "-D", "pause=1", "-s", os.path.join(LUA, "submit-transaction.lua")],
+            cwd=LUA, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            th_wait(lambda: pending(stack, "mbx:erin@acme-mail.example"), 5)
+            stack.redis.freeze()
+            t0 = time.monotonic()
+            out, _ = proc.communicate(timeout=20)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert "eom continue" in out and "done" in out, out
+        assert took < 2.0, "end of message waited: %.2f s" % took
+        th_wait(lambda: "not committed" in m.log_since(mark), 8)
+        assert re.search(r"warning: .*reservation [0-9a-f]{16} not committed, traffic not"
+                         r" counted", m.log_since(mark)), m.log_since(mark)
+        k = 'tn_submit_milter_redis_failures_total{op="commit"}'
+        assert m.metrics()[k] == before[k] + 1
+        stack.redis.thaw()
+        deadline = time.monotonic() + 10
+        while True:
+            clear_rate_keys(stack)
+            t1 = now_ms()
+            r = transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example")
+            assert r.eoms == ["continue"]
+            if r.rcpt_log == [("pass", "continue", "")]:
+                break
+            assert time.monotonic() < deadline, r.log
+            time.sleep(0.3)
+        wait_committed(stack, "mbx:erin@acme-mail.example", t1, 1)
+        assert m.metrics()[k] == before[k] + 1
+    finally:
+        if stack.redis.frozen:
+            stack.redis.thaw()
+        m.stop()
+    assert m.proc.returncode == 0, m.log_text()[-3000:]
+
+
+def test_commit_queue_off_commits_at_end_of_message(stack, tmp_path):
+    """submit_milter_commit_queue = 0 (and a full queue): end of message
+    commits itself, as before the committer; counted as direct."""
+    require_prerequisites()
+    m = SubmitMilter(stack, tmp_path, extra="submit_milter_commit_queue = 0")
+    try:
+        t0 = now_ms()
+        r = transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example")
+        assert r.eoms == ["continue"]
+        # landed before end of message was answered: no waiting here
+        assert len(committed(stack, "mbx:erin@acme-mail.example", t0)) == 1
+        assert traffic(stack, "acme").get("msgs_out") == "1"
+        got = m.metrics()
+        assert got['tn_submit_milter_commits_total{path="direct"}'] == 1
+        assert got['tn_submit_milter_commits_total{path="queued"}'] == 0
+        assert got["tn_submit_milter_commit_batches_total"] == 0
+    finally:
+        m.stop()
 
 
 def test_tcp_connections_have_nodelay(milter):
