@@ -512,18 +512,27 @@ def test_hostile_senders_are_answered_and_logged_safely(milter):
 
 # --- send limits -------------------------------------------------------------
 
-def test_limit_reached_exactly_at_n(milter, stack):
-    """erin's tnSendRate is 50 messages an hour: 47 already sent, three
-    more in one session pass, the 51st is 450 4.7.1 with a retry hint."""
-    seed_window(stack, "mbx:erin@acme-mail.example", 47)
+def fill_erin_window(milter, stack, free):
+    """erin's tnSendRate is 50 messages an hour: with 50 - free already
+    sent, free + 1 messages back to back in one session: free pass, the
+    last is 450 4.7.1 at RCPT. Returns the transaction and the time (ms)
+    before it."""
+    seed_window(stack, "mbx:erin@acme-mail.example", 50 - free)
     t0 = now_ms()
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
-                    count=4)
-    assert r.mail == ["continue"] * 4
-    assert [a for _, a in r.rcpts] == ["continue"] * 3 + ["replycode"]
-    assert r.eoms == ["continue"] * 3
+                    count=free + 1)
+    assert r.mail == ["continue"] * (free + 1)
+    assert [a for _, a in r.rcpts] == ["continue"] * free + ["replycode"]
+    assert r.eoms == ["continue"] * free
     assert r.rcpt_log[-1] == ("rate_limited", "450 4.7.1", "mailbox_messages")
     assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
+    return r, t0
+
+
+def test_limit_reached_exactly_at_n(milter, stack):
+    """47 of erin's 50 already sent: three more in one session pass, the
+    51st is 450 4.7.1 with a retry hint."""
+    r, t0 = fill_erin_window(milter, stack, 3)
     wait_committed(stack, "mbx:erin@acme-mail.example", t0, 3)
     assert pending(stack, "mbx:erin@acme-mail.example") == []
     assert re.search(r"reply=450 4.7.1 limit=mailbox_messages count=50 retry_ms=(\d+)",
@@ -852,17 +861,9 @@ def test_commits_are_queued_and_the_limit_stays_exact(milter, stack):
     five's commits may not have landed yet: a pending member counts like
     a committed one. Once they land: exactly five committed, none
     pending, msgs_out 5, all five counted as queued."""
-    seed_window(stack, "mbx:erin@acme-mail.example", 45)
     before = milter.metrics()
-    t0 = now_ms()
-    r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
-                    count=6)
-    assert r.mail == ["continue"] * 6
-    assert [a for _, a in r.rcpts] == ["continue"] * 5 + ["replycode"]
-    assert r.eoms == ["continue"] * 5
-    assert r.rcpt_log[-1] == ("rate_limited", "450 4.7.1", "mailbox_messages")
+    _, t0 = fill_erin_window(milter, stack, 5)
     wait_committed(stack, "mbx:erin@acme-mail.example", t0, 5)
-    assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
     assert pending(stack, "mbx:erin@acme-mail.example") == []
     th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "5")
     after = milter.metrics()
