@@ -797,25 +797,103 @@ void tn_cache_script_init(struct tn_cache_script *script, const char *text)
 		snprintf(script->sha + 2 * i, 3, "%02x", md[i]);
 }
 
+static bool tn_cache_noscript(const redisReply *r)
+{
+	return r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+/* The calls of a script pipeline that the server answered NOSCRIPT, again
+ * with EVAL of the text (the first one loads it) in one more pipeline on
+ * the same connection. A call whose retry fails gets a NULL reply.
+ * Returns false when the connection broke. */
+static bool tn_cache_script_again(struct tn_cache *cache, struct tn_cache_conn *c,
+				  const struct tn_cache_script *script, unsigned n,
+				  const int *argcs, const char ***argvs, redisReply **replies,
+				  tn_msec_t deadline)
+{
+	unsigned *idx, m = 0;
+	const char ***again;
+	int *againc;
+	redisReply **got;
+	bool ok = true;
+
+	for (unsigned i = 0; i < n; i++)
+		m += tn_cache_noscript(replies[i]);
+	if (m == 0)
+		return true;
+	idx = tn_mem_calloc(m, sizeof(*idx));
+	again = tn_mem_calloc(m, sizeof(*again));
+	againc = tn_mem_calloc(m, sizeof(*againc));
+	got = tn_mem_calloc(m, sizeof(*got));
+	m = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (!tn_cache_noscript(replies[i]))
+			continue;
+		freeReplyObject(replies[i]);
+		replies[i] = NULL;
+		argvs[i][0] = "EVAL";
+		argvs[i][1] = script->text;
+		idx[m] = i;
+		again[m] = argvs[i];
+		againc[m++] = argcs[i];
+	}
+	if (tn_cache_pipeline(c, cache, deadline, m, againc, (const char **const *)again,
+			      got) < 0)
+		ok = false;
+	for (unsigned j = 0; ok && j < m; j++)
+		replies[idx[j]] = got[j];
+	tn_mem_free(&got);
+	tn_mem_free(&againc);
+	tn_mem_free(&again);
+	tn_mem_free(&idx);
+	return ok;
+}
+
+int tn_cache_script_pipeline(struct tn_cache *cache, const struct tn_cache_script *script,
+			     unsigned n, const int *argcs, const char **const *argvs,
+			     redisReply **replies_r, tn_msec_t deadline)
+{
+	const char ***all;
+	int *allc, ret = -1;
+	bool sha = script->sha[0] != '\0', ok = false;
+	struct tn_cache_conn *c;
+
+	if (n == 0)
+		return 0;
+	all = tn_mem_calloc(n, sizeof(*all));
+	allc = tn_mem_calloc(n, sizeof(*allc));
+	for (unsigned i = 0; i < n; i++) {
+		all[i] = tn_mem_calloc((size_t)argcs[i] + 2, sizeof(**all));
+		memcpy(all[i] + 2, argvs[i], (size_t)argcs[i] * sizeof(**all));
+		all[i][0] = sha ? "EVALSHA" : "EVAL";
+		all[i][1] = sha ? script->sha : script->text;
+		allc[i] = argcs[i] + 2;
+	}
+	tn_cache_count(&cache->stats.calls);
+	if ((c = tn_cache_acquire(cache, deadline)) != NULL) {
+		ret = tn_cache_pipeline(c, cache, deadline, n, allc, (const char **const *)all,
+					replies_r);
+		ok = ret == 0 && (!sha || tn_cache_script_again(cache, c, script, n, allc, all,
+								replies_r, deadline));
+		tn_cache_release(cache, c, !ok);
+	}
+	if (!ok)
+		tn_cache_count(&cache->stats.errors);
+	for (unsigned i = 0; i < n; i++)
+		tn_mem_free(&all[i]);
+	tn_mem_free(&allc);
+	tn_mem_free(&all);
+	return ret;
+}
+
 redisReply *tn_cache_script_argv(struct tn_cache *cache, const struct tn_cache_script *script,
 				 int argc, const char **argv, tn_msec_t deadline)
 {
-	const char **all = tn_mem_calloc((size_t)argc + 2, sizeof(*all));
 	redisReply *r = NULL;
-	bool sha = script->sha[0] != '\0';
 
-	memcpy(all + 2, argv, (size_t)argc * sizeof(*all));
-	all[0] = sha ? "EVALSHA" : "EVAL";
-	all[1] = sha ? script->sha : script->text;
-	r = tn_cache_command_argv(cache, argc + 2, all, NULL, deadline);
-	if (sha && r != NULL && r->type == REDIS_REPLY_ERROR &&
-	    strncmp(r->str, "NOSCRIPT", 8) == 0) {
-		freeReplyObject(r);
-		all[0] = "EVAL";
-		all[1] = script->text;
-		r = tn_cache_command_argv(cache, argc + 2, all, NULL, deadline);
-	}
-	tn_mem_free(&all);
+	if (tn_cache_script_pipeline(cache, script, 1, &argc,
+				     (const char **const *)&argv, &r, deadline) < 0)
+		return NULL;
 	return r;
 }
 

@@ -148,6 +148,20 @@ void tn_cache_script_init(struct tn_cache_script *script, const char *text);
 struct redisReply *tn_cache_script_argv(struct tn_cache *cache,
 					const struct tn_cache_script *script, int argc,
 					const char **argv, tn_msec_t deadline);
+/* n calls of the script in one pipeline on one pooled connection (one
+ * round trip, one write and one read for all): argcs[i] and argvs[i] as
+ * tn_cache_script_argv()'s argc and argv, within the per-command timeout
+ * and the deadline. The calls answered NOSCRIPT are sent again, in one
+ * more pipeline on the same connection, with EVAL of the text (which
+ * loads it). Returns 0 with replies_r[0..n-1] set -- error replies
+ * included, which the caller frees with freeReplyObject() like the
+ * others; NULL for a NOSCRIPT call whose retry failed in transport (the
+ * other replies stand: those calls ran) -- or -1 with none set (Redis
+ * marked down, no connection in time, a transport failure:
+ * tn_cache_last_error()). A failure marks Redis down like any call. */
+int tn_cache_script_pipeline(struct tn_cache *cache, const struct tn_cache_script *script,
+			     unsigned n, const int *argcs, const char **const *argvs,
+			     struct redisReply **replies_r, tn_msec_t deadline);
 /* redis_key_prefix, as given. */
 const char *tn_cache_key_prefix(const struct tn_cache *cache);
 

@@ -18,7 +18,8 @@ tests_unit_test_submit_policy_LDADD = $(UNIT_LDADD) $(OPENSSL_LIBS)
 # (socket options, reload thread, /metrics) shared with tn-quota-milter.
 sbin_PROGRAMS += milters/tn-submit-milter
 milters_tn_submit_milter_SOURCES = milters/tn-submit-milter.c $(SUBMIT_POLICY_SOURCES) \
-	$(SUBMIT_REDIS_SOURCES) milters/tn-milter-common.c milters/tn-milter-common.h
+	$(SUBMIT_REDIS_SOURCES) milters/submit-commit.c milters/submit-commit.h \
+	milters/tn-milter-common.c milters/tn-milter-common.h
 milters_tn_submit_milter_CFLAGS = $(AM_CFLAGS) $(MILTER_CFLAGS) $(JANSSON_CFLAGS) \
 	$(HIREDIS_CFLAGS) $(MICROHTTPD_CFLAGS) $(OPENSSL_CFLAGS)
 milters_tn_submit_milter_LDADD = lib/libtenantmail.la $(MILTER_LIBS) $(JANSSON_LIBS) \

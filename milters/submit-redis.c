@@ -69,32 +69,47 @@ static const char submit_redis_reserve_lua[] =
 	"return {0, 0, 0, 0}\n";
 
 /* KEYS: the four rate keys, traffic. ARGV: resid, reserved, count,
- * window, hold, traffic (0|1), bytes, expire-at (Unix s). */
+ * window, late (0|1), traffic (0|1), bytes, expire-at (Unix s), the
+ * rate keys holding members of resid ("1" or "0" for each of the four:
+ * the limits set when it was reserved). The pending members are scored
+ * now in place (ZADD XX: the member exists, one call per key, nothing
+ * allocated) instead of renamed; recipients above count go. Only a late
+ * commit (its reservation older than half the hold: the key's TTL, set
+ * by the reservation to window + hold, may end before now + window)
+ * needs the TTL looked at. */
 static const char submit_redis_commit_lua[] =
 	"local t = redis.call('TIME')\n"
 	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-	"local id = ARGV[1]\n"
+	"local m = 'r:' .. ARGV[1]\n"
 	"local k, n = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-	"local ttl = tonumber(ARGV[4]) + tonumber(ARGV[5])\n"
-	"for i = 1, 2 do\n"
-	"  if redis.call('ZREM', KEYS[i], 'r:' .. id) == 1 then\n"
-	"    redis.call('ZADD', KEYS[i], now, 'c:' .. id)\n"
-	"    redis.call('PEXPIRE', KEYS[i], ttl)\n"
-	"  end\n"
-	"end\n"
-	"for i = 3, 4 do\n"
-	"  for j = 1, k do\n"
-	"    local m = id .. ':' .. j\n"
-	"    if redis.call('ZREM', KEYS[i], 'r:' .. m) == 1 and j <= n then\n"
-	"      redis.call('ZADD', KEYS[i], now, 'c:' .. m)\n"
+	"local w, late = tonumber(ARGV[4]), ARGV[5] == '1'\n"
+	"for i = 1, 4 do\n"
+	"  if string.byte(ARGV[9], i) == 49 then\n"
+	"    if i <= 2 then\n"
+	"      redis.call('ZADD', KEYS[i], 'XX', now, m)\n"
+	"    else\n"
+	"      local a = {'ZADD', KEYS[i], 'XX'}\n"
+	"      for j = 1, math.min(k, n) do\n"
+	"        a[#a + 1] = now\n"
+	"        a[#a + 1] = m .. ':' .. j\n"
+	"      end\n"
+	"      if #a > 3 then redis.call(unpack(a)) end\n"
+	"      if n < k then\n"
+	"        a = {'ZREM', KEYS[i]}\n"
+	"        for j = n + 1, k do a[#a + 1] = m .. ':' .. j end\n"
+	"        redis.call(unpack(a))\n"
+	"      end\n"
+	"    end\n"
+	"    if late and redis.call('PTTL', KEYS[i]) < w then\n"
+	"      redis.call('PEXPIRE', KEYS[i], w)\n"
 	"    end\n"
 	"  end\n"
-	"  redis.call('PEXPIRE', KEYS[i], ttl)\n"
 	"end\n"
 	"if ARGV[6] == '1' then\n"
-	"  redis.call('HINCRBY', KEYS[5], 'msgs_out', 1)\n"
+	"  if redis.call('HINCRBY', KEYS[5], 'msgs_out', 1) == 1 then\n"
+	"    redis.call('EXPIREAT', KEYS[5], ARGV[8])\n"
+	"  end\n"
 	"  redis.call('HINCRBY', KEYS[5], 'bytes_out', ARGV[7])\n"
-	"  redis.call('EXPIREAT', KEYS[5], ARGV[8])\n"
 	"end\n"
 	"return 1\n";
 
@@ -294,32 +309,107 @@ int submit_redis_reserve(struct submit_redis *sr, const char *mailbox, const cha
 	return 0;
 }
 
-int submit_redis_commit(struct submit_redis *sr, const char *mailbox, const char *tenant,
-			const char *resid, unsigned reserved, unsigned count, bool traffic,
-			int64_t bytes, int64_t wall_time, tn_msec_t window, tn_msec_t deadline)
+unsigned submit_redis_keys_used(const struct submit_policy_limits *limits, bool msg,
+				unsigned rcpts)
 {
-	char *keys[6], k[16], c[16], w[24], b[24], at[24], period[11];
-	const char *args[8] = { resid, k, c, w, "0", traffic ? "1" : "0", b, at };
-	redisReply *r;
+	unsigned used = 0;
 
-	submit_redis_rate_keys(sr, mailbox, tenant, keys);
-	tn_mem_free(&keys[5]);
-	tn_mem_free(&keys[4]);
-	submit_redis_period(wall_time, period);
-	keys[4] = tn_mem_printf("%straffic:%s:%s", tn_cache_key_prefix(sr->cache), tenant,
-				period);
-	snprintf(k, sizeof(k), "%u", reserved);
-	snprintf(c, sizeof(c), "%u", count);
-	snprintf(w, sizeof(w), "%" PRId64, (int64_t)window);
-	snprintf(b, sizeof(b), "%" PRId64, bytes);
-	snprintf(at, sizeof(at), "%" PRId64,
-		 wall_time - wall_time % 3600 + 3600 + SUBMIT_REDIS_KEEP);
-	r = submit_redis_run(sr, SUBMIT_SCRIPT_COMMIT, 5, (const char **)keys, 8, args, deadline);
-	submit_redis_keys_free(keys, 5);
-	if (r == NULL)
-		return -1;
-	freeReplyObject(r);
-	return 0;
+	for (int i = 0; i < 4; i++) {
+		if (limits->value[i + 1] > 0 && (i < 2 ? msg : rcpts > 0))
+			used |= 1u << i;
+	}
+	return used;
+}
+
+/* The arguments of one commit script call (submit_redis_commit_lua). */
+struct submit_redis_commit_args {
+	char *keys[6];
+	char k[16], c[16], w[24], late[2], b[24], at[24], used[5], period[11];
+	const char *argv[1 + 5 + 9];
+};
+
+static void submit_redis_commit_args(struct submit_redis *sr, const struct submit_redis_commit *c,
+				     tn_msec_t now, struct submit_redis_commit_args *a)
+{
+	int argc = 0;
+
+	submit_redis_rate_keys(sr, c->mailbox, c->tenant, a->keys);
+	tn_mem_free(&a->keys[5]);
+	tn_mem_free(&a->keys[4]);
+	submit_redis_period(c->wall_time, a->period);
+	a->keys[4] = tn_mem_printf("%straffic:%s:%s", tn_cache_key_prefix(sr->cache), c->tenant,
+				   a->period);
+	snprintf(a->k, sizeof(a->k), "%u", c->reserved);
+	snprintf(a->c, sizeof(a->c), "%u", c->count);
+	snprintf(a->w, sizeof(a->w), "%" PRId64, (int64_t)c->window);
+	snprintf(a->late, sizeof(a->late), "%d", 2 * (now - c->reserved_at) >= c->hold);
+	snprintf(a->b, sizeof(a->b), "%" PRId64, c->bytes);
+	snprintf(a->at, sizeof(a->at), "%" PRId64,
+		 c->wall_time - c->wall_time % 3600 + 3600 + SUBMIT_REDIS_KEEP);
+	for (int i = 0; i < 4; i++)
+		a->used[i] = (c->keys_used & (1u << i)) != 0 ? '1' : '0';
+	a->used[4] = '\0';
+	a->argv[argc++] = "5";
+	for (int i = 0; i < 5; i++)
+		a->argv[argc++] = a->keys[i];
+	a->argv[argc++] = c->resid;
+	a->argv[argc++] = a->k;
+	a->argv[argc++] = a->c;
+	a->argv[argc++] = a->w;
+	a->argv[argc++] = a->late;
+	a->argv[argc++] = c->traffic ? "1" : "0";
+	a->argv[argc++] = a->b;
+	a->argv[argc++] = a->at;
+	a->argv[argc++] = a->used;
+}
+
+unsigned submit_redis_commit_batch(struct submit_redis *sr,
+				   const struct submit_redis_commit *const *commits, unsigned n,
+				   bool *ok_r, tn_msec_t deadline)
+{
+	struct submit_redis_commit_args *a = tn_mem_calloc(n, sizeof(*a));
+	const char **argvs[SUBMIT_REDIS_BATCH_MAX];
+	int argcs[SUBMIT_REDIS_BATCH_MAX];
+	redisReply *r[SUBMIT_REDIS_BATCH_MAX];
+	tn_msec_t now = tn_time_now_ms();
+	unsigned ok = 0;
+
+	if (n > SUBMIT_REDIS_BATCH_MAX) {
+		tn_mem_free(&a);
+		ok = submit_redis_commit_batch(sr, commits, SUBMIT_REDIS_BATCH_MAX, ok_r, deadline);
+		return ok + submit_redis_commit_batch(sr, commits + SUBMIT_REDIS_BATCH_MAX,
+						      n - SUBMIT_REDIS_BATCH_MAX,
+						      ok_r + SUBMIT_REDIS_BATCH_MAX, deadline);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		submit_redis_commit_args(sr, commits[i], now, &a[i]);
+		argvs[i] = a[i].argv;
+		argcs[i] = (int)(sizeof(a[i].argv) / sizeof(a[i].argv[0]));
+		ok_r[i] = false;
+	}
+	if (tn_cache_script_pipeline(sr->cache, &sr->scripts[SUBMIT_SCRIPT_COMMIT], n, argcs,
+				     (const char **const *)argvs, r, deadline) == 0) {
+		for (unsigned i = 0; i < n; i++) {
+			if (r[i] != NULL && r[i]->type == REDIS_REPLY_ERROR)
+				tn_error("redis: tn-submit-milter script: %s", r[i]->str);
+			ok_r[i] = r[i] != NULL && r[i]->type != REDIS_REPLY_ERROR;
+			ok += ok_r[i];
+			if (r[i] != NULL)
+				freeReplyObject(r[i]);
+		}
+	}
+	for (unsigned i = 0; i < n; i++)
+		submit_redis_keys_free(a[i].keys, 5);
+	tn_mem_free(&a);
+	return ok;
+}
+
+int submit_redis_commit(struct submit_redis *sr, const struct submit_redis_commit *c,
+			tn_msec_t deadline)
+{
+	bool ok;
+
+	return submit_redis_commit_batch(sr, &c, 1, &ok, deadline) == 1 ? 0 : -1;
 }
 
 int submit_redis_release(struct submit_redis *sr, const char *mailbox, const char *tenant,

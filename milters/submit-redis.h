@@ -21,11 +21,13 @@
  *	          and whether this is the first refusal since the scope
  *	          last had room (rate:note:{mbx,ten}:<id>: one
  *	          ratelimit.exceeded per crossing, at most one per window).
- *	commit    at end of message: the pending members become committed
- *	          ones "c:..." scored now (the first `count` recipients,
- *	          the rest dropped), and the message and its bytes are
- *	          counted in traffic:<tenant>:<YYYYMMDDHH> (msgs_out,
- *	          bytes_out), in the same script.
+ *	commit    at end of message: the pending members are scored now
+ *	          in place (ZADD XX; they keep their name: pending and
+ *	          committed differ by score only), the first `count`
+ *	          recipients, the rest dropped; only the keys that hold
+ *	          members (the limits set) are touched. The message and its
+ *	          bytes are counted in traffic:<tenant>:<YYYYMMDDHH>
+ *	          (msgs_out, bytes_out), in the same script.
  *	release   on abort and close: the pending members go.
  *	rejected  the message.rejected limiter, rejected:<tenant>:<reason>,
  *	          shared with tn-quota-milter (same semantics).
@@ -75,12 +77,38 @@ int submit_redis_reserve(struct submit_redis *sr, const char *mailbox, const cha
 			 const char *resid, unsigned rcpt, bool first,
 			 const struct submit_policy_limits *limits, tn_msec_t window,
 			 tn_msec_t hold, tn_msec_t deadline, struct submit_redis_outcome *out_r);
-/* Commit: reserved recipients were reserved, count of them are real;
- * traffic: count the message (bytes) for the tenant in the hour of
- * wall_time. 0 or -1. */
-int submit_redis_commit(struct submit_redis *sr, const char *mailbox, const char *tenant,
-			const char *resid, unsigned reserved, unsigned count, bool traffic,
-			int64_t bytes, int64_t wall_time, tn_msec_t window, tn_msec_t deadline);
+/* One commit, with everything it needs (strings borrowed). */
+struct submit_redis_commit {
+	const char *mailbox, *tenant;
+	char resid[SUBMIT_REDIS_RESID_SIZE];
+	unsigned reserved, count;	/* recipients reserved; of them real */
+	unsigned keys_used;		/* submit_redis_keys_used() at reserve */
+	bool traffic;			/* count the message and its bytes */
+	int64_t bytes, wall_time;	/* traffic goes to wall_time's hour */
+	tn_msec_t window, hold;
+	tn_msec_t reserved_at;		/* tn_time_now_ms() of the first reserve */
+	const char *session, *queue_id;	/* the caller's log context (queue_id
+					 * may be NULL); not sent */
+};
+
+/* Which rate keys hold members of a transaction (bit i: rate key i,
+ * mbx, ten, rcpt mbx, rcpt ten): those whose limit is set, the message
+ * ones when the message was reserved (msg), the recipient ones when
+ * rcpts were. The commit touches those only. */
+unsigned submit_redis_keys_used(const struct submit_policy_limits *limits, bool msg,
+				unsigned rcpts);
+/* Commit: the members reserved are scored now where they are (the first
+ * count recipients; the rest removed); traffic: count the message and
+ * its bytes for the tenant in the hour of wall_time. 0 or -1. */
+int submit_redis_commit(struct submit_redis *sr, const struct submit_redis_commit *c,
+			tn_msec_t deadline);
+/* n (at most SUBMIT_REDIS_BATCH_MAX) commits in one pipeline on one
+ * connection (one round trip). ok_r[i]: commits[i] landed. Returns how
+ * many did. */
+#define SUBMIT_REDIS_BATCH_MAX 64
+unsigned submit_redis_commit_batch(struct submit_redis *sr,
+				   const struct submit_redis_commit *const *commits, unsigned n,
+				   bool *ok_r, tn_msec_t deadline);
 /* Drop the pending members of resid (reserved recipients). 0 or -1. */
 int submit_redis_release(struct submit_redis *sr, const char *mailbox, const char *tenant,
 			 const char *resid, unsigned reserved, tn_msec_t deadline);

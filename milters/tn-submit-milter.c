@@ -15,8 +15,11 @@
  *	whether the login may use the sender. At each RCPT TO a send-limit
  *	reservation is made in Redis (milters/submit-redis.c); end of
  *	message commits it with the real recipient count and counts the
- *	message and its bytes out for the login's tenant; abort and close
- *	release it (and Redis drops it by itself after
+ *	message and its bytes out for the login's tenant -- without waiting
+ *	for Redis: the commit is queued for the committer thread
+ *	(milters/submit-commit.h, which says why the limits stay exact),
+ *	or made at once when submit_milter_commit_queue is full or 0;
+ *	abort and close release it (and Redis drops it by itself after
  *	submit_milter_reservation_hold, should this process die).
  *
  *	Refusals become message.rejected events, limits reached
@@ -25,9 +28,11 @@
  *
  *	Threads: libmilter's (one per SMTP session), its signal thread
  *	(SIGHUP, SIGINT, SIGTERM: stop), the reload thread (SIGUSR1),
- *	libmicrohttpd's for /metrics and the lookup library's invalidation
- *	subscriber. Counters are atomics; a message keeps the settings it
- *	started with (a reference taken at MAIL FROM).
+ *	libmicrohttpd's for /metrics, the lookup library's invalidation
+ *	subscriber and the committer (it sends what is queued before the
+ *	Redis connections go at shutdown). Counters are atomics; a message
+ *	keeps the settings it started with (a reference taken at MAIL
+ *	FROM).
  *
  *	Memory: fail-stop tn_mem_* allocation. Per-session state is made at
  *	negotiation and freed at close; per-message state is made at MAIL
@@ -58,6 +63,7 @@
 #include <jansson.h>
 #include <libmilter/mfapi.h>
 
+#include "submit-commit.h"
 #include "submit-policy.h"
 #include "submit-redis.h"
 #include "tn-cache.h"
@@ -106,6 +112,9 @@ static const struct tn_conf_param submit_milter_params[] = {
 	  "length of the sliding window the limits count over" },
 	{ "submit_milter_reservation_hold", TN_CONF_TIME, "15m", 1000, 86400000, NULL,
 	  "a reservation neither committed nor released expires after this (<= window)" },
+	{ "submit_milter_commit_queue", TN_CONF_INT, "10000", 0, 1000000, NULL,
+	  "end-of-message commits queued for the committer thread (full: committed"
+	  " at once; 0: always at once)" },
 	{ "submit_milter_events", TN_CONF_BOOL, "yes", 0, 0, NULL,
 	  "record message.rejected and ratelimit.exceeded events in the outbox" },
 	{ "submit_milter_event_interval", TN_CONF_TIME, "1m", 1000, 86400000, NULL,
@@ -137,6 +146,7 @@ enum sm_event_type { SM_EV_REJECTED, SM_EV_RATELIMIT, SM_EV_TYPES };
 enum sm_event_outcome { SM_EV_APPENDED, SM_EV_SUPPRESSED, SM_EV_UNCHECKED, SM_EV_FAILED,
 			SM_EV_OUTCOMES };
 enum sm_stage { SM_STAGE_MAIL, SM_STAGE_RCPT, SM_STAGE_EOM, SM_STAGES };
+enum sm_commit_path { SM_COMMIT_QUEUED, SM_COMMIT_DIRECT, SM_COMMIT_PATHS };
 
 static const char *const sm_redis_op_names[SM_REDIS_OPS] = { "reserve", "commit", "release",
 							     "events" };
@@ -145,12 +155,14 @@ static const char *const sm_event_names[SM_EV_TYPES] = { "message.rejected",
 static const char *const sm_outcome_names[SM_EV_OUTCOMES] = { "appended", "suppressed",
 							      "redis_failed", "failed" };
 static const char *const sm_stage_names[SM_STAGES] = { "mail", "rcpt", "eom" };
+static const char *const sm_commit_path_names[SM_COMMIT_PATHS] = { "queued", "direct" };
 
 struct sm_metrics {
 	atomic_uint_fast64_t decisions[SM_STAGES][SUBMIT_POLICY_RESULTS];
 	atomic_uint_fast64_t limited[SUBMIT_LIMITS];
 	atomic_uint_fast64_t redis_failures[SM_REDIS_OPS];
 	atomic_uint_fast64_t events[SM_EV_TYPES][SM_EV_OUTCOMES];
+	atomic_uint_fast64_t commits[SM_COMMIT_PATHS];
 	atomic_uint_fast64_t messages, bytes, reloads, reload_failures;
 	atomic_int_fast64_t sessions, transactions, reservations;	/* gauges */
 	atomic_uint_fast64_t session_ids;
@@ -162,6 +174,7 @@ struct sm_daemon {
 	struct tn_milter_common_args args;	/* -c and -o, for reloads */
 	struct tn_lookup *lookup;
 	struct submit_redis *redis;
+	struct submit_commit *commit;	/* NULL: submit_milter_commit_queue = 0 */
 	struct tn_outbox *outbox;
 	pthread_mutex_t set_lock;
 	struct sm_settings *set;	/* under set_lock */
@@ -183,6 +196,7 @@ struct sm_msg {
 	bool msg_reserved;
 	unsigned reserved;		/* recipients reserved */
 	unsigned accepted;		/* recipients answered continue */
+	tn_msec_t reserved_at;		/* before the first reservation */
 	int64_t declared, size;
 	char queue_id[32];
 };
@@ -627,6 +641,7 @@ static void sm_rcpt_reserve(struct sm_msg *m, struct submit_policy_decision *d,
 			    struct submit_redis_outcome *o, const struct tn_log_ctx *lc)
 {
 	bool first = !m->msg_reserved;
+	tn_msec_t t0 = tn_time_now_ms();
 	int ret = submit_redis_reserve(sm.redis, m->login, m->tenant, m->resid, m->reserved + 1,
 				       first, &m->limits, m->set->window, m->set->hold,
 				       tn_time_now_ms() + submit_redis_timeout(sm.redis), o);
@@ -636,8 +651,10 @@ static void sm_rcpt_reserve(struct sm_msg *m, struct submit_policy_decision *d,
 		tn_log(TN_LOG_WARNING, lc, "send limits unchecked: Redis did not answer (%s)",
 		       tn_cache_last_error());
 	} else if (o->limit == SUBMIT_LIMIT_NONE) {
-		if (!m->msg_reserved && m->reserved == 0)
+		if (!m->msg_reserved && m->reserved == 0) {
 			atomic_fetch_add(&sm.m.reservations, 1);
+			m->reserved_at = t0;
+		}
 		m->msg_reserved = true;
 		m->reserved++;
 	} else {
@@ -729,22 +746,55 @@ static sfsistat sm_body(SMFICTX *ctx, unsigned char *chunk, size_t len)
 	return s != NULL && s->nr_body ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 
-/* Commit the reservation with the real count; count the message out. */
+/* A commit that did not land, at end of message or in the committer
+ * thread: its reservation expires after the hold. */
+static void sm_commit_failed(const struct submit_redis_commit *c)
+{
+	struct tn_log_ctx lc = { c->session, c->queue_id, c->tenant };
+
+	atomic_fetch_add(&sm.m.redis_failures[SM_REDIS_COMMIT], 1);
+	tn_log(TN_LOG_WARNING, &lc, "reservation %s not committed, traffic not counted:"
+	       " Redis did not answer", c->resid);
+}
+
+/* The committer thread's report on a queued commit. */
+static void sm_commit_done(const struct submit_redis_commit *c, bool ok, void *context)
+{
+	(void)context;
+	if (!ok)
+		sm_commit_failed(c);
+}
+
+/* Commit the reservation with the real count and count the message out:
+ * queued for the committer thread (end of message does not wait for
+ * Redis), or here when the queue is full or off. */
 static void sm_commit(struct sm_msg *m, const struct tn_log_ctx *lc)
 {
 	bool traffic = m->set->count_traffic && m->tenant != NULL;
+	struct submit_redis_commit c;
 
 	atomic_fetch_add(&sm.m.messages, 1);
 	atomic_fetch_add(&sm.m.bytes, (uint_fast64_t)m->size);
 	if (m->tenant == NULL || (!traffic && !m->msg_reserved && m->reserved == 0))
 		return;
-	if (submit_redis_commit(sm.redis, m->login, m->tenant, m->resid, m->reserved,
-				m->reserved, traffic, m->size, tn_time_wall(), m->set->window,
-				tn_time_now_ms() + submit_redis_timeout(sm.redis)) < 0) {
-		atomic_fetch_add(&sm.m.redis_failures[SM_REDIS_COMMIT], 1);
-		tn_log(TN_LOG_WARNING, lc, "reservation %s not committed, traffic not counted:"
-		       " Redis did not answer", m->resid);
-		return;		/* released at free; expires anyway */
+	c = (struct submit_redis_commit){
+		.mailbox = m->login, .tenant = m->tenant, .reserved = m->reserved,
+		.count = m->reserved,
+		.keys_used = submit_redis_keys_used(&m->limits, m->msg_reserved, m->reserved),
+		.traffic = traffic, .bytes = m->size, .wall_time = tn_time_wall(),
+		.window = m->set->window, .hold = m->set->hold, .reserved_at = m->reserved_at,
+		.session = lc->session, .queue_id = lc->queue_id,
+	};
+	memcpy(c.resid, m->resid, sizeof(c.resid));
+	if (sm.commit != NULL && submit_commit_queue(sm.commit, &c)) {
+		atomic_fetch_add(&sm.m.commits[SM_COMMIT_QUEUED], 1);
+	} else {
+		atomic_fetch_add(&sm.m.commits[SM_COMMIT_DIRECT], 1);
+		if (submit_redis_commit(sm.redis, &c,
+					tn_time_now_ms() + submit_redis_timeout(sm.redis)) < 0) {
+			sm_commit_failed(&c);
+			return;		/* released at free; expires anyway */
+		}
 	}
 	if (m->msg_reserved || m->reserved > 0)
 		atomic_fetch_sub(&sm.m.reservations, 1);
@@ -823,6 +873,10 @@ static void sm_render_counters(FILE *f)
 		fprintf(f, "tn_submit_milter_redis_failures_total{op=\"%s\"} %llu\n",
 			sm_redis_op_names[i],
 			(unsigned long long)atomic_load(&sm.m.redis_failures[i]));
+	fputs("# TYPE tn_submit_milter_commits_total counter\n", f);
+	for (int i = 0; i < SM_COMMIT_PATHS; i++)
+		fprintf(f, "tn_submit_milter_commits_total{path=\"%s\"} %llu\n",
+			sm_commit_path_names[i], (unsigned long long)atomic_load(&sm.m.commits[i]));
 	fputs("# TYPE tn_submit_milter_events_total counter\n", f);
 	for (int t = 0; t < SM_EV_TYPES; t++)
 		for (int o = 0; o < SM_EV_OUTCOMES; o++)
@@ -833,6 +887,8 @@ static void sm_render_counters(FILE *f)
 
 static void sm_render_gauges(FILE *f)
 {
+	struct submit_commit_stats cs = { 0, 0 };
+
 	fprintf(f, "# TYPE tn_submit_milter_messages_total counter\n"
 		"tn_submit_milter_messages_total %llu\n",
 		(unsigned long long)atomic_load(&sm.m.messages));
@@ -849,6 +905,13 @@ static void sm_render_gauges(FILE *f)
 		"tn_submit_milter_transactions %lld\n", (long long)atomic_load(&sm.m.transactions));
 	fprintf(f, "# TYPE tn_submit_milter_reservations gauge\n"
 		"tn_submit_milter_reservations %lld\n", (long long)atomic_load(&sm.m.reservations));
+	if (sm.commit != NULL)
+		submit_commit_stats(sm.commit, &cs);
+	fprintf(f, "# TYPE tn_submit_milter_commit_queue gauge\n"
+		"tn_submit_milter_commit_queue %llu\n"
+		"# TYPE tn_submit_milter_commit_batches_total counter\n"
+		"tn_submit_milter_commit_batches_total %llu\n", (unsigned long long)cs.depth,
+		(unsigned long long)cs.batches);
 }
 
 static char *sm_render(void *context)
@@ -892,6 +955,11 @@ static int sm_backends(const char **error_r)
 	if ((sm.lookup = tn_lookup_create(sm.conf, 0, error_r)) == NULL)
 		return -1;
 	if ((sm.redis = submit_redis_create(sm.conf, error_r)) == NULL)
+		return -1;
+	if (tn_conf_int(sm.conf, "submit_milter_commit_queue") > 0 &&
+	    (sm.commit = submit_commit_create(sm.redis,
+			(unsigned)tn_conf_int(sm.conf, "submit_milter_commit_queue"),
+			sm_commit_done, NULL, error_r)) == NULL)
 		return -1;
 	sm.outbox = tn_outbox_create_conf(sm.conf);
 	return 0;
@@ -965,6 +1033,7 @@ static int sm_run(void)
 static void sm_teardown(void)
 {
 	tn_milter_common_metrics_stop(&sm.http);
+	submit_commit_destroy(&sm.commit);	/* sends what is queued */
 	tn_outbox_destroy(&sm.outbox);
 	submit_redis_destroy(&sm.redis);
 	tn_lookup_destroy(&sm.lookup);

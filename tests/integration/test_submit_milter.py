@@ -34,7 +34,15 @@ test provokes first.  Checked:
     counted in /metrics; tempfail when configured) within the deadline;
     slapd frozen -> 451 4.3.0 within the deadline, normal once thawed;
   * twenty concurrent sessions for ten free slots: exactly ten pass;
-    EVALSHA after SCRIPT FLUSH falls back to EVAL;
+    EVALSHA after SCRIPT FLUSH falls back to EVAL (also in the committer
+    thread's pipeline);
+  * the committer: end of message queues the commit, yet the limit is
+    exact (N messages back to back, the next refused, exactly N
+    committed once they land); Redis frozen between RCPT and end of
+    message: the reply does not wait, the commit fails in the thread
+    (warning, metric), normal once thawed; submit_milter_commit_queue = 0
+    commits at end of message.  Commits are asynchronous: whatever reads
+    Redis after an end of message waits for them (wait_committed);
   * TCP_NODELAY on accepted connections, a unix socket with its mode and
     owner, the process running as submit_milter_user;
   * the ASan+UBSan and TSan builds (TN_ASAN_BUILD_DIR, TN_TSAN_BUILD_DIR)
@@ -74,6 +82,7 @@ LUA = os.path.join(TOP, "tests", "milter")
 PREFIX = "tn:v1:"
 LOOKUP_TIMEOUT = 1.0    # submit_milter_lookup_timeout below
 HOLD = 3.0              # submit_milter_reservation_hold below
+WINDOW_MS = 3600000     # submit_milter_window (its default)
 INITECH_DN = "tnTenantId=initech,ou=tenants,dc=example,dc=net"
 
 
@@ -308,10 +317,10 @@ def drop_lookup_cache(stack):
 
 def seed_window(stack, key, n):
     """n messages sent just now: committed members of rate:<key>."""
-    now = int(time.time() * 1000)
+    now = now_ms()
     args = []
     for i in range(n):
-        args += [str(now), "c:seed%d" % i]
+        args += [str(now), "r:seed%d" % i]
     if args:
         stack.redis.cli("ZADD", PREFIX + "rate:" + key, *args)
     stack.redis.cli("PEXPIRE", PREFIX + "rate:" + key, "3600000")
@@ -319,6 +328,45 @@ def seed_window(stack, key, n):
 
 def members(stack, key):
     return stack.redis.cli("ZRANGE", PREFIX + "rate:" + key, "0", "-1").split()
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def scores(stack, key):
+    out = stack.redis.cli("ZRANGE", PREFIX + "rate:" + key, "0", "-1",
+                          "WITHSCORES").split()
+    return {m: float(v) for m, v in zip(out[::2], out[1::2])}
+
+
+def committed(stack, key, since):
+    """The members of rate:<key> committed at or after since (ms): a member
+    keeps its name from reservation to commit, the commit scores it then
+    (Redis's clock, this host's)."""
+    return sorted(m for m, v in scores(stack, key).items()
+                  if v >= since and not m.startswith("r:seed"))
+
+
+def wait_committed(stack, key, since, n, timeout=5):
+    """End of message queues the commit for the committer thread: wait for
+    n members committed since `since`; returns them."""
+    th_wait(lambda: len(committed(stack, key, since)) >= n, timeout)
+    got = committed(stack, key, since)
+    assert len(got) == n, got
+    return got
+
+
+def traffic(stack, tenant):
+    key = PREFIX + "traffic:%s:%s" % (tenant, time.strftime("%Y%m%d%H", time.gmtime()))
+    return dict(zip(*[iter(stack.redis.cli("HGETALL", key).split())] * 2))
+
+
+def pending(stack, key):
+    """The members of rate:<key> still pending: scored reservation time -
+    window + hold, far below anything committed within the window."""
+    edge = now_ms() - WINDOW_MS // 2
+    return sorted(m for m, v in scores(stack, key).items() if v < edge)
 
 
 @pytest.fixture(scope="module")
@@ -464,18 +512,29 @@ def test_hostile_senders_are_answered_and_logged_safely(milter):
 
 # --- send limits -------------------------------------------------------------
 
-def test_limit_reached_exactly_at_n(milter, stack):
-    """erin's tnSendRate is 50 messages an hour: 47 already sent, three
-    more in one session pass, the 51st is 450 4.7.1 with a retry hint."""
-    seed_window(stack, "mbx:erin@acme-mail.example", 47)
+def fill_erin_window(milter, stack, free):
+    """erin's tnSendRate is 50 messages an hour: with 50 - free already
+    sent, free + 1 messages back to back in one session: free pass, the
+    last is 450 4.7.1 at RCPT. Returns the transaction and the time (ms)
+    before it."""
+    seed_window(stack, "mbx:erin@acme-mail.example", 50 - free)
+    t0 = now_ms()
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
-                    count=4)
-    assert r.mail == ["continue"] * 4
-    assert [a for _, a in r.rcpts] == ["continue"] * 3 + ["replycode"]
-    assert r.eoms == ["continue"] * 3
+                    count=free + 1)
+    assert r.mail == ["continue"] * (free + 1)
+    assert [a for _, a in r.rcpts] == ["continue"] * free + ["replycode"]
+    assert r.eoms == ["continue"] * free
     assert r.rcpt_log[-1] == ("rate_limited", "450 4.7.1", "mailbox_messages")
     assert len(members(stack, "mbx:erin@acme-mail.example")) == 50
-    assert all(m.startswith("c:") for m in members(stack, "mbx:erin@acme-mail.example"))
+    return r, t0
+
+
+def test_limit_reached_exactly_at_n(milter, stack):
+    """47 of erin's 50 already sent: three more in one session pass, the
+    51st is 450 4.7.1 with a retry hint."""
+    r, t0 = fill_erin_window(milter, stack, 3)
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 3)
+    assert pending(stack, "mbx:erin@acme-mail.example") == []
     assert re.search(r"reply=450 4.7.1 limit=mailbox_messages count=50 retry_ms=(\d+)",
                      r.log)
     ev = [e for e in milter.events("ratelimit.exceeded")
@@ -541,21 +600,19 @@ def test_killed_milter_leaves_no_lasting_reservation(milter, stack):
          os.path.join(LUA, "submit-transaction.lua")],
         cwd=LUA, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        th_wait(lambda: any(m.startswith("r:") for m in
-                            members(stack, "mbx:erin@acme-mail.example")), 5)
+        th_wait(lambda: pending(stack, "mbx:erin@acme-mail.example"), 5)
         milter.restart_after_kill()
     finally:
         proc.kill()
         proc.wait(5)
-    pending = [m for m in members(stack, "mbx:erin@acme-mail.example")
-               if m.startswith("r:")]
-    assert len(pending) == 1     # nobody released it: the process died
+    # nobody released it: the process died
+    assert len(pending(stack, "mbx:erin@acme-mail.example")) == 1
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")]
     time.sleep(HOLD + 0.3)
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.rcpts == [("someone@external.example", "continue")]
-    assert not any(m.startswith("r:") for m in members(stack, "mbx:erin@acme-mail.example"))
+    assert pending(stack, "mbx:erin@acme-mail.example") == []
 
 
 def test_tenant_limit_across_two_users(milter, stack):
@@ -589,11 +646,12 @@ def test_tenant_limit_across_two_users(milter, stack):
 def test_recipient_limits_and_commit_with_the_real_count(milter, stack):
     try:
         milter.reload("submit_milter_rcpt_rate = 5")
+        t0 = now_ms()
         r = transaction(milter, "bob@acme.example", login="bob@acme.example",
                         rcpts=["a@x.example", "b@x.example", "c@x.example"])
         assert r.eoms == ["continue"]
-        assert sorted(members(stack, "rcpt:mbx:bob@acme.example")) == \
-            sorted("c:%s:%d" % (m[2:], i) for m in members(stack, "mbx:bob@acme.example")
+        assert wait_committed(stack, "rcpt:mbx:bob@acme.example", t0, 3) == \
+            sorted("%s:%d" % (m, i) for m in members(stack, "mbx:bob@acme.example")
                    for i in (1, 2, 3))
         r = transaction(milter, "bob@acme.example", login="bob@acme.example",
                         rcpts=["d@x.example", "e@x.example", "f@x.example"])
@@ -632,7 +690,8 @@ def test_traffic_out_is_counted(milter, stack):
     r = transaction(milter, "alice@acme.example", login="alice@acme.example", body=5000,
                     count=2)
     assert r.eoms == ["continue", "continue"]
-    got = dict(zip(*[iter(stack.redis.cli("HGETALL", key).split())] * 2))
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "2")
+    got = traffic(stack, "acme")
     assert got["msgs_out"] == "2"
     assert int(got["bytes_out"]) > 10000
     ttl = int(redis(stack, "TTL", key))
@@ -728,6 +787,7 @@ def test_every_state_freed(milter):
     assert m["tn_submit_milter_sessions"] == 0
     assert m["tn_submit_milter_transactions"] == 0
     assert m["tn_submit_milter_reservations"] == 0
+    assert m["tn_submit_milter_commit_queue"] == 0
 
 
 def test_concurrent_sessions_take_exactly_the_free_slots(milter, stack):
@@ -752,16 +812,143 @@ def test_concurrent_sessions_take_exactly_the_free_slots(milter, stack):
 
 
 def test_scripts_come_back_after_script_flush(milter, stack):
-    """EVALSHA answered NOSCRIPT (a restarted or flushed Redis): EVAL."""
+    """EVALSHA answered NOSCRIPT (a restarted or flushed Redis): EVAL, also
+    in the committer thread's pipeline (tn_cache_script_pipeline): the
+    commit lands, counted as queued, no failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
     stack.redis.cli("SCRIPT", "FLUSH")
     seed_window(stack, "mbx:erin@acme-mail.example", 50)
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")]
     clear_rate_keys(stack)
     stack.redis.cli("SCRIPT", "FLUSH")
+    before = milter.metrics()
+    t0 = now_ms()
     r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example")
     assert r.eoms == ["continue"]
-    assert [m[:2] for m in members(stack, "mbx:erin@acme-mail.example")] == ["c:"]
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 1)
+    assert len(members(stack, "mbx:erin@acme-mail.example")) == 1
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "1")
+    # concurrent messages after a flush: commits that meet in one batch
+    # are answered NOSCRIPT together and sent again together
+    stack.redis.cli("SCRIPT", "FLUSH")
+
+    def one(i):
+        return transaction(milter, "erin@acme-mail.example",
+                           login="erin@acme-mail.example", qid="4QFLUSH%02d" % i)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert all(r.eoms == ["continue"] for r in results), [r.out for r in results]
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 9)
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "9")
+    after = milter.metrics()
+    k = 'tn_submit_milter_commits_total{path="queued"}'
+    assert after[k] - before[k] == 9
+    assert after['tn_submit_milter_commits_total{path="direct"}'] == \
+        before['tn_submit_milter_commits_total{path="direct"}']
+    k = 'tn_submit_milter_redis_failures_total{op="commit"}'
+    assert after[k] == before[k]
+
+
+# --- the committer thread ------------------------------------------------------
+
+def test_commits_are_queued_and_the_limit_stays_exact(milter, stack):
+    """End of message queues the commit for the committer thread and
+    answers. With five slots left, five messages back to back over one
+    connection pass and the sixth is refused at RCPT although the first
+    five's commits may not have landed yet: a pending member counts like
+    a committed one. Once they land: exactly five committed, none
+    pending, msgs_out 5, all five counted as queued."""
+    before = milter.metrics()
+    _, t0 = fill_erin_window(milter, stack, 5)
+    wait_committed(stack, "mbx:erin@acme-mail.example", t0, 5)
+    assert pending(stack, "mbx:erin@acme-mail.example") == []
+    th_wait(lambda: traffic(stack, "acme").get("msgs_out") == "5")
+    after = milter.metrics()
+    k = 'tn_submit_milter_commits_total{path="queued"}'
+    assert after[k] - before[k] == 5
+    k = 'tn_submit_milter_commits_total{path="direct"}'
+    assert after[k] == before[k]
+    k = "tn_submit_milter_commit_batches_total"
+    assert 1 <= after[k] - before[k] <= 5
+    assert after["tn_submit_milter_commit_queue"] == 0
+    assert after["tn_submit_milter_reservations"] == 0
+
+
+def test_redis_frozen_at_end_of_message(stack, tmp_path):
+    """Redis stops answering between RCPT and end of message. End of
+    message does not wait for it: with redis_timeout = 3s a synchronous
+    commit would hold the reply 3 s, the queued one does not. The
+    committer's batch fails after redis_timeout: the warning, the failure
+    counted; the reservation is left to expire. Once Redis answers
+    again, commits land as usual."""
+    require_prerequisites()
+    m = SubmitMilter(stack, tmp_path, extra="redis_timeout = 3s")
+    try:
+        before = m.metrics()
+        mark = m.log_mark()
+        proc = subprocess.Popen(
+            ["miltertest", "-D", "socket=" + m.socket, "-D", "from=erin@acme-mail.example",
+             "-D", "login=erin@acme-mail.example", "-D", "rcpts=x@external.example",
+             "-D", "pause=1", "-s", os.path.join(LUA, "submit-transaction.lua")],
+            cwd=LUA, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            th_wait(lambda: pending(stack, "mbx:erin@acme-mail.example"), 5)
+            stack.redis.freeze()
+            t0 = time.monotonic()
+            out, _ = proc.communicate(timeout=20)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert "eom continue" in out and "done" in out, out
+        assert took < 2.0, "end of message waited: %.2f s" % took
+        th_wait(lambda: "not committed" in m.log_since(mark), 8)
+        assert re.search(r"warning: .*reservation [0-9a-f]{16} not committed, traffic not"
+                         r" counted", m.log_since(mark)), m.log_since(mark)
+        k = 'tn_submit_milter_redis_failures_total{op="commit"}'
+        assert m.metrics()[k] == before[k] + 1
+        stack.redis.thaw()
+        deadline = time.monotonic() + 10
+        while True:
+            clear_rate_keys(stack)
+            t1 = now_ms()
+            r = transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example")
+            assert r.eoms == ["continue"]
+            if r.rcpt_log == [("pass", "continue", "")]:
+                break
+            assert time.monotonic() < deadline, r.log
+            time.sleep(0.3)
+        wait_committed(stack, "mbx:erin@acme-mail.example", t1, 1)
+        assert m.metrics()[k] == before[k] + 1
+    finally:
+        if stack.redis.frozen:
+            stack.redis.thaw()
+        m.stop()
+    assert m.proc.returncode == 0, m.log_text()[-3000:]
+
+
+def test_commit_queue_off_commits_at_end_of_message(stack, tmp_path):
+    """submit_milter_commit_queue = 0 (and a full queue): end of message
+    commits itself, as before the committer; counted as direct."""
+    require_prerequisites()
+    m = SubmitMilter(stack, tmp_path, extra="submit_milter_commit_queue = 0")
+    try:
+        t0 = now_ms()
+        r = transaction(m, "erin@acme-mail.example", login="erin@acme-mail.example")
+        assert r.eoms == ["continue"]
+        # landed before end of message was answered: no waiting here
+        assert len(committed(stack, "mbx:erin@acme-mail.example", t0)) == 1
+        assert traffic(stack, "acme").get("msgs_out") == "1"
+        got = m.metrics()
+        assert got['tn_submit_milter_commits_total{path="direct"}'] == 1
+        assert got['tn_submit_milter_commits_total{path="queued"}'] == 0
+        assert got["tn_submit_milter_commit_batches_total"] == 0
+    finally:
+        m.stop()
 
 
 def test_tcp_connections_have_nodelay(milter):
