@@ -930,9 +930,10 @@ static void tenant_async_begin(struct tenant_db *db, struct tenant_async *ctx)
 	auth_request_ref(ctx->request);
 	li = tenant_db_ioloop(db, &error);
 	ctx->db = db;
-	ctx->login = p_strdup(ctx->request->pool, ctx->request->fields.user);
-	if (db->auth_cache != NULL)
+	if (db->auth_cache != NULL) {
+		ctx->login = p_strdup(ctx->request->pool, ctx->request->fields.user);
 		ctx->cache_mark = tn_auth_cache_begin(db->auth_cache);
+	}
 	if (li == NULL) {
 		auth_request_log_error(ctx->request, TENANT_SUBSYS, "%s", error);
 		tenant_async_done(TN_TEMPFAIL, NULL, "", ctx);

@@ -644,7 +644,7 @@ static void sm_rcpt_reserve(struct sm_msg *m, struct submit_policy_decision *d,
 	tn_msec_t t0 = tn_time_now_ms();
 	int ret = submit_redis_reserve(sm.redis, m->login, m->tenant, m->resid, m->reserved + 1,
 				       first, &m->limits, m->set->window, m->set->hold,
-				       tn_time_now_ms() + submit_redis_timeout(sm.redis), o);
+				       t0 + submit_redis_timeout(sm.redis), o);
 
 	if (ret < 0) {
 		atomic_fetch_add(&sm.m.redis_failures[SM_REDIS_RESERVE], 1);
