@@ -10,8 +10,10 @@
  *--*/
 #include "tn-build.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "submit-commit.h"
 #include "tn-mem.h"
@@ -26,6 +28,7 @@ struct submit_commit_job {
 struct submit_commit {
 	struct submit_redis *sr;
 	unsigned queue_max;
+	tn_msec_t delay;		/* how long a batch waits to fill */
 	submit_commit_done_cb *done;
 	void *context;
 	pthread_t thread;
@@ -34,6 +37,8 @@ struct submit_commit {
 	/* under lock */
 	struct submit_commit_job *head, **tail;
 	unsigned depth;
+	bool idle;			/* waiting for a first commit */
+	bool lingering;			/* waiting for more, until full */
 	bool stop;
 	tn_msec_t drain_deadline;	/* set with stop */
 	uint64_t batches;
@@ -80,7 +85,10 @@ bool submit_commit_queue(struct submit_commit *sc, const struct submit_redis_com
 	*sc->tail = job;
 	sc->tail = &job->next;
 	sc->depth++;
-	pthread_cond_signal(&sc->cond);
+	/* Wake the thread only for the first commit of a batch or for a full
+	 * one: a wake-up per message is what the delay saves. */
+	if (sc->idle || (sc->lingering && sc->depth >= SUBMIT_REDIS_BATCH_MAX))
+		pthread_cond_signal(&sc->cond);
 	pthread_mutex_unlock(&sc->lock);
 	return true;
 }
@@ -109,6 +117,28 @@ static void submit_commit_send(struct submit_commit *sc, struct submit_commit_jo
 	}
 }
 
+/* With the lock held and a commit queued: wait up to the delay for the
+ * batch to fill (or the process to stop). */
+static void submit_commit_linger(struct submit_commit *sc)
+{
+	struct timespec until;
+
+	if (sc->delay <= 0 || sc->stop || sc->depth >= SUBMIT_REDIS_BATCH_MAX)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += sc->delay / 1000;
+	until.tv_nsec += (long)(sc->delay % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	sc->lingering = true;
+	while (!sc->stop && sc->depth < SUBMIT_REDIS_BATCH_MAX &&
+	       pthread_cond_timedwait(&sc->cond, &sc->lock, &until) != ETIMEDOUT)
+		;
+	sc->lingering = false;
+}
+
 static void *submit_commit_main(void *arg)
 {
 	struct submit_commit *sc = arg;
@@ -119,10 +149,13 @@ static void *submit_commit_main(void *arg)
 		unsigned n = 0;
 		tn_msec_t drain_deadline;
 
+		sc->idle = true;
 		while (sc->head == NULL && !sc->stop)
 			pthread_cond_wait(&sc->cond, &sc->lock);
+		sc->idle = false;
 		if (sc->head == NULL)
 			break;		/* stopping, and nothing left */
+		submit_commit_linger(sc);
 		for (; n < SUBMIT_REDIS_BATCH_MAX && sc->head != NULL; n++) {
 			jobs[n] = sc->head;
 			sc->head = jobs[n]->next;
@@ -140,18 +173,23 @@ static void *submit_commit_main(void *arg)
 }
 
 struct submit_commit *submit_commit_create(struct submit_redis *sr, unsigned queue_max,
-					   submit_commit_done_cb *done, void *context,
-					   const char **error_r)
+					   tn_msec_t delay, submit_commit_done_cb *done,
+					   void *context, const char **error_r)
 {
 	struct submit_commit *sc = tn_mem_calloc(1, sizeof(*sc));
+	pthread_condattr_t attr;
 
 	sc->sr = sr;
 	sc->queue_max = queue_max;
+	sc->delay = delay;
 	sc->done = done;
 	sc->context = context;
 	sc->tail = &sc->head;
 	pthread_mutex_init(&sc->lock, NULL);
-	pthread_cond_init(&sc->cond, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&sc->cond, &attr);
+	pthread_condattr_destroy(&attr);
 	if (pthread_create(&sc->thread, NULL, submit_commit_main, sc) != 0) {
 		pthread_cond_destroy(&sc->cond);
 		pthread_mutex_destroy(&sc->lock);

@@ -30,7 +30,14 @@
  *	The queue is bounded (queue_max commits): when it is full
  *	submit_commit_queue() refuses and the caller commits synchronously
  *	(backpressure: nothing is dropped). The thread sleeps on a
- *	condition variable while the queue is empty.
+ *	condition variable while the queue is empty. Woken by a first
+ *	commit, it waits up to delay ms more for others to join the batch
+ *	(until SUBMIT_REDIS_BATCH_MAX are queued or the process stops):
+ *	under load a batch then carries several commits, and the thread,
+ *	Redis and the connection see one wake-up, one write and one read for
+ *	all of them instead of one per message. Nothing waits on it: end of
+ *	message has already answered, and a pending member counts like a
+ *	committed one. 0: send at once.
  *
  *	submit_commit_destroy() stops taking commits, lets the thread send
  *	what is queued (all batches together bounded by redis_timeout; what
@@ -44,6 +51,7 @@
 #include <stdint.h>
 
 #include "submit-redis.h"
+#include "tn-time.h"
 
 struct submit_commit;
 
@@ -60,8 +68,8 @@ struct submit_commit_stats {
 /* The committer of sr, with its thread started; NULL with *error_r
  * when the thread cannot start. */
 struct submit_commit *submit_commit_create(struct submit_redis *sr, unsigned queue_max,
-					   submit_commit_done_cb *done, void *context,
-					   const char **error_r);
+					   tn_msec_t delay, submit_commit_done_cb *done,
+					   void *context, const char **error_r);
 void submit_commit_destroy(struct submit_commit **sc);
 
 /* Queue a copy of c (its strings too): true; false when the queue is

@@ -115,6 +115,9 @@ static const struct tn_conf_param submit_milter_params[] = {
 	{ "submit_milter_commit_queue", TN_CONF_INT, "10000", 0, 1000000, NULL,
 	  "end-of-message commits queued for the committer thread (full: committed"
 	  " at once; 0: always at once)" },
+	{ "submit_milter_commit_delay", TN_CONF_TIME, "20ms", 0, 1000, NULL,
+	  "how long the committer thread lets a batch of commits fill before it"
+	  " sends it (0: at once)" },
 	{ "submit_milter_events", TN_CONF_BOOL, "yes", 0, 0, NULL,
 	  "record message.rejected and ratelimit.exceeded events in the outbox" },
 	{ "submit_milter_event_interval", TN_CONF_TIME, "1m", 1000, 86400000, NULL,
@@ -959,6 +962,7 @@ static int sm_backends(const char **error_r)
 	if (tn_conf_int(sm.conf, "submit_milter_commit_queue") > 0 &&
 	    (sm.commit = submit_commit_create(sm.redis,
 			(unsigned)tn_conf_int(sm.conf, "submit_milter_commit_queue"),
+			tn_conf_time_ms(sm.conf, "submit_milter_commit_delay"),
 			sm_commit_done, NULL, error_r)) == NULL)
 		return -1;
 	sm.outbox = tn_outbox_create_conf(sm.conf);
