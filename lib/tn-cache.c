@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -310,6 +311,21 @@ static struct tn_cache_conn *tn_cache_pick(struct tn_cache *cache)
 	return empty;
 }
 
+/* Whether a pooled connection is still open: nothing to read and no end
+ * of file or reset waiting (one non-blocking peek). A server that
+ * restarted, or closed idle clients (its `timeout`), has closed every
+ * pooled connection; found here, before anything is sent on it, the
+ * connection is replaced at once, so no call fails on it and Redis is not
+ * marked down for what is only a reconnection. (A reply nobody read would
+ * also show here: that connection is not reused either.) */
+static bool tn_cache_conn_open(const redisContext *ctx)
+{
+	char b;
+	ssize_t n = recv(ctx->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+	return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+}
+
 static struct tn_cache_conn *tn_cache_acquire(struct tn_cache *cache, tn_msec_t deadline)
 {
 	struct tn_cache_conn *c = NULL;
@@ -327,6 +343,11 @@ static struct tn_cache_conn *tn_cache_acquire(struct tn_cache *cache, tn_msec_t 
 	if (c == NULL) {
 		tn_cache_set_error("redis marked down or no connection free in time");
 		return NULL;
+	}
+	if (c->ctx != NULL && !tn_cache_conn_open(c->ctx)) {
+		redisFree(c->ctx);
+		c->ctx = NULL;
+		tn_cache_count(&cache->stats.reconnects);
 	}
 	c->fresh = c->ctx == NULL;
 	if (c->ctx == NULL)

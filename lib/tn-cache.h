@@ -22,7 +22,9 @@
  *	<prefix>invalidate, atomically.
  *
  *	Every call has a deadline (the socket timeout is set to what is left
- *	of it before each command). A failed connection marks Redis down for
+ *	of it before each command). A pooled connection is checked before
+ *	use (a non-blocking peek): one the server has closed (a restart, its
+ *	idle `timeout`) is replaced before anything is sent on it. A failed connection marks Redis down for
  *	a backoff that doubles from 100 ms to 5 s, during which calls fail
  *	at once: with Redis gone, lookups go straight to the directory at
  *	directory speed. Calls return -1 on any failure; the cache is an
@@ -73,6 +75,7 @@ struct tn_cache_stats {
 	uint64_t misses;
 	uint64_t invalidations_received;
 	uint64_t subscription_losses;
+	uint64_t reconnects;		/* pooled connections found closed */
 };
 
 /* Invalidation message: the keys (without prefix), NUL-separated list. */

@@ -1189,12 +1189,14 @@ char *tn_lookup_metrics(struct tn_lookup *lk, const char *prefix)
 		"# TYPE %1$s_ldap_failovers_total counter\n%1$s_ldap_failovers_total %12$llu\n"
 		"# TYPE %1$s_redis_calls_total counter\n%1$s_redis_calls_total %13$llu\n"
 		"# TYPE %1$s_redis_errors_total counter\n%1$s_redis_errors_total %14$llu\n"
-		"# TYPE %1$s_redis_invalidations_total counter\n%1$s_redis_invalidations_total %15$llu\n",
+		"# TYPE %1$s_redis_invalidations_total counter\n%1$s_redis_invalidations_total %15$llu\n"
+		"# TYPE %1$s_redis_reconnects_total counter\n%1$s_redis_reconnects_total %16$llu\n",
 		prefix, (unsigned long long)ls.resolves, (unsigned long long)ls.memory_answers,
 		(unsigned long long)ls.redis_answers, (unsigned long long)ls.ldap_answers,
 		(unsigned long long)ls.tempfails, (unsigned long long)ls.coalesced,
 		(unsigned long long)ls.subscribed, (unsigned long long)ds.searches,
 		(unsigned long long)ds.errors, (unsigned long long)ds.connects,
 		(unsigned long long)ds.failovers, (unsigned long long)cs.calls,
-		(unsigned long long)cs.errors, (unsigned long long)cs.invalidations_received);
+		(unsigned long long)cs.errors, (unsigned long long)cs.invalidations_received,
+		(unsigned long long)cs.reconnects);
 }

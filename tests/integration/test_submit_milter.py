@@ -724,6 +724,36 @@ def test_redis_killed_accepts_and_counts(milter, stack):
     wait_limits_enforced(milter, stack)
 
 
+def test_redis_restart_lets_no_message_through_uncounted(milter, stack):
+    """A Redis restart closes every pooled connection of the milter: each is
+    found closed before use and replaced, so the first messages after the
+    restart are already checked (nothing answered "unlimited", no Redis
+    failure counted, nothing marked down)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        return transaction(milter, "erin@acme-mail.example",
+                           login="erin@acme-mail.example", finish="abort")
+
+    clear_rate_keys(stack)
+    with ThreadPoolExecutor(6) as pool:     # several pooled connections in use
+        assert all(r.rcpt_log for r in pool.map(one, range(6)))
+    stack.redis.stop()
+    stack.redis.start()
+    seed_window(stack, "mbx:erin@acme-mail.example", 50)
+    before = milter.metrics()
+    for _ in range(8):      # sequential calls take one pooled connection after another
+        r = transaction(milter, "erin@acme-mail.example", login="erin@acme-mail.example",
+                        finish="abort")
+        assert r.rcpt_log == [("rate_limited", "450 4.7.1", "mailbox_messages")], r.log
+    after = milter.metrics()
+    for op in ("reserve", "release"):
+        k = 'tn_submit_milter_redis_failures_total{op="%s"}' % op
+        assert after[k] == before[k], op
+    assert after["tn_submit_milter_redis_reconnects_total"] > \
+        before["tn_submit_milter_redis_reconnects_total"]
+
+
 def wait_limits_enforced(milter, stack):
     """Redis answers again (the down-marking backs off up to 5 s)."""
     deadline = time.monotonic() + 10
