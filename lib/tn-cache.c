@@ -68,7 +68,6 @@ struct tn_cache_conn {
 	redisContext *ctx;
 	tn_msec_t timeout;	/* socket timeout now set on ctx */
 	bool busy;
-	bool fresh;		/* connected by this acquire, not reused */
 };
 
 struct tn_cache {
@@ -349,7 +348,6 @@ static struct tn_cache_conn *tn_cache_acquire(struct tn_cache *cache, tn_msec_t 
 		c->ctx = NULL;
 		tn_cache_count(&cache->stats.reconnects);
 	}
-	c->fresh = c->ctx == NULL;
 	if (c->ctx == NULL)
 		c->timeout = -1;	/* whatever the connect left: set it */
 	if (c->ctx == NULL && (c->ctx = tn_cache_connect(cache, deadline)) == NULL) {
@@ -484,21 +482,8 @@ static redisReply *tn_cache_eval(struct tn_cache *cache, struct tn_cache_conn *c
 	return NULL;
 }
 
-/* A pooled connection that the server closed while it sat in the pool
- * (Redis restarted): the command failed at once with end of file or a
- * reset, not a timeout, so the server never ran it. */
-static bool tn_cache_closed_while_pooled(const struct tn_cache_conn *c)
-{
-	return !c->fresh && c->ctx != NULL &&
-	       (c->ctx->err == REDIS_ERR_EOF ||
-		(c->ctx->err == REDIS_ERR_IO && (errno == ECONNRESET || errno == EPIPE)));
-}
-
-/* Run a script on a pooled connection. The lookup library's scripts
- * may run twice (a fill is conditional, an invalidation repeated drops
- * the same keys): one found closed by the server is tried once more on
- * a new connection, so that the first invalidation after a Redis
- * restart is not lost to a dead pooled connection. */
+/* Run a script on a pooled connection (tn_cache_acquire() has replaced
+ * one the server closed, e.g. after a Redis restart, before this). */
 static redisReply *tn_cache_run(struct tn_cache *cache, enum tn_cache_script_id id,
 				struct tn_cache_args *a, tn_msec_t deadline)
 {
@@ -512,16 +497,6 @@ static redisReply *tn_cache_run(struct tn_cache *cache, enum tn_cache_script_id 
 		return NULL;
 	}
 	r = tn_cache_eval(cache, c, id, a, deadline, &broken);
-	if (r == NULL && broken && tn_cache_closed_while_pooled(c)) {
-		redisFree(c->ctx);
-		c->fresh = true;
-		c->timeout = -1;
-		broken = true;
-		if ((c->ctx = tn_cache_connect(cache, deadline)) != NULL) {
-			broken = false;
-			r = tn_cache_eval(cache, c, id, a, deadline, &broken);
-		}
-	}
 	tn_cache_release(cache, c, broken);
 	if (r == NULL) {
 		tn_cache_count(&cache->stats.errors);

@@ -24,10 +24,10 @@
  *	Every call has a deadline (the socket timeout is set to what is left
  *	of it before each command). A pooled connection is checked before
  *	use (a non-blocking peek): one the server has closed (a restart, its
- *	idle `timeout`) is replaced before anything is sent on it. A failed connection marks Redis down for
- *	a backoff that doubles from 100 ms to 5 s, during which calls fail
- *	at once: with Redis gone, lookups go straight to the directory at
- *	directory speed. Calls return -1 on any failure; the cache is an
+ *	idle `timeout`) is replaced before anything is sent on it. A failed
+ *	connection marks Redis down for a backoff that doubles from 100 ms
+ *	to 5 s, during which calls fail at once: with Redis gone, lookups
+ *	go straight to the directory at directory speed. Calls return -1 on any failure; the cache is an
  *	accelerator, never the authority.
  *
  *	The subscriber runs in a thread of its own with its own connection:
